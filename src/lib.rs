@@ -1,0 +1,4 @@
+//! weir: a self-hosted webhook buffer that batches rows into Celonis Data Push jobs.
+
+pub mod queue;
+pub mod row;

@@ -1,0 +1,192 @@
+//! The in-memory queue: a bounded `VecDeque` behind a mutex. Fast, and lost on restart.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, now_ms};
+use crate::row::Row;
+
+/// Bounded in rows and, optionally, in bytes (encoded row size).
+pub struct MemoryQueue {
+    inner: Mutex<Inner>,
+    capacity_rows: u64,
+    capacity_bytes: Option<u64>,
+}
+
+struct Inner {
+    entries: VecDeque<Entry>,
+    bytes: u64,
+    next_offset: Offset,
+    in_flight: Option<InFlight>,
+}
+
+impl MemoryQueue {
+    pub fn new(capacity_rows: u64, capacity_bytes: Option<u64>) -> MemoryQueue {
+        MemoryQueue {
+            inner: Mutex::new(Inner {
+                entries: VecDeque::new(),
+                bytes: 0,
+                next_offset: 0,
+                in_flight: None,
+            }),
+            capacity_rows,
+            capacity_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the deque half-updated (every
+        // mutation is a single push/pop), so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_now(&self, rows: Vec<Row>) -> Result<(), PushError> {
+        let incoming = rows.len() as u64;
+        let incoming_bytes: u64 = rows.iter().map(|r| r.encoded_len() as u64).sum();
+        let mut inner = self.lock();
+        let queued = inner.entries.len() as u64;
+        if queued + incoming > self.capacity_rows {
+            return Err(PushError::FullRows {
+                queued,
+                capacity: self.capacity_rows,
+                incoming,
+            });
+        }
+        if let Some(cap) = self.capacity_bytes
+            && inner.bytes + incoming_bytes > cap
+        {
+            return Err(PushError::FullBytes {
+                queued: inner.bytes,
+                capacity: cap,
+                incoming: incoming_bytes,
+            });
+        }
+        let received_ms = now_ms();
+        inner.bytes += incoming_bytes;
+        for row in rows {
+            let offset = inner.next_offset;
+            inner.next_offset += 1;
+            inner.entries.push_back(Entry {
+                offset,
+                received_ms,
+                row,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Queue for MemoryQueue {
+    fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>> {
+        let result = self.push_now(rows);
+        Box::pin(async move { result })
+    }
+
+    fn peek(&self, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
+        let entries = self.lock().entries.iter().take(max).cloned().collect();
+        Box::pin(async move { Ok(entries) })
+    }
+
+    fn commit(&self, through: Offset) -> BoxFuture<'_, Result<(), QueueError>> {
+        let mut inner = self.lock();
+        while inner.entries.front().is_some_and(|e| e.offset <= through) {
+            if let Some(e) = inner.entries.pop_front() {
+                inner.bytes -= e.row.encoded_len() as u64;
+            }
+        }
+        drop(inner);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stats(&self) -> QueueStats {
+        let inner = self.lock();
+        QueueStats {
+            rows: inner.entries.len() as u64,
+            bytes: inner.bytes,
+            capacity_rows: self.capacity_rows,
+            capacity_bytes: self.capacity_bytes,
+            oldest_ms: inner.entries.front().map(|e| e.received_ms),
+            next_offset: inner.next_offset,
+        }
+    }
+
+    fn set_in_flight(&self, batch: Option<InFlight>) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.lock().in_flight = batch;
+        Box::pin(async { Ok(()) })
+    }
+
+    fn in_flight(&self) -> Option<InFlight> {
+        self.lock().in_flight.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<Row> {
+        (0..n)
+            .map(|i| Row::from_pairs([("i", i.to_string().as_str())]).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_push_that_does_not_fit_queues_nothing() {
+        let q = MemoryQueue::new(5, None);
+        q.push(rows(3)).await.unwrap();
+        let err = q.push(rows(3)).await.unwrap_err();
+        assert!(matches!(
+            err,
+            PushError::FullRows {
+                queued: 3,
+                capacity: 5,
+                incoming: 3
+            }
+        ));
+        assert_eq!(q.stats().rows, 3);
+        q.push(rows(2)).await.unwrap();
+        assert_eq!(q.stats().rows, 5);
+    }
+
+    #[tokio::test]
+    async fn byte_capacity_is_enforced() {
+        let one = rows(1)[0].encoded_len() as u64;
+        let q = MemoryQueue::new(100, Some(one * 2));
+        q.push(rows(2)).await.unwrap();
+        assert!(matches!(
+            q.push(rows(1)).await,
+            Err(PushError::FullBytes { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rows_leave_only_when_committed_in_order() {
+        let q = MemoryQueue::new(10, None);
+        q.push(rows(4)).await.unwrap();
+        let batch = q.peek(3).await.unwrap();
+        assert_eq!(
+            batch.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(q.stats().rows, 4, "peeking removes nothing");
+        q.commit(1).await.unwrap();
+        let rest = q.peek(10).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(
+            q.stats().bytes,
+            rest.iter().map(|e| e.row.encoded_len() as u64).sum::<u64>()
+        );
+    }
+
+    #[tokio::test]
+    async fn replay_is_refused_by_the_memory_queue() {
+        let q = MemoryQueue::new(10, None);
+        assert!(matches!(
+            q.replay_from(0).await,
+            Err(QueueError::Unsupported(_))
+        ));
+    }
+}

@@ -1,0 +1,146 @@
+//! The bounded, ordered queue of rows each pipeline keeps between ingest and delivery.
+//!
+//! [`Queue`] is the one interface ingest, the scheduler and the admin API use; they never know
+//! which backend is behind it. Backends: [`memory::MemoryQueue`] (fast, lost on restart) and
+//! [`disk::DiskSpool`] (a crash-safe, segmented log on disk).
+//!
+//! Every row gets an [`Offset`] when it is pushed: a per-pipeline number that only grows.
+//! Rows leave a queue only through [`Queue::commit`], once a sink has delivered them.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::row::Row;
+
+/// A row's position in its pipeline's queue. Offsets only grow; the first row gets 0.
+pub type Offset = u64;
+
+/// The future type the trait methods return, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A queued row with its offset and the time it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub offset: Offset,
+    /// When ingest accepted the row, in milliseconds since the Unix epoch.
+    pub received_ms: u64,
+    pub row: Row,
+}
+
+/// What a queue holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub rows: u64,
+    pub bytes: u64,
+    pub capacity_rows: u64,
+    /// `None` when the backend does not bound bytes.
+    pub capacity_bytes: Option<u64>,
+    /// Acceptance time of the oldest queued row (ms since the epoch), if any.
+    pub oldest_ms: Option<u64>,
+    /// The offset the next pushed row will get.
+    pub next_offset: Offset,
+}
+
+/// The batch a sink is delivering, recorded before the upload starts so that after a crash
+/// weir knows which rows may already have reached the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub first: Offset,
+    pub last: Offset,
+    /// The sink's job id (a Celonis Data Push job), once it exists.
+    pub job_id: Option<String>,
+}
+
+/// Why rows could not be pushed. Nothing of the request was queued in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("queue is full: it holds {queued} of {capacity} rows and cannot take {incoming} more")]
+    FullRows {
+        queued: u64,
+        capacity: u64,
+        incoming: u64,
+    },
+    #[error("queue is full: it holds {queued} of {capacity} bytes and cannot take {incoming} more")]
+    FullBytes {
+        queued: u64,
+        capacity: u64,
+        incoming: u64,
+    },
+    /// The backend cannot store anything now (disk full, read-only, I/O error).
+    #[error("queue storage is unavailable: {0}")]
+    Unavailable(String),
+    /// The queue is shutting down.
+    #[error("queue is closed")]
+    Closed,
+}
+
+/// Errors of reading, committing or rewinding.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue storage failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error("offset {requested} is no longer retained (oldest retained offset is {oldest})")]
+    OffsetGone { requested: Offset, oldest: Offset },
+    #[error("offset {requested} has not been written yet (next offset is {next})")]
+    OffsetAhead { requested: Offset, next: Offset },
+}
+
+/// A bounded FIFO of rows. All methods take `&self`; backends synchronise internally.
+pub trait Queue: Send + Sync + 'static {
+    /// Queues all rows or none of them. Resolves once the rows are as durable as the
+    /// backend makes them (for the disk spool: fsynced), so a 2xx can be sent.
+    fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>>;
+
+    /// The oldest `max` queued rows, oldest first, without removing them.
+    fn peek(&self, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>>;
+
+    /// Removes every queued row whose offset is `<= through`.
+    fn commit(&self, through: Offset) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// What the queue holds now.
+    fn stats(&self) -> QueueStats;
+
+    /// Records the batch being delivered (or clears the record with `None`).
+    fn set_in_flight(&self, batch: Option<InFlight>) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// The batch that was in flight when the process last stopped, if any.
+    fn in_flight(&self) -> Option<InFlight>;
+
+    /// Makes rows from `from` on deliverable again (those still retained).
+    fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let _ = from;
+        Box::pin(async {
+            Err(QueueError::Unsupported(
+                "replay needs the disk spool: the memory queue forgets delivered rows",
+            ))
+        })
+    }
+
+    /// Flushes whatever is buffered to stable storage (called at shutdown).
+    fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl PushError {
+    /// A hint for the sender's `Retry-After` when the error is temporary.
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            PushError::FullRows { .. } | PushError::FullBytes { .. }
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
