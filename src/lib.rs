@@ -1,4 +1,10 @@
 //! weir: a self-hosted webhook buffer that batches rows into Celonis Data Push jobs.
 
+pub mod api_error;
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod pipeline;
 pub mod queue;
 pub mod row;
+pub mod shutdown;

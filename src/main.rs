@@ -1,1 +1,110 @@
-fn main() {}
+//! The `weir` command: parse the CLI, load the config, set up logging, run, map errors to
+//! exit codes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use weir::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A self-hosted webhook buffer that batches rows into Celonis Data Push jobs"
+)]
+struct Cli {
+    /// Log format: human-readable text or JSON lines for collectors. RUST_LOG sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file [default: $WEIR_CONFIG, else config/weir.toml]
+        #[arg(short, long, env = "WEIR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the config, print each pipeline's resolved settings (secrets masked).
+    Check {
+        /// Config file [default: $WEIR_CONFIG, else config/weir.toml]
+        #[arg(short, long, env = "WEIR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(config),
+        Command::Serve { config } => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+fn load(path: &std::path::Path) -> Result<Config, String> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Config::from_file(path, &env).map_err(|e| format!("{}: invalid config:\n{e}", path.display()))
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let path = config_path(config);
+    match load(&path) {
+        Ok(config) => {
+            print!("{}", weir::config::describe(&config));
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path(config);
+    let config = load(&path).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let app = weir::app::App::start(config).await?;
+        weir::shutdown::signal().await;
+        app.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,115 @@
+//! The one place that knows every component: builds queues and pipelines from the config,
+//! binds the listeners, starts the scheduler (and the emulator when configured), and runs the
+//! shutdown protocol.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, QueueConfig};
+use crate::ingest::{self, IngestState};
+use crate::pipeline::Pipeline;
+use crate::queue::Queue;
+use crate::queue::memory::MemoryQueue;
+
+/// A running weir.
+pub struct App {
+    ingest_addr: SocketAddr,
+    pipelines: Vec<Arc<Pipeline>>,
+    /// Cancelled first at shutdown: ingest answers 503 from then on.
+    stopping: CancellationToken,
+    /// Cancelled once in-flight requests are done: stops the listener tasks.
+    stop_servers: CancellationToken,
+    tracker: TaskTracker,
+    config: Config,
+}
+
+impl App {
+    /// Builds everything and binds the listeners. Port 0 binds a free port (tests).
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        let mut pipelines = Vec::new();
+        for p in &config.pipelines {
+            let queue = open_queue(p.queue_capacity, &p.queue)
+                .await
+                .with_context(|| format!("opening the queue of pipeline {}", p.name))?;
+            pipelines.push(Arc::new(Pipeline::new(p.clone(), queue)));
+        }
+        let stopping = CancellationToken::new();
+        let stop_servers = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let ingest_addr = listener.local_addr()?;
+        let state = IngestState::new(&pipelines, config.server.max_body_bytes, stopping.clone());
+        let router = ingest::router(state);
+        let stop = stop_servers.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "ingest listener failed");
+            }
+        });
+        tracing::info!(listen = %ingest_addr, pipelines = pipelines.len(), "weir started");
+        Ok(App {
+            ingest_addr,
+            pipelines,
+            stopping,
+            stop_servers,
+            tracker,
+            config,
+        })
+    }
+
+    pub fn ingest_addr(&self) -> SocketAddr {
+        self.ingest_addr
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
+        self.pipelines.iter().find(|p| p.name() == name)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The shutdown protocol: refuse new rows, let in-flight requests finish, stop the
+    /// listeners, sync the queues.
+    pub async fn shutdown(self) {
+        self.stopping.cancel();
+        self.stop_servers.cancel();
+        self.tracker.close();
+        let grace = self.config.server.shutdown_grace;
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?grace, "shutdown grace period over, stopping anyway");
+        }
+        for p in &self.pipelines {
+            if let Err(e) = p.queue.sync().await {
+                tracing::error!(pipeline = p.name(), error = %e, "queue sync at shutdown failed");
+            }
+        }
+        tracing::info!("weir stopped");
+    }
+}
+
+async fn open_queue(capacity_rows: u64, cfg: &QueueConfig) -> anyhow::Result<Arc<dyn Queue>> {
+    match cfg {
+        QueueConfig::Memory { max_bytes } => {
+            Ok(Arc::new(MemoryQueue::new(capacity_rows, *max_bytes)))
+        }
+        QueueConfig::Disk { .. } => anyhow::bail!("the disk spool is not available in this build"),
+    }
+}

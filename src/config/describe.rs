@@ -1,0 +1,125 @@
+//! The human-readable summary `weir check` prints: every pipeline with its resolved
+//! settings, secrets masked.
+
+use std::fmt::Write;
+
+use super::{CelonisAuth, Config, QueueConfig, SinkConfig};
+
+/// Renders the resolved config. Secrets print as `***`.
+pub fn describe(c: &Config) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "server: listen {}, max body {} bytes, shutdown grace {}",
+        c.server.listen,
+        c.server.max_body_bytes,
+        humantime::format_duration(c.server.shutdown_grace)
+    );
+    if let Some(e) = &c.emulator {
+        let db = e
+            .database
+            .as_ref()
+            .map_or("in memory".to_owned(), |p| p.display().to_string());
+        let key = if e.app_key.is_some() { "***" } else { "any" };
+        let _ = writeln!(
+            w,
+            "emulator: listen {}, database {db}, app key {key}",
+            e.listen
+        );
+    }
+    let _ = writeln!(
+        w,
+        "celonis limits per team: {} jobs/hour, {} jobs/second",
+        c.celonis.jobs_per_hour, c.celonis.jobs_per_second
+    );
+    for p in &c.pipelines {
+        let _ = writeln!(w, "pipeline {}:", p.name);
+        let _ = writeln!(w, "  ingest url: /hooks/{}", p.name);
+        match &p.allow_ips {
+            None => {
+                let _ = writeln!(w, "  allow_ips: any");
+            }
+            Some(nets) => {
+                let list: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+                let _ = writeln!(w, "  allow_ips: {}", list.join(", "));
+            }
+        }
+        match &p.queue {
+            QueueConfig::Memory { max_bytes } => {
+                let _ = writeln!(
+                    w,
+                    "  queue: memory, {} rows{}",
+                    p.queue_capacity,
+                    max_bytes.map_or(String::new(), |b| format!(", {b} bytes"))
+                );
+            }
+            QueueConfig::Disk {
+                dir,
+                max_bytes,
+                segment_bytes,
+                retention,
+            } => {
+                let _ = writeln!(
+                    w,
+                    "  queue: disk at {}, {} rows, {max_bytes} bytes, segments of {segment_bytes} bytes, retention {}",
+                    dir.display(),
+                    p.queue_capacity,
+                    humantime::format_duration(*retention)
+                );
+            }
+        }
+        let _ = writeln!(
+            w,
+            "  schedule: {}, at most {} rows per run, retry from {} up to {}",
+            p.schedule,
+            p.max_rows_per_run,
+            humantime::format_duration(p.retry_initial),
+            humantime::format_duration(p.retry_max_interval)
+        );
+        if let Some(s) = &p.schema {
+            let fields: Vec<String> = s
+                .fields
+                .iter()
+                .map(|(n, t)| format!("{n}: {}", t.name()))
+                .collect();
+            let _ = writeln!(
+                w,
+                "  schema: on_mismatch {:?}, required [{}], allow_extra {}, fields {{{}}}",
+                s.on_mismatch,
+                s.required.join(", "),
+                s.allow_extra,
+                fields.join(", ")
+            );
+        }
+        if !p.columns.is_empty() {
+            let cols: Vec<String> = p
+                .columns
+                .iter()
+                .map(|c| format!("\"{}\" <- {}", c.name, c.from))
+                .collect();
+            let _ = writeln!(w, "  columns: {}", cols.join(", "));
+        }
+        match &p.sink {
+            SinkConfig::Celonis(s) => {
+                let auth = match &s.auth {
+                    CelonisAuth::AppKey(k) => format!("AppKey {k}"),
+                    CelonisAuth::ApiKey(k) => format!("Bearer {k}"),
+                };
+                let _ = writeln!(
+                    w,
+                    "  sink: celonis {}{}/api/v1/data-push/{}/jobs/, table {}, mode {}, keys [{}], auth {auth}, chunks up to {} bytes, poll timeout {}",
+                    s.base_url.as_str().trim_end_matches('/'),
+                    s.api_prefix,
+                    s.data_pool_id,
+                    s.target_name,
+                    s.mode.as_str(),
+                    s.keys.join(", "),
+                    s.chunk_bytes,
+                    humantime::format_duration(s.poll_timeout)
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,989 @@
+//! weir's configuration: parsed once from TOML, validated into domain types, every mistake
+//! reported at once with its key path.
+//!
+//! Loading is `Config::load(text, env)`: the environment is passed in as a map so tests never
+//! touch the process environment.
+
+mod describe;
+mod env;
+
+pub use describe::describe;
+mod raw;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use reqwest::Url;
+
+use raw::{ByteSize, RawConfig, RawPipeline, RawSink};
+
+/// One problem in the config, at a key path such as `pipelines[1].allow_ips[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret string (an app key, a token). Its Debug and Display never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub emulator: Option<EmulatorSettings>,
+    pub celonis: CelonisLimits,
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// The built-in Data Push emulator, run inside `weir serve` when configured.
+#[derive(Debug, Clone)]
+pub struct EmulatorSettings {
+    pub listen: SocketAddr,
+    pub database: Option<PathBuf>,
+    pub app_key: Option<Secret>,
+}
+
+/// Celonis' job-submission limits, applied per team (one budget per team host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CelonisLimits {
+    pub jobs_per_hour: u32,
+    pub jobs_per_second: u32,
+}
+
+impl Default for CelonisLimits {
+    fn default() -> Self {
+        CelonisLimits {
+            jobs_per_hour: 250,
+            jobs_per_second: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub name: String,
+    /// `None`: any client address may post.
+    pub allow_ips: Option<Vec<IpNet>>,
+    pub queue_capacity: u64,
+    pub queue: QueueConfig,
+    pub schedule: Schedule,
+    pub max_rows_per_run: usize,
+    pub retry_initial: Duration,
+    pub retry_max_interval: Duration,
+    pub schema: Option<Schema>,
+    pub columns: Vec<Column>,
+    pub sink: SinkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueConfig {
+    Memory {
+        max_bytes: Option<u64>,
+    },
+    Disk {
+        dir: PathBuf,
+        max_bytes: u64,
+        segment_bytes: u64,
+        retention: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Run every interval.
+    Every(Duration),
+    /// A 6-field cron expression (seconds first), in UTC.
+    Cron(String),
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+            Schedule::Cron(c) => write!(f, "cron \"{c}\" (UTC)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMismatch {
+    /// Drop the row, count it, answer 202.
+    Ignore,
+    /// Refuse the whole request with 422.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+impl FieldType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Integer => "integer",
+            FieldType::Number => "number",
+            FieldType::Boolean => "boolean",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub on_mismatch: OnMismatch,
+    pub required: Vec<String>,
+    pub allow_extra: bool,
+    /// In config order.
+    pub fields: Vec<(String, FieldType)>,
+}
+
+impl Schema {
+    pub fn field_type(&self, name: &str) -> Option<FieldType> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
+    }
+}
+
+/// One CSV column: header `name`, value from row field `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub from: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Celonis(CelonisSink),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushMode {
+    Delta,
+    Replace,
+}
+
+impl PushMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushMode::Delta => "DELTA",
+            PushMode::Replace => "REPLACE",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum CelonisAuth {
+    /// `Authorization: AppKey …`
+    AppKey(Secret),
+    /// `Authorization: Bearer …` (a user API key)
+    ApiKey(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct CelonisSink {
+    /// The team's base URL, e.g. `https://myteam.eu-1.celonis.cloud`.
+    pub base_url: Url,
+    /// `/integration` (default) or `/data-ingestion`.
+    pub api_prefix: String,
+    pub data_pool_id: String,
+    pub connection_id: Option<String>,
+    pub target_name: String,
+    pub mode: PushMode,
+    pub keys: Vec<String>,
+    pub auth: CelonisAuth,
+    pub chunk_bytes: u64,
+    pub poll_timeout: Duration,
+    pub request_timeout: Duration,
+    pub csv: CsvOptions,
+}
+
+impl CelonisSink {
+    /// Jobs are budgeted per team; the team is the base URL's host and port.
+    pub fn team_key(&self) -> String {
+        format!(
+            "{}:{}",
+            self.base_url.host_str().unwrap_or_default(),
+            self.base_url.port_or_known_default().unwrap_or_default()
+        )
+    }
+}
+
+/// How CSV files are written, and told to Celonis in `csvParsingOptions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub separator: u8,
+    pub quote: u8,
+    pub escape: u8,
+    pub line_ending: LineEnding,
+    pub decimal_separator: String,
+    pub thousand_separator: Option<String>,
+    pub date_format: Option<String>,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            separator: b',',
+            quote: b'"',
+            escape: b'"',
+            line_ending: LineEnding::Lf,
+            decimal_separator: ".".into(),
+            thousand_separator: None,
+            date_format: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEnding {
+    Lf,
+    CrLf,
+    Cr,
+}
+
+impl LineEnding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineEnding::Lf => "\n",
+            LineEnding::CrLf => "\r\n",
+            LineEnding::Cr => "\r",
+        }
+    }
+}
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/weir.toml";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            )])
+        })?;
+        Config::load(&text, env)
+    }
+
+    /// Parses and validates config text. `env` resolves `${VAR}` references.
+    pub fn load(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        // First pass on the text itself, so syntax errors and unknown keys point at a line.
+        if let Err(e) = toml::from_str::<RawConfig>(text) {
+            return Err(ConfigErrors(vec![ConfigError::new("", toml_message(&e))]));
+        }
+        let mut tree: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("", toml_message(&e))]))?;
+        let mut errors = Vec::new();
+        env::substitute(&mut tree, "", env, &mut errors);
+        let raw: RawConfig = tree.try_into().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError::new("", e.message().to_owned())])
+        })?;
+        let config = validate(raw, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+fn toml_message(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().to_owned()
+}
+
+fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
+    let mut v = Validator { errors };
+    let data_dir = raw
+        .data_dir
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let server = match raw.server {
+        Some(s) => ServerConfig {
+            listen: v.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
+            max_body_bytes: v
+                .size(
+                    "server.max_body_bytes",
+                    s.max_body_bytes.as_ref(),
+                    1024 * 1024,
+                )
+                .try_into()
+                .unwrap_or(usize::MAX),
+            shutdown_grace: v.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), 30),
+        },
+        None => ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("constant address parses"),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        },
+    };
+    let emulator = raw.emulator.map(|e| EmulatorSettings {
+        listen: v.addr("emulator.listen", e.listen.as_deref(), "127.0.0.1:8900"),
+        database: e.database.map(PathBuf::from),
+        app_key: e.app_key.map(Secret::new),
+    });
+    let celonis = match raw.celonis {
+        Some(c) => CelonisLimits {
+            jobs_per_hour: v.positive_u32("celonis.jobs_per_hour", c.jobs_per_hour, 250),
+            jobs_per_second: v.positive_u32("celonis.jobs_per_second", c.jobs_per_second, 10),
+        },
+        None => CelonisLimits::default(),
+    };
+    let mut names = HashSet::new();
+    let mut pipelines = Vec::new();
+    for (i, p) in raw.pipelines.into_iter().enumerate() {
+        let path = format!("pipelines[{i}]");
+        if !names.insert(p.name.clone()) {
+            v.error(
+                format!("{path}.name"),
+                format!("\"{}\" is used by an earlier pipeline", p.name),
+            );
+        }
+        pipelines.push(v.pipeline(&path, p, &data_dir));
+    }
+    Config {
+        server,
+        emulator,
+        celonis,
+        pipelines,
+    }
+}
+
+struct Validator<'a> {
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.error(
+                path,
+                format!("\"{text}\" is not a socket address like 127.0.0.1:8080"),
+            );
+            default.parse().expect("default addresses parse")
+        })
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default_secs: u64) -> Duration {
+        match value {
+            None => Duration::from_secs(default_secs),
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.error(
+                        path,
+                        format!("\"{text}\" is not a duration like \"30s\" or \"5m\""),
+                    );
+                    Duration::from_secs(default_secs)
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, path: &str, value: Option<&ByteSize>, default: u64) -> u64 {
+        let parsed = match value {
+            None => return default,
+            Some(ByteSize::Bytes(n)) => u64::try_from(*n).ok().filter(|&n| n > 0),
+            Some(ByteSize::Text(t)) => parse_size(t).filter(|&n| n > 0),
+        };
+        parsed.unwrap_or_else(|| {
+            let shown = match value {
+                Some(ByteSize::Bytes(n)) => n.to_string(),
+                Some(ByteSize::Text(t)) => format!("\"{t}\""),
+                None => String::new(),
+            };
+            self.error(
+                path,
+                format!("{shown} is not a positive size like 1048576 or \"64MiB\""),
+            );
+            default
+        })
+    }
+
+    fn positive(&mut self, path: &str, value: Option<i64>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(n) if n > 0 => n as u64,
+            Some(n) => {
+                self.error(path, format!("{n} must be greater than 0"));
+                default
+            }
+        }
+    }
+
+    fn positive_u32(&mut self, path: &str, value: Option<i64>, default: u32) -> u32 {
+        let n = self.positive(path, value, default as u64);
+        u32::try_from(n).unwrap_or_else(|_| {
+            self.error(path, format!("{n} is too large"));
+            default
+        })
+    }
+
+    fn pipeline(&mut self, path: &str, p: RawPipeline, data_dir: &Path) -> PipelineConfig {
+        if p.name.is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            self.error(
+                format!("{path}.name"),
+                format!(
+                    "\"{}\" may only contain letters, digits, '_' and '-'",
+                    p.name
+                ),
+            );
+        }
+        let allow_ips = p.allow_ips.map(|ips| {
+            ips.iter()
+                .enumerate()
+                .filter_map(|(j, text)| match parse_net(text) {
+                    Some(net) => Some(net),
+                    None => {
+                        self.error(
+                            format!("{path}.allow_ips[{j}]"),
+                            format!("\"{text}\" is not a CIDR"),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+        let queue_capacity =
+            self.positive(&format!("{path}.queue_capacity"), p.queue_capacity, 100_000);
+        let queue = self.queue(path, p.queue, &p.name, data_dir);
+        let schedule = self.schedule(&format!("{path}.schedule"), p.schedule.as_deref());
+        let max_rows_per_run = self.positive(
+            &format!("{path}.max_rows_per_run"),
+            p.max_rows_per_run,
+            10_000,
+        ) as usize;
+        let retry_initial = self.duration(
+            &format!("{path}.retry_initial"),
+            p.retry_initial.as_deref(),
+            5,
+        );
+        let retry_max_interval = self.duration(
+            &format!("{path}.retry_max_interval"),
+            p.retry_max_interval.as_deref(),
+            600,
+        );
+        if retry_initial > retry_max_interval {
+            self.error(
+                format!("{path}.retry_initial"),
+                "must not be longer than retry_max_interval",
+            );
+        }
+        let schema = p.schema.map(|s| self.schema(&format!("{path}.schema"), s));
+        let mut columns = Vec::new();
+        let mut column_names = HashSet::new();
+        for (j, c) in p.columns.into_iter().enumerate() {
+            let cpath = format!("{path}.columns[{j}]");
+            if c.name.is_empty() {
+                self.error(format!("{cpath}.name"), "must not be empty");
+            } else if !column_names.insert(c.name.clone()) {
+                self.error(
+                    format!("{cpath}.name"),
+                    format!("\"{}\" is already a column", c.name),
+                );
+            }
+            let Some(from) = c.from else {
+                self.error(
+                    format!("{cpath}.from"),
+                    "is required: the row field this column is read from",
+                );
+                continue;
+            };
+            if let Some(schema) = &schema
+                && schema.field_type(&from).is_none()
+            {
+                self.error(
+                    format!("{cpath}.from"),
+                    format!("\"{from}\" is not a field of the pipeline's schema"),
+                );
+            }
+            columns.push(Column { name: c.name, from });
+        }
+        let sink = self.sink(&format!("{path}.sink"), p.sink, &columns, schema.as_ref());
+        PipelineConfig {
+            name: p.name,
+            allow_ips,
+            queue_capacity,
+            queue,
+            schedule,
+            max_rows_per_run,
+            retry_initial,
+            retry_max_interval,
+            schema,
+            columns,
+            sink,
+        }
+    }
+
+    fn queue(
+        &mut self,
+        path: &str,
+        raw: Option<raw::RawQueue>,
+        name: &str,
+        data_dir: &Path,
+    ) -> QueueConfig {
+        let Some(q) = raw else {
+            return QueueConfig::Memory { max_bytes: None };
+        };
+        let qpath = format!("{path}.queue");
+        match q.kind.as_str() {
+            "memory" => {
+                for (key, set) in [
+                    ("dir", q.dir.is_some()),
+                    ("segment_bytes", q.segment_bytes.is_some()),
+                    ("retention", q.retention.is_some()),
+                ] {
+                    if set {
+                        self.error(format!("{qpath}.{key}"), "only applies to kind = \"disk\"");
+                    }
+                }
+                let max_bytes = q
+                    .max_bytes
+                    .as_ref()
+                    .map(|b| self.size(&format!("{qpath}.max_bytes"), Some(b), 0));
+                QueueConfig::Memory { max_bytes }
+            }
+            "disk" => QueueConfig::Disk {
+                dir: q
+                    .dir
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| data_dir.join(name)),
+                max_bytes: self.size(&format!("{qpath}.max_bytes"), q.max_bytes.as_ref(), 1 << 30),
+                segment_bytes: self.size(
+                    &format!("{qpath}.segment_bytes"),
+                    q.segment_bytes.as_ref(),
+                    64 << 20,
+                ),
+                retention: self.duration(
+                    &format!("{qpath}.retention"),
+                    q.retention.as_deref(),
+                    7 * 86_400,
+                ),
+            },
+            other => {
+                self.error(
+                    format!("{qpath}.kind"),
+                    format!("\"{other}\" is not a queue kind: use \"memory\" or \"disk\""),
+                );
+                QueueConfig::Memory { max_bytes: None }
+            }
+        }
+    }
+
+    fn schedule(&mut self, path: &str, value: Option<&str>) -> Schedule {
+        let text = value.unwrap_or("5m").trim();
+        if let Ok(d) = humantime::parse_duration(text) {
+            if d < Duration::from_secs(1) {
+                self.error(
+                    path,
+                    format!("\"{text}\" is shorter than the 1s the scheduler can keep"),
+                );
+            }
+            return Schedule::Every(d);
+        }
+        if text.split_whitespace().count() == 6 {
+            let probe = tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}));
+            if probe.is_ok() {
+                return Schedule::Cron(text.to_owned());
+            }
+            self.error(path, format!("\"{text}\" is not a valid cron expression"));
+        } else {
+            self.error(
+                path,
+                format!(
+                    "\"{text}\" is neither an interval like \"5m\" nor a 6-field cron expression like \"0 */5 * * * *\""
+                ),
+            );
+        }
+        Schedule::Every(Duration::from_secs(300))
+    }
+
+    fn schema(&mut self, path: &str, s: raw::RawSchema) -> Schema {
+        let on_mismatch = match s.on_mismatch.as_deref() {
+            None | Some("reject") => OnMismatch::Reject,
+            Some("ignore") => OnMismatch::Ignore,
+            Some(other) => {
+                self.error(
+                    format!("{path}.on_mismatch"),
+                    format!("\"{other}\" is not \"ignore\" or \"reject\""),
+                );
+                OnMismatch::Reject
+            }
+        };
+        let mut fields = Vec::new();
+        for (name, ty) in s.fields {
+            let ty = match ty.as_str() {
+                Some("string") => FieldType::String,
+                Some("integer") => FieldType::Integer,
+                Some("number") => FieldType::Number,
+                Some("boolean") => FieldType::Boolean,
+                _ => {
+                    self.error(
+                        format!("{path}.fields.{name}"),
+                        format!("{ty} is not a type: use \"string\", \"integer\", \"number\" or \"boolean\""),
+                    );
+                    continue;
+                }
+            };
+            fields.push((name, ty));
+        }
+        let allow_extra = s.allow_extra.unwrap_or(true);
+        for (j, r) in s.required.iter().enumerate() {
+            if !fields.is_empty() && !fields.iter().any(|(n, _)| n == r) {
+                self.error(
+                    format!("{path}.required[{j}]"),
+                    format!("\"{r}\" is not in schema.fields"),
+                );
+            }
+        }
+        if !allow_extra && fields.is_empty() {
+            self.error(
+                format!("{path}.allow_extra"),
+                "is false but schema.fields lists no field, so every row would mismatch",
+            );
+        }
+        Schema {
+            on_mismatch,
+            required: s.required,
+            allow_extra,
+            fields,
+        }
+    }
+
+    fn sink(
+        &mut self,
+        path: &str,
+        s: RawSink,
+        columns: &[Column],
+        schema: Option<&Schema>,
+    ) -> SinkConfig {
+        if s.kind != "celonis" {
+            self.error(
+                format!("{path}.kind"),
+                format!("\"{}\" is not a sink kind: use \"celonis\"", s.kind),
+            );
+        }
+        let base_url = match (&s.url, &s.team, &s.cluster) {
+            (Some(url), None, None) => match Url::parse(url) {
+                Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => u,
+                _ => {
+                    self.error(
+                        format!("{path}.url"),
+                        format!("\"{url}\" is not an http(s) URL"),
+                    );
+                    placeholder_url()
+                }
+            },
+            (None, Some(team), Some(cluster)) => {
+                let text = format!("https://{team}.{cluster}.celonis.cloud");
+                Url::parse(&text).unwrap_or_else(|_| {
+                    self.error(
+                        format!("{path}.team"),
+                        format!("\"{text}\" is not a valid URL"),
+                    );
+                    placeholder_url()
+                })
+            }
+            (None, _, _) => {
+                self.error(path, "set either url, or team and cluster");
+                placeholder_url()
+            }
+            (Some(_), _, _) => {
+                self.error(
+                    format!("{path}.url"),
+                    "set either url, or team and cluster, not both",
+                );
+                placeholder_url()
+            }
+        };
+        let api_prefix = match s.api_prefix.as_deref() {
+            None => "/integration".to_owned(),
+            Some(p @ ("/integration" | "/data-ingestion")) => p.to_owned(),
+            Some(other) => {
+                self.error(
+                    format!("{path}.api_prefix"),
+                    format!("\"{other}\" is not \"/integration\" or \"/data-ingestion\""),
+                );
+                "/integration".to_owned()
+            }
+        };
+        let data_pool_id = self.required_id(&format!("{path}.data_pool_id"), s.data_pool_id);
+        let target_name = s.target_name.unwrap_or_else(|| {
+            self.error(
+                format!("{path}.target_name"),
+                "is required: the Celonis table to push to",
+            );
+            String::new()
+        });
+        let mode = match s.mode.as_deref() {
+            None | Some("DELTA") => PushMode::Delta,
+            Some("REPLACE") => PushMode::Replace,
+            Some(other) => {
+                self.error(
+                    format!("{path}.mode"),
+                    format!("\"{other}\" is not \"DELTA\" or \"REPLACE\""),
+                );
+                PushMode::Delta
+            }
+        };
+        let keys = s.keys.unwrap_or_default();
+        let known: Option<Vec<&str>> = if !columns.is_empty() {
+            Some(columns.iter().map(|c| c.name.as_str()).collect())
+        } else {
+            schema.map(|s| s.fields.iter().map(|(n, _)| n.as_str()).collect())
+        };
+        for (j, k) in keys.iter().enumerate() {
+            if let Some(known) = &known
+                && !known.contains(&k.as_str())
+            {
+                self.error(
+                    format!("{path}.keys[{j}]"),
+                    format!("\"{k}\" is not one of the CSV columns"),
+                );
+            }
+        }
+        if mode == PushMode::Replace && !keys.is_empty() {
+            self.error(
+                format!("{path}.keys"),
+                "keys only apply to mode = \"DELTA\"",
+            );
+        }
+        let auth = match (s.app_key, s.api_key) {
+            (Some(k), None) => CelonisAuth::AppKey(Secret::new(k)),
+            (None, Some(k)) => CelonisAuth::ApiKey(Secret::new(k)),
+            (None, None) => {
+                self.error(path, "set app_key or api_key");
+                CelonisAuth::AppKey(Secret::new(""))
+            }
+            (Some(_), Some(_)) => {
+                self.error(
+                    format!("{path}.api_key"),
+                    "set app_key or api_key, not both",
+                );
+                CelonisAuth::AppKey(Secret::new(""))
+            }
+        };
+        let chunk_bytes = self.size(
+            &format!("{path}.chunk_bytes"),
+            s.chunk_bytes.as_ref(),
+            64 << 20,
+        );
+        if chunk_bytes > 1 << 30 {
+            self.error(
+                format!("{path}.chunk_bytes"),
+                "Celonis accepts chunks of at most 1 GiB",
+            );
+        }
+        let poll_timeout = self.duration(
+            &format!("{path}.poll_timeout"),
+            s.poll_timeout.as_deref(),
+            600,
+        );
+        let request_timeout = self.duration(
+            &format!("{path}.request_timeout"),
+            s.request_timeout.as_deref(),
+            60,
+        );
+        let csv = self.csv(&format!("{path}.csv"), s.csv);
+        SinkConfig::Celonis(CelonisSink {
+            base_url,
+            api_prefix,
+            data_pool_id,
+            connection_id: s.connection_id,
+            target_name,
+            mode,
+            keys,
+            auth,
+            chunk_bytes,
+            poll_timeout,
+            request_timeout,
+            csv,
+        })
+    }
+
+    fn required_id(&mut self, path: &str, value: Option<String>) -> String {
+        match value {
+            None => {
+                self.error(path, "is required");
+                String::new()
+            }
+            Some(id)
+                if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                self.error(
+                    path,
+                    format!("\"{id}\" is not an id (letters, digits and '-')"),
+                );
+                id
+            }
+            Some(id) => id,
+        }
+    }
+
+    fn csv(&mut self, path: &str, raw: Option<raw::RawCsv>) -> CsvOptions {
+        let mut opts = CsvOptions::default();
+        let Some(c) = raw else { return opts };
+        let byte = |v: &mut Validator, key: &str, value: Option<String>, default: u8| match value {
+            None => default,
+            Some(s) if s.len() == 1 && s.is_ascii() => s.as_bytes()[0],
+            Some(s) => {
+                v.error(
+                    format!("{path}.{key}"),
+                    format!(
+                        "\"{}\" must be a single ASCII character",
+                        s.escape_default()
+                    ),
+                );
+                default
+            }
+        };
+        opts.separator = byte(self, "separator", c.separator, b',');
+        opts.quote = byte(self, "quote", c.quote, b'"');
+        opts.escape = byte(self, "escape", c.escape, b'"');
+        opts.line_ending = match c.line_ending.as_deref() {
+            None | Some("\n") => LineEnding::Lf,
+            Some("\r\n") => LineEnding::CrLf,
+            Some("\r") => LineEnding::Cr,
+            Some(other) => {
+                self.error(
+                    format!("{path}.line_ending"),
+                    format!(
+                        "\"{}\" is not \"\\n\", \"\\r\\n\" or \"\\r\"",
+                        other.escape_default()
+                    ),
+                );
+                LineEnding::Lf
+            }
+        };
+        if let Some(d) = c.decimal_separator {
+            opts.decimal_separator = d;
+        }
+        opts.thousand_separator = c.thousand_separator;
+        opts.date_format = c.date_format;
+        if opts.separator == opts.quote {
+            self.error(format!("{path}.quote"), "must differ from the separator");
+        }
+        opts
+    }
+}
+
+fn placeholder_url() -> Url {
+    Url::parse("http://invalid.invalid").expect("constant URL parses")
+}
+
+/// Parses a CIDR, or a bare address as a single-host network.
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// Parses "1048576", "512k", "64MiB", "1GB" (decimal units are powers of 1000, binary ones of 1024).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests;

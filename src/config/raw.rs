@@ -1,0 +1,123 @@
+//! The config file as serde reads it: every table denies unknown keys, so a typo is an error.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: Option<String>,
+    pub server: Option<RawServer>,
+    pub emulator: Option<RawEmulator>,
+    pub celonis: Option<RawCelonis>,
+    #[serde(default)]
+    pub pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmulator {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub app_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCelonis {
+    pub jobs_per_hour: Option<i64>,
+    pub jobs_per_second: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub name: String,
+    pub allow_ips: Option<Vec<String>>,
+    pub queue_capacity: Option<i64>,
+    pub queue: Option<RawQueue>,
+    pub schedule: Option<String>,
+    pub max_rows_per_run: Option<i64>,
+    pub retry_initial: Option<String>,
+    pub retry_max_interval: Option<String>,
+    pub schema: Option<RawSchema>,
+    #[serde(default)]
+    pub columns: Vec<RawColumn>,
+    pub sink: RawSink,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub kind: String,
+    pub dir: Option<String>,
+    pub max_bytes: Option<ByteSize>,
+    pub segment_bytes: Option<ByteSize>,
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchema {
+    pub on_mismatch: Option<String>,
+    #[serde(default)]
+    pub required: Vec<String>,
+    pub allow_extra: Option<bool>,
+    #[serde(default)]
+    pub fields: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawColumn {
+    pub name: String,
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub kind: String,
+    pub url: Option<String>,
+    pub team: Option<String>,
+    pub cluster: Option<String>,
+    pub api_prefix: Option<String>,
+    pub data_pool_id: Option<String>,
+    pub connection_id: Option<String>,
+    pub target_name: Option<String>,
+    pub mode: Option<String>,
+    pub keys: Option<Vec<String>>,
+    pub app_key: Option<String>,
+    pub api_key: Option<String>,
+    pub chunk_bytes: Option<ByteSize>,
+    pub poll_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub csv: Option<RawCsv>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCsv {
+    pub separator: Option<String>,
+    pub quote: Option<String>,
+    pub escape: Option<String>,
+    pub line_ending: Option<String>,
+    pub decimal_separator: Option<String>,
+    pub thousand_separator: Option<String>,
+    pub date_format: Option<String>,
+}
+
+/// A size: a plain number of bytes or a string like "64MiB", "1GB", "512k".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(i64),
+    Text(String),
+}

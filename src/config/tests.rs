@@ -1,0 +1,235 @@
+//! Config loading and validation, as specifications.
+
+use super::*;
+
+/// The example from the intake issue's config contract, verbatim.
+const CONTRACT: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+max_body_bytes = 1048576          # request bodies above this get 413
+
+[[pipelines]]
+name = "orders"                   # ingest URL: /hooks/orders
+allow_ips = ["127.0.0.0/8", "::1/128", "10.0.0.0/8"]   # optional; absent = anyone
+queue_capacity = 100000           # rows held at most
+schedule = "5m"                   # interval (humantime) or a 6-field cron expression
+max_rows_per_run = 300            # rows one drain takes at most
+
+[pipelines.schema]                # optional
+on_mismatch = "ignore"            # "ignore": the row is dropped and counted; "reject": the request gets 422
+required = ["OrderId"]
+allow_extra = false               # a field not listed below is a mismatch
+fields = { OrderId = "string", DeliveryDate = "string", Quantity = "integer", Price = "number", Express = "boolean" }
+
+[[pipelines.columns]]             # optional; CSV columns in order (used by the delivery issue)
+name = "Order ID"
+from = "OrderId"
+[[pipelines.columns]]
+name = "Requested Delivery Date"
+from = "DeliveryDate"
+
+[pipelines.sink]                  # parsed and validated here; used by the delivery issue
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "pushCSV"
+mode = "DELTA"                    # or "REPLACE"
+keys = ["Order ID"]
+app_key = "${CELONIS_APP_KEY}"
+"#;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("CELONIS_APP_KEY".to_owned(), "k3y".to_owned())])
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    match Config::load(text, &env()) {
+        Ok(_) => panic!("config should not load"),
+        Err(ConfigErrors(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn the_contract_example_loads_with_every_setting_resolved() {
+    let c = Config::load(CONTRACT, &env()).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.server.max_body_bytes, 1_048_576);
+    let p = &c.pipelines[0];
+    assert_eq!(p.name, "orders");
+    assert_eq!(p.allow_ips.as_ref().unwrap().len(), 3);
+    assert_eq!(p.queue_capacity, 100_000);
+    assert_eq!(p.schedule, Schedule::Every(Duration::from_secs(300)));
+    assert_eq!(p.max_rows_per_run, 300);
+    let schema = p.schema.as_ref().unwrap();
+    assert_eq!(schema.on_mismatch, OnMismatch::Ignore);
+    assert!(!schema.allow_extra);
+    let names: Vec<_> = schema.fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["OrderId", "DeliveryDate", "Quantity", "Price", "Express"],
+        "config order kept"
+    );
+    assert_eq!(schema.field_type("Quantity"), Some(FieldType::Integer));
+    assert_eq!(
+        p.columns[1],
+        Column {
+            name: "Requested Delivery Date".into(),
+            from: "DeliveryDate".into()
+        }
+    );
+    let SinkConfig::Celonis(sink) = &p.sink;
+    assert_eq!(sink.base_url.as_str(), "https://myteam.eu-1.celonis.cloud/");
+    assert_eq!(sink.mode, PushMode::Delta);
+    assert_eq!(sink.keys, ["Order ID"]);
+    match &sink.auth {
+        CelonisAuth::AppKey(k) => assert_eq!(k.expose(), "k3y"),
+        other => panic!("unexpected auth {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_environment_variable_is_named_with_its_key() {
+    let errs = match Config::load(CONTRACT, &HashMap::new()) {
+        Err(ConfigErrors(e)) => e,
+        Ok(_) => panic!("should fail"),
+    };
+    assert_eq!(
+        errs[0].to_string(),
+        "pipelines[0].sink.app_key: environment variable CELONIS_APP_KEY is not set"
+    );
+}
+
+#[test]
+fn a_bad_cidr_names_its_index() {
+    let text = CONTRACT.replace("\"10.0.0.0/8\"]", "\"10.0.0.0/33\"]");
+    assert_eq!(
+        errors_of(&text),
+        ["pipelines[0].allow_ips[2]: \"10.0.0.0/33\" is not a CIDR"]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_so_typos_do_not_disable_anything() {
+    let text = CONTRACT.replace("allow_extra = false", "alow_extra = false");
+    let errs = errors_of(&text);
+    assert!(errs[0].contains("unknown field `alow_extra`"), "{errs:?}");
+}
+
+#[test]
+fn every_mistake_is_reported_at_once() {
+    let text = CONTRACT
+        .replace("queue_capacity = 100000", "queue_capacity = 0")
+        .replace("schedule = \"5m\"", "schedule = \"every tuesday\"")
+        .replace("from = \"DeliveryDate\"", "from = \"DeliveryDat\"")
+        .replace("mode = \"DELTA\"", "mode = \"UPSERT\"");
+    let errs = errors_of(&text);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(errs[0].starts_with("pipelines[0].queue_capacity: 0 must be greater than 0"));
+    assert!(errs[1].starts_with("pipelines[0].schedule: \"every tuesday\" is neither"));
+    assert!(errs[2].starts_with("pipelines[0].columns[1].from: \"DeliveryDat\" is not a field"));
+    assert!(errs[3].starts_with("pipelines[0].sink.mode: \"UPSERT\""));
+}
+
+#[test]
+fn pipeline_names_are_checked_and_unique() {
+    let mut text = CONTRACT.to_owned();
+    text.push_str(
+        &CONTRACT[CONTRACT.find("[[pipelines]]").unwrap()..].replace("\"orders\"", "\"or ders\""),
+    );
+    text.push_str(&CONTRACT[CONTRACT.find("[[pipelines]]").unwrap()..]);
+    let errs = errors_of(&text);
+    assert!(
+        errs.contains(
+            &"pipelines[1].name: \"or ders\" may only contain letters, digits, '_' and '-'"
+                .to_owned()
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&"pipelines[2].name: \"orders\" is used by an earlier pipeline".to_owned()),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn cron_schedules_need_six_fields() {
+    let ok = CONTRACT.replace("schedule = \"5m\"", "schedule = \"0 */5 * * * *\"");
+    let c = Config::load(&ok, &env()).unwrap();
+    assert_eq!(
+        c.pipelines[0].schedule,
+        Schedule::Cron("0 */5 * * * *".into())
+    );
+    let bad = CONTRACT.replace("schedule = \"5m\"", "schedule = \"0 99 * * * *\"");
+    assert_eq!(
+        errors_of(&bad),
+        ["pipelines[0].schedule: \"0 99 * * * *\" is not a valid cron expression"]
+    );
+}
+
+#[test]
+fn keys_must_name_csv_columns() {
+    let text = CONTRACT.replace("keys = [\"Order ID\"]", "keys = [\"OrderId\"]");
+    assert_eq!(
+        errors_of(&text),
+        ["pipelines[0].sink.keys[0]: \"OrderId\" is not one of the CSV columns"]
+    );
+}
+
+#[test]
+fn team_and_cluster_build_the_url() {
+    let text = CONTRACT.replace(
+        "url = \"https://myteam.eu-1.celonis.cloud\"",
+        "team = \"acme\"\ncluster = \"us-2\"\napi_prefix = \"/data-ingestion\"",
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    let SinkConfig::Celonis(sink) = &c.pipelines[0].sink;
+    assert_eq!(sink.base_url.as_str(), "https://acme.us-2.celonis.cloud/");
+    assert_eq!(sink.api_prefix, "/data-ingestion");
+}
+
+#[test]
+fn disk_queues_default_their_directory_under_data_dir() {
+    let text = format!(
+        "data_dir = \"/var/lib/weir\"\n{}",
+        CONTRACT.replace(
+            "max_rows_per_run = 300",
+            "max_rows_per_run = 300\nqueue = { kind = \"disk\", max_bytes = \"1GiB\" }",
+        )
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    assert_eq!(
+        c.pipelines[0].queue,
+        QueueConfig::Disk {
+            dir: PathBuf::from("/var/lib/weir/orders"),
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            retention: Duration::from_secs(7 * 86_400),
+        }
+    );
+}
+
+#[test]
+fn csv_options_must_be_single_characters() {
+    let text =
+        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";;\"\nline_ending = \"\\r\\n\"\n");
+    assert_eq!(
+        errors_of(&text),
+        ["pipelines[0].sink.csv.separator: \";;\" must be a single ASCII character"]
+    );
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = Config::load(CONTRACT, &env()).unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("k3y"), "{debug}");
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    assert_eq!(parse_size("1048576"), Some(1_048_576));
+    assert_eq!(parse_size("64MiB"), Some(64 << 20));
+    assert_eq!(parse_size("1 GB"), Some(1_000_000_000));
+    assert_eq!(parse_size("12 parsecs"), None);
+    assert_eq!(parse_size("99999999999999TiB"), None);
+}

@@ -1,0 +1,127 @@
+//! `weir check` and the CLI, run as the real binary.
+
+use std::process::Command;
+
+fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.env_remove("WEIR_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_prints_resolved_settings_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        &crate::helpers::pipeline_config("127.0.0.1:8080", "allow_ips = [\"10.0.0.0/8\"]")
+            .replace("\"test-key\"", "\"${APP_KEY}\""),
+    );
+    let out = weir()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .env("APP_KEY", "very-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pipeline orders:"), "{stdout}");
+    assert!(stdout.contains("allow_ips: 10.0.0.0/8"), "{stdout}");
+    assert!(stdout.contains("AppKey ***"), "{stdout}");
+    assert!(!stdout.contains("very-secret-value"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_key_path_and_value_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::helpers::pipeline_config("127.0.0.1:8080", "")
+        + "\n[[pipelines]]\nname = \"b\"\nallow_ips = [\"10.0.0.0/33\"]\n[pipelines.sink]\nkind = \"celonis\"\nurl = \"http://x\"\ndata_pool_id = \"p\"\ntarget_name = \"t\"\napp_key = \"${MISSING_KEY}\"\n";
+    let path = write(&dir, &text);
+    let out = weir()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pipelines[1].allow_ips[0]: \"10.0.0.0/33\" is not a CIDR"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipelines[1].sink.app_key: environment variable MISSING_KEY is not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_unknown_keys_and_syntax_errors_with_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[server]\nlisten = \"127.0.0.1:1\"\nmax_body = 5\n");
+    let out = weir().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown field `max_body`") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reads_weir_config_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, &crate::helpers::pipeline_config("127.0.0.1:8080", ""));
+    let out = weir()
+        .arg("check")
+        .env("WEIR_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_shipped_config_is_valid_with_no_environment() {
+    let out = weir()
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/weir.toml"),
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_verb_has_help_and_there_is_a_version() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["check", "--help"],
+        &["--version"],
+    ] {
+        let out = weir().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+}
