@@ -15,6 +15,9 @@ use crate::ingest::{self, IngestState};
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
+use crate::schedule::{RunReport, Scheduler, SchedulerHandle};
+use crate::sink::Sink;
+use crate::sink::budget::Budgets;
 
 /// A running weir.
 pub struct App {
@@ -24,7 +27,14 @@ pub struct App {
     stopping: CancellationToken,
     /// Cancelled once in-flight requests are done: stops the listener tasks.
     stop_servers: CancellationToken,
-    tracker: TaskTracker,
+    /// Cancelled after the listeners stopped: workers finish their run and exit.
+    stop_workers: CancellationToken,
+    /// The listener tasks.
+    servers: TaskTracker,
+    /// The pipeline workers.
+    workers: TaskTracker,
+    scheduler: Scheduler,
+    runs: SchedulerHandle,
     config: Config,
 }
 
@@ -40,7 +50,20 @@ impl App {
         }
         let stopping = CancellationToken::new();
         let stop_servers = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let stop_workers = CancellationToken::new();
+        let servers = TaskTracker::new();
+        let workers_tracker = TaskTracker::new();
+
+        let budgets = Budgets::default();
+        let mut workers = Vec::new();
+        for p in &pipelines {
+            let sink = Sink::new(&p.config, config.celonis, &budgets)
+                .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
+            workers.push((p.clone(), Arc::new(sink)));
+        }
+        let (scheduler, runs) = Scheduler::start(workers, &workers_tracker, stop_workers.clone())
+            .await
+            .context("starting the scheduler")?;
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -49,7 +72,7 @@ impl App {
         let state = IngestState::new(&pipelines, config.server.max_body_bytes, stopping.clone());
         let router = ingest::router(state);
         let stop = stop_servers.clone();
-        tracker.spawn(async move {
+        servers.spawn(async move {
             let served = axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -66,7 +89,11 @@ impl App {
             pipelines,
             stopping,
             stop_servers,
-            tracker,
+            stop_workers,
+            servers,
+            workers: workers_tracker,
+            scheduler,
+            runs,
             config,
         })
     }
@@ -83,18 +110,38 @@ impl App {
         &self.config
     }
 
-    /// The shutdown protocol: refuse new rows, let in-flight requests finish, stop the
-    /// listeners, sync the queues.
+    /// Runs a delivery of `pipeline` now and returns its report.
+    pub async fn flush(&self, pipeline: &str) -> Option<RunReport> {
+        self.runs.flush(pipeline).await
+    }
+
+    /// Handle for asking for runs and reading their reports.
+    pub fn runs(&self) -> &SchedulerHandle {
+        &self.runs
+    }
+
+    /// The shutdown protocol: refuse new rows (503), let in-flight requests finish, stop the
+    /// ticks, let a running delivery finish, sync the queues — all within `shutdown_grace`.
     pub async fn shutdown(self) {
+        let grace = self.config.server.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.stopping.cancel();
         self.stop_servers.cancel();
-        self.tracker.close();
-        let grace = self.config.server.shutdown_grace;
-        if tokio::time::timeout(grace, self.tracker.wait())
+        self.servers.close();
+        if tokio::time::timeout_at(deadline, self.servers.wait())
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?grace, "shutdown grace period over, stopping anyway");
+            tracing::warn!(grace = ?grace, "requests still running at the end of the grace period");
+        }
+        self.scheduler.stop().await;
+        self.stop_workers.cancel();
+        self.workers.close();
+        if tokio::time::timeout_at(deadline, self.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?grace, "delivery still running at the end of the grace period");
         }
         for p in &self.pipelines {
             if let Err(e) = p.queue.sync().await {

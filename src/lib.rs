@@ -7,4 +7,6 @@ pub mod ingest;
 pub mod pipeline;
 pub mod queue;
 pub mod row;
+pub mod schedule;
 pub mod shutdown;
+pub mod sink;

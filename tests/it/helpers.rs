@@ -152,3 +152,109 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The real Data Push emulator, on a free loopback port.
+pub struct TestEmulator {
+    pub base: String,
+    client: reqwest::Client,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+pub async fn spawn_emulator(config: weir::emulator::EmulatorConfig) -> TestEmulator {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let emulator = weir::emulator::Emulator::new(config).expect("emulator starts");
+    tokio::spawn(emulator.serve(listener, stop.clone()));
+    TestEmulator {
+        base,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        stop,
+    }
+}
+
+impl Drop for TestEmulator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl TestEmulator {
+    /// The rows of a table, in insertion order (empty when it does not exist yet).
+    pub async fn table(&self, name: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let resp = self
+            .client
+            .get(format!("{}/emulator/tables/{name}", self.base))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 404 {
+            return vec![];
+        }
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_object().unwrap().clone())
+            .collect()
+    }
+
+    /// One column of a table, in insertion order.
+    pub async fn column(&self, table: &str, column: &str) -> Vec<String> {
+        self.table(table)
+            .await
+            .iter()
+            .map(|r| r[column].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Every job the emulator saw, oldest first.
+    pub async fn jobs(&self) -> Vec<serde_json::Value> {
+        let resp = self
+            .client
+            .get(format!("{}/emulator/jobs", self.base))
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap()
+    }
+
+    pub async fn fault(&self, fault: serde_json::Value) {
+        let resp = self
+            .client
+            .post(format!("{}/emulator/faults", self.base))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "fault accepted");
+    }
+}
+
+/// A pipeline config delivering to `emulator_url`; `pipeline_extra` goes in the pipeline
+/// table, `sink_extra` in the sink table.
+pub fn delivery_config(emulator_url: &str, pipeline_extra: &str, sink_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[[pipelines]]
+name = "orders"
+queue_capacity = 1000
+schedule = "1h"
+retry_initial = "1h"
+{pipeline_extra}
+
+[pipelines.sink]
+kind = "celonis"
+url = "{emulator_url}"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "orders"
+app_key = "test-key"
+{sink_extra}
+"#
+    )
+}

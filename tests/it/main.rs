@@ -2,5 +2,6 @@
 //! HTTP to it over loopback.
 
 mod check;
+mod delivery;
 mod helpers;
 mod ingest;

@@ -1,0 +1,259 @@
+//! Writes a batch of rows as CSV: a header row, then one record per row, every value as the
+//! text it was received with. Large batches are split into several chunks, each with its own
+//! header, as Data Push clients do.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::config::{Column, CsvOptions, LineEnding, Schema};
+use crate::queue::Entry;
+
+/// The CSV columns of a batch: header names and the row field each is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub headers: Vec<String>,
+    pub sources: Vec<String>,
+}
+
+impl Layout {
+    /// `[[pipelines.columns]]` in order; without them, the schema's fields in config order;
+    /// without either, the union of the batch's field names in first-seen order.
+    pub fn for_batch(columns: &[Column], schema: Option<&Schema>, entries: &[Entry]) -> Layout {
+        if !columns.is_empty() {
+            return Layout {
+                headers: columns.iter().map(|c| c.name.clone()).collect(),
+                sources: columns.iter().map(|c| c.from.clone()).collect(),
+            };
+        }
+        if let Some(schema) = schema.filter(|s| !s.fields.is_empty()) {
+            let names: Vec<String> = schema.fields.iter().map(|(n, _)| n.clone()).collect();
+            return Layout {
+                headers: names.clone(),
+                sources: names,
+            };
+        }
+        let mut seen = HashSet::new();
+        let mut names = Vec::new();
+        for e in entries {
+            for f in e.row.fields() {
+                if seen.insert(f.name) {
+                    names.push(f.name.to_owned());
+                }
+            }
+        }
+        Layout {
+            headers: names.clone(),
+            sources: names,
+        }
+    }
+}
+
+/// Builds a configured `csv::Writer` over a buffer.
+fn writer(opts: &CsvOptions, buf: Vec<u8>) -> csv::Writer<Vec<u8>> {
+    let terminator = match opts.line_ending {
+        LineEnding::CrLf => csv::Terminator::CRLF,
+        LineEnding::Lf => csv::Terminator::Any(b'\n'),
+        LineEnding::Cr => csv::Terminator::Any(b'\r'),
+    };
+    csv::WriterBuilder::new()
+        .delimiter(opts.separator)
+        .quote(opts.quote)
+        .escape(opts.escape)
+        .double_quote(opts.escape == opts.quote)
+        .terminator(terminator)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(buf)
+}
+
+/// Writes the batch as one or more CSV chunks of at most about `chunk_bytes` each (a chunk
+/// always holds at least one record), each starting with the header row.
+pub fn write_chunks(
+    layout: &Layout,
+    entries: &[Entry],
+    opts: &CsvOptions,
+    chunk_bytes: u64,
+) -> Result<Vec<Vec<u8>>, csv::Error> {
+    let index: HashMap<&str, usize> = layout
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+    let mut chunks = Vec::new();
+    let mut w = writer(opts, Vec::new());
+    w.write_record(&layout.headers)?;
+    let mut records_in_chunk = 0usize;
+    let mut cells: Vec<&str> = vec![""; layout.sources.len()];
+    for e in entries {
+        cells.iter_mut().for_each(|c| *c = "");
+        for (pos, f) in e.row.fields().enumerate() {
+            // Rows usually list their fields in column order: try that slot first.
+            let slot = match layout.sources.get(pos) {
+                Some(s) if s == f.name => Some(pos),
+                _ => index.get(f.name).copied(),
+            };
+            if let Some(i) = slot {
+                cells[i] = f.text;
+            }
+        }
+        w.write_record(&cells)?;
+        records_in_chunk += 1;
+        w.flush()?;
+        if w.get_ref().len() as u64 >= chunk_bytes {
+            let full = std::mem::replace(&mut w, writer(opts, Vec::new()));
+            chunks.push(full.into_inner().map_err(|e| e.into_error())?);
+            w.write_record(&layout.headers)?;
+            records_in_chunk = 0;
+        }
+    }
+    w.flush()?;
+    let last = w.into_inner().map_err(|e| e.into_error())?;
+    if records_in_chunk > 0 || chunks.is_empty() {
+        chunks.push(last);
+    }
+    Ok(chunks)
+}
+
+/// The job's `csvParsingOptions`, telling Celonis how the file was written.
+pub fn parsing_options(opts: &CsvOptions) -> serde_json::Value {
+    let mut o = serde_json::json!({
+        "separatorSequence": (opts.separator as char).to_string(),
+        "quoteSequence": (opts.quote as char).to_string(),
+        "escapeSequence": (opts.escape as char).to_string(),
+        "lineEnding": opts.line_ending.as_str(),
+        "charSet": "UTF-8",
+        "decimalSeparator": opts.decimal_separator,
+    });
+    if let Some(t) = &opts.thousand_separator {
+        o["thousandSeparator"] = t.clone().into();
+    }
+    if let Some(d) = &opts.date_format {
+        o["dateFormat"] = d.clone().into();
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::{Kind, Row};
+
+    fn entry(fields: &[(&str, &str)]) -> Entry {
+        Entry {
+            offset: 0,
+            received_ms: 0,
+            row: Row::from_pairs(fields.iter().copied()).unwrap(),
+        }
+    }
+
+    fn text(chunks: &[Vec<u8>]) -> Vec<String> {
+        chunks
+            .iter()
+            .map(|c| String::from_utf8(c.clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn configured_columns_pick_and_rename_fields_and_missing_ones_are_empty() {
+        let columns = vec![
+            Column {
+                name: "Order ID".into(),
+                from: "OrderId".into(),
+            },
+            Column {
+                name: "Date".into(),
+                from: "DeliveryDate".into(),
+            },
+        ];
+        let entries = vec![
+            entry(&[
+                ("OrderId", "0145632053"),
+                ("DeliveryDate", "12.03.2021"),
+                ("Extra", "x"),
+            ]),
+            entry(&[("DeliveryDate", "01.01.2022"), ("OrderId", "007")]),
+            entry(&[("OrderId", "8")]),
+        ];
+        let layout = Layout::for_batch(&columns, None, &entries);
+        let chunks = write_chunks(&layout, &entries, &CsvOptions::default(), 1 << 20).unwrap();
+        assert_eq!(
+            text(&chunks),
+            ["Order ID,Date\n0145632053,12.03.2021\n007,01.01.2022\n8,\n"]
+        );
+    }
+
+    #[test]
+    fn without_columns_or_schema_the_header_is_the_union_in_first_seen_order() {
+        let entries = vec![
+            entry(&[("b", "1"), ("a", "2")]),
+            entry(&[("c", "3"), ("a", "4")]),
+        ];
+        let layout = Layout::for_batch(&[], None, &entries);
+        assert_eq!(layout.headers, ["b", "a", "c"]);
+        let chunks = write_chunks(&layout, &entries, &CsvOptions::default(), 1 << 20).unwrap();
+        assert_eq!(text(&chunks), ["b,a,c\n1,2,\n,4,3\n"]);
+    }
+
+    #[test]
+    fn quotes_separators_and_line_breaks_are_quoted() {
+        let mut b = Row::builder();
+        b.push("a", Kind::String, "say \"hi\"").unwrap();
+        b.push("b", Kind::String, "x,y").unwrap();
+        b.push("c", Kind::String, "line\r\nbreak").unwrap();
+        b.push("d", Kind::Number, "1.50").unwrap();
+        let entries = vec![Entry {
+            offset: 0,
+            received_ms: 0,
+            row: b.finish(),
+        }];
+        let layout = Layout::for_batch(&[], None, &entries);
+        let chunks = write_chunks(&layout, &entries, &CsvOptions::default(), 1 << 20).unwrap();
+        assert_eq!(
+            text(&chunks),
+            ["a,b,c,d\n\"say \"\"hi\"\"\",\"x,y\",\"line\r\nbreak\",1.50\n"]
+        );
+    }
+
+    #[test]
+    fn separator_escape_and_line_ending_follow_the_options() {
+        let opts = CsvOptions {
+            separator: b';',
+            escape: b'\\',
+            line_ending: LineEnding::CrLf,
+            ..CsvOptions::default()
+        };
+        let entries = vec![entry(&[("a", "1;2"), ("b", "q\"q")])];
+        let layout = Layout::for_batch(&[], None, &entries);
+        let chunks = write_chunks(&layout, &entries, &opts, 1 << 20).unwrap();
+        assert_eq!(text(&chunks), ["a;b\r\n\"1;2\";\"q\\\"q\"\r\n"]);
+        let o = parsing_options(&opts);
+        assert_eq!(o["separatorSequence"], ";");
+        assert_eq!(o["escapeSequence"], "\\");
+        assert_eq!(o["lineEnding"], "\r\n");
+    }
+
+    #[test]
+    fn big_batches_split_into_chunks_that_each_have_the_header() {
+        let entries: Vec<Entry> = (0..10)
+            .map(|i| entry(&[("n", &format!("{i:04}"))]))
+            .collect();
+        let layout = Layout::for_batch(&[], None, &entries);
+        let chunks = write_chunks(&layout, &entries, &CsvOptions::default(), 12).unwrap();
+        let chunks = text(&chunks);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.starts_with("n\n")));
+        let all: Vec<&str> = chunks.iter().flat_map(|c| c.lines().skip(1)).collect();
+        assert_eq!(all, (0..10).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_empty_batch_is_just_a_header() {
+        let layout = Layout {
+            headers: vec!["a".into()],
+            sources: vec!["a".into()],
+        };
+        assert_eq!(
+            text(&write_chunks(&layout, &[], &CsvOptions::default(), 10).unwrap()),
+            ["a\n"]
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Sinks: where a run's batch goes. Today the Celonis Data Push API; every sink takes a batch
+//! of queued entries and either delivers all of it or fails, leaving it queued.
+//!
+//! Architecture Invariant: sinks never remove rows from a queue; the scheduler commits a
+//! batch only after its sink said it was delivered.
+
+pub mod budget;
+pub mod celonis;
+pub mod csv;
+
+use std::time::Duration;
+
+use crate::config::{CelonisLimits, PipelineConfig, SinkConfig};
+use crate::queue::{Entry, Queue};
+use budget::Budgets;
+use celonis::{CelonisClient, PushFailure};
+
+/// Why a batch was not delivered. The batch stays queued in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("writing CSV: {0}")]
+    Csv(#[from] ::csv::Error),
+    #[error(transparent)]
+    Celonis(#[from] PushFailure),
+}
+
+impl SinkError {
+    /// A wait the receiving service asked for (e.g. 429 Retry-After).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Celonis(p) => p.retry_after(),
+            SinkError::Csv(_) => None,
+        }
+    }
+}
+
+/// A pipeline's sink, ready to deliver.
+pub enum Sink {
+    Celonis(CelonisClient),
+}
+
+impl Sink {
+    pub fn new(
+        config: &PipelineConfig,
+        limits: CelonisLimits,
+        budgets: &Budgets,
+    ) -> Result<Sink, reqwest::Error> {
+        match &config.sink {
+            SinkConfig::Celonis(c) => {
+                let budget = budgets.for_team(&c.team_key(), limits);
+                Ok(Sink::Celonis(CelonisClient::new(c.clone(), budget)?))
+            }
+        }
+    }
+
+    /// Delivers the batch (non-empty, oldest first). Returns the sink's job id, if any.
+    pub async fn deliver(
+        &self,
+        config: &PipelineConfig,
+        entries: &[Entry],
+        queue: &dyn Queue,
+    ) -> Result<Option<String>, SinkError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(None);
+        };
+        match self {
+            Sink::Celonis(client) => {
+                let SinkConfig::Celonis(c) = &config.sink;
+                let layout =
+                    csv::Layout::for_batch(&config.columns, config.schema.as_ref(), entries);
+                let chunks = csv::write_chunks(&layout, entries, &c.csv, c.chunk_bytes)?;
+                let job = client
+                    .push(&chunks, first.offset, last.offset, queue)
+                    .await?;
+                Ok(Some(job))
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Scheduled delivery to the real emulator over loopback HTTP: job body, CSV bytes, table
+//! contents, batching, modes, failures and the job budget.
+
+use serde_json::json;
+use weir::emulator::EmulatorConfig;
+use weir::schedule::Outcome;
+
+use crate::helpers::{delivery_config, spawn_app, spawn_emulator, wait_until};
+
+fn emulator() -> EmulatorConfig {
+    EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..EmulatorConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn posted_rows_become_one_job_with_the_right_body_csv_and_table_rows() {
+    let emu = spawn_emulator(emulator()).await;
+    let columns = r#"
+[[pipelines.columns]]
+name = "Order ID"
+from = "OrderId"
+[[pipelines.columns]]
+name = "Note"
+from = "Note"
+"#;
+    let sink = r#"mode = "DELTA"
+keys = ["Order ID"]
+[pipelines.sink.csv]
+separator = ";"
+line_ending = "\r\n"
+date_format = "dd.MM.yyyy"
+"#;
+    let app = spawn_app(&delivery_config(&emu.base, columns, sink)).await;
+    assert_eq!(
+        app.get("/hooks/orders?OrderId=0145632053&Note=M%C3%BCnchen%3B+Bahnhof")
+            .await
+            .status(),
+        202
+    );
+    let body =
+        json!([{"OrderId": "007", "Note": "say \"hi\"\nbye"}, {"OrderId": "0008"}]).to_string();
+    assert_eq!(app.post_json("orders", &body).await.status(), 202);
+
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+    assert_eq!(report.rows, 3);
+
+    let jobs = emu.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(report.job_id.as_deref(), jobs[0]["id"].as_str());
+    assert_eq!(
+        jobs[0]["request"],
+        json!({
+            "type": "DELTA",
+            "fileType": "CSV",
+            "targetName": "orders",
+            "dataPoolId": "8f2c1f9e-0000-4000-8000-000000000001",
+            "keys": ["Order ID"],
+            "csvParsingOptions": {
+                "separatorSequence": ";", "quoteSequence": "\"", "escapeSequence": "\"",
+                "lineEnding": "\r\n", "charSet": "UTF-8", "decimalSeparator": ".", "dateFormat": "dd.MM.yyyy"
+            }
+        })
+    );
+    assert_eq!(jobs[0]["status"], "DONE");
+    assert_eq!(
+        jobs[0]["chunks"][0]["content"],
+        "Order ID;Note\r\n0145632053;\"München; Bahnhof\"\r\n007;\"say \"\"hi\"\"\nbye\"\r\n0008;\r\n"
+    );
+    let table = emu.table("orders").await;
+    assert_eq!(table.len(), 3);
+    assert_eq!(table[0]["Order ID"], "0145632053");
+    assert_eq!(table[0]["Note"], "München; Bahnhof");
+    assert_eq!(table[1]["Note"], "say \"hi\"\nbye");
+    assert_eq!(table[2]["Order ID"], "0008");
+    assert!(
+        app.queued("orders").await.is_empty(),
+        "delivered rows left the queue"
+    );
+}
+
+#[tokio::test]
+async fn each_run_takes_at_most_max_rows_per_run_in_arrival_order() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(&emu.base, "max_rows_per_run = 3", "")).await;
+    let rows: Vec<_> = (0..7).map(|i| json!({"n": format!("{i:03}")})).collect();
+    assert_eq!(
+        app.post_json("orders", &json!(rows).to_string())
+            .await
+            .status(),
+        202
+    );
+    let mut delivered = vec![];
+    for _ in 0..3 {
+        let r = app.app().flush("orders").await.unwrap();
+        assert_eq!(r.outcome, Outcome::Delivered);
+        delivered.push(r.rows);
+    }
+    assert_eq!(delivered, [3, 3, 1]);
+    let empty = app.app().flush("orders").await.unwrap();
+    assert_eq!((empty.outcome, empty.rows), (Outcome::Empty, 0));
+    assert_eq!(emu.jobs().await.len(), 3, "an empty queue makes no job");
+    let expected: Vec<String> = (0..7).map(|i| format!("{i:03}")).collect();
+    assert_eq!(emu.column("orders", "n").await, expected);
+}
+
+#[tokio::test]
+async fn replace_delta_with_keys_and_delta_append_load_differently() {
+    let emu = spawn_emulator(emulator()).await;
+    let replace = spawn_app(
+        &delivery_config(
+            &emu.base,
+            "",
+            "mode = \"REPLACE\"\ntarget_name = \"t_replace\"",
+        )
+        .replace("target_name = \"orders\"\n", ""),
+    )
+    .await;
+    let upsert = spawn_app(
+        &delivery_config(&emu.base, "", "keys = [\"id\"]\ntarget_name = \"t_upsert\"")
+            .replace("target_name = \"orders\"\n", ""),
+    )
+    .await;
+    let append = spawn_app(
+        &delivery_config(&emu.base, "", "target_name = \"t_append\"")
+            .replace("target_name = \"orders\"\n", ""),
+    )
+    .await;
+    for app in [&replace, &upsert, &append] {
+        app.post_json("orders", r#"[{"id":"1","v":"a"},{"id":"2","v":"b"}]"#)
+            .await;
+        assert_eq!(
+            app.app().flush("orders").await.unwrap().outcome,
+            Outcome::Delivered
+        );
+        app.post_json("orders", r#"[{"id":"2","v":"c"},{"id":"3","v":"d"}]"#)
+            .await;
+        assert_eq!(
+            app.app().flush("orders").await.unwrap().outcome,
+            Outcome::Delivered
+        );
+    }
+    let pairs = |rows: Vec<serde_json::Map<String, serde_json::Value>>| -> Vec<String> {
+        rows.iter()
+            .map(|r| format!("{}={}", r["id"].as_str().unwrap(), r["v"].as_str().unwrap()))
+            .collect()
+    };
+    assert_eq!(pairs(emu.table("t_replace").await), ["2=c", "3=d"]);
+    assert_eq!(pairs(emu.table("t_upsert").await), ["1=a", "2=c", "3=d"]);
+    assert_eq!(
+        pairs(emu.table("t_append").await),
+        ["1=a", "2=b", "2=c", "3=d"]
+    );
+}
+
+/// Posts ids 1..=4, makes one run fail with `fault`, and checks that nothing left the queue,
+/// then that the next run delivers each key exactly once, in order.
+async fn a_failed_run_keeps_every_row(
+    fault: serde_json::Value,
+    sink_extra: &str,
+    expect_in_error: &str,
+) {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(
+        &emu.base,
+        "",
+        &format!("keys = [\"id\"]\n{sink_extra}"),
+    ))
+    .await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"},{"id":"3"},{"id":"4"}]"#)
+        .await;
+    emu.fault(fault).await;
+    let failed = app.app().flush("orders").await.unwrap();
+    assert_eq!(failed.outcome, Outcome::Failed, "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains(expect_in_error),
+        "{error:?} should mention {expect_in_error:?}"
+    );
+    assert_eq!(
+        app.queued("orders").await.len(),
+        4,
+        "every row is still queued"
+    );
+    let ok = app.app().flush("orders").await.unwrap();
+    assert_eq!(ok.outcome, Outcome::Delivered, "{ok:?}");
+    // A timed-out job may still finish: wait for the emulator to settle, then count keys.
+    wait_until(10, "no job still running", || async {
+        emu.jobs()
+            .await
+            .iter()
+            .all(|j| !matches!(j["status"].as_str(), Some("QUEUED" | "RUNNING")))
+    })
+    .await;
+    assert_eq!(emu.column("orders", "id").await, ["1", "2", "3", "4"]);
+    assert!(app.queued("orders").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_server_error_leaves_every_row_queued_for_the_next_run() {
+    a_failed_run_keeps_every_row(
+        json!({"status": 500, "count": 1, "endpoint": "upload"}),
+        "",
+        "HTTP 500",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_credentials_error_leaves_every_row_queued_and_says_so() {
+    a_failed_run_keeps_every_row(
+        json!({"status": 401, "count": 1, "endpoint": "create"}),
+        "",
+        "credentials rejected",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_execute_leaves_every_row_queued() {
+    a_failed_run_keeps_every_row(
+        json!({"status": 429, "count": 1, "endpoint": "execute", "retry_after": 1}),
+        "",
+        "HTTP 429",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_error_job_leaves_every_row_queued() {
+    a_failed_run_keeps_every_row(
+        json!({"job_status": "ERROR", "count": 1}),
+        "",
+        "ended ERROR",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_response_times_out_and_leaves_every_row_queued() {
+    a_failed_run_keeps_every_row(
+        json!({"delay_ms": 1500, "count": 1, "endpoint": "create"}),
+        "request_timeout = \"300ms\"",
+        "create job",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_that_outlives_the_poll_timeout_is_retried_without_duplicating_keys() {
+    a_failed_run_keeps_every_row(
+        json!({"delay_ms": 1500, "count": 2, "endpoint": "get"}),
+        "request_timeout = \"300ms\"\npoll_timeout = \"900ms\"",
+        "was not finished",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn failed_runs_are_retried_with_backoff_without_waiting_for_the_schedule() {
+    let emu = spawn_emulator(emulator()).await;
+    let config = delivery_config(&emu.base, "", "").replace(
+        "retry_initial = \"1h\"",
+        "retry_initial = \"100ms\"\nretry_max_interval = \"400ms\"",
+    );
+    let app = spawn_app(&config).await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"}]"#).await;
+    emu.fault(json!({"status": 503, "count": 3, "endpoint": "create"}))
+        .await;
+    assert_eq!(
+        app.app().flush("orders").await.unwrap().outcome,
+        Outcome::Failed
+    );
+    wait_until(10, "the retries to deliver the rows", || async {
+        emu.column("orders", "id").await == ["1", "2"]
+    })
+    .await;
+    let created: Vec<_> = emu.jobs().await;
+    assert_eq!(
+        created.len(),
+        1,
+        "the three refused creates made no job; the fourth try did"
+    );
+}
+
+#[tokio::test]
+async fn the_schedule_delivers_on_its_own() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(
+        &delivery_config(&emu.base, "", "").replace("schedule = \"1h\"", "schedule = \"1s\""),
+    )
+    .await;
+    app.get("/hooks/orders?id=0042").await;
+    wait_until(10, "the scheduled run", || async {
+        emu.column("orders", "id").await == ["0042"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_still_going_at_the_next_tick_is_not_started_twice() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(
+        &delivery_config(&emu.base, "", "").replace("schedule = \"1h\"", "schedule = \"1s\""),
+    )
+    .await;
+    emu.fault(json!({"delay_ms": 3000, "count": 1, "endpoint": "create"}))
+        .await;
+    app.get("/hooks/orders?id=1").await;
+    wait_until(15, "the slow run to deliver", || async {
+        emu.column("orders", "id").await == ["1"]
+    })
+    .await;
+    // Ticks kept coming during the 3 s create; none started a second run on the same rows.
+    assert_eq!(emu.jobs().await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_job_budget_is_never_exceeded_and_runs_wait_for_it() {
+    let emu = spawn_emulator(emulator()).await;
+    let config = format!(
+        "[celonis]\njobs_per_hour = 2\n{}",
+        delivery_config(&emu.base, "max_rows_per_run = 1", "")
+    );
+    let app = spawn_app(&config).await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"},{"id":"3"}]"#)
+        .await;
+    assert_eq!(
+        app.app().flush("orders").await.unwrap().outcome,
+        Outcome::Delivered
+    );
+    assert_eq!(
+        app.app().flush("orders").await.unwrap().outcome,
+        Outcome::Delivered
+    );
+    let third = tokio::time::timeout(
+        std::time::Duration::from_millis(800),
+        app.app().flush("orders"),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "the third run waits for the next hour instead of failing"
+    );
+    assert_eq!(emu.jobs().await.len(), 2);
+    assert_eq!(
+        app.queued("orders").await.len(),
+        1,
+        "the waiting row is still queued"
+    );
+}
+
+#[tokio::test]
+async fn pipelines_of_one_team_share_the_job_budget() {
+    let emu = spawn_emulator(emulator()).await;
+    let one = delivery_config(&emu.base, "", "");
+    let second = one[one.find("[[pipelines]]").unwrap()..]
+        .replace("name = \"orders\"", "name = \"returns\"");
+    let config = format!("[celonis]\njobs_per_hour = 1\n{one}\n{second}");
+    let app = spawn_app(&config).await;
+    app.get("/hooks/orders?id=1").await;
+    app.get("/hooks/returns?id=2").await;
+    assert_eq!(
+        app.app().flush("orders").await.unwrap().outcome,
+        Outcome::Delivered
+    );
+    let other = tokio::time::timeout(
+        std::time::Duration::from_millis(800),
+        app.app().flush("returns"),
+    )
+    .await;
+    assert!(
+        other.is_err(),
+        "the other pipeline of the same team waits for the budget"
+    );
+    assert_eq!(emu.jobs().await.len(), 1);
+}
