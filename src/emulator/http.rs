@@ -6,7 +6,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, middleware};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tower::Layer;
@@ -470,9 +470,17 @@ async fn upload(
     Ok(Json(response))
 }
 
+/// The execute call's query; the body (empty or `{}`) is ignored.
+#[derive(Debug, Deserialize)]
+struct ExecuteQuery {
+    #[serde(rename = "duplicateRemovalColumn")]
+    duplicate_removal_column: Option<String>,
+}
+
 async fn execute_job(
     State(emulator): State<Emulator>,
     Path((pool, id)): Path<(String, String)>,
+    Query(query): Query<ExecuteQuery>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     emulator.admit(&headers, Endpoint::Execute).await?;
@@ -513,6 +521,8 @@ async fn execute_job(
                 }
             })?;
         let job = &mut jobs[index];
+        job.spec.duplicate_removal_column =
+            query.duplicate_removal_column.filter(|c| !c.is_empty());
         job.set_status(Status::Queued);
         job.executed_ms = Some(now_ms());
         lock(&emulator.inner.faults).take_job_end()

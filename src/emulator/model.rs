@@ -78,6 +78,8 @@ pub struct JobSpec {
     pub keys: Vec<String>,
     pub upsert_strategy: Option<UpsertStrategy>,
     pub csv: CsvOptions,
+    /// The execute call's `duplicateRemovalColumn`: among a chunk's rows with one key, the greatest value wins.
+    pub duplicate_removal_column: Option<String>,
 }
 
 /// A create body the real service would reject with 400 `FrontendHandledBackendError`.
@@ -186,6 +188,7 @@ pub fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Invalid> {
             keys,
             upsert_strategy,
             csv,
+            duplicate_removal_column: None,
         },
     })
 }

@@ -5,6 +5,8 @@
 //! from a CSV header; a column a later chunk brings is added. Row order is rowid order, and an
 //! upsert updates the existing row in place so it keeps its position.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, Transaction, params_from_iter, types::ValueRef};
 
 use super::chunk::{CsvError, CsvTable, parse_csv};
@@ -44,6 +46,8 @@ pub enum JobFailure {
     },
     #[error("chunk {chunk}: key column {column} is missing")]
     MissingKeyColumn { chunk: usize, column: String },
+    #[error("chunk {chunk}: duplicateRemovalColumn {column} is missing")]
+    MissingDuplicateRemovalColumn { chunk: usize, column: String },
     #[error("chunk {chunk}: column {column} appears twice (DUPLICATE_COLUMN_DETECTED)")]
     DuplicateColumn { chunk: usize, column: String },
     #[error("chunk {chunk}: a column has an empty name")]
@@ -173,6 +177,23 @@ pub fn apply_job(
                 }
             }
         }
+        let mut table = table;
+        if let (true, ChunkKind::Upsert, Some(column)) =
+            (keyed, kind, &spec.duplicate_removal_column)
+        {
+            let order = position(&table.headers, column).ok_or_else(|| {
+                JobFailure::MissingDuplicateRemovalColumn {
+                    chunk,
+                    column: column.clone(),
+                }
+            })?;
+            let keys: Vec<usize> = spec
+                .keys
+                .iter()
+                .filter_map(|key| position(&table.headers, key))
+                .collect();
+            remove_duplicates(&mut table, &keys, order);
+        }
         parsed.push((*kind, table));
     }
 
@@ -298,6 +319,38 @@ pub fn apply_job(
     }
     tx.commit()?;
     Ok(applied)
+}
+
+fn position(headers: &[String], name: &str) -> Option<usize> {
+    headers.iter().position(|h| same_name(h, name))
+}
+
+/// Keeps, per key, the row with the greatest `order` value (numeric when both parse), at the first row's place.
+fn remove_duplicates(table: &mut CsvTable, keys: &[usize], order: usize) {
+    let mut kept: Vec<Vec<String>> = Vec::with_capacity(table.rows.len());
+    let mut by_key: HashMap<Vec<String>, usize> = HashMap::new();
+    for row in std::mem::take(&mut table.rows) {
+        let key: Vec<String> = keys.iter().map(|&k| row[k].clone()).collect();
+        match by_key.get(&key) {
+            Some(&at) => {
+                if greater(&row[order], &kept[at][order]) {
+                    kept[at] = row;
+                }
+            }
+            None => {
+                by_key.insert(key, kept.len());
+                kept.push(row);
+            }
+        }
+    }
+    table.rows = kept;
+}
+
+fn greater(a: &str, b: &str) -> bool {
+    match (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => a > b,
+    }
 }
 
 fn check_headers(chunk: usize, headers: &[String]) -> Result<(), JobFailure> {
@@ -436,6 +489,7 @@ mod tests {
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             upsert_strategy: None,
             csv: CsvOptions::default(),
+            duplicate_removal_column: None,
         }
     }
 
@@ -577,6 +631,26 @@ mod tests {
         run(&mut conn, &hostile, &[(Upsert, "\"a\"\"b\",c d\n1,2\n")]);
         let dump = read_table(&conn, &hostile.target_name).unwrap().unwrap();
         assert_eq!(dump.columns, vec!["a\"b", "c d"]);
+    }
+
+    #[test]
+    fn duplicate_removal_keeps_the_row_with_the_greatest_order_value() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let mut delta = spec(JobType::Delta, &["id"]);
+        delta.duplicate_removal_column = Some("seq".into());
+        run(
+            &mut conn,
+            &delta,
+            &[(Upsert, "id,seq,v\n1,9,new\n2,1,b\n1,10,newest\n1,2,old\n")],
+        );
+        assert_eq!(
+            rows(&conn, "orders"),
+            vec![row(&["1", "10", "newest"]), row(&["2", "1", "b"])]
+        );
+        delta.duplicate_removal_column = Some("missing".into());
+        let chunk: &[u8] = b"id,seq\n1,1\n";
+        let err = apply_job(&mut conn, &delta, &[(Upsert, chunk)]).unwrap_err();
+        assert!(err.to_string().contains("missing"));
     }
 
     #[test]

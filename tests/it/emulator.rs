@@ -818,3 +818,25 @@ async fn inspecting_a_missing_table_answers_404() {
     assert!(response.json::<Value>().await.is_ok());
     emulator.stop().await;
 }
+
+#[tokio::test]
+async fn duplicate_removal_column_on_execute_keeps_the_latest_row_per_key() {
+    let emulator = spawn_emulator(config()).await;
+    let created = emulator
+        .create(&csv_job("events", "DELTA", Some(&["id"])))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    emulator
+        .upload(id, "upserted", "id,seq,v\n1,2,second\n1,1,first\n")
+        .await;
+    let url = format!("{}?duplicateRemovalColumn=seq", emulator.job_url(id));
+    let response = emulator.post(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let finished = emulator.wait_until_finished(id).await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    assert_eq!(
+        rows(&emulator.table("events").await),
+        strings(&[&["1", "2", "second"]])
+    );
+    emulator.stop().await;
+}
