@@ -555,7 +555,7 @@ async fn emulator_rejects_the_malformed_requests_the_reference_lists() {
 #[tokio::test]
 async fn a_second_job_for_a_busy_table_conflicts_until_the_first_finishes() {
     let emulator = spawn_emulator(EmulatorConfig {
-        step_delay: Duration::from_millis(300),
+        step_delay: Duration::from_secs(1),
         ..config()
     })
     .await;
@@ -838,5 +838,21 @@ async fn duplicate_removal_column_on_execute_keeps_the_latest_row_per_key() {
         rows(&emulator.table("events").await),
         strings(&[&["1", "2", "second"]])
     );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_jobs_without_waiting_out_their_delays() {
+    let emulator = spawn_emulator(EmulatorConfig {
+        step_delay: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    let created = emulator.create(&csv_job("t", "DELTA", None)).await;
+    let id = created["id"].as_str().unwrap();
+    emulator.upload(id, "upserted", "a\n1\n").await;
+    assert_eq!(emulator.execute(id).await.status(), StatusCode::OK);
+    assert_eq!(emulator.job(id).await["status"], "QUEUED");
+    // stop() fails unless serve returns, with its job task done, within the 5 s deadline.
     emulator.stop().await;
 }
