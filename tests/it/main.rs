@@ -1,7 +1,8 @@
-//! weir's integration tests: one binary, every test starts the real app on port 0 and talks
-//! HTTP to it over loopback.
+//! weir's integration tests: one binary, every test starts the real app (or the real
+//! emulator) on port 0 and talks HTTP to it over loopback.
 
 mod check;
 mod delivery;
+mod emulator;
 mod helpers;
 mod ingest;

@@ -1,0 +1,255 @@
+//! Injected faults: a queue of failures the next data-push requests or executed jobs will meet.
+//!
+//! `POST /emulator/faults` adds one entry, e.g. `{"status": 500, "count": 3}`,
+//! `{"delay_ms": 2000}`, `{"job_status": "CANCELED"}`, optionally with `"endpoint"` and, for
+//! 429, `"retry_after"`. Entries are consulted in the order they were added.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which data-push operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Create,
+    Upload,
+    Execute,
+    Get,
+    /// List jobs, list chunks, delete: only `"endpoint": "any"` faults hit these.
+    Other,
+}
+
+/// What a request fault does: stall, then (optionally) answer with a status instead of handling the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFault {
+    pub delay: Duration,
+    pub status: Option<u16>,
+    pub retry_after: Option<u64>,
+}
+
+/// The status an executed job is forced to end in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForcedEnd {
+    Error,
+    Canceled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    Request {
+        /// `None` hits any data-push request.
+        endpoint: Option<Endpoint>,
+        fault: RequestFault,
+    },
+    JobEnd(ForcedEnd),
+}
+
+#[derive(Debug)]
+struct Queued {
+    fault: Fault,
+    remaining: u32,
+}
+
+/// The pending faults, in the order they were added.
+#[derive(Debug, Default)]
+pub struct Faults {
+    queue: VecDeque<Queued>,
+}
+
+impl Faults {
+    pub fn push(&mut self, fault: Fault, count: u32) {
+        if count > 0 {
+            self.queue.push_back(Queued {
+                fault,
+                remaining: count,
+            });
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Takes one use of the first request fault that applies to `endpoint`.
+    pub fn take_request(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
+        let position = self.queue.iter().position(|q| match &q.fault {
+            Fault::Request { endpoint: only, .. } => only.is_none() || *only == Some(endpoint),
+            Fault::JobEnd(_) => false,
+        })?;
+        match &self.take_at(position) {
+            Fault::Request { fault, .. } => Some(fault.clone()),
+            Fault::JobEnd(_) => None,
+        }
+    }
+
+    /// Takes one use of the first job-end fault.
+    pub fn take_job_end(&mut self) -> Option<ForcedEnd> {
+        let position = self
+            .queue
+            .iter()
+            .position(|q| matches!(q.fault, Fault::JobEnd(_)))?;
+        match self.take_at(position) {
+            Fault::JobEnd(end) => Some(end),
+            Fault::Request { .. } => None,
+        }
+    }
+
+    fn take_at(&mut self, position: usize) -> Fault {
+        let entry = &mut self.queue[position];
+        entry.remaining -= 1;
+        let fault = entry.fault.clone();
+        if entry.remaining == 0 {
+            self.queue.remove(position);
+        }
+        fault
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultBody {
+    status: Option<u16>,
+    delay_ms: Option<u64>,
+    job_status: Option<String>,
+    retry_after: Option<u64>,
+    count: Option<u32>,
+    endpoint: Option<String>,
+}
+
+/// Parses a `POST /emulator/faults` body into a fault and how many times it fires.
+pub fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
+    let body: FaultBody =
+        serde_json::from_slice(body).map_err(|e| format!("malformed fault: {e}"))?;
+    let count = body.count.unwrap_or(1);
+    if count == 0 {
+        return Err("count must be at least 1".into());
+    }
+    let endpoint = match body.endpoint.as_deref() {
+        None | Some("any") => None,
+        Some("create") => Some(Endpoint::Create),
+        Some("upload") => Some(Endpoint::Upload),
+        Some("execute") => Some(Endpoint::Execute),
+        Some("get") => Some(Endpoint::Get),
+        Some(other) => {
+            return Err(format!(
+                "endpoint must be one of create, upload, execute, get, any; got {other:?}"
+            ));
+        }
+    };
+    if let Some(job_status) = body.job_status {
+        if body.status.is_some() || body.delay_ms.is_some() || body.retry_after.is_some() {
+            return Err(
+                "job_status cannot be combined with status, delay_ms or retry_after".into(),
+            );
+        }
+        let end = match job_status.as_str() {
+            "ERROR" => ForcedEnd::Error,
+            "CANCELED" => ForcedEnd::Canceled,
+            other => {
+                return Err(format!(
+                    "job_status must be ERROR or CANCELED, got {other:?}"
+                ));
+            }
+        };
+        return Ok((Fault::JobEnd(end), count));
+    }
+    if let Some(status) = body.status
+        && !(400..=599).contains(&status)
+    {
+        return Err(format!("status must be between 400 and 599, got {status}"));
+    }
+    if body.status.is_none() && body.delay_ms.is_none() {
+        return Err("a fault needs status, delay_ms or job_status".into());
+    }
+    if body.retry_after.is_some() && body.status != Some(429) {
+        return Err("retry_after only applies to status 429".into());
+    }
+    Ok((
+        Fault::Request {
+            endpoint,
+            fault: RequestFault {
+                delay: Duration::from_millis(body.delay_ms.unwrap_or(0)),
+                status: body.status,
+                retry_after: body.retry_after,
+            },
+        },
+        count,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(faults: &mut Faults, body: &str) {
+        let (fault, count) = parse_fault(body.as_bytes()).unwrap();
+        faults.push(fault, count);
+    }
+
+    #[test]
+    fn a_status_fault_fires_count_times_then_is_gone() {
+        let mut faults = Faults::default();
+        add(&mut faults, r#"{"status": 500, "count": 2}"#);
+        assert_eq!(
+            faults.take_request(Endpoint::Get).unwrap().status,
+            Some(500)
+        );
+        assert!(faults.take_request(Endpoint::Create).is_some());
+        assert!(faults.take_request(Endpoint::Create).is_none());
+        assert_eq!(faults.len(), 0);
+    }
+
+    #[test]
+    fn an_endpoint_fault_skips_other_requests_and_queue_order_holds() {
+        let mut faults = Faults::default();
+        add(&mut faults, r#"{"status": 503, "endpoint": "execute"}"#);
+        add(&mut faults, r#"{"status": 429, "retry_after": 7}"#);
+        let first = faults.take_request(Endpoint::Upload).unwrap();
+        assert_eq!((first.status, first.retry_after), (Some(429), Some(7)));
+        assert!(faults.take_request(Endpoint::Upload).is_none());
+        assert_eq!(
+            faults.take_request(Endpoint::Execute).unwrap().status,
+            Some(503)
+        );
+    }
+
+    #[test]
+    fn job_end_faults_are_taken_only_by_executed_jobs() {
+        let mut faults = Faults::default();
+        add(&mut faults, r#"{"job_status": "CANCELED"}"#);
+        assert!(faults.take_request(Endpoint::Execute).is_none());
+        assert_eq!(faults.take_job_end(), Some(ForcedEnd::Canceled));
+        assert_eq!(faults.take_job_end(), None);
+    }
+
+    #[test]
+    fn a_delay_fault_carries_its_duration() {
+        let mut faults = Faults::default();
+        add(&mut faults, r#"{"delay_ms": 2000, "count": 1}"#);
+        let fault = faults.take_request(Endpoint::Other).unwrap();
+        assert_eq!(fault.delay, Duration::from_secs(2));
+        assert_eq!(fault.status, None);
+    }
+
+    #[test]
+    fn malformed_faults_are_refused() {
+        for body in [
+            "",
+            "{}",
+            r#"{"status": 200}"#,
+            r#"{"status": 500, "count": 0}"#,
+            r#"{"status": 500, "endpoint": "list"}"#,
+            r#"{"job_status": "DONE"}"#,
+            r#"{"job_status": "ERROR", "status": 500}"#,
+            r#"{"status": 500, "retry_after": 3}"#,
+            r#"{"status": 500, "colour": "red"}"#,
+        ] {
+            assert!(parse_fault(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+}

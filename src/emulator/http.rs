@@ -1,0 +1,697 @@
+//! The emulator's HTTP edge: data-push routes under both prefixes, auth, faults, and the `/emulator/` hooks.
+//!
+//! Status table (reference §3.5): 400/409/413/415 carry `FrontendHandledBackendError`, 404 and
+//! 429 a bare JSON string, 401 nothing, 500 an `ExceptionReference`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, middleware};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use tower::Layer;
+use tracing::{Instrument, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::faults::{Endpoint, ForcedEnd, parse_fault};
+use super::limiter::retry_after_secs;
+use super::model::parse_create;
+use super::table::{self, ChunkKind};
+use super::{Chunk, Emulator, EmulatorError, Job, Status, lock, now_ms};
+
+/// Chunks may be up to 1 GB (reference §7).
+const MAX_BODY: usize = 1 << 30;
+
+/// The router, with paths normalised (trailing and doubled slashes) before routing.
+pub fn router(emulator: Emulator) -> Router {
+    let api = Router::new()
+        .route("/{pool}/jobs", get(list_jobs).post(create_job))
+        .route(
+            "/{pool}/jobs/{id}",
+            get(get_job).post(execute_job).delete(delete_job),
+        )
+        .route("/{pool}/jobs/{id}/chunks", get(list_chunks))
+        .route("/{pool}/jobs/{id}/chunks/upserted", post(upload_upserted))
+        .route("/{pool}/jobs/{id}/chunks/deleted", post(upload_deleted));
+    let inner = Router::new()
+        .nest("/integration/api/v1/data-push", api.clone())
+        .nest("/data-ingestion/api/v1/data-push", api)
+        .route("/emulator/tables/{name}", get(show_table))
+        .route("/emulator/jobs", get(show_jobs))
+        .route("/emulator/faults", post(add_fault).delete(clear_faults))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(emulator);
+    Router::new().fallback_service(middleware::from_fn(normalize_path).layer(inner))
+}
+
+/// Drops trailing slashes and collapses `//`, so `/jobs/`, `/jobs` and `jobs//{id}` route alike.
+async fn normalize_path(mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.contains("//") || (path.len() > 1 && path.ends_with('/')) {
+        let mut normalized = String::with_capacity(path.len() + 1);
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            normalized.push('/');
+            normalized.push_str(segment);
+        }
+        if normalized.is_empty() {
+            normalized.push('/');
+        }
+        if let Some(query) = request.uri().query() {
+            normalized.push('?');
+            normalized.push_str(query);
+        }
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(path_and_query) = PathAndQuery::try_from(normalized) {
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Every way a request can fail, mapped to the real service's status and body shapes.
+#[derive(Debug)]
+enum ApiError {
+    Unauthorized,
+    Rejected {
+        status: StatusCode,
+        key: &'static str,
+        info: String,
+    },
+    NotFound(&'static str),
+    RateLimited {
+        retry_after: u64,
+    },
+    Injected {
+        status: StatusCode,
+        retry_after: Option<u64>,
+    },
+    Internal(EmulatorError),
+}
+
+impl ApiError {
+    fn bad_request(key: &'static str, info: impl Into<String>) -> ApiError {
+        ApiError::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            key,
+            info: info.into(),
+        }
+    }
+
+    fn conflict(key: &'static str, info: impl Into<String>) -> ApiError {
+        ApiError::Rejected {
+            status: StatusCode::CONFLICT,
+            key,
+            info: info.into(),
+        }
+    }
+}
+
+impl From<EmulatorError> for ApiError {
+    fn from(e: EmulatorError) -> ApiError {
+        ApiError::Internal(e)
+    }
+}
+
+fn frontend_error(status: StatusCode, key: &str, info: &str) -> Response {
+    (
+        status,
+        Json(json!({"frontendErrorKey": key, "errorInformation": info})),
+    )
+        .into_response()
+}
+
+fn exception_reference(status: StatusCode, message: &str) -> Response {
+    let body = json!({
+        "reference": Uuid::new_v4().to_string(),
+        "message": message,
+        "shortMessage": message,
+    });
+    (status, Json(body)).into_response()
+}
+
+fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED.into_response(),
+            ApiError::Rejected { status, key, info } => frontend_error(status, key, &info),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, Json(what)).into_response(),
+            ApiError::RateLimited { retry_after } => with_retry_after(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json("too many data push job submissions"),
+                )
+                    .into_response(),
+                Some(retry_after),
+            ),
+            ApiError::Injected {
+                status,
+                retry_after,
+            } => {
+                const MESSAGE: &str = "fault injected by the emulator";
+                match status {
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => status.into_response(),
+                    StatusCode::NOT_FOUND => (status, Json(MESSAGE)).into_response(),
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        with_retry_after((status, Json(MESSAGE)).into_response(), retry_after)
+                    }
+                    s if s.is_server_error() => exception_reference(s, MESSAGE),
+                    s => frontend_error(s, "EMULATOR_FAULT", MESSAGE),
+                }
+            }
+            ApiError::Internal(e) => {
+                error!(error = %e, "emulator request failed");
+                exception_reference(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+impl Emulator {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some((scheme, key)) = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+        else {
+            return false;
+        };
+        let key = key.trim();
+        let config = &self.inner.config;
+        let accepted = if scheme.eq_ignore_ascii_case("AppKey") {
+            &config.app_keys
+        } else if scheme.eq_ignore_ascii_case("Bearer") {
+            &config.api_keys
+        } else {
+            return false;
+        };
+        if key.is_empty() {
+            return false;
+        }
+        if config.app_keys.is_empty() && config.api_keys.is_empty() {
+            return true;
+        }
+        accepted.iter().any(|k| k == key)
+    }
+
+    /// Auth, then the first pending fault for this endpoint.
+    async fn admit(&self, headers: &HeaderMap, endpoint: Endpoint) -> ApiResult<()> {
+        if !self.authorized(headers) {
+            return Err(ApiError::Unauthorized);
+        }
+        let fault = lock(&self.inner.faults).take_request(endpoint);
+        if let Some(fault) = fault {
+            info!(?endpoint, status = ?fault.status, delay_ms = fault.delay.as_millis(), "emulator fault injected");
+            if !fault.delay.is_zero() {
+                self.pause(fault.delay).await;
+            }
+            if let Some(status) = fault.status {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Err(ApiError::Injected {
+                    status,
+                    retry_after: fault.retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the live (not deleted) job `id` of `pool`, or answers 404.
+    fn with_job<T>(
+        &self,
+        pool: &str,
+        id: Uuid,
+        f: impl FnOnce(&mut Job) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let mut jobs = lock(&self.inner.jobs);
+        let job = jobs
+            .iter_mut()
+            .find(|job| job.id == id && job.pool == pool && !job.deleted)
+            .ok_or(ApiError::NotFound("data push job not found"))?;
+        f(job)
+    }
+
+    /// Runs `f` on job `id`, deleted or not; `None` if there is no such job.
+    fn update_job<T>(&self, id: Uuid, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
+        lock(&self.inner.jobs)
+            .iter_mut()
+            .find(|job| job.id == id)
+            .map(f)
+    }
+}
+
+/// Pools are not configured: any UUID names a pool, anything else is unknown.
+fn pool_key(pool: &str) -> ApiResult<String> {
+    Uuid::parse_str(pool)
+        .map(|_| pool.to_lowercase())
+        .map_err(|_| ApiError::NotFound("data pool not found"))
+}
+
+fn job_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("data push job not found"))
+}
+
+fn not_new(job: &Job) -> ApiError {
+    ApiError::conflict(
+        "DATA_PUSH_JOB_NOT_NEW",
+        format!(
+            "data push job {} is {}; create a new data push job for new executions",
+            job.id,
+            job.status.as_str()
+        ),
+    )
+}
+
+async fn create_job(
+    State(emulator): State<Emulator>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    emulator.admit(&headers, Endpoint::Create).await?;
+    let pool_key = pool_key(&pool)?;
+    let request = parse_create(&body, &pool).map_err(|e| ApiError::bad_request(e.key, e.info))?;
+    let raw = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+        .ok_or_else(|| ApiError::bad_request("INVALID_JSON", "the body is not valid JSON"))?;
+    let job = Job {
+        id: Uuid::new_v4(),
+        pool: pool_key,
+        request: raw,
+        echo: request.echo,
+        spec: request.spec,
+        status: Status::New,
+        logs: Vec::new(),
+        modified_ms: now_ms(),
+        executed_ms: None,
+        chunks: Vec::new(),
+        deleted: false,
+    };
+    let response = job.to_json(&pool);
+    info!(job = %job.id, pool = %job.pool, "emulator job created");
+    lock(&emulator.inner.jobs).push(job);
+    Ok(Json(response))
+}
+
+async fn list_jobs(
+    State(emulator): State<Emulator>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    emulator.admit(&headers, Endpoint::Other).await?;
+    let pool_key = pool_key(&pool)?;
+    let jobs = lock(&emulator.inner.jobs)
+        .iter()
+        .filter(|job| job.pool == pool_key && !job.deleted)
+        .map(|job| job.to_json(&pool))
+        .collect();
+    Ok(Json(Value::Array(jobs)))
+}
+
+async fn get_job(
+    State(emulator): State<Emulator>,
+    Path((pool, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    emulator.admit(&headers, Endpoint::Get).await?;
+    let pool_key = pool_key(&pool)?;
+    let id = job_id(&id)?;
+    emulator.with_job(&pool_key, id, |job| Ok(Json(job.to_json(&pool))))
+}
+
+async fn delete_job(
+    State(emulator): State<Emulator>,
+    Path((pool, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    emulator.admit(&headers, Endpoint::Other).await?;
+    let pool_key = pool_key(&pool)?;
+    let id = job_id(&id)?;
+    emulator.with_job(&pool_key, id, |job| {
+        job.deleted = true;
+        job.modified_ms = now_ms();
+        Ok(())
+    })?;
+    info!(job = %id, "emulator job deleted");
+    Ok(StatusCode::OK)
+}
+
+fn chunk_json(job_id: Uuid, chunk: &Chunk) -> Value {
+    json!({
+        "id": chunk.id.to_string(),
+        "creationDate": chunk.created_ms,
+        "type": chunk.kind.as_str(),
+        "pushJobId": job_id.to_string(),
+        "checksum": chunk.checksum,
+    })
+}
+
+async fn list_chunks(
+    State(emulator): State<Emulator>,
+    Path((pool, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    emulator.admit(&headers, Endpoint::Other).await?;
+    let pool_key = pool_key(&pool)?;
+    let id = job_id(&id)?;
+    emulator.with_job(&pool_key, id, |job| {
+        Ok(Json(Value::Array(
+            job.chunks.iter().map(|c| chunk_json(job.id, c)).collect(),
+        )))
+    })
+}
+
+async fn upload_upserted(
+    State(emulator): State<Emulator>,
+    Path((pool, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<Value>> {
+    upload(emulator, pool, id, headers, multipart, ChunkKind::Upsert).await
+}
+
+async fn upload_deleted(
+    State(emulator): State<Emulator>,
+    Path((pool, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<Value>> {
+    upload(emulator, pool, id, headers, multipart, ChunkKind::Delete).await
+}
+
+async fn upload(
+    emulator: Emulator,
+    pool: String,
+    id: String,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+    kind: ChunkKind,
+) -> ApiResult<Json<Value>> {
+    emulator.admit(&headers, Endpoint::Upload).await?;
+    let pool_key = pool_key(&pool)?;
+    let id = job_id(&id)?;
+    emulator.with_job(&pool_key, id, |job| match job.status {
+        Status::New => Ok(()),
+        _ => Err(not_new(job)),
+    })?;
+    let is_multipart = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if !is_multipart {
+        return Err(ApiError::Rejected {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            key: "UNSUPPORTED_MEDIA_TYPE",
+            info: "chunks must be sent as multipart/form-data with a part named file".into(),
+        });
+    }
+    let mut multipart =
+        multipart.map_err(|e| ApiError::bad_request("INVALID_MULTIPART", e.body_text()))?;
+    let multipart_error = |e: axum::extract::multipart::MultipartError| ApiError::Rejected {
+        status: e.status(),
+        key: "INVALID_MULTIPART",
+        info: e.body_text(),
+    };
+    let mut file = None;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        if file.is_none() && field.name() == Some("file") {
+            file = Some(field.bytes().await.map_err(multipart_error)?);
+        }
+    }
+    let content = file.ok_or_else(|| {
+        ApiError::bad_request("FILE_MISSING", "the multipart part named file is required")
+    })?;
+    let bytes = content.len();
+    let chunk = Chunk {
+        id: Uuid::new_v4(),
+        kind,
+        created_ms: now_ms(),
+        checksum: format!("{:08x}", crc32c::crc32c(&content)),
+        content,
+    };
+    let response = emulator.with_job(&pool_key, id, |job| {
+        // Checked again: the job may have been executed while the body arrived.
+        if job.status != Status::New {
+            return Err(not_new(job));
+        }
+        let response = chunk_json(job.id, &chunk);
+        job.chunks.push(chunk);
+        job.modified_ms = now_ms();
+        Ok(response)
+    })?;
+    info!(job = %id, kind = kind.as_str(), bytes, "emulator chunk uploaded");
+    Ok(Json(response))
+}
+
+/// The execute call's query; the body (empty or `{}`) is ignored.
+#[derive(Debug, Deserialize)]
+struct ExecuteQuery {
+    #[serde(rename = "duplicateRemovalColumn")]
+    duplicate_removal_column: Option<String>,
+}
+
+async fn execute_job(
+    State(emulator): State<Emulator>,
+    Path((pool, id)): Path<(String, String)>,
+    Query(query): Query<ExecuteQuery>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    emulator.admit(&headers, Endpoint::Execute).await?;
+    let pool_key = pool_key(&pool)?;
+    let id = job_id(&id)?;
+    let forced = {
+        let mut jobs = lock(&emulator.inner.jobs);
+        let index = jobs
+            .iter()
+            .position(|job| job.id == id && job.pool == pool_key && !job.deleted)
+            .ok_or(ApiError::NotFound("data push job not found"))?;
+        let job = &jobs[index];
+        if job.status != Status::New {
+            return Err(not_new(job));
+        }
+        let target = job.spec.target_name.to_lowercase();
+        let busy = jobs.iter().any(|other| {
+            other.id != id
+                && other.pool == pool_key
+                && matches!(other.status, Status::Queued | Status::Running)
+                && other.spec.target_name.to_lowercase() == target
+        });
+        if busy {
+            return Err(ApiError::conflict(
+                "JOB_ALREADY_RUNNING",
+                format!(
+                    "another data push job for table {} is queued or running",
+                    job.spec.target_name
+                ),
+            ));
+        }
+        lock(&emulator.inner.limiter)
+            .try_acquire(tokio::time::Instant::now(), now_ms())
+            .map_err(|wait| {
+                warn!(job = %id, "emulator rate limit reached");
+                ApiError::RateLimited {
+                    retry_after: retry_after_secs(wait),
+                }
+            })?;
+        let job = &mut jobs[index];
+        job.spec.duplicate_removal_column =
+            query.duplicate_removal_column.filter(|c| !c.is_empty());
+        job.set_status(Status::Queued);
+        job.executed_ms = Some(now_ms());
+        lock(&emulator.inner.faults).take_job_end()
+    };
+    info!(job = %id, "emulator job submitted");
+    let task = run_job(emulator.clone(), id, forced);
+    emulator
+        .inner
+        .tracker
+        .spawn(task.instrument(info_span!("emulator_job", job = %id)));
+    Ok(StatusCode::OK)
+}
+
+/// QUEUED → RUNNING → DONE/ERROR (or the forced end), waiting `step_delay` in each of the first two.
+async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
+    let step = emulator.inner.config.step_delay;
+    emulator.pause(step).await;
+    let work = emulator.update_job(id, |job| {
+        job.set_status(Status::Running);
+        let chunks: Vec<(ChunkKind, Bytes)> = job
+            .chunks
+            .iter()
+            .map(|c| (c.kind, c.content.clone()))
+            .collect();
+        (job.spec.clone(), chunks)
+    });
+    let Some((spec, chunks)) = work else {
+        return;
+    };
+    emulator.pause(step).await;
+    let (status, log) = match forced {
+        Some(ForcedEnd::Error) => (
+            Status::Error,
+            "the job failed because a fault was injected into the emulator".to_owned(),
+        ),
+        Some(ForcedEnd::Canceled) => (
+            Status::Canceled,
+            "the job was canceled because a fault was injected into the emulator".to_owned(),
+        ),
+        None => {
+            let applied = emulator
+                .with_db(move |conn| {
+                    let chunks: Vec<(ChunkKind, &[u8])> =
+                        chunks.iter().map(|(k, c)| (*k, c.as_ref())).collect();
+                    table::apply_job(conn, &spec, &chunks)
+                })
+                .await;
+            match applied {
+                Ok(Ok(applied)) => {
+                    info!(
+                        rows_upserted = applied.rows_upserted,
+                        rows_deleted = applied.rows_deleted,
+                        "emulator job done"
+                    );
+                    (
+                        Status::Done,
+                        format!(
+                            "table {}: {} rows upserted, {} rows deleted",
+                            applied.table, applied.rows_upserted, applied.rows_deleted
+                        ),
+                    )
+                }
+                Ok(Err(failure)) => {
+                    warn!(error = %failure, "emulator job failed");
+                    (Status::Error, failure.to_string())
+                }
+                Err(e) => {
+                    error!(error = %e, "emulator job failed");
+                    (Status::Error, format!("internal emulator error: {e}"))
+                }
+            }
+        }
+    };
+    emulator.update_job(id, |job| {
+        job.logs.push(log);
+        job.set_status(status);
+    });
+}
+
+async fn show_table(
+    State(emulator): State<Emulator>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let dump = emulator
+        .with_db(move |conn| table::read_table(conn, &name))
+        .await?
+        .map_err(EmulatorError::from)?
+        .ok_or(ApiError::NotFound("table not found"))?;
+    let rows: Vec<Value> = dump
+        .rows
+        .into_iter()
+        .map(|row| {
+            let object: Map<String, Value> = dump
+                .columns
+                .iter()
+                .cloned()
+                .zip(
+                    row.into_iter()
+                        .map(|v| v.map_or(Value::Null, Value::String)),
+                )
+                .collect();
+            Value::Object(object)
+        })
+        .collect();
+    Ok(Json(
+        json!({"table": dump.name, "columns": dump.columns, "rows": rows}),
+    ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobRecord<'a> {
+    id: String,
+    data_pool_id: &'a str,
+    request: &'a RawValue,
+    status: &'static str,
+    logs: &'a [String],
+    executed_at: Option<u64>,
+    chunks: Vec<ChunkRecord>,
+}
+
+#[derive(Serialize)]
+struct ChunkRecord {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    content: String,
+}
+
+async fn show_jobs(State(emulator): State<Emulator>) -> ApiResult<Response> {
+    let body = {
+        let jobs = lock(&emulator.inner.jobs);
+        let records: Vec<JobRecord<'_>> = jobs
+            .iter()
+            .map(|job| JobRecord {
+                id: job.id.to_string(),
+                data_pool_id: &job.pool,
+                request: &job.request,
+                status: job.status.as_str(),
+                logs: &job.logs,
+                executed_at: job.executed_ms,
+                chunks: job
+                    .chunks
+                    .iter()
+                    .map(|c| ChunkRecord {
+                        id: c.id.to_string(),
+                        kind: c.kind.as_str(),
+                        content: String::from_utf8_lossy(&c.content).into_owned(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_vec(&records)
+    };
+    let body = body.map_err(|e| ApiError::Internal(EmulatorError::Serialize(e)))?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn add_fault(State(emulator): State<Emulator>, body: Bytes) -> ApiResult<Json<Value>> {
+    let (fault, count) =
+        parse_fault(&body).map_err(|info| ApiError::bad_request("INVALID_FAULT", info))?;
+    let mut faults = lock(&emulator.inner.faults);
+    faults.push(fault, count);
+    info!(count, "emulator fault queued");
+    Ok(Json(json!({"queued": faults.len()})))
+}
+
+async fn clear_faults(State(emulator): State<Emulator>) -> Json<Value> {
+    lock(&emulator.inner.faults).clear();
+    info!("emulator faults cleared");
+    Json(json!({"queued": 0}))
+}

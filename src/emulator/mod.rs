@@ -1,0 +1,310 @@
+//! An emulator of the Celonis Data Push API, so weir runs end to end without a Celonis account.
+//!
+//! It serves the eight job endpoints under both path prefixes ([`http`]), keeps jobs and their
+//! chunks in memory, and on execute loads CSV chunks into SQLite tables ([`table`]) named
+//! after the job's target. Test hooks under `/emulator/` show tables and jobs and inject faults.
+//! One emulator is one Celonis team: the execute rate limit ([`limiter`]) is shared by all pools.
+
+mod chunk;
+mod faults;
+mod http;
+mod limiter;
+mod model;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use rusqlite::{Connection, OpenFlags};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use faults::Faults;
+use limiter::RateLimiter;
+use model::JobSpec;
+use table::ChunkKind;
+
+/// How the emulator behaves.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Keys accepted as `Authorization: AppKey <k>`.
+    pub app_keys: Vec<String>,
+    /// Keys accepted as `Authorization: Bearer <k>`.
+    /// When both lists are empty any AppKey/Bearer value is accepted, but the header is still required.
+    pub api_keys: Vec<String>,
+    /// The SQLite file holding the pushed tables; `None` keeps them in memory.
+    pub database: Option<PathBuf>,
+    /// Execute submissions per sliding second, for the whole emulator (0 = unlimited).
+    pub jobs_per_second: u32,
+    /// Execute submissions per UTC clock hour, for the whole emulator (0 = unlimited).
+    pub jobs_per_hour: u32,
+    /// Time an executed job spends in QUEUED and again in RUNNING, so polling code is exercised.
+    pub step_delay: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> EmulatorConfig {
+        EmulatorConfig {
+            app_keys: Vec::new(),
+            api_keys: Vec::new(),
+            database: None,
+            jobs_per_second: 10,
+            jobs_per_hour: 250,
+            step_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What can go wrong inside the emulator itself (not in what a client sent).
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("cannot open the emulator database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the emulator database failed")]
+    Database(#[from] rusqlite::Error),
+    #[error("only read-only statements can be queried")]
+    NotReadOnly,
+    #[error("a blocking database task failed")]
+    Blocking(#[from] tokio::task::JoinError),
+    #[error("cannot serialise a response")]
+    Serialize(#[source] serde_json::Error),
+}
+
+/// A cheap, cloneable handle to one running emulator.
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EmulatorConfig,
+    jobs: Mutex<Vec<Job>>,
+    faults: Mutex<Faults>,
+    limiter: Mutex<RateLimiter>,
+    db: Arc<Mutex<Connection>>,
+    tracker: TaskTracker,
+    /// Cancelled when serving stops: delays end early so shutdown is quick.
+    stop: CancellationToken,
+}
+
+/// A job's lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    New,
+    Queued,
+    Running,
+    Done,
+    Error,
+    Canceled,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "NEW",
+            Status::Queued => "QUEUED",
+            Status::Running => "RUNNING",
+            Status::Done => "DONE",
+            Status::Error => "ERROR",
+            Status::Canceled => "CANCELED",
+        }
+    }
+}
+
+struct Job {
+    id: Uuid,
+    /// The pool from the path, lowercase.
+    pool: String,
+    /// The create body exactly as received.
+    request: Box<RawValue>,
+    /// The known fields the client sent, echoed in every job response.
+    echo: Map<String, Value>,
+    spec: JobSpec,
+    status: Status,
+    logs: Vec<String>,
+    modified_ms: u64,
+    executed_ms: Option<u64>,
+    chunks: Vec<Chunk>,
+    /// Deleted through the API: gone from the API, still shown by `/emulator/jobs`.
+    deleted: bool,
+}
+
+impl Job {
+    fn to_json(&self, path_pool: &str) -> Value {
+        let mut job = self.echo.clone();
+        job.insert("id".into(), Value::String(self.id.to_string()));
+        if job.get("dataPoolId").is_none_or(Value::is_null) {
+            job.insert("dataPoolId".into(), Value::String(path_pool.to_owned()));
+        }
+        job.insert("status".into(), Value::String(self.status.as_str().into()));
+        job.insert(
+            "logs".into(),
+            Value::Array(self.logs.iter().cloned().map(Value::String).collect()),
+        );
+        job.insert("lastModified".into(), Value::from(self.modified_ms));
+        Value::Object(job)
+    }
+
+    fn set_status(&mut self, status: Status) {
+        self.status = status;
+        self.modified_ms = now_ms();
+    }
+}
+
+struct Chunk {
+    id: Uuid,
+    kind: ChunkKind,
+    created_ms: u64,
+    checksum: String,
+    content: Bytes,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Locks a mutex; a panic elsewhere cannot leave the emulator's plain data half-written, so poison is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Emulator {
+    /// Opens (or creates) the database and builds an emulator; nothing listens until [`Emulator::serve`].
+    pub fn new(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
+        let db = match &config.database {
+            Some(path) => Connection::open(path).map_err(|source| EmulatorError::Open {
+                path: path.clone(),
+                source,
+            })?,
+            None => Connection::open_in_memory()?,
+        };
+        db.busy_timeout(Duration::from_secs(5))?;
+        let limiter = RateLimiter::new(config.jobs_per_second, config.jobs_per_hour);
+        Ok(Emulator {
+            inner: Arc::new(Inner {
+                config,
+                jobs: Mutex::new(Vec::new()),
+                faults: Mutex::new(Faults::default()),
+                limiter: Mutex::new(limiter),
+                db: Arc::new(Mutex::new(db)),
+                tracker: TaskTracker::new(),
+                stop: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The emulator's routes: the data-push API under both prefixes and the `/emulator/` test hooks.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then lets in-flight requests and jobs finish.
+    ///
+    /// Once shut down, an emulator's jobs no longer wait `step_delay`; make a new one to serve again.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let stop = self.inner.stop.clone();
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+            })
+            .await;
+        self.inner.stop.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        tracing::info!("emulator stopped");
+        result
+    }
+
+    /// Waits `delay`, or less if the emulator is stopping.
+    async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.inner.stop.cancelled() => {}
+        }
+    }
+
+    /// Runs `work` against the database on the blocking pool.
+    async fn with_db<T, F>(&self, work: F) -> Result<T, EmulatorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> T + Send + 'static,
+    {
+        let db = Arc::clone(&self.inner.db);
+        Ok(tokio::task::spawn_blocking(move || work(&mut lock(&db))).await?)
+    }
+}
+
+/// Runs one read-only query against an emulator database file; rows come back as column → value.
+pub fn query(database: &Path, sql: &str) -> Result<Vec<Map<String, Value>>, EmulatorError> {
+    let conn = Connection::open_with_flags(
+        database,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| EmulatorError::Open {
+        path: database.to_owned(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut stmt = conn.prepare(sql)?;
+    if !stmt.readonly() {
+        return Err(EmulatorError::NotReadOnly);
+    }
+    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut object = Map::new();
+        for (i, column) in columns.iter().enumerate() {
+            let value = match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => Value::Null,
+                rusqlite::types::ValueRef::Integer(n) => Value::from(n),
+                rusqlite::types::ValueRef::Real(f) => Value::from(f),
+                other => table::value_text(other).map_or(Value::Null, Value::String),
+            };
+            object.insert(column.clone(), value);
+        }
+        out.push(object);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_refuses_statements_that_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (a TEXT); INSERT INTO t VALUES ('1')")
+            .unwrap();
+        assert!(matches!(
+            query(&path, "DELETE FROM t"),
+            Err(EmulatorError::NotReadOnly)
+        ));
+        let rows = query(&path, "SELECT a, 2 AS b FROM t").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["a"], Value::String("1".into()));
+        assert_eq!(rows[0]["b"], Value::from(2));
+    }
+}

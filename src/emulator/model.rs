@@ -1,0 +1,341 @@
+//! The `DataPushJob` create body: validation as the reference describes it, and the parts execution needs.
+//!
+//! The emulator keeps the body it received for inspection, echoes every known field the client
+//! sent, and reads only what it models (target, type, file type, keys, upsert strategy, CSV
+//! options) into a [`JobSpec`]. `null`, `0` and missing are accepted everywhere; unknown fields
+//! are ignored.
+
+use serde_json::{Map, Value};
+
+/// Fields of the `DataPushJob` model (new and old `/integration` variants); only these are echoed.
+pub const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "targetName",
+    "dataPoolId",
+    "connectionId",
+    "type",
+    "fileType",
+    "keys",
+    "upsertStrategy",
+    "fallbackVarcharLength",
+    "tableSchema",
+    "csvParsingOptions",
+    "allowDuplicate",
+    "mirrorTargetNames",
+    "targetSchema",
+    "postExecutionQuery",
+    "foreignKeys",
+    "status",
+    "logs",
+    "lastModified",
+    "lastPing",
+    "changeDate",
+    "tenantId",
+    "optionalTenantId",
+    "sanitizedPostExecutionQuery",
+];
+
+/// `REPLACE` or `DELTA`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobType {
+    Replace,
+    Delta,
+}
+
+/// `CSV` or `PARQUET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    Csv,
+    Parquet,
+}
+
+/// What a keyed upsert does with columns a chunk does not carry (semantics assumed, reference §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertStrategy {
+    /// Columns missing from the chunk keep their old values.
+    UnchangedMetadata,
+    /// Columns missing from the chunk become NULL.
+    Nullification,
+}
+
+/// The `csvParsingOptions` the emulator honours; `None` means "use the default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub separator: Option<String>,
+    pub quote: Option<String>,
+    pub escape: Option<String>,
+    pub line_ending: Option<String>,
+}
+
+/// What execution needs to know about a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub target_name: String,
+    pub job_type: JobType,
+    /// `None` when the client sent none: the server default, Parquet.
+    pub file_type: Option<FileType>,
+    /// Key columns for a DELTA upsert or delete; empty means append.
+    pub keys: Vec<String>,
+    pub upsert_strategy: Option<UpsertStrategy>,
+    pub csv: CsvOptions,
+    /// The execute call's `duplicateRemovalColumn`: among a chunk's rows with one key, the greatest value wins.
+    pub duplicate_removal_column: Option<String>,
+}
+
+/// A create body the real service would reject with 400 `FrontendHandledBackendError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{info}")]
+pub struct Invalid {
+    /// The `frontendErrorKey`.
+    pub key: &'static str,
+    /// The `errorInformation`.
+    pub info: String,
+}
+
+impl Invalid {
+    fn new(key: &'static str, info: impl Into<String>) -> Invalid {
+        Invalid {
+            key,
+            info: info.into(),
+        }
+    }
+}
+
+/// An accepted create body.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// The known fields the client sent, to echo back.
+    pub echo: Map<String, Value>,
+    pub spec: JobSpec,
+}
+
+/// Validates a create body sent to the pool `pool`.
+pub fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Invalid> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Invalid::new("INVALID_JSON", format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(Invalid::new(
+            "INVALID_JSON",
+            "the body must be a DataPushJob JSON object",
+        ));
+    };
+
+    let target_name = match string_field(&object, "targetName")? {
+        Some(name) if !name.trim().is_empty() => name.to_owned(),
+        _ => {
+            return Err(Invalid::new(
+                "TARGET_NAME_MISSING",
+                "targetName is required",
+            ));
+        }
+    };
+    let job_type = match string_field(&object, "type")? {
+        Some("REPLACE") => JobType::Replace,
+        Some("DELTA") => JobType::Delta,
+        Some(other) => {
+            return Err(Invalid::new(
+                "INVALID_TYPE",
+                format!("type must be REPLACE or DELTA, got {other:?}"),
+            ));
+        }
+        None => return Err(Invalid::new("TYPE_MISSING", "type is required")),
+    };
+    let file_type = match string_field(&object, "fileType")? {
+        Some("CSV") => Some(FileType::Csv),
+        Some("PARQUET") => Some(FileType::Parquet),
+        Some(other) => {
+            return Err(Invalid::new(
+                "INVALID_FILE_TYPE",
+                format!("fileType must be CSV or PARQUET, got {other:?}"),
+            ));
+        }
+        None => None,
+    };
+    let upsert_strategy = match string_field(&object, "upsertStrategy")? {
+        Some("UPSERT_WITH_UNCHANGED_METADATA") => Some(UpsertStrategy::UnchangedMetadata),
+        Some("UPSERT_WITH_NULLIFICATION") => Some(UpsertStrategy::Nullification),
+        Some(other) => {
+            return Err(Invalid::new(
+                "INVALID_UPSERT_STRATEGY",
+                format!(
+                    "upsertStrategy must be UPSERT_WITH_UNCHANGED_METADATA or UPSERT_WITH_NULLIFICATION, got {other:?}"
+                ),
+            ));
+        }
+        None => None,
+    };
+    if let Some(body_pool) = string_field(&object, "dataPoolId")?
+        && !body_pool.eq_ignore_ascii_case(pool)
+    {
+        return Err(Invalid::new(
+            "DATA_POOL_ID_MISMATCH",
+            format!("dataPoolId {body_pool:?} differs from the pool in the path {pool:?}"),
+        ));
+    }
+    let keys = keys_field(&object)?;
+    let csv = csv_options(&object)?;
+
+    let echo = object
+        .into_iter()
+        .filter(|(name, _)| KNOWN_FIELDS.contains(&name.as_str()))
+        .collect();
+    Ok(CreateRequest {
+        echo,
+        spec: JobSpec {
+            target_name,
+            job_type,
+            file_type,
+            keys,
+            upsert_strategy,
+            csv,
+            duplicate_removal_column: None,
+        },
+    })
+}
+
+/// A string field: missing or `null` is `None`, anything but a string is invalid.
+fn string_field<'a>(
+    object: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, Invalid> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Invalid::new(
+            "INVALID_FIELD",
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+fn keys_field(object: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
+    let invalid = || Invalid::new("INVALID_KEYS", "keys must be an array of column names");
+    match object.get("keys") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(invalid()),
+            })
+            .collect(),
+        Some(_) => Err(invalid()),
+    }
+}
+
+fn csv_options(object: &Map<String, Value>) -> Result<CsvOptions, Invalid> {
+    let options = match object.get("csvParsingOptions") {
+        None | Some(Value::Null) => return Ok(CsvOptions::default()),
+        Some(Value::Object(options)) => options,
+        Some(_) => {
+            return Err(Invalid::new(
+                "INVALID_CSV_PARSING_OPTIONS",
+                "csvParsingOptions must be an object",
+            ));
+        }
+    };
+    let field = |name: &str| -> Result<Option<String>, Invalid> {
+        Ok(string_field(options, name)?
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned))
+    };
+    Ok(CsvOptions {
+        separator: field("separatorSequence")?,
+        quote: field("quoteSequence")?,
+        escape: field("escapeSequence")?,
+        line_ending: field("lineEnding")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "a41a7264-75e5-4320-810a-04ba56b4c189";
+
+    fn parse(body: &str) -> Result<CreateRequest, Invalid> {
+        parse_create(body.as_bytes(), POOL)
+    }
+
+    #[test]
+    fn a_minimal_body_is_accepted_with_parquet_as_the_unset_file_type() {
+        let request = parse(r#"{"targetName":"Orders","type":"DELTA"}"#).unwrap();
+        assert_eq!(request.spec.target_name, "Orders");
+        assert_eq!(request.spec.job_type, JobType::Delta);
+        assert_eq!(request.spec.file_type, None);
+        assert!(request.spec.keys.is_empty());
+    }
+
+    #[test]
+    fn nulls_zeros_and_unknown_fields_are_accepted_and_only_known_fields_echoed() {
+        let request = parse(
+            r#"{"id":null,"status":null,"logs":null,"targetName":"t","type":"REPLACE",
+                "fileType":"CSV","fallbackVarcharLength":0,"keys":null,"csvParsingOptions":null,
+                "somethingNew":1,"dataPoolId":"A41A7264-75E5-4320-810A-04BA56B4C189"}"#,
+        )
+        .unwrap();
+        assert!(request.echo.contains_key("fallbackVarcharLength"));
+        assert!(request.echo.contains_key("id"));
+        assert!(!request.echo.contains_key("somethingNew"));
+        assert_eq!(request.spec.file_type, Some(FileType::Csv));
+    }
+
+    #[test]
+    fn missing_target_name_or_type_is_rejected() {
+        assert_eq!(
+            parse(r#"{"type":"DELTA"}"#).unwrap_err().key,
+            "TARGET_NAME_MISSING"
+        );
+        assert_eq!(
+            parse(r#"{"targetName":"t","type":null}"#).unwrap_err().key,
+            "TYPE_MISSING"
+        );
+    }
+
+    #[test]
+    fn bad_enum_values_are_rejected() {
+        assert_eq!(
+            parse(r#"{"targetName":"t","type":"UPSERT"}"#)
+                .unwrap_err()
+                .key,
+            "INVALID_TYPE"
+        );
+        assert_eq!(
+            parse(r#"{"targetName":"t","type":"DELTA","fileType":"XLS"}"#)
+                .unwrap_err()
+                .key,
+            "INVALID_FILE_TYPE"
+        );
+    }
+
+    #[test]
+    fn a_data_pool_id_other_than_the_path_pool_is_rejected() {
+        let err = parse(r#"{"targetName":"t","type":"DELTA","dataPoolId":"other"}"#).unwrap_err();
+        assert_eq!(err.key, "DATA_POOL_ID_MISMATCH");
+    }
+
+    #[test]
+    fn csv_options_are_read_and_empty_strings_mean_default() {
+        let request = parse(
+            r#"{"targetName":"t","type":"DELTA","keys":["id"],
+                "csvParsingOptions":{"separatorSequence":";","quoteSequence":"","lineEnding":"\n"}}"#,
+        )
+        .unwrap();
+        assert_eq!(request.spec.keys, vec!["id".to_owned()]);
+        assert_eq!(
+            request.spec.csv,
+            CsvOptions {
+                separator: Some(";".into()),
+                quote: None,
+                escape: None,
+                line_ending: Some("\n".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_json_object_is_rejected() {
+        assert!(parse("[]").is_err());
+        assert!(parse("targetName=t").is_err());
+    }
+}
