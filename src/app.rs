@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, QueueConfig};
+use crate::config::{Config, EmulatorSettings, QueueConfig};
+use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ingest::{self, IngestState};
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
@@ -22,6 +23,9 @@ use crate::sink::budget::Budgets;
 /// A running weir.
 pub struct App {
     ingest_addr: SocketAddr,
+    emulator_addr: Option<SocketAddr>,
+    /// The in-process emulator; stopped last, after the deliveries to it.
+    emulator: Option<(TaskTracker, CancellationToken)>,
     pipelines: Vec<Arc<Pipeline>>,
     /// Cancelled first at shutdown: ingest answers 503 from then on.
     stopping: CancellationToken,
@@ -53,6 +57,14 @@ impl App {
         let stop_workers = CancellationToken::new();
         let servers = TaskTracker::new();
         let workers_tracker = TaskTracker::new();
+
+        let (emulator_addr, emulator) = match &config.emulator {
+            Some(settings) => {
+                let (addr, handle) = start_emulator(settings).await?;
+                (Some(addr), Some(handle))
+            }
+            None => (None, None),
+        };
 
         let budgets = Budgets::default();
         let mut workers = Vec::new();
@@ -86,6 +98,8 @@ impl App {
         tracing::info!(listen = %ingest_addr, pipelines = pipelines.len(), "weir started");
         Ok(App {
             ingest_addr,
+            emulator_addr,
+            emulator,
             pipelines,
             stopping,
             stop_servers,
@@ -100,6 +114,11 @@ impl App {
 
     pub fn ingest_addr(&self) -> SocketAddr {
         self.ingest_addr
+    }
+
+    /// Where the in-process emulator listens, when `[emulator]` is configured.
+    pub fn emulator_addr(&self) -> Option<SocketAddr> {
+        self.emulator_addr
     }
 
     pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
@@ -143,6 +162,11 @@ impl App {
         {
             tracing::warn!(grace = ?grace, "delivery still running at the end of the grace period");
         }
+        if let Some((tracker, stop)) = self.emulator {
+            stop.cancel();
+            tracker.close();
+            tracker.wait().await;
+        }
         for p in &self.pipelines {
             if let Err(e) = p.queue.sync().await {
                 tracing::error!(pipeline = p.name(), error = %e, "queue sync at shutdown failed");
@@ -159,4 +183,39 @@ async fn open_queue(capacity_rows: u64, cfg: &QueueConfig) -> anyhow::Result<Arc
         }
         QueueConfig::Disk { .. } => anyhow::bail!("the disk spool is not available in this build"),
     }
+}
+
+async fn start_emulator(
+    settings: &EmulatorSettings,
+) -> anyhow::Result<(SocketAddr, (TaskTracker, CancellationToken))> {
+    if let Some(dir) = settings.database.as_ref().and_then(|d| d.parent())
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("creating the emulator database directory {}", dir.display())
+        })?;
+    }
+    let emulator = Emulator::new(EmulatorConfig {
+        app_keys: settings
+            .app_key
+            .iter()
+            .map(|k| k.expose().to_owned())
+            .collect(),
+        database: settings.database.clone(),
+        ..EmulatorConfig::default()
+    })
+    .context("starting the emulator")?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding emulator.listen {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let token = stop.clone();
+    tracker.spawn(async move {
+        if let Err(e) = emulator.serve(listener, token).await {
+            tracing::error!(error = %e, "emulator listener failed");
+        }
+    });
+    tracing::info!(listen = %addr, "data push emulator started");
+    Ok((addr, (tracker, stop)))
 }

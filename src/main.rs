@@ -44,6 +44,39 @@ enum Command {
         #[arg(short, long, env = "WEIR_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the built-in Celonis Data Push emulator on its own, or query its tables.
+    #[command(args_conflicts_with_subcommands = true)]
+    Emulator {
+        #[command(flatten)]
+        run: EmulatorArgs,
+        #[command(subcommand)]
+        command: Option<EmulatorCommand>,
+    },
+}
+
+#[derive(clap::Args)]
+struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8900")]
+    listen: std::net::SocketAddr,
+    /// SQLite file holding the pushed tables.
+    #[arg(long, default_value = "data/emulator.db")]
+    database: PathBuf,
+    /// Accept only this application key (`Authorization: AppKey …`); without it any key is accepted.
+    #[arg(long, env = "WEIR_EMULATOR_APP_KEY")]
+    app_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum EmulatorCommand {
+    /// Run a read-only SQL query against the emulator's tables and print the rows.
+    Query {
+        /// e.g. "SELECT * FROM pushCSV"
+        sql: String,
+        /// SQLite file holding the pushed tables.
+        #[arg(long, default_value = "data/emulator.db")]
+        database: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +84,17 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Check { config } => check(config),
+        Command::Emulator {
+            command: Some(EmulatorCommand::Query { sql, database }),
+            ..
+        } => query(&database, &sql),
+        Command::Emulator { run, command: None } => match emulator(run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config } => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -107,4 +151,112 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         app.shutdown().await;
         Ok(())
     })
+}
+
+fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        if let Some(dir) = args.database.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let emulator = weir::emulator::Emulator::new(weir::emulator::EmulatorConfig {
+            app_keys: args.app_key.into_iter().collect(),
+            database: Some(args.database.clone()),
+            ..Default::default()
+        })
+        .context("starting the emulator")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, database = %args.database.display(), "data push emulator started");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            weir::shutdown::signal().await;
+            token.cancel();
+        });
+        emulator.serve(listener, stop).await.context("serving the emulator")
+    })
+}
+
+fn query(database: &std::path::Path, sql: &str) -> ExitCode {
+    if !database.exists() {
+        eprintln!(
+            "weir: no emulator database at {} (run `weir serve` or `weir emulator` first, or pass --database)",
+            database.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match weir::emulator::query(database, sql) {
+        Ok(rows) => {
+            print!("{}", render_table(&rows));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("weir: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Renders rows as an aligned text table with a row count.
+fn render_table(rows: &[serde_json::Map<String, serde_json::Value>]) -> String {
+    let Some(first) = rows.first() else {
+        return "(0 rows)\n".to_owned();
+    };
+    let headers: Vec<&String> = first.keys().collect();
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.replace('\n', "\\n").replace('\r', "\\r"),
+        serde_json::Value::Null => "NULL".to_owned(),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            headers
+                .iter()
+                .map(|h| r.get(*h).map(cell).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| -> String {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        format!("{}\n", padded.join(" | ").trim_end())
+    };
+    let mut out = line(headers.iter().map(|h| h.as_str()).collect());
+    out.push_str(&format!(
+        "{}\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    ));
+    for r in &cells {
+        out.push_str(&line(r.iter().map(|c| c.as_str()).collect()));
+    }
+    out.push_str(&format!("({} rows)\n", rows.len()));
+    out
 }

@@ -262,7 +262,7 @@ async fn a_job_that_outlives_the_poll_timeout_is_retried_without_duplicating_key
 async fn failed_runs_are_retried_with_backoff_without_waiting_for_the_schedule() {
     let emu = spawn_emulator(emulator()).await;
     let config = delivery_config(&emu.base, "", "").replace(
-        "retry_initial = \"1h\"",
+        "retry_initial = \"1h\"\nretry_max_interval = \"1h\"",
         "retry_initial = \"100ms\"\nretry_max_interval = \"400ms\"",
     );
     let app = spawn_app(&config).await;

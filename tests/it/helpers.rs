@@ -246,6 +246,7 @@ name = "orders"
 queue_capacity = 1000
 schedule = "1h"
 retry_initial = "1h"
+retry_max_interval = "1h"
 {pipeline_extra}
 
 [pipelines.sink]
