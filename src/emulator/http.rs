@@ -25,7 +25,10 @@ use super::faults::{Endpoint, ForcedEnd, parse_fault};
 use super::limiter::retry_after_secs;
 use super::model::parse_create;
 use super::table::{self, ChunkKind};
-use super::{Chunk, Emulator, EmulatorError, Job, Status, lock, now_ms};
+use super::{
+    Chunk, Emulator, EmulatorError, Job, RETAINED_CHUNK_BYTES, Status, evict_chunk_contents, lock,
+    now_ms,
+};
 
 /// Chunks may be up to 1 GB (reference §7).
 const MAX_BODY: usize = 1 << 30;
@@ -454,7 +457,7 @@ async fn upload(
         kind,
         created_ms: now_ms(),
         checksum: format!("{:08x}", crc32c::crc32c(&content)),
-        content,
+        content: Some(content),
     };
     let response = emulator.with_job(&pool_key, id, |job| {
         // Checked again: the job may have been executed while the body arrived.
@@ -466,6 +469,7 @@ async fn upload(
         job.modified_ms = now_ms();
         Ok(response)
     })?;
+    evict_chunk_contents(&mut lock(&emulator.inner.jobs), RETAINED_CHUNK_BYTES);
     info!(job = %id, kind = kind.as_str(), bytes, "emulator chunk uploaded");
     Ok(Json(response))
 }
@@ -545,7 +549,7 @@ async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
         let chunks: Vec<(ChunkKind, Bytes)> = job
             .chunks
             .iter()
-            .map(|c| (c.kind, c.content.clone()))
+            .filter_map(|c| Some((c.kind, c.content.clone()?)))
             .collect();
         (job.spec.clone(), chunks)
     });
@@ -649,7 +653,8 @@ struct ChunkRecord {
     id: String,
     #[serde(rename = "type")]
     kind: &'static str,
-    content: String,
+    /// `None` once evicted to bound memory.
+    content: Option<String>,
 }
 
 async fn show_jobs(State(emulator): State<Emulator>) -> ApiResult<Response> {
@@ -670,7 +675,10 @@ async fn show_jobs(State(emulator): State<Emulator>) -> ApiResult<Response> {
                     .map(|c| ChunkRecord {
                         id: c.id.to_string(),
                         kind: c.kind.as_str(),
-                        content: String::from_utf8_lossy(&c.content).into_owned(),
+                        content: c
+                            .content
+                            .as_ref()
+                            .map(|b| String::from_utf8_lossy(b).into_owned()),
                     })
                     .collect(),
             })

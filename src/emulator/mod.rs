@@ -165,7 +165,38 @@ struct Chunk {
     kind: ChunkKind,
     created_ms: u64,
     checksum: String,
-    content: Bytes,
+    /// `None` once evicted to keep memory bounded (see [`evict_chunk_contents`]).
+    content: Option<Bytes>,
+}
+
+/// Chunk bytes kept for `/emulator/jobs` beyond what pending jobs need.
+const RETAINED_CHUNK_BYTES: usize = 256 << 20;
+
+/// Forgets the contents of the oldest finished (or deleted, never executed) jobs' chunks
+/// until at most `limit` bytes remain; jobs still to be applied keep theirs.
+fn evict_chunk_contents(jobs: &mut [Job], limit: usize) {
+    let mut retained: usize = jobs
+        .iter()
+        .flat_map(|job| &job.chunks)
+        .filter_map(|chunk| chunk.content.as_ref().map(Bytes::len))
+        .sum();
+    for job in jobs.iter_mut() {
+        if retained <= limit {
+            return;
+        }
+        let evictable = match job.status {
+            Status::Done | Status::Error | Status::Canceled => true,
+            Status::New => job.deleted,
+            Status::Queued | Status::Running => false,
+        };
+        if evictable {
+            for chunk in &mut job.chunks {
+                if let Some(content) = chunk.content.take() {
+                    retained -= content.len();
+                }
+            }
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -289,6 +320,48 @@ pub fn query(database: &Path, sql: &str) -> Result<Vec<Map<String, Value>>, Emul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_with_chunk(status: Status, bytes: usize) -> Job {
+        let request = RawValue::from_string("{}".to_owned()).unwrap();
+        let spec = model::parse_create(br#"{"targetName":"t","type":"DELTA"}"#, "p")
+            .unwrap()
+            .spec;
+        Job {
+            id: Uuid::new_v4(),
+            pool: "p".into(),
+            request,
+            echo: Map::new(),
+            spec,
+            status,
+            logs: Vec::new(),
+            modified_ms: 0,
+            executed_ms: None,
+            chunks: vec![Chunk {
+                id: Uuid::new_v4(),
+                kind: ChunkKind::Upsert,
+                created_ms: 0,
+                checksum: String::new(),
+                content: Some(Bytes::from(vec![b'x'; bytes])),
+            }],
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn eviction_forgets_the_oldest_finished_chunks_and_keeps_pending_ones() {
+        let mut jobs = vec![
+            job_with_chunk(Status::New, 10),
+            job_with_chunk(Status::Done, 10),
+            job_with_chunk(Status::Error, 10),
+            job_with_chunk(Status::Running, 10),
+        ];
+        evict_chunk_contents(&mut jobs, 30);
+        let kept: Vec<bool> = jobs.iter().map(|j| j.chunks[0].content.is_some()).collect();
+        assert_eq!(kept, vec![true, false, true, true]);
+        evict_chunk_contents(&mut jobs, 0);
+        let kept: Vec<bool> = jobs.iter().map(|j| j.chunks[0].content.is_some()).collect();
+        assert_eq!(kept, vec![true, false, false, true]);
+    }
 
     #[test]
     fn query_refuses_statements_that_write() {

@@ -856,3 +856,21 @@ async fn shutdown_finishes_in_flight_jobs_without_waiting_out_their_delays() {
     // stop() fails unless serve returns, with its job task done, within the 5 s deadline.
     emulator.stop().await;
 }
+
+#[tokio::test]
+async fn executes_over_the_per_second_limit_get_429_for_about_a_second() {
+    let emulator = spawn_emulator(EmulatorConfig {
+        jobs_per_second: 1,
+        ..config()
+    })
+    .await;
+    let first = emulator.create(&csv_job("a", "DELTA", None)).await;
+    let second = emulator.create(&csv_job("b", "DELTA", None)).await;
+    let first = first["id"].as_str().unwrap();
+    let second = second["id"].as_str().unwrap();
+    assert_eq!(emulator.execute(first).await.status(), StatusCode::OK);
+    let limited = emulator.execute(second).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    emulator.stop().await;
+}
