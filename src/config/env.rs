@@ -13,14 +13,10 @@ pub fn substitute(
     errors: &mut Vec<ConfigError>,
 ) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                match expand(s, env) {
-                    Ok(expanded) => *s = expanded,
-                    Err(message) => errors.push(ConfigError::new(path, message)),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => errors.push(ConfigError::new(path, message)),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 substitute(item, &format!("{path}[{i}]"), env, errors);

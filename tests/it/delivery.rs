@@ -377,3 +377,30 @@ async fn pipelines_of_one_team_share_the_job_budget() {
     );
     assert_eq!(emu.jobs().await.len(), 1);
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_running_delivery_finish_first() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(&emu.base, "", "")).await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"}]"#).await;
+    emu.fault(json!({"delay_ms": 1000, "count": 1, "endpoint": "create"}))
+        .await;
+    let runs = app.app().runs().clone();
+    let flush = tokio::spawn(async move { runs.flush("orders").await });
+    let pipeline = app.app().pipeline("orders").unwrap().clone();
+    wait_until(5, "the run to start", || async {
+        pipeline.queue.in_flight().is_some()
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(
+        emu.column("orders", "id").await,
+        ["1", "2"],
+        "the run finished before weir stopped"
+    );
+    assert_eq!(
+        flush.await.unwrap().map(|r| r.outcome),
+        Some(Outcome::Delivered)
+    );
+    assert!(pipeline.queue.peek(10).await.unwrap().is_empty());
+}
