@@ -92,7 +92,10 @@ impl fmt::Display for Secret {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where pipeline state (pause flag, dead letters, disk spools) lives by default.
+    pub data_dir: PathBuf,
     pub server: ServerConfig,
+    pub admin: Option<AdminConfig>,
     pub emulator: Option<EmulatorSettings>,
     pub celonis: CelonisLimits,
     pub pipelines: Vec<PipelineConfig>,
@@ -103,6 +106,28 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+}
+
+/// The admin API's listener and its bearer tokens.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub tokens: Vec<AdminToken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    /// A label for logs; never the token itself.
+    pub name: String,
+    pub token: Secret,
+    pub scope: Scope,
+}
+
+/// What an admin token may do: `Read` inspects, `Write` also changes state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Write,
 }
 
 /// The built-in Data Push emulator, run inside `weir serve` when configured.
@@ -140,6 +165,12 @@ pub struct PipelineConfig {
     pub max_rows_per_run: usize,
     pub retry_initial: Duration,
     pub retry_max_interval: Duration,
+    /// After this long of continuous failure the pipeline is SUSPENDED.
+    pub suspend_after: Duration,
+    /// Rows queued longer than this are moved to the dead-letter file.
+    pub retention: Duration,
+    /// Pause flag and dead letters live here.
+    pub state_dir: PathBuf,
     pub schema: Option<Schema>,
     pub columns: Vec<Column>,
     pub sink: SinkConfig,
@@ -393,6 +424,33 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
             shutdown_grace: Duration::from_secs(30),
         },
     };
+    let admin = raw.admin.map(|a| {
+        let listen = v.addr("admin.listen", a.listen.as_deref(), "127.0.0.1:9090");
+        let mut tokens = Vec::new();
+        for (i, t) in a.tokens.into_iter().enumerate() {
+            let path = format!("admin.tokens[{i}]");
+            let scope = match t.scope.as_str() {
+                "read" => Scope::Read,
+                "write" => Scope::Write,
+                other => {
+                    v.error(format!("{path}.scope"), format!("\"{other}\" is not \"read\" or \"write\""));
+                    Scope::Read
+                }
+            };
+            if t.token.len() < 16 {
+                v.error(format!("{path}.token"), "must be at least 16 characters");
+            }
+            tokens.push(AdminToken {
+                name: t.name.unwrap_or_else(|| format!("token {i}")),
+                token: Secret::new(t.token),
+                scope,
+            });
+        }
+        if tokens.is_empty() {
+            v.error("admin.tokens", "list at least one token: every admin route but /healthz, /readyz and /metrics needs one");
+        }
+        AdminConfig { listen, tokens }
+    });
     let emulator = raw.emulator.map(|e| EmulatorSettings {
         listen: v.addr("emulator.listen", e.listen.as_deref(), "127.0.0.1:8900"),
         database: e.database.map(PathBuf::from),
@@ -418,7 +476,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         pipelines.push(v.pipeline(&path, p, &data_dir));
     }
     Config {
+        data_dir,
         server,
+        admin,
         emulator,
         celonis,
         pipelines,
@@ -532,7 +592,11 @@ impl Validator<'_> {
         });
         let queue_capacity =
             self.positive(&format!("{path}.queue_capacity"), p.queue_capacity, 100_000);
-        let queue = self.queue(path, p.queue, &p.name, data_dir);
+        let queue = self.queue(path, p.queue, &p.name, data_dir, p.retention.as_deref());
+        let state_dir = match &queue {
+            QueueConfig::Disk { dir, .. } => dir.clone(),
+            QueueConfig::Memory { .. } => data_dir.join(&p.name),
+        };
         let schedule = self.schedule(&format!("{path}.schedule"), p.schedule.as_deref());
         let max_rows_per_run = self.positive(
             &format!("{path}.max_rows_per_run"),
@@ -548,6 +612,16 @@ impl Validator<'_> {
             &format!("{path}.retry_max_interval"),
             p.retry_max_interval.as_deref(),
             600,
+        );
+        let suspend_after = self.duration(
+            &format!("{path}.suspend_after"),
+            p.suspend_after.as_deref(),
+            8 * 3600,
+        );
+        let retention = self.duration(
+            &format!("{path}.retention"),
+            p.retention.as_deref(),
+            7 * 86_400,
         );
         if retry_initial > retry_max_interval {
             self.error(
@@ -595,6 +669,9 @@ impl Validator<'_> {
             max_rows_per_run,
             retry_initial,
             retry_max_interval,
+            suspend_after,
+            retention,
+            state_dir,
             schema,
             columns,
             sink,
@@ -607,6 +684,7 @@ impl Validator<'_> {
         raw: Option<raw::RawQueue>,
         name: &str,
         data_dir: &Path,
+        pipeline_retention: Option<&str>,
     ) -> QueueConfig {
         let Some(q) = raw else {
             return QueueConfig::Memory { max_bytes: None };
@@ -642,7 +720,7 @@ impl Validator<'_> {
                 ),
                 retention: self.duration(
                     &format!("{qpath}.retention"),
-                    q.retention.as_deref(),
+                    q.retention.as_deref().or(pipeline_retention),
                     7 * 86_400,
                 ),
             },

@@ -8,6 +8,7 @@ pub struct RawConfig {
     pub data_dir: Option<String>,
     pub server: Option<RawServer>,
     pub emulator: Option<RawEmulator>,
+    pub admin: Option<RawAdmin>,
     pub celonis: Option<RawCelonis>,
     #[serde(default)]
     pub pipelines: Vec<RawPipeline>,
@@ -31,6 +32,22 @@ pub struct RawEmulator {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub token: String,
+    pub scope: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawCelonis {
     pub jobs_per_hour: Option<i64>,
     pub jobs_per_second: Option<i64>,
@@ -47,6 +64,8 @@ pub struct RawPipeline {
     pub max_rows_per_run: Option<i64>,
     pub retry_initial: Option<String>,
     pub retry_max_interval: Option<String>,
+    pub suspend_after: Option<String>,
+    pub retention: Option<String>,
     pub schema: Option<RawSchema>,
     #[serde(default)]
     pub columns: Vec<RawColumn>,
