@@ -149,7 +149,9 @@ pub struct RecoveryReport {
 /// A crash-safe [`Queue`] kept in a directory of segment files.
 pub struct DiskSpool {
     shared: Arc<Shared>,
-    writer: mpsc::Sender<Request>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     /// Orders cursor and in-flight file updates (commit, replay, set_in_flight).
     cursor_lock: tokio::sync::Mutex<()>,
     recovery: RecoveryReport,
@@ -192,7 +194,9 @@ impl DiskSpool {
             #[cfg(test)]
             gate: Mutex::new(()),
         });
-        shared.drop_old_segments(None);
+        let sweeper = shared.clone();
+        // Retention may have expired while weir was down; a join error only skips the sweep.
+        let _ = tokio::task::spawn_blocking(move || sweeper.drop_old_segments(None)).await;
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
@@ -202,7 +206,7 @@ impl DiskSpool {
             next,
             dirty: false,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("weir-spool-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|source| SpoolError::Io {
@@ -211,7 +215,8 @@ impl DiskSpool {
             })?;
         Ok(DiskSpool {
             shared,
-            writer: tx,
+            writer: Some(tx),
+            thread: Some(thread),
             cursor_lock: tokio::sync::Mutex::new(()),
             recovery: report,
         })
@@ -272,7 +277,7 @@ impl DiskSpool {
             bytes,
             reply,
         });
-        if self.writer.send(request).is_err() {
+        if self.send(request).is_err() {
             self.shared.release(incoming, bytes);
             return Err(PushError::Closed);
         }
@@ -393,17 +398,33 @@ impl DiskSpool {
     async fn sync_all(&self) -> Result<(), QueueError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || QueueError::Io(io::Error::other("spool writer stopped"));
-        self.writer
-            .send(Request::Sync(reply))
-            .map_err(|_| stopped())?;
+        self.send(Request::Sync(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())??;
         Ok(())
+    }
+
+    fn send(&self, request: Request) -> Result<(), ()> {
+        match &self.writer {
+            Some(w) => w.send(request).map_err(|_| ()),
+            None => Err(()),
+        }
     }
 
     /// Makes the writer fail in the given way until cleared (tests only).
     #[cfg(test)]
     fn inject(&self, fault: Option<Fault>) {
         *lock(&self.shared.fault) = fault;
+    }
+}
+
+/// Stops the writer thread once it has finished the batch in hand (at most one fsync), so
+/// the directory can be opened again as soon as the spool is gone.
+impl Drop for DiskSpool {
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -2081,6 +2102,7 @@ mod tests {
         ));
         q.inject(None);
         q.push(rows(2..3)).await.unwrap();
+        q.sync().await.unwrap();
         assert_eq!(ids(&q).await, vec![0, 1, 2]);
         drop(q);
         assert_eq!(ids(&open(&cfg).await).await, vec![0, 1, 2]);
@@ -2091,7 +2113,8 @@ mod tests {
 
     impl Drop for Mount {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
+            // Lazy, so a file still open somewhere cannot keep the mount alive.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
 
@@ -2147,6 +2170,17 @@ mod tests {
         }
         assert!(refused, "a full disk must refuse pushes");
         let accepted = q.stats().next_offset;
+        let on_disk: u64 = segment_files(&cfg.dir)
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(
+            on_disk,
+            (0..accepted)
+                .map(|i| record_len(&row(i)) as u64)
+                .sum::<u64>(),
+            "the refused write left nothing behind"
+        );
 
         if mounted {
             fs::remove_file(&filler).unwrap();
