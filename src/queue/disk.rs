@@ -485,6 +485,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| QueueError::Io(io::Error::other(e)))?
 }
 
+/// Whether a rate-limited warning may be logged now; records it if so.
+fn due(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+        *last = Some(now);
+        true
+    } else {
+        false
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the data consistent before it can panic, so a poisoned
     // lock is still safe to use.
@@ -634,10 +644,7 @@ impl Shared {
 
     /// Logs a storage failure, at most once a minute.
     fn warn_unavailable(&self, e: &io::Error) {
-        let now = Instant::now();
-        let mut last = lock(&self.last_warn);
-        if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
-            *last = Some(now);
+        if due(&mut lock(&self.last_warn), Instant::now()) {
             warn!(dir = %self.dir.display(), error = %e, "spool write failed");
         }
     }
@@ -2330,11 +2337,41 @@ mod tests {
         assert!(on_disk <= cfg.max_bytes, "{on_disk} bytes on disk");
     }
 
+    #[test]
+    fn storage_warnings_are_logged_at_most_once_a_minute() {
+        let start = Instant::now();
+        let mut last = None;
+        assert!(due(&mut last, start));
+        assert!(!due(&mut last, start + Duration::from_secs(59)));
+        assert!(due(&mut last, start + Duration::from_secs(60)));
+        assert!(!due(&mut last, start + Duration::from_secs(61)));
+    }
+
+    #[tokio::test]
+    async fn a_record_damaged_while_running_is_skipped_and_can_be_committed_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&config(dir.path())).await;
+        q.push(rows(0..5)).await.unwrap();
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        // Bit rot in record 2's body, after it was acknowledged.
+        f.write_all_at(&[0xff], one_record_len() * 3 - 1).unwrap();
+        assert_eq!(ids(&q).await, vec![0, 1, 3, 4]);
+        q.commit(3).await.unwrap();
+        assert_eq!(ids(&q).await, vec![4]);
+        assert_eq!(q.stats().rows, 1);
+        assert_eq!(q.stats().bytes, one_record_len());
+        q.commit(4).await.unwrap();
+        assert_eq!((q.stats().rows, q.stats().bytes), (0, 0));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Append(u64),
         Peek(usize),
         Commit(u64),
+        /// Rewind by this many rows.
+        Replay(u64),
         Reopen,
     }
 
@@ -2344,12 +2381,13 @@ mod tests {
             3 => (1u64..5).prop_map(Op::Append),
             2 => (0usize..8).prop_map(Op::Peek),
             2 => (0u64..6).prop_map(Op::Commit),
+            1 => (0u64..6).prop_map(Op::Replay),
             1 => Just(Op::Reopen),
         ]
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
         #[test]
         fn the_log_returns_exactly_the_appended_rows_after_the_cursor(
@@ -2363,9 +2401,12 @@ mod tests {
                     ..config(dir.path())
                 };
                 let mut q = open(&cfg).await;
+                // The model: the queued offsets, and the next offset to hand out. Row `i`
+                // always carries offset `i`.
                 let mut model: VecDeque<u64> = VecDeque::new();
                 let mut next = 0u64;
                 for op in ops {
+                    let cursor = model.front().copied().unwrap_or(next);
                     match op {
                         Op::Append(n) => {
                             q.push(rows(next..next + n)).await.unwrap();
@@ -2375,17 +2416,25 @@ mod tests {
                         Op::Peek(n) => {
                             let got = q.peek(n).await.unwrap();
                             let want: Vec<u64> = model.iter().take(n).copied().collect();
-                            assert_eq!(got.iter().map(|e| e.offset).collect::<Vec<_>>(), want.clone());
+                            assert_eq!(got.iter().map(|e| e.offset).collect::<Vec<_>>(), want);
                             for e in &got {
                                 assert_eq!(e.row, row(e.offset));
                             }
                         }
                         Op::Commit(k) => {
-                            let through = model.front().map_or(next, |f| f + k);
+                            let through = cursor + k;
                             q.commit(through).await.unwrap();
                             while model.front().is_some_and(|&o| o <= through) {
                                 model.pop_front();
                             }
+                        }
+                        Op::Replay(k) => {
+                            let from = cursor.saturating_sub(k);
+                            let queued = q.replay_from(from).await.unwrap();
+                            for o in (from..cursor).rev() {
+                                model.push_front(o);
+                            }
+                            assert_eq!(queued, model.len() as u64);
                         }
                         Op::Reopen => {
                             drop(q);
@@ -2394,8 +2443,12 @@ mod tests {
                             assert_eq!(q.recovery().truncated_bytes, 0);
                         }
                     }
-                    assert_eq!(q.stats().rows, model.len() as u64);
-                    assert_eq!(q.stats().next_offset, next);
+                    let stats = q.stats();
+                    assert_eq!(stats.rows, model.len() as u64);
+                    assert_eq!(stats.next_offset, next);
+                    let bytes: u64 = model.iter().map(|&i| record_len(&row(i)) as u64).sum();
+                    assert_eq!(stats.bytes, bytes);
+                    assert_eq!(stats.oldest_ms.is_some(), !model.is_empty());
                     assert_eq!(offsets(&q).await, model.iter().copied().collect::<Vec<_>>());
                 }
             });
