@@ -798,6 +798,8 @@ enum Fault {
     Sync,
     /// Creating a new segment fails as on a read-only file system.
     Create,
+    /// Like `Write`, and cutting the partial write back fails too.
+    WriteAndTruncate { keep: usize },
 }
 
 enum Request {
@@ -987,10 +989,18 @@ impl Writer {
 
     fn write_and_sync(&mut self, buf: &[u8]) -> io::Result<()> {
         #[cfg(test)]
-        if let Some(Fault::Write { keep, kind }) = *lock(&self.shared.fault) {
-            self.file
-                .write_all_at(&buf[..keep.min(buf.len())], self.len)?;
-            return Err(io::Error::from(kind));
+        match *lock(&self.shared.fault) {
+            Some(Fault::Write { keep, kind }) => {
+                self.file
+                    .write_all_at(&buf[..keep.min(buf.len())], self.len)?;
+                return Err(io::Error::from(kind));
+            }
+            Some(Fault::WriteAndTruncate { keep }) => {
+                self.file
+                    .write_all_at(&buf[..keep.min(buf.len())], self.len)?;
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            _ => {}
         }
         self.file.write_all_at(buf, self.len)?;
         self.timed_sync()
@@ -1012,6 +1022,13 @@ impl Writer {
 
     /// Cuts the active segment back to its last good record, so a failed write never shows.
     fn repair(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if matches!(
+            *lock(&self.shared.fault),
+            Some(Fault::WriteAndTruncate { .. })
+        ) {
+            return Err(io::Error::other("injected truncate failure"));
+        }
         self.file.set_len(self.len)?;
         self.file.sync_data()?;
         self.dirty = false;
@@ -2099,6 +2116,31 @@ mod tests {
         assert_eq!(q.recovery().quarantined, 0);
         assert_eq!(ids(&q).await, vec![0, 1, 2, 3, 4]);
         assert_eq!(offsets(&q).await, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_partial_write_that_cannot_be_cut_back_blocks_writes_until_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let q = open(&cfg).await;
+        q.push(rows(0..2)).await.unwrap();
+        // More garbage than the next record is long, so overwriting alone would not hide it.
+        let keep = one_record_len() as usize + 20;
+        q.inject(Some(Fault::WriteAndTruncate { keep }));
+        assert!(matches!(
+            q.push(rows(2..4)).await,
+            Err(PushError::Unavailable(_))
+        ));
+        assert!(matches!(
+            q.push(rows(2..3)).await,
+            Err(PushError::Unavailable(_))
+        ));
+        q.inject(None);
+        q.push(rows(2..3)).await.unwrap();
+        drop(q);
+        let q = open(&cfg).await;
+        assert_eq!(q.recovery().truncated_bytes, 0, "no garbage was left");
+        assert_eq!(ids(&q).await, vec![0, 1, 2]);
     }
 
     #[tokio::test]
