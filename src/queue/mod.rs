@@ -7,6 +7,7 @@
 //! Every row gets an [`Offset`] when it is pushed: a per-pipeline number that only grows.
 //! Rows leave a queue only through [`Queue::commit`], once a sink has delivered them.
 
+pub mod disk;
 pub mod memory;
 
 use std::future::Future;
