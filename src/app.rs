@@ -15,6 +15,7 @@ use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ingest::{self, IngestState};
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
+use crate::queue::disk::{DiskSpool, DiskSpoolConfig};
 use crate::queue::memory::MemoryQueue;
 use crate::schedule::{RunReport, Scheduler, SchedulerHandle};
 use crate::sink::Sink;
@@ -181,7 +182,32 @@ async fn open_queue(capacity_rows: u64, cfg: &QueueConfig) -> anyhow::Result<Arc
         QueueConfig::Memory { max_bytes } => {
             Ok(Arc::new(MemoryQueue::new(capacity_rows, *max_bytes)))
         }
-        QueueConfig::Disk { .. } => anyhow::bail!("the disk spool is not available in this build"),
+        QueueConfig::Disk {
+            dir,
+            max_bytes,
+            segment_bytes,
+            retention,
+        } => {
+            let spool = DiskSpool::open(DiskSpoolConfig {
+                dir: dir.clone(),
+                capacity_rows,
+                max_bytes: *max_bytes,
+                segment_bytes: *segment_bytes,
+                retention: *retention,
+            })
+            .await?;
+            let r = spool.recovery();
+            tracing::info!(
+                dir = %dir.display(),
+                queued_rows = r.queued_rows,
+                segments = r.segments,
+                quarantined = r.quarantined,
+                truncated_bytes = r.truncated_bytes,
+                cursor_missing = r.cursor_missing,
+                "disk spool recovered"
+            );
+            Ok(Arc::new(spool))
+        }
     }
 }
 
