@@ -243,6 +243,7 @@ impl Worker {
         let cfg = &self.pipeline.config;
         let mut failures: u32 = 0;
         let mut retry_at: Option<Instant> = None;
+        settle_in_flight(&self.pipeline, &self.sink).await;
         self.note_next_tick(retry_at).await;
         loop {
             let reply = tokio::select! {
@@ -278,6 +279,19 @@ impl Worker {
                 let _ = reply.send(report);
             }
         }
+        if cfg.drain_on_shutdown {
+            let report = run_once(&self.pipeline, &self.sink).await;
+            let left = self.pipeline.queue.stats().rows;
+            if left > 0 {
+                tracing::warn!(
+                    rows = left,
+                    delivered = report.rows,
+                    "rows not delivered before shutdown are lost with the memory queue"
+                );
+            } else {
+                tracing::info!(delivered = report.rows, "queue drained at shutdown");
+            }
+        }
     }
 
     /// Publishes when the next run will be: the retry time while retrying, else the next tick.
@@ -293,6 +307,40 @@ impl Worker {
             }
         };
         self.pipeline.set_next_run_ms(ms);
+    }
+}
+
+/// After a restart: a batch recorded as in flight may already be in the sink. Ask the sink;
+/// commit the batch if it arrived, so it is not pushed twice.
+async fn settle_in_flight(p: &Pipeline, sink: &Sink) {
+    let Some(batch) = p.queue.in_flight() else {
+        return;
+    };
+    match sink.settle(&batch).await {
+        Ok(true) => {
+            tracing::info!(
+                first = batch.first,
+                last = batch.last,
+                job = batch.job_id.as_deref().unwrap_or("-"),
+                "batch in flight at the last stop was delivered; committing it"
+            );
+            if let Err(e) = p.queue.commit(batch.last).await {
+                tracing::error!(error = %e, "committing the settled batch failed; it may be delivered again");
+            }
+        }
+        Ok(false) => {
+            tracing::info!(
+                first = batch.first,
+                last = batch.last,
+                "batch in flight at the last stop was not delivered; it will be"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(first = batch.first, last = batch.last, error = %e, "cannot tell whether the batch in flight at the last stop was delivered; delivering it again");
+        }
+    }
+    if let Err(e) = p.queue.set_in_flight(None).await {
+        tracing::warn!(error = %e, "clearing the in-flight record failed");
     }
 }
 

@@ -171,6 +171,8 @@ pub struct PipelineConfig {
     pub retention: Duration,
     /// Pause flag and dead letters live here.
     pub state_dir: PathBuf,
+    /// Memory queue only: make one last delivery at shutdown.
+    pub drain_on_shutdown: bool,
     pub schema: Option<Schema>,
     pub columns: Vec<Column>,
     pub sink: SinkConfig,
@@ -593,6 +595,13 @@ impl Validator<'_> {
         let queue_capacity =
             self.positive(&format!("{path}.queue_capacity"), p.queue_capacity, 100_000);
         let queue = self.queue(path, p.queue, &p.name, data_dir, p.retention.as_deref());
+        let drain_on_shutdown = p.drain_on_shutdown.unwrap_or(false);
+        if drain_on_shutdown && matches!(queue, QueueConfig::Disk { .. }) {
+            self.error(
+                format!("{path}.drain_on_shutdown"),
+                "only applies to the memory queue: the disk spool keeps its rows across restarts",
+            );
+        }
         let state_dir = match &queue {
             QueueConfig::Disk { dir, .. } => dir.clone(),
             QueueConfig::Memory { .. } => data_dir.join(&p.name),
@@ -672,6 +681,7 @@ impl Validator<'_> {
             suspend_after,
             retention,
             state_dir,
+            drain_on_shutdown,
             schema,
             columns,
             sink,

@@ -65,6 +65,7 @@ pub struct RawPipeline {
     pub retry_initial: Option<String>,
     pub retry_max_interval: Option<String>,
     pub suspend_after: Option<String>,
+    pub drain_on_shutdown: Option<bool>,
     pub retention: Option<String>,
     pub schema: Option<RawSchema>,
     #[serde(default)]

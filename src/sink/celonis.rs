@@ -229,6 +229,37 @@ impl CelonisClient {
         Ok(job_id)
     }
 
+    /// Settles a batch that was in flight when weir last stopped. `Ok(true)`: the job
+    /// reached DONE, so the batch is in Celonis and must not be pushed again. `Ok(false)`:
+    /// it never ran (or failed), so the batch is still to be delivered.
+    pub async fn settle(&self, batch: &InFlight) -> Result<bool, PushFailure> {
+        let Some(job_id) = &batch.job_id else {
+            return Ok(false);
+        };
+        let url = format!("{}/{job_id}", self.jobs_url);
+        let job: JobView = match self.send(Step::Poll, self.auth(self.http.get(&url))).await {
+            Ok(resp) => resp.json().await.map_err(|e| PushFailure::BadResponse {
+                step: Step::Poll,
+                detail: format!("body is not a job: {e}"),
+            })?,
+            Err(PushFailure::Http { status: 404, .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match job.status.as_deref() {
+            Some("DONE") => Ok(true),
+            Some("QUEUED" | "RUNNING") => match self.wait_done(job_id).await {
+                Ok(()) => Ok(true),
+                Err(PushFailure::JobFailed { .. }) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Some("NEW") => {
+                self.delete(job_id).await;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn create(&self) -> Result<String, PushFailure> {
         let resp = self
             .send(

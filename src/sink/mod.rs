@@ -11,7 +11,7 @@ pub mod csv;
 use std::time::Duration;
 
 use crate::config::{CelonisLimits, PipelineConfig, SinkConfig};
-use crate::queue::{Entry, Queue};
+use crate::queue::{Entry, InFlight, Queue};
 use budget::Budgets;
 use celonis::{CelonisClient, PushFailure};
 
@@ -50,6 +50,13 @@ impl Sink {
                 let budget = budgets.for_team(&c.team_key(), limits);
                 Ok(Sink::Celonis(CelonisClient::new(c.clone(), budget)?))
             }
+        }
+    }
+
+    /// Finds out whether a batch in flight at the last stop reached the sink (`true`).
+    pub async fn settle(&self, batch: &InFlight) -> Result<bool, SinkError> {
+        match self {
+            Sink::Celonis(client) => Ok(client.settle(batch).await?),
         }
     }
 

@@ -2,6 +2,7 @@
 //! emulator) on port 0 and talks HTTP to it over loopback.
 
 mod check;
+mod crash;
 mod delivery;
 mod emulator;
 mod helpers;
