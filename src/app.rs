@@ -10,20 +10,25 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, EmulatorSettings, QueueConfig};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ingest::{self, IngestState};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::disk::{DiskSpool, DiskSpoolConfig};
 use crate::queue::memory::MemoryQueue;
-use crate::schedule::{RunReport, Scheduler, SchedulerHandle};
+use crate::schedule::{ControlError, RunReport, Scheduler, SchedulerHandle};
 use crate::sink::Sink;
 use crate::sink::budget::Budgets;
 
 /// A running weir.
 pub struct App {
     ingest_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
     emulator_addr: Option<SocketAddr>,
     /// The in-process emulator; stopped last, after the deliveries to it.
     emulator: Option<(TaskTracker, CancellationToken)>,
@@ -51,7 +56,21 @@ impl App {
             let queue = open_queue(p.queue_capacity, &p.queue)
                 .await
                 .with_context(|| format!("opening the queue of pipeline {}", p.name))?;
-            pipelines.push(Arc::new(Pipeline::new(p.clone(), queue)));
+            let pipeline = Pipeline::new(p.clone(), queue);
+            pipeline.load_state().with_context(|| {
+                format!(
+                    "reading the state of pipeline {} in {}",
+                    p.name,
+                    p.state_dir.display()
+                )
+            })?;
+            if pipeline.is_paused() {
+                tracing::warn!(
+                    pipeline = p.name,
+                    "pipeline is paused (persisted); it accepts rows but delivers none"
+                );
+            }
+            pipelines.push(Arc::new(pipeline));
         }
         let stopping = CancellationToken::new();
         let stop_servers = CancellationToken::new();
@@ -67,22 +86,63 @@ impl App {
             None => (None, None),
         };
 
-        let budgets = Budgets::default();
+        let budgets = Arc::new(Budgets::default());
+        let metrics = Arc::new(Metrics::new(pipelines.clone(), budgets.clone()));
         let mut workers = Vec::new();
         for p in &pipelines {
-            let sink = Sink::new(&p.config, config.celonis, &budgets)
+            let sink = Sink::new(&p.config, config.celonis, &budgets, metrics.clone())
                 .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
             workers.push((p.clone(), Arc::new(sink)));
         }
-        let (scheduler, runs) = Scheduler::start(workers, &workers_tracker, stop_workers.clone())
-            .await
-            .context("starting the scheduler")?;
+        let (scheduler, runs) = Scheduler::start(
+            workers,
+            metrics.clone(),
+            &workers_tracker,
+            stop_workers.clone(),
+        )
+        .await
+        .context("starting the scheduler")?;
+
+        let readiness = Readiness::default();
+        let admin_addr = match &config.admin {
+            Some(a) => {
+                let listener = TcpListener::bind(a.listen)
+                    .await
+                    .with_context(|| format!("binding admin.listen {}", a.listen))?;
+                let addr = listener.local_addr()?;
+                let state = AdminState::new(
+                    &pipelines,
+                    runs.clone(),
+                    a.tokens.clone(),
+                    metrics.clone(),
+                    readiness.clone(),
+                );
+                let router = admin::router(state);
+                let stop = stop_servers.clone();
+                servers.spawn(async move {
+                    let served = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+                tracing::info!(listen = %addr, "admin api started");
+                Some(addr)
+            }
+            None => None,
+        };
 
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
         let ingest_addr = listener.local_addr()?;
-        let state = IngestState::new(&pipelines, config.server.max_body_bytes, stopping.clone());
+        let state = IngestState::new(
+            &pipelines,
+            config.server.max_body_bytes,
+            stopping.clone(),
+            metrics.clone(),
+        );
         let router = ingest::router(state);
         let stop = stop_servers.clone();
         servers.spawn(async move {
@@ -96,9 +156,13 @@ impl App {
                 tracing::error!(error = %e, "ingest listener failed");
             }
         });
+        readiness.set(true);
         tracing::info!(listen = %ingest_addr, pipelines = pipelines.len(), "weir started");
         Ok(App {
             ingest_addr,
+            admin_addr,
+            readiness,
+            metrics,
             emulator_addr,
             emulator,
             pipelines,
@@ -117,6 +181,15 @@ impl App {
         self.ingest_addr
     }
 
+    /// Where the admin API listens, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Where the in-process emulator listens, when `[emulator]` is configured.
     pub fn emulator_addr(&self) -> Option<SocketAddr> {
         self.emulator_addr
@@ -131,7 +204,7 @@ impl App {
     }
 
     /// Runs a delivery of `pipeline` now and returns its report.
-    pub async fn flush(&self, pipeline: &str) -> Option<RunReport> {
+    pub async fn flush(&self, pipeline: &str) -> Result<RunReport, ControlError> {
         self.runs.flush(pipeline).await
     }
 
@@ -145,6 +218,7 @@ impl App {
     pub async fn shutdown(self) {
         let grace = self.config.server.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
+        self.readiness.set(false);
         self.stopping.cancel();
         self.stop_servers.cancel();
         self.servers.close();

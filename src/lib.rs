@@ -1,10 +1,13 @@
 //! weir: a self-hosted webhook buffer that batches rows into Celonis Data Push jobs.
 
+pub mod admin;
 pub mod api_error;
 pub mod app;
 pub mod config;
+pub mod dead_letter;
 pub mod emulator;
 pub mod ingest;
+pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod row;

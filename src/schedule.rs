@@ -1,6 +1,8 @@
 //! The scheduler: tokio-cron-scheduler ticks each pipeline on its interval or cron
-//! expression; one worker task per pipeline runs deliveries one at a time, retries failures
-//! with capped exponential backoff and jitter, and answers flush requests.
+//! expression; one worker task per pipeline runs deliveries one at a time, applies the
+//! failure policy (FAILING with capped exponential backoff and jitter, SUSPENDED with one
+//! small probe per `retry_max_interval`), moves rows past retention to the dead-letter file,
+//! and carries out the operator's commands (flush, reconcile, purge, replay) between runs.
 //!
 //! Architecture Invariant: a pipeline never has two runs at once — all runs happen in its
 //! single worker task; ticks that arrive during a run are coalesced into at most one.
@@ -18,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::Schedule;
-use crate::pipeline::{Counters, Pipeline};
-use crate::queue::now_ms;
+use crate::config::{PipelineConfig, Schedule};
+use crate::dead_letter;
+use crate::metrics::{Metrics, PipelineLabels};
+use crate::pipeline::{Counters, Health, Pipeline};
+use crate::queue::{Entry, Offset, QueueError, now_ms};
 use crate::sink::Sink;
 
 /// What one run did.
@@ -66,8 +70,8 @@ pub fn backoff(
     delay.max(asked.unwrap_or(Duration::ZERO))
 }
 
-/// Takes up to `max_rows_per_run` rows, delivers them, and commits them on success.
-pub async fn run_once(p: &Pipeline, sink: &Sink) -> RunReport {
+/// Takes up to `max_rows` rows, delivers them, and commits them on success.
+pub async fn run_once(p: &Pipeline, sink: &Sink, max_rows: usize) -> RunReport {
     let started = Instant::now();
     let at_ms = now_ms();
     let mut report = RunReport {
@@ -79,7 +83,7 @@ pub async fn run_once(p: &Pipeline, sink: &Sink) -> RunReport {
         duration_ms: 0,
         retry_after: None,
     };
-    match p.queue.peek(p.config.max_rows_per_run).await {
+    match p.queue.peek(max_rows).await {
         Err(e) => {
             report.outcome = Outcome::Failed;
             report.error = Some(format!("reading the queue: {e}"));
@@ -141,21 +145,156 @@ pub async fn run_once(p: &Pipeline, sink: &Sink) -> RunReport {
     report
 }
 
-/// Asks the workers for runs. Cheap to clone.
+/// The failure policy of one pipeline, as a pure state machine over `tokio::time::Instant`
+/// (so it is tested with paused time).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    initial: Duration,
+    max: Duration,
+    suspend_after: Duration,
+    health: Health,
+    failures: u32,
+    failing_since: Option<Instant>,
+}
+
+impl Policy {
+    pub fn new(cfg: &PipelineConfig) -> Policy {
+        Policy {
+            initial: cfg.retry_initial,
+            max: cfg.retry_max_interval,
+            suspend_after: cfg.suspend_after,
+            health: Health::Active,
+            failures: 0,
+            failing_since: None,
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    pub fn failing_since(&self) -> Option<Instant> {
+        self.failing_since
+    }
+
+    /// One successful run (or an empty one) makes the pipeline ACTIVE again.
+    pub fn on_success(&mut self) {
+        self.health = Health::Active;
+        self.failures = 0;
+        self.failing_since = None;
+    }
+
+    /// Records a failed run at `now`; returns how long to wait before the next attempt.
+    /// FAILING retries with backoff; after `suspend_after` of continuous failure the
+    /// pipeline is SUSPENDED and probes once per `retry_max_interval`.
+    pub fn on_failure(&mut self, now: Instant, asked: Option<Duration>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let since = *self.failing_since.get_or_insert(now);
+        if now.duration_since(since) >= self.suspend_after {
+            self.health = Health::Suspended;
+            self.max.max(asked.unwrap_or_default())
+        } else {
+            self.health = Health::Failing;
+            backoff(self.failures, self.initial, self.max, asked)
+        }
+    }
+
+    /// Rows the next run may take: one small probe while SUSPENDED.
+    pub fn batch_size(&self, max_rows_per_run: usize) -> usize {
+        match self.health {
+            Health::Suspended => 1,
+            _ => max_rows_per_run,
+        }
+    }
+}
+
+/// Why an operator command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no pipeline is named \"{0}\"")]
+    UnknownPipeline(String),
+    #[error("pipeline is paused: resume it before flushing")]
+    Paused,
+    #[error("weir is shutting down")]
+    Stopping,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// A page of rows taken out of the queue by reconcile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconciled {
+    #[serde(rename = "pageSize")]
+    pub page_size: usize,
+    /// Rows that were queued before this page was taken.
+    pub total: u64,
+    pub content: Vec<ReconciledRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconciledRow {
+    pub offset: Offset,
+    pub row: crate::row::Row,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+/// What operators ask a worker to do; carried out between runs, never during one.
+enum Command {
+    Flush(Reply<RunReport>),
+    Reconcile(usize, Reply<Reconciled>),
+    Purge(Reply<u64>),
+    Replay(Offset, Reply<u64>),
+}
+
+/// Asks the workers for runs and operator commands. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct SchedulerHandle {
-    flushes: Arc<HashMap<String, mpsc::Sender<oneshot::Sender<RunReport>>>>,
+    commands: Arc<HashMap<String, mpsc::Sender<Command>>>,
     last_runs: Arc<HashMap<String, Arc<Mutex<Option<RunReport>>>>>,
 }
 
 impl SchedulerHandle {
-    /// Runs a delivery of `pipeline` now (after any run in progress) and returns its report.
-    /// `None` for an unknown pipeline or when weir is shutting down.
-    pub async fn flush(&self, pipeline: &str) -> Option<RunReport> {
-        let tx = self.flushes.get(pipeline)?;
+    async fn ask<T>(
+        &self,
+        pipeline: &str,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, ControlError> {
+        let tx = self
+            .commands
+            .get(pipeline)
+            .ok_or_else(|| ControlError::UnknownPipeline(pipeline.to_owned()))?;
         let (reply, rx) = oneshot::channel();
-        tx.send(reply).await.ok()?;
-        rx.await.ok()
+        tx.send(make(reply))
+            .await
+            .map_err(|_| ControlError::Stopping)?;
+        rx.await.map_err(|_| ControlError::Stopping)?
+    }
+
+    /// Runs a delivery now (after any run in progress) and returns its report.
+    pub async fn flush(&self, pipeline: &str) -> Result<RunReport, ControlError> {
+        self.ask(pipeline, Command::Flush).await
+    }
+
+    /// Takes up to `page_size` of the oldest rows out of the queue and returns them; weir
+    /// will not deliver them.
+    pub async fn reconcile(
+        &self,
+        pipeline: &str,
+        page_size: usize,
+    ) -> Result<Reconciled, ControlError> {
+        self.ask(pipeline, |r| Command::Reconcile(page_size, r))
+            .await
+    }
+
+    /// Removes every queued row; returns how many.
+    pub async fn purge(&self, pipeline: &str) -> Result<u64, ControlError> {
+        self.ask(pipeline, Command::Purge).await
+    }
+
+    /// Makes rows from `offset` on deliverable again; returns the rows now queued.
+    pub async fn replay(&self, pipeline: &str, offset: Offset) -> Result<u64, ControlError> {
+        self.ask(pipeline, |r| Command::Replay(offset, r)).await
     }
 
     /// The report of the pipeline's last run.
@@ -174,15 +313,16 @@ impl Scheduler {
     /// Starts one worker per pipeline and registers its schedule.
     pub async fn start(
         pipelines: Vec<(Arc<Pipeline>, Arc<Sink>)>,
+        metrics: Arc<Metrics>,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<(Scheduler, SchedulerHandle), tokio_cron_scheduler::JobSchedulerError> {
         let cron = JobScheduler::new().await?;
-        let mut flushes = HashMap::new();
+        let mut commands = HashMap::new();
         let mut last_runs = HashMap::new();
         for (p, sink) in pipelines {
             let (tick_tx, tick_rx) = mpsc::channel::<()>(1);
-            let (flush_tx, flush_rx) = mpsc::channel(16);
+            let (command_tx, command_rx) = mpsc::channel(16);
             let tick = move |_, _| {
                 // A full channel means a tick is already waiting: coalesce.
                 let _ = tick_tx.try_send(());
@@ -195,23 +335,30 @@ impl Scheduler {
             };
             let job_id = cron.add(job).await?;
             let last_run = Arc::new(Mutex::new(None));
-            flushes.insert(p.name().to_owned(), flush_tx);
+            commands.insert(p.name().to_owned(), command_tx);
             last_runs.insert(p.name().to_owned(), last_run.clone());
             let worker = Worker {
+                policy: Policy::new(&p.config),
                 pipeline: p.clone(),
                 sink,
+                metrics: metrics.clone(),
                 cron: cron.clone(),
                 job_id,
                 last_run,
+                retry_at: None,
             };
             let span = tracing::info_span!("pipeline", pipeline = p.name());
-            tracker.spawn(worker.run(tick_rx, flush_rx, stop.clone()).instrument(span));
+            tracker.spawn(
+                worker
+                    .run(tick_rx, command_rx, stop.clone())
+                    .instrument(span),
+            );
         }
         cron.start().await?;
         Ok((
             Scheduler { cron },
             SchedulerHandle {
-                flushes: Arc::new(flushes),
+                commands: Arc::new(commands),
                 last_runs: Arc::new(last_runs),
             },
         ))
@@ -228,59 +375,52 @@ impl Scheduler {
 struct Worker {
     pipeline: Arc<Pipeline>,
     sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    policy: Policy,
     cron: JobScheduler,
     job_id: uuid::Uuid,
     last_run: Arc<Mutex<Option<RunReport>>>,
+    /// When the next retry or probe is due, while FAILING or SUSPENDED.
+    retry_at: Option<Instant>,
 }
 
 impl Worker {
     async fn run(
-        self,
+        mut self,
         mut ticks: mpsc::Receiver<()>,
-        mut flushes: mpsc::Receiver<oneshot::Sender<RunReport>>,
+        mut commands: mpsc::Receiver<Command>,
         stop: CancellationToken,
     ) {
-        let cfg = &self.pipeline.config;
-        let mut failures: u32 = 0;
-        let mut retry_at: Option<Instant> = None;
         settle_in_flight(&self.pipeline, &self.sink).await;
-        self.note_next_tick(retry_at).await;
+        self.note_next_tick().await;
         loop {
-            let reply = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                Some(reply) = flushes.recv() => Some(reply),
-                _ = sleep_until(retry_at), if retry_at.is_some() => None,
-                Some(()) = ticks.recv(), if retry_at.is_none() => None,
+                Some(command) = commands.recv() => self.command(command).await,
+                _ = sleep_until(self.retry_at), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    if !self.pipeline.is_paused() {
+                        self.attempt().await;
+                    }
+                }
+                Some(()) = ticks.recv() => {
+                    self.sweep().await;
+                    if !self.pipeline.is_paused() && self.retry_at.is_none() {
+                        self.attempt().await;
+                    }
+                }
                 else => break,
-            };
-            let report = run_once(&self.pipeline, &self.sink).await;
-            if report.outcome == Outcome::Failed {
-                failures = failures.saturating_add(1);
-                let delay = backoff(
-                    failures,
-                    cfg.retry_initial,
-                    cfg.retry_max_interval,
-                    report.retry_after,
-                );
-                tracing::info!(
-                    failures,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "delivery will be retried"
-                );
-                retry_at = Some(Instant::now() + delay);
-            } else {
-                failures = 0;
-                retry_at = None;
             }
-            *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
-            self.note_next_tick(retry_at).await;
-            if let Some(reply) = reply {
-                let _ = reply.send(report);
-            }
+            self.note_next_tick().await;
         }
-        if cfg.drain_on_shutdown {
-            let report = run_once(&self.pipeline, &self.sink).await;
+        if self.pipeline.config.drain_on_shutdown {
+            let report = run_once(
+                &self.pipeline,
+                &self.sink,
+                self.pipeline.config.max_rows_per_run,
+            )
+            .await;
             let left = self.pipeline.queue.stats().rows;
             if left > 0 {
                 tracing::warn!(
@@ -294,9 +434,133 @@ impl Worker {
         }
     }
 
+    /// One delivery run under the failure policy.
+    async fn attempt(&mut self) -> RunReport {
+        let cfg = &self.pipeline.config;
+        let report = run_once(
+            &self.pipeline,
+            &self.sink,
+            self.policy.batch_size(cfg.max_rows_per_run),
+        )
+        .await;
+        if report.outcome == Outcome::Delivered {
+            self.metrics
+                .run_duration
+                .get_or_create(&PipelineLabels {
+                    pipeline: cfg.name.clone(),
+                })
+                .observe(report.duration_ms as f64 / 1000.0);
+        }
+        let before = self.policy.health();
+        if report.outcome == Outcome::Failed {
+            let delay = self.policy.on_failure(Instant::now(), report.retry_after);
+            self.retry_at = Some(Instant::now() + delay);
+            tracing::info!(state = ?self.policy.health(), retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
+        } else {
+            self.policy.on_success();
+            self.retry_at = None;
+        }
+        let after = self.policy.health();
+        if before != after {
+            tracing::warn!(from = ?before, to = ?after, "pipeline state changed");
+        }
+        let since_ms = self.policy.failing_since().map(|t| {
+            now_ms().saturating_sub(Instant::now().saturating_duration_since(t).as_millis() as u64)
+        });
+        self.pipeline.set_health(after, since_ms);
+        *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        report
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Flush(reply) => {
+                let result = if self.pipeline.is_paused() {
+                    Err(ControlError::Paused)
+                } else {
+                    self.sweep().await;
+                    Ok(self.attempt().await)
+                };
+                let _ = reply.send(result);
+            }
+            Command::Reconcile(page_size, reply) => {
+                let _ = reply.send(self.reconcile(page_size).await);
+            }
+            Command::Purge(reply) => {
+                let _ = reply.send(self.purge().await);
+            }
+            Command::Replay(offset, reply) => {
+                let result = self
+                    .pipeline
+                    .queue
+                    .replay_from(offset)
+                    .await
+                    .map_err(ControlError::from);
+                if let Ok(rows) = &result {
+                    tracing::info!(from = offset, rows, "replay requested");
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn reconcile(&self, page_size: usize) -> Result<Reconciled, ControlError> {
+        let q = &self.pipeline.queue;
+        let total = q.stats().rows;
+        let page: Vec<Entry> = q.peek(page_size).await?;
+        if let Some(last) = page.last() {
+            q.commit(last.offset).await?;
+        }
+        Counters::add(&self.pipeline.counters.removed, page.len() as u64);
+        tracing::info!(rows = page.len(), "rows taken out by reconcile");
+        Ok(Reconciled {
+            page_size,
+            total,
+            content: page
+                .into_iter()
+                .map(|e| ReconciledRow {
+                    offset: e.offset,
+                    row: e.row,
+                })
+                .collect(),
+        })
+    }
+
+    async fn purge(&self) -> Result<u64, ControlError> {
+        let q = &self.pipeline.queue;
+        let stats = q.stats();
+        if stats.rows > 0 {
+            q.commit(stats.next_offset.saturating_sub(1)).await?;
+        }
+        Counters::add(&self.pipeline.counters.removed, stats.rows);
+        tracing::warn!(rows = stats.rows, "queue purged");
+        Ok(stats.rows)
+    }
+
+    /// Moves rows past retention to the dead-letter file.
+    async fn sweep(&self) {
+        let reason = match self
+            .last_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(RunReport { error: Some(e), .. }) => {
+                format!("not delivered within retention; last error: {e}")
+            }
+            _ if self.pipeline.is_paused() => {
+                "not delivered within retention: pipeline paused".to_owned()
+            }
+            _ => "not delivered within retention".to_owned(),
+        };
+        if let Err(e) = dead_letter::sweep(&self.pipeline, &reason).await {
+            tracing::error!(error = %e, "moving expired rows to the dead-letter file failed");
+        }
+    }
+
     /// Publishes when the next run will be: the retry time while retrying, else the next tick.
-    async fn note_next_tick(&self, retry_at: Option<Instant>) {
-        let ms = match retry_at {
+    async fn note_next_tick(&self) {
+        let ms = match self.retry_at {
             Some(at) => now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64,
             None => {
                 let mut cron = self.cron.clone();
@@ -368,6 +632,68 @@ mod tests {
             );
         }
         assert!(backoff(u32::MAX, initial, max, None) <= max);
+    }
+
+    fn policy(initial: u64, max: u64, suspend: u64) -> Policy {
+        Policy {
+            initial: Duration::from_secs(initial),
+            max: Duration::from_secs(max),
+            suspend_after: Duration::from_secs(suspend),
+            health: Health::Active,
+            failures: 0,
+            failing_since: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_backs_off_then_suspends_after_continuous_failure_then_recovers() {
+        // retry from 10 s up to 10 min; suspend after 8 h, as the defaults of seed 001.
+        let mut p = policy(10, 600, 8 * 3600);
+        assert_eq!(p.health(), Health::Active);
+        let mut waited = Duration::ZERO;
+        let mut delays = vec![];
+        while p.health() != Health::Suspended {
+            let d = p.on_failure(Instant::now(), None);
+            delays.push(d);
+            assert!(
+                d <= Duration::from_secs(600),
+                "backoff is capped at retry_max_interval"
+            );
+            tokio::time::advance(d).await;
+            waited += d;
+            assert!(
+                waited < Duration::from_secs(9 * 3600),
+                "suspends after about suspend_after"
+            );
+        }
+        assert_eq!(
+            delays[0].as_secs() / 5,
+            1,
+            "first retry after 5-10 s: {:?}",
+            delays[0]
+        );
+        assert!(waited >= Duration::from_secs(8 * 3600));
+        assert_eq!(
+            p.batch_size(300),
+            1,
+            "a suspended pipeline probes with one small run"
+        );
+        assert_eq!(
+            p.on_failure(Instant::now(), None),
+            Duration::from_secs(600),
+            "probes once per retry_max_interval"
+        );
+        assert_eq!(p.health(), Health::Suspended);
+        p.on_success();
+        assert_eq!(p.health(), Health::Active);
+        assert_eq!(p.batch_size(300), 300);
+        assert!(p.failing_since().is_none());
+        let d = p.on_failure(Instant::now(), None);
+        assert!(
+            d <= Duration::from_secs(10),
+            "backoff starts over after a success: {d:?}"
+        );
+        assert_eq!(p.health(), Health::Failing);
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! `${VAR}` substitution in every string of the parsed TOML tree, with key paths in errors.
+//! `${VAR}` (and `${VAR:-default}`) substitution in every string of the parsed TOML tree,
+//! with key paths in errors.
 
 use std::collections::HashMap;
 
 use super::ConfigError;
 
-/// Replaces `${NAME}` in every string value of `value` from `env`. `$${` writes a literal
-/// `${`. Every missing variable is reported with the key path it appears at.
+/// Replaces `${NAME}` in every string value of `value` from `env`; `${NAME:-text}` uses
+/// `text` when NAME is unset or empty. `$${` writes a literal `${`. Every missing variable
+/// is reported with the key path it appears at.
 pub fn substitute(
     value: &mut toml::Value,
     path: &str,
@@ -49,7 +51,10 @@ fn expand(s: &str, env: &HashMap<String, String>) -> Result<String, String> {
             let end = tail
                 .find('}')
                 .ok_or_else(|| "\"${\" is not closed by \"}\"".to_owned())?;
-            let name = &tail[..end];
+            let (name, default) = match tail[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&tail[..end], None),
+            };
             let valid = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -58,10 +63,14 @@ fn expand(s: &str, env: &HashMap<String, String>) -> Result<String, String> {
                     "\"${{{name}}}\" is not a valid environment variable reference"
                 ));
             }
-            let value = env
-                .get(name)
-                .ok_or_else(|| format!("environment variable {name} is not set"))?;
-            out.push_str(value);
+            match (
+                env.get(name).filter(|v| !v.is_empty() || default.is_none()),
+                default,
+            ) {
+                (Some(value), _) => out.push_str(value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => return Err(format!("environment variable {name} is not set")),
+            }
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -85,6 +94,15 @@ mod tests {
         assert_eq!(expand("AppKey ${KEY}!", &env()).unwrap(), "AppKey s3cr3t!");
         assert_eq!(expand("price $5", &env()).unwrap(), "price $5");
         assert_eq!(expand("$${KEY}", &env()).unwrap(), "${KEY}");
+    }
+
+    #[test]
+    fn a_default_applies_when_the_variable_is_unset_or_empty() {
+        assert_eq!(expand("${NOPE:-local}", &env()).unwrap(), "local");
+        assert_eq!(expand("${KEY:-local}", &env()).unwrap(), "s3cr3t");
+        let empty = HashMap::from([("E".to_owned(), String::new())]);
+        assert_eq!(expand("${E:-fallback}", &empty).unwrap(), "fallback");
+        assert_eq!(expand("${E}", &empty).unwrap(), "");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
 use crate::config::OnMismatch;
+use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::PushError;
 use crate::row::Row;
@@ -34,6 +35,7 @@ pub struct IngestState {
     max_body_bytes: usize,
     /// Cancelled when shutdown starts: new requests get 503 from then on.
     stopping: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl IngestState {
@@ -41,6 +43,7 @@ impl IngestState {
         pipelines: &[Arc<Pipeline>],
         max_body_bytes: usize,
         stopping: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> IngestState {
         IngestState {
             pipelines: Arc::new(
@@ -51,6 +54,7 @@ impl IngestState {
             ),
             max_body_bytes,
             stopping,
+            metrics,
         }
     }
 }
@@ -80,7 +84,15 @@ async fn hook(
 ) -> Response {
     match accept(&state, &name, peer, &method, &uri, &headers, body).await {
         Ok(a) => (StatusCode::ACCEPTED, axum::Json(a)).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => {
+            match state.pipelines.get(&name) {
+                Some(p) => p.counters.refuse(e.code),
+                None => {
+                    state.metrics.unknown_pipeline_requests.inc();
+                }
+            }
+            e.into_response()
+        }
     }
 }
 

@@ -437,6 +437,10 @@ impl Queue for DiskSpool {
         Box::pin(self.push_rows(rows))
     }
 
+    fn fsync_stats(&self) -> Option<(u64, Duration)> {
+        Some((self.fsync_count(), self.fsync_total()))
+    }
+
     fn peek(&self, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
         Box::pin(self.peek_entries(max))
     }

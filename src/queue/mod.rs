@@ -122,6 +122,11 @@ pub trait Queue: Send + Sync + 'static {
         })
     }
 
+    /// fsyncs done so far and the time they took, for backends that fsync.
+    fn fsync_stats(&self) -> Option<(u64, Duration)> {
+        None
+    }
+
     /// Flushes whatever is buffered to stable storage (called at shutdown).
     fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async { Ok(()) })

@@ -108,7 +108,7 @@ impl JobBudget {
 }
 
 /// One budget per team, created on first use.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Budgets {
     teams: Mutex<HashMap<String, Arc<JobBudget>>>,
 }
@@ -120,6 +120,17 @@ impl Budgets {
             .entry(team.to_owned())
             .or_insert_with(|| Arc::new(JobBudget::new(limits)))
             .clone()
+    }
+
+    /// Submissions left this UTC hour, per team.
+    pub fn remaining(&self) -> Vec<(String, u32)> {
+        let teams = self.teams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = teams
+            .iter()
+            .map(|(t, b)| (t.clone(), b.remaining_this_hour()))
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -184,5 +195,14 @@ mod tests {
         assert!(a.try_acquire().is_ok());
         assert!(b.try_acquire().is_err());
         assert!(c.try_acquire().is_ok());
+    }
+}
+
+impl std::fmt::Debug for JobBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBudget")
+            .field("limits", &self.limits)
+            .field("remaining_this_hour", &self.remaining_this_hour())
+            .finish()
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::{Response, StatusCode, header};
 use serde::Deserialize;
 
+use super::CallObserver;
 use super::budget::JobBudget;
 use crate::config::{CelonisAuth, CelonisSink};
 use crate::queue::{InFlight, Offset, Queue, QueueError};
@@ -19,6 +20,18 @@ pub enum Step {
     Upload,
     Execute,
     Poll,
+}
+
+impl Step {
+    /// The label of this call in metrics.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Step::Create => "create",
+            Step::Upload => "upload",
+            Step::Execute => "execute",
+            Step::Poll => "poll",
+        }
+    }
 }
 
 impl fmt::Display for Step {
@@ -137,10 +150,15 @@ pub struct CelonisClient {
     sink: CelonisSink,
     jobs_url: String,
     budget: Arc<JobBudget>,
+    observe: CallObserver,
 }
 
 impl CelonisClient {
-    pub fn new(sink: CelonisSink, budget: Arc<JobBudget>) -> Result<CelonisClient, reqwest::Error> {
+    pub fn new(
+        sink: CelonisSink,
+        budget: Arc<JobBudget>,
+        observe: CallObserver,
+    ) -> Result<CelonisClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
             .timeout(sink.request_timeout)
@@ -155,6 +173,7 @@ impl CelonisClient {
             sink,
             jobs_url,
             budget,
+            observe,
         })
     }
 
@@ -351,7 +370,10 @@ impl CelonisClient {
 
     async fn delete(&self, job_id: &str) {
         let url = format!("{}/{job_id}", self.jobs_url);
-        match self.auth(self.http.delete(url)).send().await {
+        let sent = self.auth(self.http.delete(url)).send().await;
+        self.observe
+            .call("delete", sent.as_ref().ok().map(|r| r.status().as_u16()));
+        match sent {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => tracing::warn!(
                 job = job_id,
@@ -368,11 +390,15 @@ impl CelonisClient {
         step: Step,
         req: reqwest::RequestBuilder,
     ) -> Result<Response, PushFailure> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| PushFailure::Transport { step, source })?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(source) => {
+                self.observe.call(step.endpoint(), None);
+                return Err(PushFailure::Transport { step, source });
+            }
+        };
         let status = resp.status();
+        self.observe.call(step.endpoint(), Some(status.as_u16()));
         if status.is_success() {
             return Ok(resp);
         }

@@ -8,9 +8,11 @@ pub mod budget;
 pub mod celonis;
 pub mod csv;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{CelonisLimits, PipelineConfig, SinkConfig};
+use crate::metrics::Metrics;
 use crate::queue::{Entry, InFlight, Queue};
 use budget::Budgets;
 use celonis::{CelonisClient, PushFailure};
@@ -34,6 +36,18 @@ impl SinkError {
     }
 }
 
+/// Counts a sink's HTTP calls in the metrics, labelled with its pipeline.
+pub struct CallObserver {
+    pipeline: String,
+    metrics: Arc<Metrics>,
+}
+
+impl CallObserver {
+    pub fn call(&self, endpoint: &'static str, status: Option<u16>) {
+        self.metrics.sink_call(&self.pipeline, endpoint, status);
+    }
+}
+
 /// A pipeline's sink, ready to deliver.
 pub enum Sink {
     Celonis(CelonisClient),
@@ -44,11 +58,20 @@ impl Sink {
         config: &PipelineConfig,
         limits: CelonisLimits,
         budgets: &Budgets,
+        metrics: Arc<Metrics>,
     ) -> Result<Sink, reqwest::Error> {
         match &config.sink {
             SinkConfig::Celonis(c) => {
                 let budget = budgets.for_team(&c.team_key(), limits);
-                Ok(Sink::Celonis(CelonisClient::new(c.clone(), budget)?))
+                let observe = CallObserver {
+                    pipeline: config.name.clone(),
+                    metrics,
+                };
+                Ok(Sink::Celonis(CelonisClient::new(
+                    c.clone(),
+                    budget,
+                    observe,
+                )?))
             }
         }
     }

@@ -398,9 +398,6 @@ async fn shutdown_lets_a_running_delivery_finish_first() {
         ["1", "2"],
         "the run finished before weir stopped"
     );
-    assert_eq!(
-        flush.await.unwrap().map(|r| r.outcome),
-        Some(Outcome::Delivered)
-    );
+    assert_eq!(flush.await.unwrap().unwrap().outcome, Outcome::Delivered);
     assert!(pipeline.queue.peek(10).await.unwrap().is_empty());
 }
