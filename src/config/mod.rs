@@ -904,7 +904,9 @@ impl Validator<'_> {
         let known: Option<Vec<&str>> = if !columns.is_empty() {
             Some(columns.iter().map(|c| c.name.as_str()).collect())
         } else {
-            schema.map(|s| s.fields.iter().map(|(n, _)| n.as_str()).collect())
+            schema
+                .filter(|s| !s.fields.is_empty())
+                .map(|s| s.fields.iter().map(|(n, _)| n.as_str()).collect())
         };
         for (j, k) in keys.iter().enumerate() {
             if let Some(known) = &known

@@ -134,6 +134,15 @@ impl Budgets {
     }
 }
 
+impl std::fmt::Debug for JobBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBudget")
+            .field("limits", &self.limits)
+            .field("remaining_this_hour", &self.remaining_this_hour())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,14 +204,5 @@ mod tests {
         assert!(a.try_acquire().is_ok());
         assert!(b.try_acquire().is_err());
         assert!(c.try_acquire().is_ok());
-    }
-}
-
-impl std::fmt::Debug for JobBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobBudget")
-            .field("limits", &self.limits)
-            .field("remaining_this_hour", &self.remaining_this_hour())
-            .finish()
     }
 }

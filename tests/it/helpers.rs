@@ -35,6 +35,8 @@ app_key = "test-key"
 
 pub struct TestApp {
     app: Option<App>,
+    /// The app's `data_dir` (pause flags, dead letters), unless the config set one.
+    _data_dir: Option<tempfile::TempDir>,
     pub base: String,
     pub client: reqwest::Client,
 }
@@ -45,11 +47,23 @@ pub async fn spawn_app(config: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with_env(config: &str, env: HashMap<String, String>) -> TestApp {
-    let config = Config::load(config, &env).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    // Each app gets its own data_dir, so no state leaks between tests or into the checkout.
+    let (config, data_dir) = if config.contains("data_dir") {
+        (config.to_owned(), None)
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            format!("data_dir = \"{}\"\n{config}", dir.path().display()),
+            Some(dir),
+        )
+    };
+    let config =
+        Config::load(&config, &env).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     let app = App::start(config).await.expect("app starts");
     let base = format!("http://{}", app.ingest_addr());
     TestApp {
         app: Some(app),
+        _data_dir: data_dir,
         base,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -258,4 +272,91 @@ app_key = "test-key"
 {sink_extra}
 "#
     )
+}
+
+pub const READ_TOKEN: &str = "read-token-0123456789";
+pub const WRITE_TOKEN: &str = "write-token-0123456789";
+
+/// The `[admin]` table tests use: a read and a write token.
+pub const ADMIN: &str = r#"
+[admin]
+listen = "127.0.0.1:0"
+[[admin.tokens]]
+name = "dashboard"
+token = "read-token-0123456789"
+scope = "read"
+[[admin.tokens]]
+name = "operator"
+token = "write-token-0123456789"
+scope = "write"
+"#;
+
+impl TestApp {
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.app().admin_addr().expect("admin configured")
+        )
+    }
+
+    /// Sends an admin request with the given token (or none).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, self.admin_url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("admin request sent")
+    }
+
+    /// An admin request with the write token, answered with its status and JSON body.
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> (u16, serde_json::Value) {
+        status_and_json(self.admin(method, path, Some(WRITE_TOKEN)).await).await
+    }
+
+    /// The pipeline as `GET /admin/pipelines/{name}` shows it.
+    pub async fn pipeline_view(&self, name: &str) -> serde_json::Value {
+        let (status, body) = status_and_json(
+            self.admin(
+                reqwest::Method::GET,
+                &format!("/admin/pipelines/{name}"),
+                Some(READ_TOKEN),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn scrape(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl TestEmulator {
+    pub async fn clear_faults(&self) {
+        let resp = self
+            .client
+            .delete(format!("{}/emulator/faults", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
 }

@@ -1,0 +1,487 @@
+//! The admin API: auth and scopes, every route, state transitions, persistence across a
+//! restart, dead letters, and a metrics scrape that matches what the test did.
+
+use reqwest::Method;
+use serde_json::json;
+use weir::emulator::EmulatorConfig;
+use weir::metrics::sample;
+
+use crate::helpers::{
+    ADMIN, READ_TOKEN, TestEmulator, WRITE_TOKEN, delivery_config, spawn_app, spawn_emulator,
+    status_and_json, wait_until,
+};
+
+async fn emulator() -> TestEmulator {
+    spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await
+}
+
+fn config(emu: &TestEmulator, pipeline_extra: &str) -> String {
+    format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, pipeline_extra, "keys = [\"id\"]")
+    )
+}
+
+#[tokio::test]
+async fn admin_routes_need_a_token_with_the_right_scope() {
+    let emu = emulator().await;
+    let app = spawn_app(&config(&emu, "")).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            app.admin(Method::GET, path, None).await.status(),
+            200,
+            "{path} needs no token"
+        );
+    }
+    let resp = app.admin(Method::GET, "/admin/pipelines", None).await;
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let (status, body) = status_and_json(resp).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = status_and_json(
+        app.admin(
+            Method::GET,
+            "/admin/pipelines",
+            Some("wrong-token-0123456789"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = status_and_json(
+        app.admin(Method::GET, "/admin/pipelines", Some(READ_TOKEN))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["pipelines"][0]["name"], "orders");
+    let (status, body) = status_and_json(
+        app.admin(
+            Method::PATCH,
+            "/admin/pipelines/orders/pause",
+            Some(READ_TOKEN),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "a read token cannot pause"
+    );
+    assert_eq!(app.pipeline_view("orders").await["state"], "ACTIVE");
+    let (status, body) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/pause")
+        .await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("PAUSED")));
+    let (status, body) = app.admin_json(Method::GET, "/admin/pipelines/nope").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_pipeline"))
+    );
+}
+
+#[tokio::test]
+async fn a_paused_pipeline_keeps_accepting_and_delivers_nothing_until_resumed() {
+    let emu = emulator().await;
+    let app = spawn_app(&config(&emu, "")).await;
+    app.admin_json(Method::PATCH, "/admin/pipelines/orders/pause")
+        .await;
+    assert_eq!(
+        app.post_json("orders", r#"[{"id":"1"},{"id":"2"}]"#)
+            .await
+            .status(),
+        202
+    );
+    let (status, body) = app
+        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("paused")));
+    assert!(emu.jobs().await.is_empty());
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["queue"]["rows"], 2);
+    assert_eq!(view["paused"], true);
+    let (_, body) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/resume")
+        .await;
+    assert_eq!(body["state"], "ACTIVE");
+    let (status, run) = app
+        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(
+        (status, run["outcome"].as_str(), run["rows"].as_u64()),
+        (200, Some("delivered"), Some(2))
+    );
+    assert_eq!(emu.column("orders", "id").await, ["1", "2"]);
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["last_run"]["job_id"], run["job_id"]);
+    assert_eq!(view["counters"]["delivered"], 2);
+    assert_eq!(view["queue"]["rows"], 0);
+}
+
+#[tokio::test]
+async fn pause_survives_a_restart() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &emu,
+        &format!(
+            "queue = {{ kind = \"disk\", dir = \"{}\" }}",
+            dir.path().join("spool").display()
+        ),
+    );
+    let app = spawn_app(&text).await;
+    app.admin_json(Method::PATCH, "/admin/pipelines/orders/pause")
+        .await;
+    app.post_json("orders", r#"{"id":"7"}"#).await;
+    app.shutdown().await;
+    let app = spawn_app(&text).await;
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["state"], "PAUSED");
+    assert_eq!(view["queue"]["rows"], 1, "the spool kept the row too");
+    app.admin_json(Method::PATCH, "/admin/pipelines/orders/resume")
+        .await;
+    app.shutdown().await;
+    let app = spawn_app(&text).await;
+    assert_eq!(app.pipeline_view("orders").await["state"], "ACTIVE");
+}
+
+#[tokio::test]
+async fn rows_can_be_peeked_reconciled_and_purged() {
+    let emu = emulator().await;
+    let app = spawn_app(&config(&emu, "")).await;
+    app.post_json(
+        "orders",
+        r#"[{"id":"1"},{"id":"2"},{"id":"3"},{"id":"4"},{"id":"5"}]"#,
+    )
+    .await;
+    let (status, body) = app
+        .admin_json(Method::GET, "/admin/pipelines/orders/rows?limit=2")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(body["rows"][1]["row"], json!({"id": "2"}));
+    assert_eq!(body["rows"][1]["offset"], 1);
+    let (status, page) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/events?pageSize=2")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        page,
+        json!({"pageSize": 2, "total": 5, "content": [{"offset": 0, "row": {"id": "1"}}, {"offset": 1, "row": {"id": "2"}}]})
+    );
+    let (_, run) = app
+        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(run["outcome"], "delivered", "{run}");
+    assert_eq!(
+        emu.column("orders", "id").await,
+        ["3", "4", "5"],
+        "reconciled rows are not delivered by weir"
+    );
+    app.post_json("orders", r#"[{"id":"6"},{"id":"7"}]"#).await;
+    let (status, body) = app
+        .admin_json(Method::DELETE, "/admin/pipelines/orders/rows")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("confirm_required"))
+    );
+    let (status, body) = app
+        .admin_json(Method::DELETE, "/admin/pipelines/orders/rows?confirm=true")
+        .await;
+    assert_eq!((status, body), (200, json!({"removed": 2})));
+    assert_eq!(app.pipeline_view("orders").await["counters"]["removed"], 4);
+    let (status, body) = app
+        .admin_json(Method::GET, "/admin/pipelines/orders/rows?limit=many")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_parameter"))
+    );
+}
+
+#[tokio::test]
+async fn replay_redelivers_from_an_offset_on_the_disk_spool_only() {
+    let emu = emulator().await;
+    let memory = spawn_app(&config(&emu, "")).await;
+    let (status, body) = memory
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/replay?fromOffset=0")
+        .await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("unsupported")));
+    assert!(body["message"].as_str().unwrap().contains("disk spool"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &emu,
+        &format!(
+            "queue = {{ kind = \"disk\", dir = \"{}\" }}",
+            dir.path().join("spool").display()
+        ),
+    )
+    .replace("target_name = \"orders\"", "target_name = \"replayed\"");
+    let app = spawn_app(&text).await;
+    app.post_json(
+        "orders",
+        r#"[{"id":"a","v":"1"},{"id":"b","v":"1"},{"id":"c","v":"1"}]"#,
+    )
+    .await;
+    app.admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(app.pipeline_view("orders").await["queue"]["rows"], 0);
+    let (status, body) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/replay?fromOffset=1")
+        .await;
+    assert_eq!((status, body), (200, json!({"fromOffset": 1, "queued": 2})));
+    let (_, run) = app
+        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(run["rows"], 2, "offsets 1 and 2 were delivered again");
+    assert_eq!(emu.jobs().await.len(), 2);
+    assert_eq!(
+        emu.column("replayed", "id").await,
+        ["a", "b", "c"],
+        "DELTA + keys: a replay is an upsert"
+    );
+    let (status, body) = app
+        .admin_json(
+            Method::PATCH,
+            "/admin/pipelines/orders/replay?fromOffset=99",
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("offset_ahead"))
+    );
+    let (status, body) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/replay")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("missing_parameter"))
+    );
+}
+
+#[tokio::test]
+async fn rows_past_retention_move_to_the_dead_letter_file() {
+    let emu = emulator().await;
+    let app = spawn_app(
+        &config(&emu, "retention = \"1s\"").replace("schedule = \"1h\"", "schedule = \"1s\""),
+    )
+    .await;
+    app.admin_json(Method::PATCH, "/admin/pipelines/orders/pause")
+        .await;
+    app.post_json("orders", r#"[{"id":"old-1"},{"id":"old-2"}]"#)
+        .await;
+    wait_until(10, "the rows to be dead-lettered", || async {
+        app.pipeline_view("orders").await["counters"]["dead_lettered"] == 2
+    })
+    .await;
+    assert_eq!(app.pipeline_view("orders").await["queue"]["rows"], 0);
+    let resp = app
+        .admin(
+            Method::GET,
+            "/admin/pipelines/orders/dead-letter",
+            Some(READ_TOKEN),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = resp.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "offset,received_at,reason,row");
+    assert!(
+        lines[1].starts_with("0,")
+            && lines[1].contains("pipeline paused")
+            && lines[1].contains("old-1"),
+        "{csv}"
+    );
+    assert!(
+        lines[2].starts_with("1,") && lines[2].contains("old-2"),
+        "{csv}"
+    );
+    let scrape = app.scrape().await;
+    assert_eq!(
+        sample(&scrape, r#"weir_dead_letter_rows_total{pipeline="orders"}"#),
+        Some(2.0),
+        "{scrape}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_pipeline_suspends_probes_with_one_row_and_recovers() {
+    let emu = emulator().await;
+    let text = config(&emu, "suspend_after = \"1s\"").replace(
+        "retry_initial = \"1h\"\nretry_max_interval = \"1h\"",
+        "retry_initial = \"100ms\"\nretry_max_interval = \"300ms\"",
+    );
+    let app = spawn_app(&text).await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"},{"id":"3"}]"#)
+        .await;
+    emu.fault(json!({"status": 503, "count": 1000, "endpoint": "create"}))
+        .await;
+    let (_, run) = app
+        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(run["outcome"], "failed");
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["state"], "FAILING");
+    assert!(view["failing_since"].is_string());
+    assert!(
+        view["last_run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 503")
+    );
+    wait_until(10, "SUSPENDED", || async {
+        app.pipeline_view("orders").await["state"] == "SUSPENDED"
+    })
+    .await;
+    wait_until(5, "a probe run", || async {
+        app.pipeline_view("orders").await["last_run"]["rows"] == 1
+    })
+    .await;
+    assert_eq!(
+        app.pipeline_view("orders").await["queue"]["rows"],
+        3,
+        "a suspended pipeline keeps its rows"
+    );
+    app.post_json("orders", r#"{"id":"4"}"#).await;
+    emu.clear_faults().await;
+    wait_until(10, "ACTIVE again", || async {
+        app.pipeline_view("orders").await["state"] == "ACTIVE"
+    })
+    .await;
+    app.admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(emu.column("orders", "id").await, ["1", "2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn a_metrics_scrape_matches_what_happened() {
+    let emu = emulator().await;
+    let schema = "[pipelines.schema]\non_mismatch = \"ignore\"\nrequired = [\"id\"]\n";
+    let text = format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, "", "keys = [\"id\"]")
+            .replace("[pipelines.sink]", &format!("{schema}\n[pipelines.sink]"))
+    );
+    let app = spawn_app(&text).await;
+    app.post_json(
+        "orders",
+        r#"[{"id":"1"},{"id":"2"},{"id":"3"},{"nope":"x"}]"#,
+    )
+    .await;
+    app.post_json("orders", "{broken").await;
+    app.post("/hooks/orders", "text/csv", "a,b").await;
+    app.post_json("missing", "{}").await;
+    let before = app.scrape().await;
+    assert_eq!(
+        sample(&before, r#"weir_queue_rows{pipeline="orders"}"#),
+        Some(3.0),
+        "{before}"
+    );
+    app.admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    let m = app.scrape().await;
+    let expect = [
+        (
+            r#"weir_ingest_rows_total{pipeline="orders",outcome="accepted"}"#,
+            3.0,
+        ),
+        (
+            r#"weir_ingest_rows_total{pipeline="orders",outcome="ignored"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_ingest_refused_requests_total{pipeline="orders",reason="malformed_body"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_ingest_refused_requests_total{pipeline="orders",reason="unsupported_media_type"}"#,
+            1.0,
+        ),
+        (r#"weir_ingest_unknown_pipeline_requests_total"#, 1.0),
+        (r#"weir_delivery_rows_total{pipeline="orders"}"#, 3.0),
+        (
+            r#"weir_delivery_runs_total{pipeline="orders",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_delivery_run_duration_seconds_count{pipeline="orders"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_sink_requests_total{pipeline="orders",endpoint="create",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_sink_requests_total{pipeline="orders",endpoint="upload",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_sink_requests_total{pipeline="orders",endpoint="execute",status="200"}"#,
+            1.0,
+        ),
+        (r#"weir_queue_rows{pipeline="orders"}"#, 0.0),
+        (r#"weir_queue_capacity_rows{pipeline="orders"}"#, 1000.0),
+        (
+            r#"weir_pipeline_state{pipeline="orders",state="ACTIVE"}"#,
+            1.0,
+        ),
+        (
+            r#"weir_pipeline_state{pipeline="orders",state="PAUSED"}"#,
+            0.0,
+        ),
+        (
+            r#"weir_celonis_job_budget_remaining{team="127.0.0.1"#,
+            249.0,
+        ),
+    ];
+    for (name, value) in expect {
+        let got = m
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(got, Some(value), "{name} in\n{m}");
+    }
+    assert!(m.trim_end().ends_with("# EOF"));
+}
+
+#[tokio::test]
+async fn readyz_turns_unavailable_when_shutdown_starts() {
+    let emu = emulator().await;
+    let app = spawn_app(&config(&emu, "")).await;
+    assert_eq!(app.admin(Method::GET, "/readyz", None).await.status(), 200);
+    let url = app.admin_url("/readyz");
+    let client = app.client.clone();
+    // Hold a delivery open so shutdown has to wait for it.
+    app.post_json("orders", r#"{"id":"1"}"#).await;
+    emu.fault(json!({"delay_ms": 1500, "count": 1, "endpoint": "create"}))
+        .await;
+    let runs = app.app().runs().clone();
+    let flush = tokio::spawn(async move { runs.flush("orders").await });
+    let pipeline = app.app().pipeline("orders").unwrap().clone();
+    wait_until(5, "the run to start", || async {
+        pipeline.queue.in_flight().is_some()
+    })
+    .await;
+    let stop = tokio::spawn(app.shutdown());
+    wait_until(5, "readyz to turn 503", || async {
+        match client.get(&url).send().await {
+            Ok(r) => r.status() == 503,
+            Err(_) => true,
+        }
+    })
+    .await;
+    stop.await.unwrap();
+    assert!(flush.await.unwrap().is_ok());
+    let _ = WRITE_TOKEN;
+}
