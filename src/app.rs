@@ -19,6 +19,7 @@ use crate::queue::memory::MemoryQueue;
 use crate::schedule::{RunReport, Scheduler, SchedulerHandle};
 use crate::sink::Sink;
 use crate::sink::budget::Budgets;
+use crate::sink::oauth::Tokens;
 
 /// A running weir.
 pub struct App {
@@ -67,9 +68,10 @@ impl App {
         };
 
         let budgets = Budgets::default();
+        let tokens = Tokens::default();
         let mut workers = Vec::new();
         for p in &pipelines {
-            let sink = Sink::new(&p.config, config.celonis, &budgets)
+            let sink = Sink::new(&p.config, config.celonis, &budgets, &tokens)
                 .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
             workers.push((p.clone(), Arc::new(sink)));
         }

@@ -4,6 +4,7 @@ pub mod api_error;
 pub mod app;
 pub mod config;
 pub mod emulator;
+pub mod expr;
 pub mod ingest;
 pub mod pipeline;
 pub mod queue;

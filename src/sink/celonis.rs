@@ -9,7 +9,8 @@ use reqwest::{Response, StatusCode, header};
 use serde::Deserialize;
 
 use super::budget::JobBudget;
-use crate::config::{CelonisAuth, CelonisSink};
+use super::oauth::{OAuthError, TokenSource};
+use crate::config::{CelonisAuth, CelonisSink, Secret};
 use crate::queue::{InFlight, Offset, Queue, QueueError};
 
 /// Which call of the sequence failed.
@@ -61,6 +62,12 @@ pub enum PushFailure {
     PollTimeout { job_id: String, timeout: Duration },
     #[error("recording the batch in flight: {0}")]
     Queue(#[from] QueueError),
+    #[error("{step}: no OAuth token: {source}")]
+    Token {
+        step: Step,
+        #[source]
+        source: OAuthError,
+    },
 }
 
 impl PushFailure {
@@ -137,10 +144,16 @@ pub struct CelonisClient {
     sink: CelonisSink,
     jobs_url: String,
     budget: Arc<JobBudget>,
+    /// With `auth = { kind = "oauth2" }`: the shared token cache.
+    tokens: Option<Arc<TokenSource>>,
 }
 
 impl CelonisClient {
-    pub fn new(sink: CelonisSink, budget: Arc<JobBudget>) -> Result<CelonisClient, reqwest::Error> {
+    pub fn new(
+        sink: CelonisSink,
+        budget: Arc<JobBudget>,
+        tokens: Option<Arc<TokenSource>>,
+    ) -> Result<CelonisClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
             .timeout(sink.request_timeout)
@@ -155,6 +168,7 @@ impl CelonisClient {
             sink,
             jobs_url,
             budget,
+            tokens,
         })
     }
 
@@ -162,12 +176,57 @@ impl CelonisClient {
         &self.budget
     }
 
-    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let value = match &self.sink.auth {
-            CelonisAuth::AppKey(k) => format!("AppKey {}", k.expose()),
-            CelonisAuth::ApiKey(k) => format!("Bearer {}", k.expose()),
+    /// The current OAuth token, when the sink uses OAuth.
+    async fn token(&self, step: Step) -> Result<Option<Secret>, PushFailure> {
+        match &self.tokens {
+            None => Ok(None),
+            Some(t) => t
+                .token()
+                .await
+                .map(Some)
+                .map_err(|source| PushFailure::Token { step, source }),
+        }
+    }
+
+    fn auth(
+        &self,
+        req: reqwest::RequestBuilder,
+        token: Option<&Secret>,
+    ) -> reqwest::RequestBuilder {
+        let value = match (&self.sink.auth, token) {
+            (CelonisAuth::AppKey(k), _) => format!("AppKey {}", k.expose()),
+            (CelonisAuth::ApiKey(k), _) => format!("Bearer {}", k.expose()),
+            (CelonisAuth::OAuth2(_), Some(t)) => format!("Bearer {}", t.expose()),
+            (CelonisAuth::OAuth2(_), None) => return req,
         };
         req.header(header::AUTHORIZATION, value)
+    }
+
+    /// Sends with auth. With OAuth, a 401 drops the token and the request is sent once more
+    /// with a fresh one.
+    async fn send_authorized(
+        &self,
+        step: Step,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Response, PushFailure> {
+        let token = self.token(step).await?;
+        let resp = self
+            .auth(make(), token.as_ref())
+            .send()
+            .await
+            .map_err(|source| PushFailure::Transport { step, source })?;
+        match (&self.tokens, token) {
+            (Some(tokens), Some(old)) if resp.status() == StatusCode::UNAUTHORIZED => {
+                tracing::info!(%step, "oauth token refused, fetching a new one");
+                tokens.reject(&old).await;
+                let token = self.token(step).await?;
+                self.auth(make(), token.as_ref())
+                    .send()
+                    .await
+                    .map_err(|source| PushFailure::Transport { step, source })
+            }
+            _ => Ok(resp),
+        }
     }
 
     /// The create-job body: only the fields weir sets, no nulls (§8.2).
@@ -230,12 +289,10 @@ impl CelonisClient {
     }
 
     async fn create(&self) -> Result<String, PushFailure> {
+        let url = format!("{}/", self.jobs_url);
+        let body = self.job_body();
         let resp = self
-            .send(
-                Step::Create,
-                self.auth(self.http.post(format!("{}/", self.jobs_url)))
-                    .json(&self.job_body()),
-            )
+            .send(Step::Create, || self.http.post(&url).json(&body))
             .await?;
         let job: JobView = resp.json().await.map_err(|e| PushFailure::BadResponse {
             step: Step::Create,
@@ -250,24 +307,25 @@ impl CelonisClient {
     }
 
     async fn upload(&self, job_id: &str, chunk: &[u8]) -> Result<(), PushFailure> {
-        let part = reqwest::multipart::Part::bytes(chunk.to_vec())
-            .file_name(format!("{}.csv", self.sink.target_name))
-            .mime_str("text/csv")
-            .map_err(|e| PushFailure::Transport {
-                step: Step::Upload,
-                source: e,
-            })?;
-        let form = reqwest::multipart::Form::new().part("file", part);
         let url = format!("{}/{job_id}/chunks/upserted", self.jobs_url);
-        self.send(Step::Upload, self.auth(self.http.post(url)).multipart(form))
-            .await?;
+        let file_name = format!("{}.csv", self.sink.target_name);
+        self.send(Step::Upload, || {
+            let part = reqwest::multipart::Part::bytes(chunk.to_vec()).file_name(file_name.clone());
+            // "text/csv" always parses; keep the part untyped rather than fail if it did not.
+            let part = part.mime_str("text/csv").unwrap_or_else(|_| {
+                reqwest::multipart::Part::bytes(chunk.to_vec()).file_name(file_name.clone())
+            });
+            self.http
+                .post(&url)
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+        })
+        .await?;
         Ok(())
     }
 
     async fn execute(&self, job_id: &str) -> Result<(), PushFailure> {
         let url = format!("{}/{job_id}", self.jobs_url);
-        self.send(Step::Execute, self.auth(self.http.post(url)))
-            .await?;
+        self.send(Step::Execute, || self.http.post(&url)).await?;
         Ok(())
     }
 
@@ -280,7 +338,7 @@ impl CelonisClient {
         loop {
             tokio::time::sleep(poll_delay(i)).await;
             i = i.saturating_add(1);
-            match self.send(Step::Poll, self.auth(self.http.get(&url))).await {
+            match self.send(Step::Poll, || self.http.get(&url)).await {
                 Ok(resp) => {
                     let job: JobView = resp.json().await.map_err(|e| PushFailure::BadResponse {
                         step: Step::Poll,
@@ -320,7 +378,10 @@ impl CelonisClient {
 
     async fn delete(&self, job_id: &str) {
         let url = format!("{}/{job_id}", self.jobs_url);
-        match self.auth(self.http.delete(url)).send().await {
+        match self
+            .send_authorized(Step::Execute, || self.http.delete(&url))
+            .await
+        {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => tracing::warn!(
                 job = job_id,
@@ -331,16 +392,13 @@ impl CelonisClient {
         }
     }
 
-    /// Sends a request; any non-2xx becomes a `PushFailure::Http` carrying the body.
+    /// Sends a request with auth; any non-2xx becomes a `PushFailure::Http` carrying the body.
     async fn send(
         &self,
         step: Step,
-        req: reqwest::RequestBuilder,
+        make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Response, PushFailure> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| PushFailure::Transport { step, source })?;
+        let resp = self.send_authorized(step, make).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
