@@ -204,6 +204,12 @@ async fn start_emulator(
             .map(|k| k.expose().to_owned())
             .collect(),
         database: settings.database.clone(),
+        oauth_clients: settings
+            .oauth_clients
+            .iter()
+            .map(|(id, secret)| (id.clone(), secret.expose().to_owned()))
+            .collect(),
+        token_ttl: settings.token_ttl,
         ..EmulatorConfig::default()
     })
     .context("starting the emulator")?;

@@ -30,6 +30,15 @@ pub fn describe(c: &Config) -> String {
             "emulator: listen {}, database {db}, app key {key}",
             e.listen
         );
+        if !e.oauth_clients.is_empty() {
+            let ids: Vec<&str> = e.oauth_clients.iter().map(|(id, _)| id.as_str()).collect();
+            let _ = writeln!(
+                w,
+                "emulator oauth: clients [{}] (secrets ***), tokens live {}",
+                ids.join(", "),
+                humantime::format_duration(e.token_ttl)
+            );
+        }
     }
     let _ = writeln!(
         w,
