@@ -22,6 +22,7 @@ use crate::queue::memory::MemoryQueue;
 use crate::schedule::{ControlError, RunReport, Scheduler, SchedulerHandle};
 use crate::sink::Sink;
 use crate::sink::budget::Budgets;
+use crate::sink::oauth::Tokens;
 
 /// A running weir.
 pub struct App {
@@ -88,10 +89,17 @@ impl App {
 
         let budgets = Arc::new(Budgets::default());
         let metrics = Arc::new(Metrics::new(pipelines.clone(), budgets.clone()));
+        let tokens = Tokens::default();
         let mut workers = Vec::new();
         for p in &pipelines {
-            let sink = Sink::new(&p.config, config.celonis, &budgets, metrics.clone())
-                .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
+            let sink = Sink::new(
+                &p.config,
+                config.celonis,
+                &budgets,
+                &tokens,
+                metrics.clone(),
+            )
+            .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
             workers.push((p.clone(), Arc::new(sink)));
         }
         let (scheduler, runs) = Scheduler::start(
@@ -302,6 +310,12 @@ async fn start_emulator(
             .map(|k| k.expose().to_owned())
             .collect(),
         database: settings.database.clone(),
+        oauth_clients: settings
+            .oauth_clients
+            .iter()
+            .map(|(id, secret)| (id.clone(), secret.expose().to_owned()))
+            .collect(),
+        token_ttl: settings.token_ttl,
         ..EmulatorConfig::default()
     })
     .context("starting the emulator")?;

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod dead_letter;
 pub mod emulator;
+pub mod expr;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::{CelonisAuth, Config, QueueConfig, SinkConfig};
+use super::{
+    ApiKeyLocation, BodyMode, CelonisAuth, Config, HttpAuth, OAuth2Config, QueueConfig, SinkConfig,
+    Text,
+};
 
 /// Renders the resolved config. Secrets print as `***`.
 pub fn describe(c: &Config) -> String {
@@ -27,6 +30,15 @@ pub fn describe(c: &Config) -> String {
             "emulator: listen {}, database {db}, app key {key}",
             e.listen
         );
+        if !e.oauth_clients.is_empty() {
+            let ids: Vec<&str> = e.oauth_clients.iter().map(|(id, _)| id.as_str()).collect();
+            let _ = writeln!(
+                w,
+                "emulator oauth: clients [{}] (secrets ***), tokens live {}",
+                ids.join(", "),
+                humantime::format_duration(e.token_ttl)
+            );
+        }
     }
     let _ = writeln!(
         w,
@@ -92,11 +104,14 @@ pub fn describe(c: &Config) -> String {
                 fields.join(", ")
             );
         }
+        if let Some(f) = &p.filter {
+            let _ = writeln!(w, "  filter: {:?}", f.source());
+        }
         if !p.columns.is_empty() {
             let cols: Vec<String> = p
                 .columns
                 .iter()
-                .map(|c| format!("\"{}\" <- {}", c.name, c.from))
+                .map(|c| format!("\"{}\" <- {}", c.name, c.source))
                 .collect();
             let _ = writeln!(w, "  columns: {}", cols.join(", "));
         }
@@ -105,6 +120,7 @@ pub fn describe(c: &Config) -> String {
                 let auth = match &s.auth {
                     CelonisAuth::AppKey(k) => format!("AppKey {k}"),
                     CelonisAuth::ApiKey(k) => format!("Bearer {k}"),
+                    CelonisAuth::OAuth2(o) => oauth2(o),
                 };
                 let _ = writeln!(
                     w,
@@ -119,7 +135,73 @@ pub fn describe(c: &Config) -> String {
                     humantime::format_duration(s.poll_timeout)
                 );
             }
+            SinkConfig::Http(h) => {
+                let auth = match &h.auth {
+                    HttpAuth::None => "none".to_owned(),
+                    HttpAuth::ApiKey {
+                        location,
+                        name,
+                        value,
+                    } => {
+                        let at = match location {
+                            ApiKeyLocation::Header => "header",
+                            ApiKeyLocation::Query => "query",
+                        };
+                        format!("api_key in {at} {name} = {value}")
+                    }
+                    HttpAuth::Bearer(t) => format!("Bearer {t}"),
+                    HttpAuth::Basic { username, password } => {
+                        format!("basic {username}:{password}")
+                    }
+                    HttpAuth::OAuth2(o) => oauth2(o),
+                };
+                let body = match &h.body {
+                    BodyMode::JsonArray => "json_array".to_owned(),
+                    BodyMode::Ndjson => "ndjson".to_owned(),
+                    BodyMode::Csv => "csv".to_owned(),
+                    BodyMode::Expr(e) => format!("expr {:?}", e.source()),
+                };
+                let _ = writeln!(
+                    w,
+                    "  sink: http {} {} path {}, body {body}, one request per {}{}, auth {auth}, success {}",
+                    h.method,
+                    text(&h.base_url),
+                    text(&h.path),
+                    match h.batch_per {
+                        super::BatchPer::Run => "run",
+                        super::BatchPer::Row => "row",
+                    },
+                    match h.batch_per {
+                        super::BatchPer::Row => format!(" ({} at once)", h.concurrency),
+                        super::BatchPer::Run => String::new(),
+                    },
+                    h.success
+                        .as_ref()
+                        .map_or("2xx".to_owned(), |e| format!("{:?}", e.source())),
+                );
+            }
         }
     }
     out
+}
+
+fn text(t: &Text) -> String {
+    match t {
+        Text::Literal(s) => format!("{s:?}"),
+        Text::Expr(e) => format!("expr {:?}", e.source()),
+    }
+}
+
+fn oauth2(o: &OAuth2Config) -> String {
+    format!(
+        "oauth2 client {} secret {} at {} scopes [{}] ({})",
+        o.client_id,
+        o.client_secret,
+        o.token_url,
+        o.scopes.join(" "),
+        match o.client_auth {
+            super::ClientAuth::Basic => "client_secret_basic",
+            super::ClientAuth::Post => "client_secret_post",
+        }
+    )
 }

@@ -6,6 +6,7 @@
 
 mod describe;
 mod env;
+mod outbound;
 
 pub use describe::describe;
 mod raw;
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use reqwest::Url;
+
+use crate::expr::Expr;
 
 use raw::{ByteSize, RawConfig, RawPipeline, RawSink};
 
@@ -136,6 +139,10 @@ pub struct EmulatorSettings {
     pub listen: SocketAddr,
     pub database: Option<PathBuf>,
     pub app_key: Option<Secret>,
+    /// OAuth clients its token endpoint accepts (id, secret); none: no OAuth.
+    pub oauth_clients: Vec<(String, Secret)>,
+    /// Lifetime of the tokens it issues.
+    pub token_ttl: Duration,
 }
 
 /// Celonis' job-submission limits, applied per team (one budget per team host).
@@ -174,6 +181,8 @@ pub struct PipelineConfig {
     /// Memory queue only: make one last delivery at shutdown.
     pub drain_on_shutdown: bool,
     pub schema: Option<Schema>,
+    /// Rows for which this is false are ignored at ingest (variables `row`, `pipeline`).
+    pub filter: Option<Expr>,
     pub columns: Vec<Column>,
     pub sink: SinkConfig,
 }
@@ -250,17 +259,39 @@ impl Schema {
     }
 }
 
-/// One CSV column: header `name`, value from row field `from`.
+/// One CSV column: header `name`, value from a row field or a CEL expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
-    pub from: String,
+    pub source: ColumnSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnSource {
+    /// The row field of this name (`from`).
+    Field(String),
+    /// A CEL expression over `row` and `pipeline` (`expr`).
+    Expr(Expr),
+}
+
+impl fmt::Display for ColumnSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnSource::Field(name) => f.write_str(name),
+            ColumnSource::Expr(e) => write!(f, "expr {:?}", e.source()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Celonis(CelonisSink),
+    Http(HttpSink),
 }
+
+pub use outbound::{
+    ApiKeyLocation, BatchPer, BodyMode, ClientAuth, HttpAuth, HttpSink, OAuth2Config, Text,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushMode {
@@ -283,6 +314,8 @@ pub enum CelonisAuth {
     AppKey(Secret),
     /// `Authorization: Bearer …` (a user API key)
     ApiKey(Secret),
+    /// `Authorization: Bearer …` with a token from OAuth 2.0 client credentials.
+    OAuth2(OAuth2Config),
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +490,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         listen: v.addr("emulator.listen", e.listen.as_deref(), "127.0.0.1:8900"),
         database: e.database.map(PathBuf::from),
         app_key: e.app_key.map(Secret::new),
+        oauth_clients: v.oauth_clients("emulator.oauth_clients", e.oauth_clients),
+        token_ttl: v.duration("emulator.token_ttl", e.token_ttl.as_deref(), 3600),
     });
     let celonis = match raw.celonis {
         Some(c) => CelonisLimits {
@@ -651,23 +686,44 @@ impl Validator<'_> {
                     format!("\"{}\" is already a column", c.name),
                 );
             }
-            let Some(from) = c.from else {
-                self.error(
-                    format!("{cpath}.from"),
-                    "is required: the row field this column is read from",
-                );
-                continue;
+            let source = match (c.from, c.expr) {
+                (Some(from), None) => {
+                    if let Some(schema) = &schema
+                        && schema.field_type(&from).is_none()
+                    {
+                        self.error(
+                            format!("{cpath}.from"),
+                            format!("\"{from}\" is not a field of the pipeline's schema"),
+                        );
+                    }
+                    ColumnSource::Field(from)
+                }
+                (None, Some(text)) => {
+                    match self.expr(&format!("{cpath}.expr"), &text, &["row", "pipeline"]) {
+                        Some(e) => ColumnSource::Expr(e),
+                        None => continue,
+                    }
+                }
+                (None, None) => {
+                    self.error(
+                        format!("{cpath}.from"),
+                        "is required: the row field this column is read from (or set expr)",
+                    );
+                    continue;
+                }
+                (Some(_), Some(_)) => {
+                    self.error(format!("{cpath}.expr"), "set from or expr, not both");
+                    continue;
+                }
             };
-            if let Some(schema) = &schema
-                && schema.field_type(&from).is_none()
-            {
-                self.error(
-                    format!("{cpath}.from"),
-                    format!("\"{from}\" is not a field of the pipeline's schema"),
-                );
-            }
-            columns.push(Column { name: c.name, from });
+            columns.push(Column {
+                name: c.name,
+                source,
+            });
         }
+        let filter = p
+            .filter
+            .and_then(|f| self.expr(&format!("{path}.filter"), &f, &["row", "pipeline"]));
         let sink = self.sink(&format!("{path}.sink"), p.sink, &columns, schema.as_ref());
         PipelineConfig {
             name: p.name,
@@ -683,6 +739,7 @@ impl Validator<'_> {
             state_dir,
             drain_on_shutdown,
             schema,
+            filter,
             columns,
             sink,
         }
@@ -831,12 +888,15 @@ impl Validator<'_> {
         columns: &[Column],
         schema: Option<&Schema>,
     ) -> SinkConfig {
-        if s.kind != "celonis" {
-            self.error(
+        match s.kind.as_str() {
+            "celonis" => {}
+            "http" => return SinkConfig::Http(self.http_sink(path, s)),
+            other => self.error(
                 format!("{path}.kind"),
-                format!("\"{}\" is not a sink kind: use \"celonis\"", s.kind),
-            );
+                format!("\"{other}\" is not a sink kind: use \"celonis\" or \"http\""),
+            ),
         }
+        self.only_for_http(path, &s);
         let base_url = match (&s.url, &s.team, &s.cluster) {
             (Some(url), None, None) => match Url::parse(url) {
                 Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => u,
@@ -924,17 +984,25 @@ impl Validator<'_> {
                 "keys only apply to mode = \"DELTA\"",
             );
         }
-        let auth = match (s.app_key, s.api_key) {
-            (Some(k), None) => CelonisAuth::AppKey(Secret::new(k)),
-            (None, Some(k)) => CelonisAuth::ApiKey(Secret::new(k)),
-            (None, None) => {
-                self.error(path, "set app_key or api_key");
+        let auth = match (s.app_key, s.api_key, s.auth) {
+            (Some(k), None, None) => CelonisAuth::AppKey(Secret::new(k)),
+            (None, Some(k), None) => CelonisAuth::ApiKey(Secret::new(k)),
+            (None, None, Some(a)) => {
+                let default_token_url = Url::parse(&format!(
+                    "{}/oauth2/token",
+                    base_url.as_str().trim_end_matches('/')
+                ))
+                .ok();
+                self.celonis_oauth(&format!("{path}.auth"), a, default_token_url)
+            }
+            (None, None, None) => {
+                self.error(path, "set app_key, api_key or auth");
                 CelonisAuth::AppKey(Secret::new(""))
             }
-            (Some(_), Some(_)) => {
+            _ => {
                 self.error(
                     format!("{path}.api_key"),
-                    "set app_key or api_key, not both",
+                    "set only one of app_key, api_key and auth",
                 );
                 CelonisAuth::AppKey(Secret::new(""))
             }

@@ -28,6 +28,9 @@ pub struct RawEmulator {
     pub listen: Option<String>,
     pub database: Option<String>,
     pub app_key: Option<String>,
+    /// OAuth clients the token endpoint knows: client id → secret.
+    pub oauth_clients: Option<toml::Table>,
+    pub token_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,7 @@ pub struct RawPipeline {
     pub drain_on_shutdown: Option<bool>,
     pub retention: Option<String>,
     pub schema: Option<RawSchema>,
+    pub filter: Option<String>,
     #[serde(default)]
     pub columns: Vec<RawColumn>,
     pub sink: RawSink,
@@ -99,6 +103,7 @@ pub struct RawSchema {
 pub struct RawColumn {
     pub name: String,
     pub from: Option<String>,
+    pub expr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +125,54 @@ pub struct RawSink {
     pub poll_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub csv: Option<RawCsv>,
+    pub auth: Option<RawAuth>,
+    // kind = "http"
+    pub base_url: Option<RawText>,
+    pub method: Option<String>,
+    pub path: Option<RawText>,
+    /// Parameter name → literal text or `{ expr = "CEL" }`, in order.
+    pub query: Option<toml::Table>,
+    /// Header name → literal text or `{ expr = "CEL" }`, in order.
+    pub headers: Option<toml::Table>,
+    pub body: Option<RawText>,
+    pub batch_per: Option<String>,
+    pub concurrency: Option<i64>,
+    pub success: Option<String>,
+}
+
+/// A value that is either literal text or `{ expr = "CEL" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawText {
+    Literal(String),
+    Expr(RawExpr),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpr {
+    pub expr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub kind: String,
+    // api_key
+    pub location: Option<String>,
+    pub name: Option<String>,
+    pub value: Option<String>,
+    // bearer
+    pub token: Option<String>,
+    // basic
+    pub username: Option<String>,
+    pub password: Option<String>,
+    // oauth2
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,10 +74,12 @@ fn the_contract_example_loads_with_every_setting_resolved() {
         p.columns[1],
         Column {
             name: "Requested Delivery Date".into(),
-            from: "DeliveryDate".into()
+            source: ColumnSource::Field("DeliveryDate".into())
         }
     );
-    let SinkConfig::Celonis(sink) = &p.sink;
+    let SinkConfig::Celonis(sink) = &p.sink else {
+        panic!("a celonis sink")
+    };
     assert_eq!(sink.base_url.as_str(), "https://myteam.eu-1.celonis.cloud/");
     assert_eq!(sink.mode, PushMode::Delta);
     assert_eq!(sink.keys, ["Order ID"]);
@@ -182,7 +184,9 @@ fn team_and_cluster_build_the_url() {
         "team = \"acme\"\ncluster = \"us-2\"\napi_prefix = \"/data-ingestion\"",
     );
     let c = Config::load(&text, &env()).unwrap();
-    let SinkConfig::Celonis(sink) = &c.pipelines[0].sink;
+    let SinkConfig::Celonis(sink) = &c.pipelines[0].sink else {
+        panic!("a celonis sink")
+    };
     assert_eq!(sink.base_url.as_str(), "https://acme.us-2.celonis.cloud/");
     assert_eq!(sink.api_prefix, "/data-ingestion");
 }
@@ -232,4 +236,178 @@ fn sizes_parse_with_units() {
     assert_eq!(parse_size("1 GB"), Some(1_000_000_000));
     assert_eq!(parse_size("12 parsecs"), None);
     assert_eq!(parse_size("99999999999999TiB"), None);
+}
+
+/// A pipeline with an HTTP sink; `sink` goes inside `[pipelines.sink]`.
+fn http_pipeline(pipeline: &str, sink: &str) -> String {
+    format!(
+        r#"
+[[pipelines]]
+name = "events"
+{pipeline}
+
+[pipelines.sink]
+kind = "http"
+{sink}
+"#
+    )
+}
+
+#[test]
+fn bad_expressions_are_reported_with_their_key_paths() {
+    let text = http_pipeline(
+        r#"filter = "row.EntityName == "
+[[pipelines.columns]]
+name = "a"
+expr = "rwo.a"
+[[pipelines.columns]]
+name = "b"
+from = "b"
+expr = "row.b""#,
+        r#"base_url = "https://api.example.com"
+path = { expr = "'/v1/' + pipeline.name +" }
+headers = { "X-Count" = { expr = "size(rows" } }
+body = { expr = "rows.map(r, r.x" }
+success = "response.status = 200""#,
+    );
+    let errors = errors_of(&text);
+    let paths: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "pipelines[0].columns[0].expr",
+            "pipelines[0].columns[1].expr",
+            "pipelines[0].filter",
+            "pipelines[0].sink.path.expr",
+            "pipelines[0].sink.headers.X-Count.expr",
+            "pipelines[0].sink.body.expr",
+            "pipelines[0].sink.success",
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[0].contains("\"rwo\""), "{}", errors[0]);
+    assert!(errors[2].contains("not a CEL expression"), "{}", errors[2]);
+}
+
+#[test]
+fn a_row_variable_only_exists_for_requests_per_row() {
+    let per_run = http_pipeline(
+        "",
+        r#"base_url = "https://api.example.com"
+path = { expr = "'/items/' + row.id" }"#,
+    );
+    assert_eq!(errors_of(&per_run).len(), 1);
+    assert!(errors_of(&per_run)[0].starts_with("pipelines[0].sink.path.expr: uses \"row\""));
+    let per_row = format!("{per_run}\nbatch_per = \"row\"\nconcurrency = 2");
+    let c = Config::load(&per_row, &env()).unwrap();
+    let SinkConfig::Http(h) = &c.pipelines[0].sink else {
+        panic!("an http sink")
+    };
+    assert_eq!((h.batch_per, h.concurrency), (BatchPer::Row, 2));
+}
+
+#[test]
+fn the_http_sink_resolves_every_key_and_defaults() {
+    let text = http_pipeline(
+        r#"filter = "row.EntityName == 'Customer groups'""#,
+        r#"base_url = "https://api.example.com"
+method = "put"
+path = { expr = "'/v1/tables/' + pipeline.name" }
+query = { environment = "production", count = { expr = "string(size(rows))" } }
+headers = { "X-Source" = "weir" }
+body = "ndjson"
+success = "response.status == 200 && response.body.result == 'ok'"
+auth = { kind = "api_key", location = "query", name = "key", value = "${CELONIS_APP_KEY}" }"#,
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    let p = &c.pipelines[0];
+    assert_eq!(
+        p.filter.as_ref().unwrap().source(),
+        "row.EntityName == 'Customer groups'"
+    );
+    let SinkConfig::Http(h) = &p.sink else {
+        panic!("an http sink")
+    };
+    assert_eq!(h.method, reqwest::Method::PUT);
+    assert_eq!(h.base_url, Text::Literal("https://api.example.com".into()));
+    assert!(matches!(&h.path, Text::Expr(e) if e.source() == "'/v1/tables/' + pipeline.name"));
+    let names: Vec<&str> = h.query.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["environment", "count"]);
+    assert_eq!(h.body, BodyMode::Ndjson);
+    assert_eq!(h.batch_per, BatchPer::Run);
+    assert!(h.success.is_some());
+    assert_eq!(
+        h.auth,
+        HttpAuth::ApiKey {
+            location: ApiKeyLocation::Query,
+            name: "key".into(),
+            value: Secret::new("k3y"),
+        }
+    );
+    assert!(!format!("{c:?}").contains("k3y"));
+    assert!(!describe(&c).contains("k3y"), "{}", describe(&c));
+}
+
+#[test]
+fn celonis_oauth_defaults_its_token_url_and_scope_and_hides_the_secret() {
+    let text = CONTRACT.replace(
+        r#"app_key = "${CELONIS_APP_KEY}""#,
+        r#"auth = { kind = "oauth2", client_id = "weir", client_secret = "${CELONIS_APP_KEY}" }"#,
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    let SinkConfig::Celonis(s) = &c.pipelines[0].sink else {
+        panic!("a celonis sink")
+    };
+    let CelonisAuth::OAuth2(o) = &s.auth else {
+        panic!("oauth2 auth")
+    };
+    assert_eq!(
+        o.token_url.as_str(),
+        "https://myteam.eu-1.celonis.cloud/oauth2/token"
+    );
+    assert_eq!(o.scopes, ["integration.data-pools:data_push"]);
+    assert_eq!(o.client_auth, ClientAuth::Basic);
+    let shown = describe(&c);
+    assert!(shown.contains("oauth2 client weir secret ***"), "{shown}");
+    assert!(!shown.contains("k3y"));
+}
+
+#[test]
+fn auth_mistakes_name_their_keys() {
+    let text = http_pipeline(
+        "",
+        r#"base_url = "not a url"
+body = "xml"
+target_name = "t"
+auth = { kind = "oauth2", client_id = "c", client_auth = "jwt", token = "t" }"#,
+    );
+    assert_eq!(
+        errors_of(&text),
+        [
+            "pipelines[0].sink.target_name: only applies to kind = \"celonis\"",
+            "pipelines[0].sink.base_url: \"not a url\" is not an http(s) URL",
+            "pipelines[0].sink.body: \"xml\" is not \"json_array\", \"ndjson\", \"csv\" or { expr = \"…\" }",
+            "pipelines[0].sink.auth.token: does not apply to kind = \"oauth2\"",
+            "pipelines[0].sink.auth.token_url: is required",
+            "pipelines[0].sink.auth.client_secret: is required",
+            "pipelines[0].sink.auth.client_auth: \"jwt\" is not \"basic\" or \"post\"",
+        ]
+    );
+}
+
+#[test]
+fn the_emulator_table_takes_oauth_clients() {
+    let text = format!(
+        "{CONTRACT}\n[emulator]\noauth_clients = {{ weir = \"s3cret\" }}\ntoken_ttl = \"15m\"\n"
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    let e = c.emulator.unwrap();
+    assert_eq!(
+        e.oauth_clients,
+        [("weir".to_owned(), Secret::new("s3cret"))]
+    );
+    assert_eq!(e.token_ttl, Duration::from_secs(900));
 }

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::faults::{Endpoint, ForcedEnd, parse_fault};
 use super::limiter::retry_after_secs;
 use super::model::parse_create;
+use super::oauth::{self, Verdict};
 use super::table::{self, ChunkKind};
 use super::{
     Chunk, Emulator, EmulatorError, Job, RETAINED_CHUNK_BYTES, Status, evict_chunk_contents, lock,
@@ -50,6 +51,12 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/emulator/tables/{name}", get(show_table))
         .route("/emulator/jobs", get(show_jobs))
         .route("/emulator/faults", post(add_fault).delete(clear_faults))
+        .route("/oauth2/token", post(token))
+        .route("/emulator/oauth", get(show_oauth))
+        .route(
+            "/emulator/oauth/tokens",
+            axum::routing::delete(revoke_tokens),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(emulator);
     Router::new().fallback_service(middleware::from_fn(normalize_path).layer(inner))
@@ -86,6 +93,8 @@ async fn normalize_path(mut request: Request, next: Next) -> Response {
 #[derive(Debug)]
 enum ApiError {
     Unauthorized,
+    /// A valid OAuth token without a data-push scope.
+    Forbidden,
     Rejected {
         status: StatusCode,
         key: &'static str,
@@ -156,6 +165,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED.into_response(),
+            ApiError::Forbidden => StatusCode::FORBIDDEN.into_response(),
             ApiError::Rejected { status, key, info } => frontend_error(status, key, &info),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, Json(what)).into_response(),
             ApiError::RateLimited { retry_after } => with_retry_after(
@@ -192,15 +202,33 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 impl Emulator {
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    fn authorized(&self, headers: &HeaderMap) -> ApiResult<()> {
         let Some((scheme, key)) = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().split_once(' '))
         else {
-            return false;
+            return Err(ApiError::Unauthorized);
         };
         let key = key.trim();
+        let config = &self.inner.config;
+        if !config.oauth_clients.is_empty() && scheme.eq_ignore_ascii_case("Bearer") {
+            return match lock(&self.inner.tokens).check(key) {
+                Verdict::Valid => Ok(()),
+                Verdict::WrongScope => Err(ApiError::Forbidden),
+                Verdict::Unknown if config.api_keys.iter().any(|k| k == key) => Ok(()),
+                Verdict::Unknown => Err(ApiError::Unauthorized),
+            };
+        }
+        if self.key_accepted(scheme, key) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    /// The AppKey / API key rules of the emulator without OAuth.
+    fn key_accepted(&self, scheme: &str, key: &str) -> bool {
         let config = &self.inner.config;
         let accepted = if scheme.eq_ignore_ascii_case("AppKey") {
             &config.app_keys
@@ -220,9 +248,7 @@ impl Emulator {
 
     /// Auth, then the first pending fault for this endpoint.
     async fn admit(&self, headers: &HeaderMap, endpoint: Endpoint) -> ApiResult<()> {
-        if !self.authorized(headers) {
-            return Err(ApiError::Unauthorized);
-        }
+        self.authorized(headers)?;
         let fault = lock(&self.inner.faults).take_request(endpoint);
         if let Some(fault) = fault {
             info!(?endpoint, status = ?fault.status, delay_ms = fault.delay.as_millis(), "emulator fault injected");
@@ -702,4 +728,62 @@ async fn clear_faults(State(emulator): State<Emulator>) -> Json<Value> {
     lock(&emulator.inner.faults).clear();
     info!("emulator faults cleared");
     Json(json!({"queued": 0}))
+}
+
+/// `POST /oauth2/token`: the client credentials grant.
+async fn token(State(emulator): State<Emulator>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let params = match oauth::parameters(request).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    if params.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth::oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        );
+    }
+    let config = &emulator.inner.config;
+    let known = oauth::client_credentials(&headers, &params).is_some_and(|(id, secret)| {
+        config
+            .oauth_clients
+            .iter()
+            .any(|(i, s)| *i == id && *s == secret)
+    });
+    if !known {
+        warn!("emulator token request with unknown client credentials");
+        return oauth::oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+    }
+    let scopes: Vec<String> = params
+        .get("scope")
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let scope = scopes.join(" ");
+    let ttl = config.token_ttl;
+    let access_token = lock(&emulator.inner.tokens).issue(ttl, scopes);
+    info!(scope = %scope, "emulator issued an oauth token");
+    Json(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": ttl.as_secs(),
+        "scope": scope,
+    }))
+    .into_response()
+}
+
+/// `GET /emulator/oauth`: how many tokens were issued.
+async fn show_oauth(State(emulator): State<Emulator>) -> Json<Value> {
+    Json(json!({"issued": lock(&emulator.inner.tokens).issued}))
+}
+
+/// `DELETE /emulator/oauth/tokens`: every issued token stops working (as if expired).
+async fn revoke_tokens(State(emulator): State<Emulator>) -> Json<Value> {
+    lock(&emulator.inner.tokens).revoke_all();
+    info!("emulator revoked every oauth token");
+    Json(json!({"revoked": true}))
 }

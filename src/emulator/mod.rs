@@ -10,6 +10,7 @@ mod faults;
 mod http;
 mod limiter;
 mod model;
+mod oauth;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,11 @@ pub struct EmulatorConfig {
     pub jobs_per_hour: u32,
     /// Time an executed job spends in QUEUED and again in RUNNING, so polling code is exercised.
     pub step_delay: Duration,
+    /// OAuth clients (id, secret) of `POST /oauth2/token`. When there are any, a Bearer value
+    /// must be an unexpired token it issued with a data-push scope (or one of `api_keys`).
+    pub oauth_clients: Vec<(String, String)>,
+    /// Lifetime of the tokens it issues (`expires_in`).
+    pub token_ttl: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -56,6 +62,8 @@ impl Default for EmulatorConfig {
             jobs_per_second: 10,
             jobs_per_hour: 250,
             step_delay: Duration::from_millis(20),
+            oauth_clients: Vec::new(),
+            token_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -90,6 +98,7 @@ struct Inner {
     jobs: Mutex<Vec<Job>>,
     faults: Mutex<Faults>,
     limiter: Mutex<RateLimiter>,
+    tokens: Mutex<oauth::TokenStore>,
     db: Arc<Mutex<Connection>>,
     tracker: TaskTracker,
     /// Cancelled when serving stops: delays end early so shutdown is quick.
@@ -230,6 +239,7 @@ impl Emulator {
                 jobs: Mutex::new(Vec::new()),
                 faults: Mutex::new(Faults::default()),
                 limiter: Mutex::new(limiter),
+                tokens: Mutex::new(oauth::TokenStore::default()),
                 db: Arc::new(Mutex::new(db)),
                 tracker: TaskTracker::new(),
                 stop: CancellationToken::new(),

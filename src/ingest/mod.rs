@@ -140,6 +140,8 @@ async fn accept(
         Err(e) => return Err(e),
     };
     let (rows, ignored) = apply_schema(pipeline, rows, source)?;
+    let (rows, filtered) = apply_filter(pipeline, rows);
+    let ignored = ignored + filtered;
     let accepted = rows.len();
     if accepted > 0 {
         pipeline.queue.push(rows).await.map_err(|e| {
@@ -284,6 +286,33 @@ fn apply_schema(
     }
     let ignored = problems.len();
     Ok((kept, ignored))
+}
+
+/// Keeps the rows for which the pipeline's `filter` is true; the others are ignored and
+/// counted. A filter that cannot be evaluated on a row (not a bool, say) ignores the row.
+fn apply_filter(pipeline: &Pipeline, rows: Vec<Row>) -> (Vec<Row>, usize) {
+    let Some(filter) = &pipeline.config.filter else {
+        return (rows, 0);
+    };
+    let name = crate::expr::pipeline_value(pipeline.name());
+    let total = rows.len();
+    let kept: Vec<Row> = rows
+        .into_iter()
+        .enumerate()
+        .filter(|(i, row)| {
+            let value = crate::expr::row_value(row);
+            match filter.eval_bool(&[("row", &value), ("pipeline", &name)]) {
+                Ok(keep) => keep,
+                Err(e) => {
+                    tracing::debug!(pipeline = pipeline.name(), row = i, error = %e, "row filter failed; row ignored");
+                    false
+                }
+            }
+        })
+        .map(|(_, row)| row)
+        .collect();
+    let ignored = total - kept.len();
+    (kept, ignored)
 }
 
 fn push_error(pipeline: &Pipeline, e: PushError) -> ApiError {

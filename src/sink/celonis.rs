@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use super::CallObserver;
 use super::budget::JobBudget;
-use crate::config::{CelonisAuth, CelonisSink};
+use super::oauth::{OAuthError, TokenSource};
+use crate::config::{CelonisAuth, CelonisSink, Secret};
 use crate::queue::{InFlight, Offset, Queue, QueueError};
 
 /// Which call of the sequence failed.
@@ -20,6 +21,7 @@ pub enum Step {
     Upload,
     Execute,
     Poll,
+    Delete,
 }
 
 impl Step {
@@ -30,6 +32,7 @@ impl Step {
             Step::Upload => "upload",
             Step::Execute => "execute",
             Step::Poll => "poll",
+            Step::Delete => "delete",
         }
     }
 }
@@ -41,6 +44,7 @@ impl fmt::Display for Step {
             Step::Upload => "upload chunk",
             Step::Execute => "execute job",
             Step::Poll => "poll job",
+            Step::Delete => "delete job",
         })
     }
 }
@@ -74,6 +78,12 @@ pub enum PushFailure {
     PollTimeout { job_id: String, timeout: Duration },
     #[error("recording the batch in flight: {0}")]
     Queue(#[from] QueueError),
+    #[error("{step}: no OAuth token: {source}")]
+    Token {
+        step: Step,
+        #[source]
+        source: OAuthError,
+    },
 }
 
 impl PushFailure {
@@ -150,6 +160,8 @@ pub struct CelonisClient {
     sink: CelonisSink,
     jobs_url: String,
     budget: Arc<JobBudget>,
+    /// With `auth = { kind = "oauth2" }`: the shared token cache.
+    tokens: Option<Arc<TokenSource>>,
     observe: CallObserver,
 }
 
@@ -157,6 +169,7 @@ impl CelonisClient {
     pub fn new(
         sink: CelonisSink,
         budget: Arc<JobBudget>,
+        tokens: Option<Arc<TokenSource>>,
         observe: CallObserver,
     ) -> Result<CelonisClient, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -173,6 +186,7 @@ impl CelonisClient {
             sink,
             jobs_url,
             budget,
+            tokens,
             observe,
         })
     }
@@ -181,12 +195,65 @@ impl CelonisClient {
         &self.budget
     }
 
-    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let value = match &self.sink.auth {
-            CelonisAuth::AppKey(k) => format!("AppKey {}", k.expose()),
-            CelonisAuth::ApiKey(k) => format!("Bearer {}", k.expose()),
+    /// The current OAuth token, when the sink uses OAuth.
+    async fn token(&self, step: Step) -> Result<Option<Secret>, PushFailure> {
+        match &self.tokens {
+            None => Ok(None),
+            Some(t) => t
+                .token()
+                .await
+                .map(Some)
+                .map_err(|source| PushFailure::Token { step, source }),
+        }
+    }
+
+    fn auth(
+        &self,
+        req: reqwest::RequestBuilder,
+        token: Option<&Secret>,
+    ) -> reqwest::RequestBuilder {
+        let value = match (&self.sink.auth, token) {
+            (CelonisAuth::AppKey(k), _) => format!("AppKey {}", k.expose()),
+            (CelonisAuth::ApiKey(k), _) => format!("Bearer {}", k.expose()),
+            (CelonisAuth::OAuth2(_), Some(t)) => format!("Bearer {}", t.expose()),
+            (CelonisAuth::OAuth2(_), None) => return req,
         };
         req.header(header::AUTHORIZATION, value)
+    }
+
+    /// Sends with auth. With OAuth, a 401 drops the token and the request is sent once more
+    /// with a fresh one.
+    async fn send_authorized(
+        &self,
+        step: Step,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Response, PushFailure> {
+        let token = self.token(step).await?;
+        let sent = self.auth(make(), token.as_ref()).send().await;
+        let resp = self.observed(step, sent)?;
+        match (&self.tokens, token) {
+            (Some(tokens), Some(old)) if resp.status() == StatusCode::UNAUTHORIZED => {
+                tracing::info!(%step, "oauth token refused, fetching a new one");
+                tokens.reject(&old).await;
+                let token = self.token(step).await?;
+                let sent = self.auth(make(), token.as_ref()).send().await;
+                self.observed(step, sent)
+            }
+            _ => Ok(resp),
+        }
+    }
+
+    /// Counts one call in the metrics, by endpoint and status.
+    fn observed(
+        &self,
+        step: Step,
+        sent: Result<Response, reqwest::Error>,
+    ) -> Result<Response, PushFailure> {
+        self.observe.call(
+            step.endpoint(),
+            sent.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        sent.map_err(|source| PushFailure::Transport { step, source })
     }
 
     /// The create-job body: only the fields weir sets, no nulls (§8.2).
@@ -256,7 +323,7 @@ impl CelonisClient {
             return Ok(false);
         };
         let url = format!("{}/{job_id}", self.jobs_url);
-        let job: JobView = match self.send(Step::Poll, self.auth(self.http.get(&url))).await {
+        let job: JobView = match self.send(Step::Poll, || self.http.get(&url)).await {
             Ok(resp) => resp.json().await.map_err(|e| PushFailure::BadResponse {
                 step: Step::Poll,
                 detail: format!("body is not a job: {e}"),
@@ -280,12 +347,10 @@ impl CelonisClient {
     }
 
     async fn create(&self) -> Result<String, PushFailure> {
+        let url = format!("{}/", self.jobs_url);
+        let body = self.job_body();
         let resp = self
-            .send(
-                Step::Create,
-                self.auth(self.http.post(format!("{}/", self.jobs_url)))
-                    .json(&self.job_body()),
-            )
+            .send(Step::Create, || self.http.post(&url).json(&body))
             .await?;
         let job: JobView = resp.json().await.map_err(|e| PushFailure::BadResponse {
             step: Step::Create,
@@ -300,24 +365,25 @@ impl CelonisClient {
     }
 
     async fn upload(&self, job_id: &str, chunk: &[u8]) -> Result<(), PushFailure> {
-        let part = reqwest::multipart::Part::bytes(chunk.to_vec())
-            .file_name(format!("{}.csv", self.sink.target_name))
-            .mime_str("text/csv")
-            .map_err(|e| PushFailure::Transport {
-                step: Step::Upload,
-                source: e,
-            })?;
-        let form = reqwest::multipart::Form::new().part("file", part);
         let url = format!("{}/{job_id}/chunks/upserted", self.jobs_url);
-        self.send(Step::Upload, self.auth(self.http.post(url)).multipart(form))
-            .await?;
+        let file_name = format!("{}.csv", self.sink.target_name);
+        self.send(Step::Upload, || {
+            let part = reqwest::multipart::Part::bytes(chunk.to_vec()).file_name(file_name.clone());
+            // "text/csv" always parses; keep the part untyped rather than fail if it did not.
+            let part = part.mime_str("text/csv").unwrap_or_else(|_| {
+                reqwest::multipart::Part::bytes(chunk.to_vec()).file_name(file_name.clone())
+            });
+            self.http
+                .post(&url)
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+        })
+        .await?;
         Ok(())
     }
 
     async fn execute(&self, job_id: &str) -> Result<(), PushFailure> {
         let url = format!("{}/{job_id}", self.jobs_url);
-        self.send(Step::Execute, self.auth(self.http.post(url)))
-            .await?;
+        self.send(Step::Execute, || self.http.post(&url)).await?;
         Ok(())
     }
 
@@ -330,7 +396,7 @@ impl CelonisClient {
         loop {
             tokio::time::sleep(poll_delay(i)).await;
             i = i.saturating_add(1);
-            match self.send(Step::Poll, self.auth(self.http.get(&url))).await {
+            match self.send(Step::Poll, || self.http.get(&url)).await {
                 Ok(resp) => {
                     let job: JobView = resp.json().await.map_err(|e| PushFailure::BadResponse {
                         step: Step::Poll,
@@ -370,10 +436,10 @@ impl CelonisClient {
 
     async fn delete(&self, job_id: &str) {
         let url = format!("{}/{job_id}", self.jobs_url);
-        let sent = self.auth(self.http.delete(url)).send().await;
-        self.observe
-            .call("delete", sent.as_ref().ok().map(|r| r.status().as_u16()));
-        match sent {
+        match self
+            .send_authorized(Step::Delete, || self.http.delete(&url))
+            .await
+        {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => tracing::warn!(
                 job = job_id,
@@ -384,21 +450,14 @@ impl CelonisClient {
         }
     }
 
-    /// Sends a request; any non-2xx becomes a `PushFailure::Http` carrying the body.
+    /// Sends a request with auth; any non-2xx becomes a `PushFailure::Http` carrying the body.
     async fn send(
         &self,
         step: Step,
-        req: reqwest::RequestBuilder,
+        make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Response, PushFailure> {
-        let resp = match req.send().await {
-            Ok(resp) => resp,
-            Err(source) => {
-                self.observe.call(step.endpoint(), None);
-                return Err(PushFailure::Transport { step, source });
-            }
-        };
+        let resp = self.send_authorized(step, make).await?;
         let status = resp.status();
-        self.observe.call(step.endpoint(), Some(status.as_u16()));
         if status.is_success() {
             return Ok(resp);
         }

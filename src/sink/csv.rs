@@ -4,14 +4,20 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{Column, CsvOptions, LineEnding, Schema};
+use crate::config::{Column, ColumnSource, CsvOptions, LineEnding, Schema};
+use crate::expr::{self, Expr};
 use crate::queue::Entry;
 
 /// The CSV columns of a batch: header names and the row field each is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Layout {
     pub headers: Vec<String>,
+    /// The row field of each column; empty (no field has an empty name) for expression columns.
     pub sources: Vec<String>,
+    /// Expression columns: (column index, expression over `row` and `pipeline`).
+    pub exprs: Vec<(usize, Expr)>,
+    /// The pipeline's name, for the expressions' `pipeline` variable.
+    pub pipeline: String,
 }
 
 impl Layout {
@@ -19,9 +25,23 @@ impl Layout {
     /// without either, the union of the batch's field names in first-seen order.
     pub fn for_batch(columns: &[Column], schema: Option<&Schema>, entries: &[Entry]) -> Layout {
         if !columns.is_empty() {
+            let mut exprs = Vec::new();
+            let sources = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match &c.source {
+                    ColumnSource::Field(f) => f.clone(),
+                    ColumnSource::Expr(e) => {
+                        exprs.push((i, e.clone()));
+                        String::new()
+                    }
+                })
+                .collect();
             return Layout {
                 headers: columns.iter().map(|c| c.name.clone()).collect(),
-                sources: columns.iter().map(|c| c.from.clone()).collect(),
+                sources,
+                exprs,
+                pipeline: String::new(),
             };
         }
         if let Some(schema) = schema.filter(|s| !s.fields.is_empty()) {
@@ -29,6 +49,7 @@ impl Layout {
             return Layout {
                 headers: names.clone(),
                 sources: names,
+                ..Layout::default()
             };
         }
         let mut seen = HashSet::new();
@@ -43,7 +64,14 @@ impl Layout {
         Layout {
             headers: names.clone(),
             sources: names,
+            ..Layout::default()
         }
+    }
+
+    /// Names the pipeline for expression columns.
+    pub fn named(mut self, pipeline: &str) -> Layout {
+        pipeline.clone_into(&mut self.pipeline);
+        self
     }
 }
 
@@ -82,16 +110,20 @@ pub fn write_chunks(
     let mut w = writer(opts, Vec::new());
     w.write_record(&layout.headers)?;
     let mut records_in_chunk = 0usize;
-    let mut cells: Vec<&str> = vec![""; layout.sources.len()];
+    let pipeline = expr::pipeline_value(&layout.pipeline);
     for e in entries {
-        cells.iter_mut().for_each(|c| *c = "");
+        let computed = computed_cells(layout, &pipeline, e);
+        let mut cells: Vec<&str> = vec![""; layout.sources.len()];
+        for (i, text) in &computed {
+            cells[*i] = text;
+        }
         for (pos, f) in e.row.fields().enumerate() {
             // Rows usually list their fields in column order: try that slot first.
             let slot = match layout.sources.get(pos) {
                 Some(s) if s == f.name => Some(pos),
                 _ => index.get(f.name).copied(),
             };
-            if let Some(i) = slot {
+            if let Some(i) = slot.filter(|&i| !layout.sources[i].is_empty()) {
                 cells[i] = f.text;
             }
         }
@@ -111,6 +143,28 @@ pub fn write_chunks(
         chunks.push(last);
     }
     Ok(chunks)
+}
+
+/// The expression columns' values for one row. An expression that fails on a row (a field
+/// it reads is missing, say) gives an empty cell, as a missing field does.
+fn computed_cells(layout: &Layout, pipeline: &cel::Value, e: &Entry) -> Vec<(usize, String)> {
+    if layout.exprs.is_empty() {
+        return Vec::new();
+    }
+    let row = expr::row_value(&e.row);
+    layout
+        .exprs
+        .iter()
+        .map(|(i, x)| {
+            let text = x
+                .eval_text(&[("row", &row), ("pipeline", pipeline)])
+                .unwrap_or_else(|err| {
+                    tracing::debug!(column = %layout.headers[*i], offset = e.offset, error = %err, "expression column failed on a row");
+                    String::new()
+                });
+            (*i, text)
+        })
+        .collect()
 }
 
 /// The job's `csvParsingOptions`, telling Celonis how the file was written.
@@ -157,11 +211,11 @@ mod tests {
         let columns = vec![
             Column {
                 name: "Order ID".into(),
-                from: "OrderId".into(),
+                source: ColumnSource::Field("OrderId".into()),
             },
             Column {
                 name: "Date".into(),
-                from: "DeliveryDate".into(),
+                source: ColumnSource::Field("DeliveryDate".into()),
             },
         ];
         let entries = vec![
@@ -178,6 +232,43 @@ mod tests {
         assert_eq!(
             text(&chunks),
             ["Order ID,Date\n0145632053,12.03.2021\n007,01.01.2022\n8,\n"]
+        );
+    }
+
+    #[test]
+    fn expression_columns_compute_their_cells_and_fail_to_an_empty_cell() {
+        let columns = vec![
+            Column {
+                name: "id".into(),
+                source: ColumnSource::Field("OrderId".into()),
+            },
+            Column {
+                name: "Date".into(),
+                source: ColumnSource::Expr(
+                    Expr::compile(
+                        "row.d.split('.')[2] + '-' + row.d.split('.')[1] + '-' + row.d.split('.')[0]",
+                        &["row", "pipeline"],
+                    )
+                    .unwrap(),
+                ),
+            },
+            Column {
+                name: "Tag".into(),
+                source: ColumnSource::Expr(
+                    Expr::compile("pipeline.name + ':' + row.OrderId.upperAscii()", &["row", "pipeline"])
+                        .unwrap(),
+                ),
+            },
+        ];
+        let entries = vec![
+            entry(&[("OrderId", "ab1"), ("d", "12.03.2021")]),
+            entry(&[("OrderId", "x")]),
+        ];
+        let layout = Layout::for_batch(&columns, None, &entries).named("orders");
+        let chunks = write_chunks(&layout, &entries, &CsvOptions::default(), 1 << 20).unwrap();
+        assert_eq!(
+            text(&chunks),
+            ["id,Date,Tag\nab1,2021-03-12,orders:AB1\nx,,orders:X\n"]
         );
     }
 
@@ -250,6 +341,7 @@ mod tests {
         let layout = Layout {
             headers: vec!["a".into()],
             sources: vec!["a".into()],
+            ..Layout::default()
         };
         assert_eq!(
             text(&write_chunks(&layout, &[], &CsvOptions::default(), 10).unwrap()),

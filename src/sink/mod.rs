@@ -7,15 +7,19 @@
 pub mod budget;
 pub mod celonis;
 pub mod csv;
+pub mod http;
+pub mod oauth;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{CelonisLimits, PipelineConfig, SinkConfig};
+use crate::config::{CelonisAuth, CelonisLimits, HttpAuth, PipelineConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::queue::{Entry, InFlight, Queue};
 use budget::Budgets;
 use celonis::{CelonisClient, PushFailure};
+use http::{HttpClient, HttpFailure};
+use oauth::Tokens;
 
 /// Why a batch was not delivered. The batch stays queued in every case.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,8 @@ pub enum SinkError {
     Csv(#[from] ::csv::Error),
     #[error(transparent)]
     Celonis(#[from] PushFailure),
+    #[error(transparent)]
+    Http(#[from] HttpFailure),
 }
 
 impl SinkError {
@@ -31,6 +37,7 @@ impl SinkError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SinkError::Celonis(p) => p.retry_after(),
+            SinkError::Http(h) => h.retry_after(),
             SinkError::Csv(_) => None,
         }
     }
@@ -50,14 +57,18 @@ impl CallObserver {
 
 /// A pipeline's sink, ready to deliver.
 pub enum Sink {
-    Celonis(CelonisClient),
+    Celonis(Box<CelonisClient>),
+    Http(HttpClient),
 }
 
 impl Sink {
+    /// Builds a pipeline's sink. Job budgets are shared per team, OAuth tokens per
+    /// (token URL, client id, scopes).
     pub fn new(
         config: &PipelineConfig,
         limits: CelonisLimits,
         budgets: &Budgets,
+        tokens: &Tokens,
         metrics: Arc<Metrics>,
     ) -> Result<Sink, reqwest::Error> {
         match &config.sink {
@@ -65,11 +76,32 @@ impl Sink {
                 let budget = budgets.for_team(&c.team_key(), limits);
                 let observe = CallObserver {
                     pipeline: config.name.clone(),
-                    metrics,
+                    metrics: metrics.clone(),
                 };
-                Ok(Sink::Celonis(CelonisClient::new(
+                let source = match &c.auth {
+                    CelonisAuth::OAuth2(o) => Some(tokens.source(o, c.request_timeout)?),
+                    _ => None,
+                };
+                Ok(Sink::Celonis(Box::new(CelonisClient::new(
                     c.clone(),
                     budget,
+                    source,
+                    observe,
+                )?)))
+            }
+            SinkConfig::Http(h) => {
+                let source = match &h.auth {
+                    HttpAuth::OAuth2(o) => Some(tokens.source(o, h.request_timeout)?),
+                    _ => None,
+                };
+                let observe = CallObserver {
+                    pipeline: config.name.clone(),
+                    metrics,
+                };
+                Ok(Sink::Http(HttpClient::new(
+                    h.clone(),
+                    &config.name,
+                    source,
                     observe,
                 )?))
             }
@@ -80,6 +112,8 @@ impl Sink {
     pub async fn settle(&self, batch: &InFlight) -> Result<bool, SinkError> {
         match self {
             Sink::Celonis(client) => Ok(client.settle(batch).await?),
+            // An HTTP API has no job to look up: the batch is delivered again.
+            Sink::Http(_) => Ok(false),
         }
     }
 
@@ -95,14 +129,21 @@ impl Sink {
         };
         match self {
             Sink::Celonis(client) => {
-                let SinkConfig::Celonis(c) = &config.sink;
+                let SinkConfig::Celonis(c) = &config.sink else {
+                    unreachable!("Sink::new builds a Celonis client only for a Celonis sink")
+                };
                 let layout =
-                    csv::Layout::for_batch(&config.columns, config.schema.as_ref(), entries);
+                    csv::Layout::for_batch(&config.columns, config.schema.as_ref(), entries)
+                        .named(&config.name);
                 let chunks = csv::write_chunks(&layout, entries, &c.csv, c.chunk_bytes)?;
                 let job = client
                     .push(&chunks, first.offset, last.offset, queue)
                     .await?;
                 Ok(Some(job))
+            }
+            Sink::Http(client) => {
+                client.deliver(config, entries).await?;
+                Ok(None)
             }
         }
     }

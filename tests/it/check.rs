@@ -125,3 +125,26 @@ fn every_verb_has_help_and_there_is_a_version() {
         assert!(!out.stdout.is_empty());
     }
 }
+
+#[test]
+fn check_reports_a_bad_cel_expression_at_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        &crate::helpers::pipeline_config(
+            "127.0.0.1:8080",
+            "filter = \"row.EntityName == \"\n[[pipelines.columns]]\nname = \"A\"\nexpr = \"row.a.upperAscii(\"",
+        ),
+    );
+    let out = weir().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pipelines[0].filter: not a CEL expression"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipelines[0].columns[0].expr: not a CEL expression"),
+        "{stderr}"
+    );
+}

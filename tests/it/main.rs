@@ -8,3 +8,4 @@ mod delivery;
 mod emulator;
 mod helpers;
 mod ingest;
+mod outbound;

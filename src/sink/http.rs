@@ -1,0 +1,426 @@
+//! The generic HTTP sink: a run's batch becomes one request (or one per row) to any API, with
+//! URL, query, headers and body from config text or CEL expressions, and success read from
+//! the status or from a CEL rule over the response.
+//!
+//! A batch is delivered only when every request succeeded; otherwise all of it stays queued
+//! and is sent again on retry (at least once, per row).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cel::Value;
+use reqwest::{Response, StatusCode, Url, header};
+
+use super::CallObserver;
+use super::csv::{Layout, write_chunks};
+use super::oauth::{OAuthError, TokenSource};
+use crate::config::{
+    ApiKeyLocation, BatchPer, BodyMode, HttpAuth, HttpSink, PipelineConfig, Secret, Text,
+};
+use crate::expr::{self, EvalError};
+use crate::queue::Entry;
+use crate::row::Row;
+
+/// Why a batch was not delivered. It stays queued in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpFailure {
+    #[error("building the request: {what}: {source}")]
+    Expr {
+        what: &'static str,
+        #[source]
+        source: EvalError,
+    },
+    #[error("building the request: \"{0}\" is not a URL")]
+    Url(String),
+    #[error("writing CSV: {0}")]
+    Csv(#[from] ::csv::Error),
+    #[error("no OAuth token: {0}")]
+    Token(#[from] OAuthError),
+    #[error("{source}")]
+    Transport {
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("HTTP {status}: {body}")]
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("HTTP {status}: the success rule is false: {body}")]
+    Rule { status: u16, body: String },
+    #[error("HTTP {status}: the success rule failed: {source}")]
+    RuleError {
+        status: u16,
+        #[source]
+        source: EvalError,
+    },
+    #[error("a request task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl HttpFailure {
+    /// How long the server asked us to wait (`Retry-After` in seconds).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpFailure::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A client for one pipeline's HTTP sink. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    sink: HttpSink,
+    pipeline: Value,
+    tokens: Option<Arc<TokenSource>>,
+    observe: CallObserver,
+    /// Whether any expression reads `rows` (building it costs a pass over the batch).
+    needs_rows: bool,
+}
+
+/// What one request is about: the whole batch, or one row of it.
+struct Subject {
+    rows_value: Value,
+    row_value: Option<Value>,
+}
+
+impl HttpClient {
+    pub fn new(
+        sink: HttpSink,
+        pipeline: &str,
+        tokens: Option<Arc<TokenSource>>,
+        observe: CallObserver,
+    ) -> Result<HttpClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+            .timeout(sink.request_timeout)
+            .build()?;
+        let is_expr = |t: &Text| matches!(t, Text::Expr(_));
+        let needs_rows = is_expr(&sink.base_url)
+            || is_expr(&sink.path)
+            || sink.query.iter().any(|(_, t)| is_expr(t))
+            || sink.headers.iter().any(|(_, t)| is_expr(t))
+            || matches!(sink.body, BodyMode::Expr(_))
+            || sink.success.is_some();
+        Ok(HttpClient {
+            inner: Arc::new(Inner {
+                http,
+                sink,
+                pipeline: expr::pipeline_value(pipeline),
+                tokens,
+                observe,
+                needs_rows,
+            }),
+        })
+    }
+
+    /// Delivers the batch: one request, or one per row with at most `concurrency` at once.
+    pub async fn deliver(
+        &self,
+        config: &PipelineConfig,
+        entries: &[Entry],
+    ) -> Result<(), HttpFailure> {
+        let rows: Vec<Row> = entries.iter().map(|e| e.row.clone()).collect();
+        match self.inner.sink.batch_per {
+            BatchPer::Run => {
+                let body = self.inner.body(config, entries, &rows, false)?;
+                let subject = self.inner.subject(&rows, None);
+                self.inner.send(&subject, body).await
+            }
+            BatchPer::Row => {
+                let limit = Arc::new(tokio::sync::Semaphore::new(self.inner.sink.concurrency));
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, row) in rows.into_iter().enumerate() {
+                    let body = self.inner.body(
+                        config,
+                        &entries[i..=i],
+                        std::slice::from_ref(&row),
+                        true,
+                    )?;
+                    let subject = self.inner.subject(std::slice::from_ref(&row), Some(&row));
+                    let inner = self.inner.clone();
+                    let limit = limit.clone();
+                    tasks.spawn(async move {
+                        // The semaphore lives as long as the tasks: it is never closed.
+                        let _permit = limit.acquire_owned().await;
+                        inner.send(&subject, body).await
+                    });
+                }
+                // The first failure ends the run; dropping the set aborts the others.
+                while let Some(done) = tasks.join_next().await {
+                    done??;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A request body and its Content-Type.
+type Body = (Vec<u8>, &'static str);
+
+impl Inner {
+    fn subject(&self, rows: &[Row], row: Option<&Row>) -> Subject {
+        let rows_value = if self.needs_rows {
+            Value::List(Arc::new(rows.iter().map(expr::row_value).collect()))
+        } else {
+            Value::List(Arc::new(Vec::new()))
+        };
+        Subject {
+            rows_value,
+            row_value: row.map(expr::row_value),
+        }
+    }
+
+    fn body(
+        &self,
+        config: &PipelineConfig,
+        entries: &[Entry],
+        rows: &[Row],
+        single: bool,
+    ) -> Result<Body, HttpFailure> {
+        Ok(match &self.sink.body {
+            BodyMode::JsonArray => {
+                let bytes = if single {
+                    serde_json::to_vec(&rows[0])
+                } else {
+                    serde_json::to_vec(rows)
+                };
+                // Rows always serialize: their keys are strings and values valid JSON.
+                (bytes.unwrap_or_default(), "application/json")
+            }
+            BodyMode::Ndjson => {
+                let mut out = Vec::new();
+                for r in rows {
+                    out.extend(serde_json::to_vec(r).unwrap_or_default());
+                    out.push(b'\n');
+                }
+                (out, "application/x-ndjson")
+            }
+            BodyMode::Csv => {
+                let layout = Layout::for_batch(&config.columns, config.schema.as_ref(), entries)
+                    .named(&config.name);
+                let mut chunks = write_chunks(&layout, entries, &self.sink.csv, u64::MAX)?;
+                (chunks.pop().unwrap_or_default(), "text/csv; charset=utf-8")
+            }
+            BodyMode::Expr(e) => {
+                let subject = self.subject(rows, single.then(|| &rows[0]));
+                let json = e
+                    .eval_json(&subject.vars_with(&self.pipeline))
+                    .map_err(|source| HttpFailure::Expr {
+                        what: "body",
+                        source,
+                    })?;
+                (
+                    serde_json::to_vec(&json).unwrap_or_default(),
+                    "application/json",
+                )
+            }
+        })
+    }
+
+    fn text(&self, t: &Text, subject: &Subject, what: &'static str) -> Result<String, HttpFailure> {
+        match t {
+            Text::Literal(s) => Ok(s.clone()),
+            Text::Expr(e) => e
+                .eval_text(&subject.vars_with(&self.pipeline))
+                .map_err(|source| HttpFailure::Expr { what, source }),
+        }
+    }
+
+    fn url(&self, subject: &Subject) -> Result<Url, HttpFailure> {
+        let base = self.text(&self.sink.base_url, subject, "base_url")?;
+        let path = self.text(&self.sink.path, subject, "path")?;
+        let joined = if path.is_empty() {
+            base
+        } else {
+            format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            )
+        };
+        let mut url = Url::parse(&joined).map_err(|_| HttpFailure::Url(joined.clone()))?;
+        if !self.sink.query.is_empty() {
+            let mut pairs = Vec::new();
+            for (name, value) in &self.sink.query {
+                pairs.push((name.as_str(), self.text(value, subject, "query")?));
+            }
+            url.query_pairs_mut().extend_pairs(pairs);
+        }
+        if let HttpAuth::ApiKey {
+            location: ApiKeyLocation::Query,
+            name,
+            value,
+        } = &self.sink.auth
+        {
+            url.query_pairs_mut().append_pair(name, value.expose());
+        }
+        Ok(url)
+    }
+
+    fn request(
+        &self,
+        subject: &Subject,
+        body: &Body,
+        token: Option<&Secret>,
+    ) -> Result<reqwest::RequestBuilder, HttpFailure> {
+        let mut req = self
+            .http
+            .request(self.sink.method.clone(), self.url(subject)?)
+            .header(header::CONTENT_TYPE, body.1)
+            .body(body.0.clone());
+        for (name, value) in &self.sink.headers {
+            req = req.header(name.as_str(), self.text(value, subject, "headers")?);
+        }
+        req = match (&self.sink.auth, token) {
+            (
+                HttpAuth::ApiKey {
+                    location: ApiKeyLocation::Header,
+                    name,
+                    value,
+                },
+                _,
+            ) => req.header(name.as_str(), value.expose()),
+            (HttpAuth::Bearer(t), _) | (HttpAuth::OAuth2(_), Some(t)) => {
+                req.bearer_auth(t.expose())
+            }
+            (HttpAuth::Basic { username, password }, _) => {
+                req.basic_auth(username, Some(password.expose()))
+            }
+            _ => req,
+        };
+        Ok(req)
+    }
+
+    async fn token(&self) -> Result<Option<Secret>, HttpFailure> {
+        match &self.tokens {
+            None => Ok(None),
+            Some(t) => Ok(Some(t.token().await?)),
+        }
+    }
+
+    /// Sends one request and judges its response. With OAuth, a 401 drops the token and the
+    /// request is sent once more with a fresh one.
+    async fn send(&self, subject: &Subject, body: Body) -> Result<(), HttpFailure> {
+        let transport = |source: reqwest::Error| HttpFailure::Transport {
+            source: source.without_url(),
+        };
+        let token = self.token().await?;
+        let sent = self.request(subject, &body, token.as_ref())?.send().await;
+        self.observe
+            .call("request", sent.as_ref().ok().map(|r| r.status().as_u16()));
+        let mut resp = sent.map_err(transport)?;
+        if let (Some(tokens), Some(old)) = (&self.tokens, &token)
+            && resp.status() == StatusCode::UNAUTHORIZED
+        {
+            tracing::info!("oauth token refused, fetching a new one");
+            tokens.reject(old).await;
+            let token = self.token().await?;
+            let sent = self.request(subject, &body, token.as_ref())?.send().await;
+            self.observe
+                .call("request", sent.as_ref().ok().map(|r| r.status().as_u16()));
+            resp = sent.map_err(transport)?;
+        }
+        self.judge(subject, resp).await
+    }
+
+    async fn judge(&self, subject: &Subject, resp: Response) -> Result<(), HttpFailure> {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let headers: Vec<(String, Value)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                )
+            })
+            .collect();
+        let is_json = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let text = resp.text().await.unwrap_or_default();
+        let Some(rule) = &self.sink.success else {
+            if status.is_success() {
+                return Ok(());
+            }
+            return Err(HttpFailure::Status {
+                status: status.as_u16(),
+                body: shorten(&text),
+                retry_after,
+            });
+        };
+        let body_value = if is_json || text.trim_start().starts_with(['{', '[']) {
+            serde_json::from_str(&text)
+                .map(expr::json_value)
+                .unwrap_or_else(|_| Value::from(text.clone()))
+        } else {
+            Value::from(text.clone())
+        };
+        let response = expr::map_value([
+            ("status", Value::Int(i64::from(status.as_u16()))),
+            (
+                "headers",
+                expr::map_value(headers.iter().map(|(k, v)| (k.as_str(), v.clone()))),
+            ),
+            ("body", body_value),
+        ]);
+        let mut vars = subject.vars_with(&self.pipeline);
+        vars.push(("response", &response));
+        match rule.eval_bool(&vars) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HttpFailure::Rule {
+                status: status.as_u16(),
+                body: shorten(&text),
+            }),
+            Err(source) => Err(HttpFailure::RuleError {
+                status: status.as_u16(),
+                source,
+            }),
+        }
+    }
+}
+
+impl Subject {
+    fn vars(&self) -> Vec<(&str, &Value)> {
+        let mut v = vec![("rows", &self.rows_value)];
+        if let Some(row) = &self.row_value {
+            v.push(("row", row));
+        }
+        v
+    }
+
+    fn vars_with<'a>(&'a self, pipeline: &'a Value) -> Vec<(&'a str, &'a Value)> {
+        let mut v = self.vars();
+        v.push(("pipeline", pipeline));
+        v
+    }
+}
+
+/// At most 2 KiB of a response body, for logs and run reports.
+fn shorten(text: &str) -> String {
+    if text.len() <= 2048 {
+        return text.to_owned();
+    }
+    let cut = (0..=2048)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…", &text[..cut])
+}
