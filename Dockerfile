@@ -10,17 +10,18 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin weir \
+    && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin weir \
     && mkdir -p /data /etc/weir && chown weir:weir /data
 COPY --from=build /src/target/release/weir /usr/local/bin/weir
-COPY config/weir.toml /etc/weir/weir.toml
+COPY deploy/docker/weir.toml /etc/weir/weir.toml
 USER weir
 WORKDIR /data
 VOLUME ["/data"]
 ENV WEIR_CONFIG=/etc/weir/weir.toml
-EXPOSE 8080
+# 8080: webhooks; 9090: admin API, /healthz, /readyz, /metrics.
+EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
-  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+  CMD curl -fsS http://127.0.0.1:9090/healthz || exit 1
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/weir"]
 CMD ["serve"]

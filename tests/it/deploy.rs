@@ -1,0 +1,176 @@
+//! The deploy files, checked structurally: the Kubernetes manifests agree with each other
+//! and with the config they carry, the container config loads, and the systemd unit keeps
+//! the shutdown protocol's time.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+use weir::config::{Config, QueueConfig};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every YAML document of every manifest, by kind.
+fn manifests() -> HashMap<String, Vec<Value>> {
+    let mut by_kind: HashMap<String, Vec<Value>> = HashMap::new();
+    let dir = root().join("deploy/kubernetes");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let kind = v["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: a document without kind", path.display()));
+            by_kind.entry(kind.to_owned()).or_default().push(v);
+        }
+    }
+    by_kind
+}
+
+fn port_of(addr: &std::net::SocketAddr) -> u64 {
+    u64::from(addr.port())
+}
+
+#[test]
+fn the_kubernetes_manifests_are_consistent_with_their_config() {
+    let m = manifests();
+    let secret = &m["Secret"][0];
+    let env: HashMap<String, String> = secret["stringData"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let toml = m["ConfigMap"][0]["data"]["weir.toml"].as_str().unwrap();
+    // Every ${VAR} the config uses is provided by the Secret.
+    let config = Config::load(toml, &env).unwrap_or_else(|e| panic!("configmap weir.toml:\n{e}"));
+    assert!(
+        matches!(config.pipelines[0].queue, QueueConfig::Disk { .. }),
+        "the spool is on disk"
+    );
+    assert_eq!(config.data_dir, Path::new("/data"));
+    let admin = config.admin.as_ref().expect("admin api configured");
+
+    let sts = &m["StatefulSet"][0];
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let ports: HashMap<&str, u64> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports["http"], port_of(&config.server.listen));
+    assert_eq!(ports["admin"], port_of(&admin.listen));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(
+        container["envFrom"][0]["secretRef"]["name"],
+        secret["metadata"]["name"]
+    );
+    assert!(container["resources"]["requests"].is_object());
+    assert!(pod["securityContext"]["runAsNonRoot"].as_bool().unwrap());
+
+    // The spool is on a PersistentVolumeClaim mounted where data_dir points.
+    let claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == claim)
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/data");
+
+    // SIGTERM comes after preStop; the pod must live through preStop plus shutdown_grace.
+    let pre_stop: u64 = container["lifecycle"]["preStop"]["exec"]["command"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        grace > pre_stop + config.server.shutdown_grace.as_secs(),
+        "terminationGracePeriodSeconds {grace} too short"
+    );
+
+    // Services point at the named ports, and kustomize lists every file.
+    for svc in &m["Service"] {
+        for p in svc["spec"]["ports"].as_array().unwrap() {
+            assert!(
+                ports.contains_key(p["targetPort"].as_str().unwrap()),
+                "{svc}"
+            );
+        }
+    }
+    let listed: Vec<&str> = m["Kustomization"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for file in [
+        "configmap.yaml",
+        "secret.yaml",
+        "service.yaml",
+        "statefulset.yaml",
+    ] {
+        assert!(listed.contains(&file), "kustomization lists {file}");
+    }
+}
+
+#[test]
+fn the_container_config_loads_and_matches_the_dockerfile() {
+    let text = std::fs::read_to_string(root().join("deploy/docker/weir.toml")).unwrap();
+    let config = Config::load(&text, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let expose = dockerfile
+        .lines()
+        .find(|l| l.starts_with("EXPOSE"))
+        .unwrap();
+    for addr in [config.server.listen, config.admin.unwrap().listen] {
+        assert!(
+            addr.ip().is_unspecified(),
+            "{addr} must listen on all interfaces in a container"
+        );
+        assert!(
+            expose.contains(&addr.port().to_string()),
+            "{expose} exposes {addr}"
+        );
+    }
+    assert!(dockerfile.contains("COPY deploy/docker/weir.toml /etc/weir/weir.toml"));
+    assert!(dockerfile.contains("USER weir"));
+}
+
+#[test]
+fn the_systemd_unit_checks_the_config_and_outlives_the_grace_period() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/weir.service")).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert_eq!(value("ExecStartPre"), "/usr/local/bin/weir check");
+    assert_eq!(value("StateDirectory"), "weir");
+    assert_eq!(value("Restart"), "on-failure");
+    assert_eq!(value("ProtectSystem"), "strict");
+    assert_eq!(value("NoNewPrivileges"), "yes");
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    assert!(
+        stop > 30,
+        "TimeoutStopSec must exceed the default shutdown_grace of 30s"
+    );
+}
