@@ -10,3 +10,4 @@ mod emulator;
 mod helpers;
 mod ingest;
 mod outbound;
+mod spool;
