@@ -246,9 +246,9 @@ impl TestEmulator {
     }
 }
 
-/// A pipeline config delivering to `emulator_url`; `pipeline_extra` goes in the pipeline
-/// table, `sink_extra` in the sink table.
-pub fn delivery_config(emulator_url: &str, pipeline_extra: &str, sink_extra: &str) -> String {
+/// The `[server]` table and a pipeline "orders" that only runs when flushed, up to its
+/// `[pipelines.sink]` line; `pipeline_extra` goes in the pipeline table.
+pub fn orders_pipeline(pipeline_extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -264,13 +264,22 @@ retry_max_interval = "1h"
 {pipeline_extra}
 
 [pipelines.sink]
-kind = "celonis"
+"#
+    )
+}
+
+/// A pipeline config delivering to `emulator_url`; `pipeline_extra` goes in the pipeline
+/// table, `sink_extra` in the sink table.
+pub fn delivery_config(emulator_url: &str, pipeline_extra: &str, sink_extra: &str) -> String {
+    format!(
+        r#"{}kind = "celonis"
 url = "{emulator_url}"
 data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
 target_name = "orders"
 app_key = "test-key"
 {sink_extra}
-"#
+"#,
+        orders_pipeline(pipeline_extra)
     )
 }
 

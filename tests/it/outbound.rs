@@ -19,7 +19,7 @@ use weir::emulator::EmulatorConfig;
 use weir::schedule::Outcome;
 use weir::sink::oauth::{FetchToken, OAuthError, Token, TokenSource};
 
-use crate::helpers::{TestEmulator, delivery_config, spawn_app, spawn_emulator};
+use crate::helpers::{TestEmulator, delivery_config, orders_pipeline, spawn_app, spawn_emulator};
 
 const DATA_PUSH: &str = "integration.data-pools:data_push";
 
@@ -364,24 +364,8 @@ async fn spawn_server() -> TestServer {
 /// `base_url`.
 fn http_config(server: &TestServer, pipeline_extra: &str, sink: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[[pipelines]]
-name = "orders"
-queue_capacity = 1000
-schedule = "1h"
-retry_initial = "1h"
-retry_max_interval = "1h"
-{pipeline_extra}
-
-[pipelines.sink]
-kind = "http"
-base_url = "{}"
-{sink}
-"#,
+        "{}kind = \"http\"\nbase_url = \"{}\"\n{sink}\n",
+        orders_pipeline(pipeline_extra),
         server.base
     )
 }
