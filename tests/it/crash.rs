@@ -53,6 +53,17 @@ impl Weir {
         }
     }
 
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+
     fn kill(mut self) {
         self.child.kill().expect("SIGKILL sent");
         self.child.wait().unwrap();
@@ -182,4 +193,33 @@ async fn every_row_that_got_a_202_survives_sigkill_and_is_delivered_once_in_orde
             "sender {s} out of order: {mine:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn sigterm_stops_weir_gracefully_with_exit_0_and_no_row_is_lost() {
+    let emu = spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &emu);
+    let weir = Weir::start(&config);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = client
+        .post(format!("{}/hooks/orders", weir.base))
+        .header("content-type", "application/json")
+        .body(r#"[{"id":"a"},{"id":"b"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status = weir.terminate();
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+    // The rows were on disk: the next start delivers them.
+    let _weir = Weir::start(&config);
+    wait_until(15, "the rows after the restart", || async {
+        emu.column("orders", "id").await == ["a", "b"]
+    })
+    .await;
 }

@@ -401,3 +401,16 @@ async fn shutdown_lets_a_running_delivery_finish_first() {
     assert_eq!(flush.await.unwrap().unwrap().outcome, Outcome::Delivered);
     assert!(pipeline.queue.peek(10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn drain_on_shutdown_makes_one_last_delivery_from_the_memory_queue() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(&emu.base, "drain_on_shutdown = true", "")).await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"}]"#).await;
+    assert!(
+        emu.jobs().await.is_empty(),
+        "nothing delivered before shutdown"
+    );
+    app.shutdown().await;
+    assert_eq!(emu.column("orders", "id").await, ["1", "2"]);
+}
