@@ -9,10 +9,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{Config, EmulatorSettings, QueueConfig};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ingest::{self, IngestState};
+use crate::listener;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
@@ -81,21 +83,24 @@ impl App {
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
         let ingest_addr = listener.local_addr()?;
-        let state = IngestState::new(&pipelines, config.server.max_body_bytes, stopping.clone());
+        let state = IngestState::new(
+            &pipelines,
+            config.server.max_body_bytes,
+            config.server.limits.clone(),
+            stopping.clone(),
+        );
         let router = ingest::router(state);
-        let stop = stop_servers.clone();
-        servers.spawn(async move {
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "ingest listener failed");
-            }
-        });
-        tracing::info!(listen = %ingest_addr, pipelines = pipelines.len(), "weir started");
+        let settings = listener::Settings::from_limits(&config.server.limits)?;
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        servers.spawn(
+            listener::serve(listener, router, settings, stop_servers.clone())
+                .instrument(tracing::info_span!("ingest listener")),
+        );
+        tracing::info!(listen = %ingest_addr, scheme, pipelines = pipelines.len(), "weir started");
         Ok(App {
             ingest_addr,
             emulator_addr,

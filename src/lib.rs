@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod emulator;
 pub mod ingest;
+pub mod listener;
 pub mod pipeline;
 pub mod queue;
 pub mod row;

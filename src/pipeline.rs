@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{PipelineConfig, Schedule};
+use crate::ingest::auth::AuthFailures;
 use crate::queue::{Queue, now_ms};
 
 pub struct Pipeline {
@@ -29,6 +30,10 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub runs_ok: AtomicU64,
     pub runs_failed: AtomicU64,
+    /// Requests refused by the sender check, per reason.
+    pub auth_failures: AuthFailures,
+    /// Requests refused with 429 by the pipeline's `rate_limit`.
+    pub rate_limited: AtomicU64,
 }
 
 impl Counters {

@@ -3,12 +3,15 @@
 //!
 //! Architecture Invariant: ingest never talks to a sink; it only pushes to a pipeline's queue.
 
+pub mod auth;
+pub mod client;
 pub mod parse;
 pub mod schema;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,18 +23,25 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
-use crate::config::OnMismatch;
+use crate::config::{AuthMethod, OnMismatch, RateLimit, ServerLimits};
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::PushError;
 use crate::row::Row;
 use parse::ParseError;
 use schema::Source;
 
-/// What the ingest router needs: the pipelines by name and the body limit.
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// A pipeline as ingest sees it: the pipeline and its rate limiter, if it has one.
+type Entry = (Arc<Pipeline>, Option<Arc<Limiter>>);
+
+/// What the ingest router needs: the pipelines by name (with their rate limiters) and the
+/// request limits.
 #[derive(Clone)]
 pub struct IngestState {
-    pipelines: Arc<HashMap<String, Arc<Pipeline>>>,
+    pipelines: Arc<HashMap<String, Entry>>,
     max_body_bytes: usize,
+    limits: Arc<ServerLimits>,
     /// Cancelled when shutdown starts: new requests get 503 from then on.
     stopping: CancellationToken,
 }
@@ -40,19 +50,32 @@ impl IngestState {
     pub fn new(
         pipelines: &[Arc<Pipeline>],
         max_body_bytes: usize,
+        limits: ServerLimits,
         stopping: CancellationToken,
     ) -> IngestState {
         IngestState {
             pipelines: Arc::new(
                 pipelines
                     .iter()
-                    .map(|p| (p.name().to_owned(), p.clone()))
+                    .map(|p| {
+                        let limiter = p.config.rate_limit.map(|r| Arc::new(limiter(r)));
+                        (p.name().to_owned(), (p.clone(), limiter))
+                    })
                     .collect(),
             ),
             max_body_bytes,
+            limits: Arc::new(limits),
             stopping,
         }
     }
+}
+
+/// `count` requests per `per`, refilled evenly, in bursts of up to `count`.
+fn limiter(r: RateLimit) -> Limiter {
+    let quota = governor::Quota::with_period(r.per / r.count.get())
+        .unwrap_or_else(|| governor::Quota::per_second(r.count))
+        .allow_burst(r.count);
+    governor::RateLimiter::direct(quota)
 }
 
 /// The public listener's routes: the hooks and `/healthz`.
@@ -93,7 +116,7 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
-    let pipeline = state.pipelines.get(name).ok_or_else(|| {
+    let (pipeline, limiter) = state.pipelines.get(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_pipeline",
@@ -107,7 +130,7 @@ async fn accept(
             format!("{method} is not allowed: send rows with GET or POST"),
         ));
     }
-    let client = canonical(peer.ip());
+    let client = client::address(peer.ip(), headers, &state.limits.trusted_proxies);
     if let Some(allowed) = &pipeline.config.allow_ips
         && !allowed.iter().any(|net| net.contains(&client))
     {
@@ -121,12 +144,70 @@ async fn accept(
     if state.stopping.is_cancelled() {
         return Err(shutting_down());
     }
-    let body = read_body(body, headers, state.max_body_bytes).await?;
-    let result = rows_of(&body, uri, headers);
-    let (rows, source) = match result {
-        Ok(parsed) => parsed,
-        Err(e) => return Err(e),
-    };
+    let body = tokio::time::timeout(
+        state.limits.body_read_timeout,
+        read_body(body, headers, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        tracing::warn!(pipeline = name, client = %client, "request body too slow");
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(state.limits.body_read_timeout)
+            ),
+        )
+    })??;
+    let mut query = uri.query();
+    let stripped;
+    if let Some(auth) = &pipeline.config.auth {
+        let wire = [body.decoded.as_ref(), body.wire.as_ref()];
+        let bodies = if body.compressed {
+            &wire[..]
+        } else {
+            &wire[..1]
+        };
+        let verdict = auth::check(
+            auth,
+            &auth::Request {
+                headers,
+                query,
+                bodies,
+                now: unix_now(),
+            },
+        );
+        if let Err(failure) = verdict {
+            pipeline.counters.auth_failures.count(failure);
+            tracing::warn!(pipeline = name, client = %client, reason = failure.reason(), "sender check failed");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the request did not pass this pipeline's sender check",
+            ));
+        }
+        if let AuthMethod::Query(param) = &auth.method {
+            stripped = auth::strip_query_param(query.unwrap_or(""), param);
+            query = Some(&stripped);
+        }
+    }
+    if let Some(limiter) = limiter
+        && let Err(not_until) = limiter.check()
+    {
+        use governor::clock::{Clock, DefaultClock};
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        Counters::add(&pipeline.counters.rate_limited, 1);
+        tracing::debug!(pipeline = name, client = %client, "rate limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this pipeline takes no more requests right now; retry after the time in Retry-After",
+        )
+        .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+    }
+    let (rows, source) = rows_of(&body.decoded, query, headers)?;
+    check_counts(&rows, &state.limits)?;
     let (rows, ignored) = apply_schema(pipeline, rows, source)?;
     let accepted = rows.len();
     if accepted > 0 {
@@ -140,13 +221,41 @@ async fn accept(
     Ok(Accepted { accepted, ignored })
 }
 
-/// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`; allowlists are written
-/// with plain IPv4 networks.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Refuses requests with more rows, or rows with more fields, than the server allows.
+fn check_counts(rows: &[Row], limits: &ServerLimits) -> Result<(), ApiError> {
+    if rows.len() > limits.max_rows_per_request {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_rows",
+            format!(
+                "the request has {} rows; at most {} are allowed (server.max_rows_per_request)",
+                rows.len(),
+                limits.max_rows_per_request
+            ),
+        ));
     }
+    if let Some((i, row)) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() > limits.max_fields_per_row)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_fields",
+            format!(
+                "row {i} has {} fields; at most {} are allowed (server.max_fields_per_row)",
+                row.len(),
+                limits.max_fields_per_row
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn shutting_down() -> ApiError {
@@ -158,13 +267,36 @@ fn shutting_down() -> ApiError {
     .retry_after(5)
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// A request body: what the parsers read and, for signatures, the bytes as sent.
+struct ReadBody {
+    decoded: Bytes,
+    wire: Bytes,
+    compressed: bool,
+}
+
+/// Reads the body within `limit` bytes, then decompresses `Content-Encoding: gzip` within
+/// `limit` bytes too, so a small gzip bomb is refused with 413 instead of filling memory.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<ReadBody, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("request body is larger than the {limit} bytes allowed"),
         )
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    let compressed = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding \"{other}\" is not supported: send identity or gzip"),
+            ));
+        }
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -173,7 +305,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let wire = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let length_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if length_limit {
@@ -185,14 +317,71 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
                 format!("could not read the request body: {e}"),
             )
         }
-    })
+    })?;
+    if !compressed {
+        return Ok(ReadBody {
+            decoded: wire.clone(),
+            wire,
+            compressed,
+        });
+    }
+    let input = wire.clone();
+    let decoded = tokio::task::spawn_blocking(move || gunzip(&input, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "decompressing the body failed",
+            )
+        })?;
+    match decoded {
+        Gunzip::Ok(decoded) => Ok(ReadBody {
+            decoded: decoded.into(),
+            wire,
+            compressed,
+        }),
+        Gunzip::TooLarge => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the {limit} bytes allowed once decompressed"),
+        )),
+        Gunzip::Invalid(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            format!("the body is not valid gzip: {e}"),
+        )),
+    }
 }
 
-fn rows_of(body: &[u8], uri: &Uri, headers: &HeaderMap) -> Result<(Vec<Row>, Source), ApiError> {
+enum Gunzip {
+    Ok(Vec<u8>),
+    TooLarge,
+    Invalid(std::io::Error),
+}
+
+/// Decompresses at most `limit + 1` bytes: reading one byte past the limit is how we know
+/// the body is too large, without ever holding more.
+fn gunzip(input: &[u8], limit: usize) -> Gunzip {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let reader = flate2::read::MultiGzDecoder::new(input);
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Gunzip::TooLarge,
+        Ok(_) => Gunzip::Ok(out),
+        Err(e) => Gunzip::Invalid(e),
+    }
+}
+
+fn rows_of(
+    body: &[u8],
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Vec<Row>, Source), ApiError> {
     let bad =
         |e: ParseError| ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string());
     if body.is_empty() {
-        let query = uri.query().unwrap_or("");
+        let query = query.unwrap_or("");
         let row = parse::form(query.as_bytes(), "query string").map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.to_string())
         })?;
