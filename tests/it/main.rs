@@ -6,3 +6,4 @@ mod delivery;
 mod emulator;
 mod helpers;
 mod ingest;
+mod security;
