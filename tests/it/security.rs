@@ -833,3 +833,161 @@ async fn tls_serves_hooks_with_the_configured_certificate() {
         "plain HTTP is not served"
     );
 }
+
+const TOKEN: &str = "tok-SECRET-4711";
+const HMAC_SECRET: &str = "hmac-SECRET-0815";
+const WRONG_TOKEN: &str = "tok-WRONG-1234";
+
+/// Two pipelines: "orders" with a token from `${ORDERS_TOKEN}`, "github" with an HMAC
+/// secret from a file.
+fn secret_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let secret_file = dir.join("github.secret");
+    std::fs::write(&secret_file, format!("{HMAC_SECRET}\n")).unwrap();
+    let text = config(
+        "",
+        "[pipelines.auth]\nkind = \"token\"\nheader = \"X-Api-Key\"\nsecret = \"${ORDERS_TOKEN}\"\n",
+    ) + &format!(
+        r#"
+[[pipelines]]
+name = "github"
+schedule = "1h"
+
+[pipelines.auth]
+kind = "hmac"
+preset = "github"
+secret_file = "{}"
+
+[pipelines.sink]
+kind = "celonis"
+url = "http://127.0.0.1:9"
+data_pool_id = "pool-1"
+target_name = "github"
+app_key = "test-key"
+"#,
+        secret_file.display()
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn weir_check_masks_every_sender_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_config(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("ORDERS_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(
+        stdout.contains("auth: token in header x-api-key, 1 secret ***"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("auth: hmac github, 1 secret ***"),
+        "{stdout}"
+    );
+    for secret in [TOKEN, HMAC_SECRET] {
+        assert!(!all.contains(secret), "{secret} leaked into:\n{all}");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_config(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .env("ORDERS_TOKEN", TOKEN)
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let listen = loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .expect("weir logs that it started");
+        log.push(line.clone());
+        if line.contains("weir started")
+            && let Some(at) = line.find("listen=")
+        {
+            break line[at + 7..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post = |pipeline: &str, headers: Vec<(&'static str, String)>| {
+        let mut req = client
+            .post(format!("http://{listen}/hooks/{pipeline}"))
+            .header("content-type", "application/json")
+            .body(BODY);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        post("orders", vec![("x-api-key", TOKEN.to_owned())]).await,
+        202
+    );
+    assert_eq!(
+        post("orders", vec![("x-api-key", WRONG_TOKEN.to_owned())]).await,
+        401
+    );
+    assert_eq!(
+        post(
+            "github",
+            vec![(
+                "x-hub-signature-256",
+                format!(
+                    "sha256={}",
+                    hex::encode(hmac_sha256(HMAC_SECRET.as_bytes(), b"other"))
+                )
+            )]
+        )
+        .await,
+        401
+    );
+    let good = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(HMAC_SECRET.as_bytes(), BODY.as_bytes()))
+    );
+    assert_eq!(
+        post("github", vec![("x-hub-signature-256", good.clone())]).await,
+        202
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    log.extend(lines_rx.iter());
+    let log = log.join("\n");
+    assert!(
+        log.contains("sender check failed") && log.contains("bad_credentials"),
+        "the failures are logged with their reason:\n{log}"
+    );
+    for secret in [TOKEN, HMAC_SECRET, WRONG_TOKEN, good.as_str()] {
+        assert!(
+            !log.contains(secret),
+            "{secret} leaked into the log:\n{log}"
+        );
+    }
+}
