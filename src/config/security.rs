@@ -578,3 +578,136 @@ pub fn describe_auth(a: &AuthConfig) -> String {
     let n = a.keys.len();
     format!("{method}, {n} secret{} ***", if n == 1 { "" } else { "s" })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::super::{Config, ConfigErrors};
+    use super::*;
+
+    fn with(server: &str, pipeline: &str) -> String {
+        format!(
+            r#"
+[server]
+{server}
+
+[[pipelines]]
+name = "orders"
+{pipeline}
+
+[pipelines.sink]
+kind = "celonis"
+url = "http://127.0.0.1:9"
+data_pool_id = "pool-1"
+target_name = "orders"
+app_key = "k"
+"#
+        )
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::load(text, &HashMap::new()) {
+            Ok(_) => panic!("config should not load"),
+            Err(ConfigErrors(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_hold_when_nothing_is_set() {
+        let c = Config::load(&with("", ""), &HashMap::new()).unwrap();
+        let l = &c.server.limits;
+        assert!(l.trusted_proxies.is_empty() && l.tls.is_none());
+        assert_eq!(l.max_header_bytes, 64 * 1024);
+        assert_eq!(l.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(l.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_rows_per_request,
+                l.max_fields_per_row
+            ),
+            (1024, 10_000, 1_000)
+        );
+        assert!(c.pipelines[0].auth.is_none() && c.pipelines[0].rate_limit.is_none());
+    }
+
+    #[test]
+    fn presets_fill_the_scheme_and_rates_parse() {
+        let c = Config::load(
+            &with(
+                "",
+                "rate_limit = \"600/m\"\n[pipelines.auth]\nkind = \"hmac\"\npreset = \"stripe\"\nsecret = \"whsec_x\"\ntolerance = \"1m\"",
+            ),
+            &HashMap::new(),
+        )
+        .unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.rate_limit.unwrap().to_string(), "600/m");
+        let auth = p.auth.as_ref().unwrap();
+        let AuthMethod::Hmac(h) = &auth.method else {
+            panic!("{auth:?}")
+        };
+        assert_eq!(h.header, "stripe-signature");
+        assert_eq!(h.tolerance, Duration::from_secs(60));
+        assert_eq!(auth.keys, vec![SecretKey::new(*b"whsec_x")]);
+        assert_eq!(format!("{auth:?}").matches("***").count(), 1);
+    }
+
+    #[test]
+    fn every_auth_mistake_is_reported_with_its_key_path_and_no_secret() {
+        let errs = errors_of(&with(
+            "max_header_bytes = 100\ntrusted_proxies = [\"10.0.0.0/33\"]",
+            r#"rate_limit = "100 per second"
+[pipelines.auth]
+kind = "hmac"
+preset = "github"
+header = "X-Other"
+tolerance = "1m"
+secrets = ["whsec_!!notbase64", ""]"#,
+        ));
+        assert_eq!(
+            errs,
+            vec![
+                "server.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR",
+                "server.max_header_bytes: 100 is below the minimum of 8192",
+                "pipelines[0].auth.header: is fixed by preset = \"github\"",
+                "pipelines[0].auth.tolerance: preset \"github\" sends no timestamp",
+                "pipelines[0].auth.secrets[1]: must not be empty",
+                "pipelines[0].rate_limit: \"100 per second\" is not a rate like \"100/s\", \"600/m\" or \"5000/h\"",
+            ]
+        );
+        let errs = errors_of(&with(
+            "",
+            "[pipelines.auth]\nkind = \"hmac\"\npreset = \"standard-webhooks\"\nsecret = \"whsec_!!notbase64\"",
+        ));
+        assert_eq!(
+            errs,
+            vec![
+                "pipelines[0].auth.secret: is not a Standard Webhooks secret (\"whsec_\" followed by base64)"
+            ]
+        );
+        let errs = errors_of(&with(
+            "",
+            "[pipelines.auth]\nkind = \"token\"\nheader = \"X-A\"\nquery = \"t\"\nuser = \"u\"",
+        ));
+        assert_eq!(
+            errs,
+            vec![
+                "pipelines[0].auth.user: does not apply to kind = \"token\"",
+                "pipelines[0].auth: set header or query, not both",
+                "pipelines[0].auth: set secret, secrets or secret_file",
+            ]
+        );
+        let errs = errors_of(&with(
+            "",
+            "[pipelines.auth]\nkind = \"basic\"\nsecret_file = \"/nonexistent/weir-secret\"",
+        ));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("pipelines[0].auth.user: is required"));
+        assert!(
+            errs[1]
+                .starts_with("pipelines[0].auth.secret_file: cannot read /nonexistent/weir-secret")
+        );
+    }
+}
