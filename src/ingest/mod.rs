@@ -9,7 +9,7 @@ pub mod parse;
 pub mod schema;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
-use crate::config::{AuthMethod, OnMismatch, RateLimit, ServerLimits};
+use crate::config::{AuthConfig, AuthMethod, OnMismatch, RateLimit, ServerLimits};
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::PushError;
 use crate::row::Row;
@@ -144,6 +144,17 @@ async fn accept(
     if state.stopping.is_cancelled() {
         return Err(shutting_down());
     }
+    // Tokens and passwords are checked before the body is read; signatures need the body.
+    let signed = pipeline
+        .config
+        .auth
+        .as_ref()
+        .filter(|a| matches!(a.method, AuthMethod::Hmac(_)));
+    if let Some(auth) = &pipeline.config.auth
+        && signed.is_none()
+    {
+        sender_check(pipeline, auth, client, headers, uri.query(), &[])?;
+    }
     let body = tokio::time::timeout(
         state.limits.body_read_timeout,
         read_body(body, headers, state.max_body_bytes),
@@ -160,37 +171,20 @@ async fn accept(
             ),
         )
     })??;
-    let mut query = uri.query();
-    let stripped;
-    if let Some(auth) = &pipeline.config.auth {
+    if let Some(auth) = signed {
         let wire = [body.decoded.as_ref(), body.wire.as_ref()];
         let bodies = if body.compressed {
             &wire[..]
         } else {
             &wire[..1]
         };
-        let verdict = auth::check(
-            auth,
-            &auth::Request {
-                headers,
-                query,
-                bodies,
-                now: unix_now(),
-            },
-        );
-        if let Err(failure) = verdict {
-            pipeline.counters.auth_failures.count(failure);
-            tracing::warn!(pipeline = name, client = %client, reason = failure.reason(), "sender check failed");
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the request did not pass this pipeline's sender check",
-            ));
-        }
-        if let AuthMethod::Query(param) = &auth.method {
-            stripped = auth::strip_query_param(query.unwrap_or(""), param);
-            query = Some(&stripped);
-        }
+        sender_check(pipeline, auth, client, headers, uri.query(), bodies)?;
+    }
+    let mut query = uri.query();
+    let stripped;
+    if let Some(AuthMethod::Query(param)) = pipeline.config.auth.as_ref().map(|a| &a.method) {
+        stripped = auth::strip_query_param(query.unwrap_or(""), param);
+        query = Some(&stripped);
     }
     if let Some(limiter) = limiter
         && let Err(not_until) = limiter.check()
@@ -219,6 +213,33 @@ async fn accept(
     Counters::add(&pipeline.counters.accepted, accepted as u64);
     Counters::add(&pipeline.counters.ignored, ignored as u64);
     Ok(Accepted { accepted, ignored })
+}
+
+/// Runs the pipeline's sender check; a failure is logged and counted with its reason, and
+/// answered with a 401 that names none.
+fn sender_check(
+    pipeline: &Pipeline,
+    auth: &AuthConfig,
+    client: IpAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    bodies: &[&[u8]],
+) -> Result<(), ApiError> {
+    let request = auth::Request {
+        headers,
+        query,
+        bodies,
+        now: unix_now(),
+    };
+    auth::check(auth, &request).map_err(|failure| {
+        pipeline.counters.auth_failures.count(failure);
+        tracing::warn!(pipeline = pipeline.name(), client = %client, reason = failure.reason(), "sender check failed");
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the request did not pass this pipeline's sender check",
+        )
+    })
 }
 
 fn unix_now() -> i64 {
