@@ -233,9 +233,16 @@ impl Validator<'_> {
                 s.max_fields_per_row,
                 DEFAULT_MAX_FIELDS_PER_ROW,
             ),
-            tls: s.tls.as_ref().map(|t| TlsFiles {
-                cert: PathBuf::from(&t.cert),
-                key: PathBuf::from(&t.key),
+            tls: s.tls.as_ref().map(|t| {
+                for (key, file) in [("cert", &t.cert), ("key", &t.key)] {
+                    if !std::path::Path::new(file).is_file() {
+                        self.error(format!("server.tls.{key}"), format!("{file} is not a file"));
+                    }
+                }
+                TlsFiles {
+                    cert: PathBuf::from(&t.cert),
+                    key: PathBuf::from(&t.key),
+                }
             }),
         }
     }
@@ -697,6 +704,17 @@ secrets = ["whsec_!!notbase64", ""]"#,
                 "pipelines[0].auth.user: does not apply to kind = \"token\"",
                 "pipelines[0].auth: set header or query, not both",
                 "pipelines[0].auth: set secret, secrets or secret_file",
+            ]
+        );
+        let errs = errors_of(&with(
+            "tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }",
+            "",
+        ));
+        assert_eq!(
+            errs,
+            vec![
+                "server.tls.cert: /nonexistent/c.pem is not a file",
+                "server.tls.key: /nonexistent/k.pem is not a file",
             ]
         );
         let errs = errors_of(&with(

@@ -566,6 +566,25 @@ async fn behind_a_trusted_proxy_allow_ips_checks_the_forwarded_client() {
 }
 
 #[tokio::test]
+async fn the_method_and_the_address_are_checked_before_the_sender() {
+    let app = spawn_app(&config(
+        "",
+        "allow_ips = [\"198.51.100.7\"]\n[pipelines.auth]\nkind = \"token\"\nsecret = \"t\"",
+    ))
+    .await;
+    let resp = app
+        .client
+        .put(app.url("/hooks/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(app.post_with("/hooks/orders", &[], BODY).await, 403);
+    assert_eq!(app.post_with("/hooks/nope", &[], BODY).await, 404);
+    assert_eq!(app.auth_failures(Failure::Missing), 0);
+}
+
+#[tokio::test]
 async fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
     let app = spawn_app(&config("", r#"allow_ips = ["198.51.100.7"]"#)).await;
     let spoof = vec![("x-forwarded-for", "198.51.100.7".to_owned())];
