@@ -500,3 +500,24 @@ fn push_error(pipeline: &Pipeline, e: PushError) -> ApiError {
         PushError::Closed => shutting_down(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_allows_exactly_the_limit_and_not_one_byte_more() {
+        assert!(matches!(gunzip(&gz(&[b'a'; 100]), 100), Gunzip::Ok(v) if v.len() == 100));
+        assert!(matches!(gunzip(&gz(&[b'a'; 101]), 100), Gunzip::TooLarge));
+        assert!(matches!(gunzip(b"plain", 100), Gunzip::Invalid(_)));
+        let two_members = [gz(b"ab"), gz(b"cd")].concat();
+        assert!(matches!(gunzip(&two_members, 100), Gunzip::Ok(v) if v == b"abcd"));
+    }
+}
