@@ -9,11 +9,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, EmulatorSettings, QueueConfig};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ingest::{self, IngestState};
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
@@ -148,24 +150,23 @@ impl App {
         let state = IngestState::new(
             &pipelines,
             config.server.max_body_bytes,
+            config.server.limits.clone(),
             stopping.clone(),
             metrics.clone(),
         );
         let router = ingest::router(state);
-        let stop = stop_servers.clone();
-        servers.spawn(async move {
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "ingest listener failed");
-            }
-        });
+        let settings = listener::Settings::from_limits(&config.server.limits)?;
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        servers.spawn(
+            listener::serve(listener, router, settings, stop_servers.clone())
+                .instrument(tracing::info_span!("ingest listener")),
+        );
         readiness.set(true);
-        tracing::info!(listen = %ingest_addr, pipelines = pipelines.len(), "weir started");
+        tracing::info!(listen = %ingest_addr, scheme, pipelines = pipelines.len(), "weir started");
         Ok(App {
             ingest_addr,
             admin_addr,

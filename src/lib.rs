@@ -8,6 +8,7 @@ pub mod dead_letter;
 pub mod emulator;
 pub mod expr;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;

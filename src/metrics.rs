@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::ingest::auth::Failure;
 use crate::pipeline::{Counters, Pipeline, State};
 use crate::queue::now_ms;
 use crate::sink::budget::Budgets;
@@ -172,6 +173,7 @@ impl Collector for PipelineCollector {
         let mut states = Vec::new();
         let mut fsyncs = Vec::new();
         let mut fsync_secs = Vec::new();
+        let mut auth = Vec::new();
         let now = now_ms();
         for p in &self.pipelines {
             let c = &p.counters;
@@ -188,6 +190,17 @@ impl Collector for PipelineCollector {
                     },
                     ConstCounter::new(Counters::get(counter)),
                 ));
+            }
+            if p.config.auth.is_some() {
+                for f in Failure::ALL {
+                    auth.push((
+                        RefusedLabels {
+                            pipeline: name.clone(),
+                            reason: f.reason(),
+                        },
+                        ConstCounter::new(c.auth_failures.get(f)),
+                    ));
+                }
             }
             for (reason, n) in c.refused() {
                 refused.push((

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{PipelineConfig, Schedule};
+use crate::ingest::auth::AuthFailures;
 use crate::queue::{Queue, now_ms};
 
 pub struct Pipeline {
@@ -38,6 +39,10 @@ pub struct Counters {
     pub removed: AtomicU64,
     /// Requests refused, by error code (a small, fixed set of codes).
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests refused by the sender check, per reason.
+    pub auth_failures: AuthFailures,
+    /// Requests refused with 429 by the pipeline's `rate_limit`.
+    pub rate_limited: AtomicU64,
 }
 
 impl Counters {

@@ -19,6 +19,22 @@ pub fn describe(c: &Config) -> String {
         c.server.max_body_bytes,
         humantime::format_duration(c.server.shutdown_grace)
     );
+    let l = &c.server.limits;
+    let proxies: Vec<String> = l.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    let _ = writeln!(
+        w,
+        "server limits: headers {} bytes within {}, body read timeout {}, {} connections, {} rows per request, {} fields per row, trusted proxies [{}], tls {}",
+        l.max_header_bytes,
+        humantime::format_duration(l.header_read_timeout),
+        humantime::format_duration(l.body_read_timeout),
+        l.max_connections,
+        l.max_rows_per_request,
+        l.max_fields_per_row,
+        proxies.join(", "),
+        l.tls
+            .as_ref()
+            .map_or("off".to_owned(), |t| format!("cert {}", t.cert.display()))
+    );
     if let Some(e) = &c.emulator {
         let db = e
             .database
@@ -56,6 +72,12 @@ pub fn describe(c: &Config) -> String {
                 let list: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
                 let _ = writeln!(w, "  allow_ips: {}", list.join(", "));
             }
+        }
+        if let Some(a) = &p.auth {
+            let _ = writeln!(w, "  auth: {}", super::describe_auth(a));
+        }
+        if let Some(r) = &p.rate_limit {
+            let _ = writeln!(w, "  rate limit: {r}");
         }
         match &p.queue {
             QueueConfig::Memory { max_bytes } => {

@@ -10,6 +10,12 @@ mod outbound;
 
 pub use describe::describe;
 mod raw;
+mod security;
+
+pub use security::{
+    AuthConfig, AuthMethod, HmacAlgorithm, HmacConfig, HmacPreset, RateLimit, SecretKey,
+    ServerLimits, SignatureEncoding, TlsFiles, describe_auth,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -109,6 +115,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Trusted proxies, header and time limits, connection cap, TLS.
+    pub limits: ServerLimits,
 }
 
 /// The admin API's listener and its bearer tokens.
@@ -185,6 +193,9 @@ pub struct PipelineConfig {
     pub filter: Option<Expr>,
     pub columns: Vec<Column>,
     pub sink: SinkConfig,
+    /// `None`: any sender that passes `allow_ips` may post.
+    pub auth: Option<AuthConfig>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -440,24 +451,19 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         .data_dir
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("data"));
-    let server = match raw.server {
-        Some(s) => ServerConfig {
-            listen: v.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
-            max_body_bytes: v
-                .size(
-                    "server.max_body_bytes",
-                    s.max_body_bytes.as_ref(),
-                    1024 * 1024,
-                )
-                .try_into()
-                .unwrap_or(usize::MAX),
-            shutdown_grace: v.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), 30),
-        },
-        None => ServerConfig {
-            listen: "127.0.0.1:8080".parse().expect("constant address parses"),
-            max_body_bytes: 1024 * 1024,
-            shutdown_grace: Duration::from_secs(30),
-        },
+    let s = raw.server.unwrap_or_default();
+    let server = ServerConfig {
+        listen: v.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
+        max_body_bytes: v
+            .size(
+                "server.max_body_bytes",
+                s.max_body_bytes.as_ref(),
+                1024 * 1024,
+            )
+            .try_into()
+            .unwrap_or(usize::MAX),
+        shutdown_grace: v.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), 30),
+        limits: v.server_limits(&s),
     };
     let admin = raw.admin.map(|a| {
         let listen = v.addr("admin.listen", a.listen.as_deref(), "127.0.0.1:9090");
@@ -725,6 +731,10 @@ impl Validator<'_> {
             .filter
             .and_then(|f| self.expr(&format!("{path}.filter"), &f, &["row", "pipeline"]));
         let sink = self.sink(&format!("{path}.sink"), p.sink, &columns, schema.as_ref());
+        let auth = p.auth.and_then(|a| self.auth(&format!("{path}.auth"), a));
+        let rate_limit = p
+            .rate_limit
+            .and_then(|r| self.rate_limit(&format!("{path}.rate_limit"), &r));
         PipelineConfig {
             name: p.name,
             allow_ips,
@@ -742,6 +752,8 @@ impl Validator<'_> {
             filter,
             columns,
             sink,
+            auth,
+            rate_limit,
         }
     }
 

@@ -14,12 +14,27 @@ pub struct RawConfig {
     pub pipelines: Vec<RawPipeline>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<String>,
     pub max_body_bytes: Option<ByteSize>,
     pub shutdown_grace: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub max_header_bytes: Option<ByteSize>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_rows_per_request: Option<i64>,
+    pub max_fields_per_row: Option<i64>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +90,29 @@ pub struct RawPipeline {
     #[serde(default)]
     pub columns: Vec<RawColumn>,
     pub sink: RawSink,
+    pub auth: Option<RawSenderAuth>,
+    pub rate_limit: Option<String>,
+}
+
+/// `[pipelines.auth]`: which keys apply depends on `kind` (and `preset`); the validator
+/// reports keys that do not apply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSenderAuth {
+    pub kind: String,
+    pub header: Option<String>,
+    pub query: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub secret: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub secret_file: Option<String>,
+    pub preset: Option<String>,
+    pub algorithm: Option<String>,
+    pub encoding: Option<String>,
+    pub prefix: Option<String>,
+    pub timestamp_header: Option<String>,
+    pub tolerance: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,12 +3,15 @@
 //!
 //! Architecture Invariant: ingest never talks to a sink; it only pushes to a pipeline's queue.
 
+pub mod auth;
+pub mod client;
 pub mod parse;
 pub mod schema;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,7 +23,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
-use crate::config::OnMismatch;
+use crate::config::{AuthConfig, AuthMethod, OnMismatch, RateLimit, ServerLimits};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::PushError;
@@ -28,11 +31,18 @@ use crate::row::Row;
 use parse::ParseError;
 use schema::Source;
 
-/// What the ingest router needs: the pipelines by name and the body limit.
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// A pipeline as ingest sees it: the pipeline and its rate limiter, if it has one.
+type Entry = (Arc<Pipeline>, Option<Arc<Limiter>>);
+
+/// What the ingest router needs: the pipelines by name (with their rate limiters) and the
+/// request limits.
 #[derive(Clone)]
 pub struct IngestState {
-    pipelines: Arc<HashMap<String, Arc<Pipeline>>>,
+    pipelines: Arc<HashMap<String, Entry>>,
     max_body_bytes: usize,
+    limits: Arc<ServerLimits>,
     /// Cancelled when shutdown starts: new requests get 503 from then on.
     stopping: CancellationToken,
     metrics: Arc<Metrics>,
@@ -42,6 +52,7 @@ impl IngestState {
     pub fn new(
         pipelines: &[Arc<Pipeline>],
         max_body_bytes: usize,
+        limits: ServerLimits,
         stopping: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> IngestState {
@@ -49,14 +60,26 @@ impl IngestState {
             pipelines: Arc::new(
                 pipelines
                     .iter()
-                    .map(|p| (p.name().to_owned(), p.clone()))
+                    .map(|p| {
+                        let limiter = p.config.rate_limit.map(|r| Arc::new(limiter(r)));
+                        (p.name().to_owned(), (p.clone(), limiter))
+                    })
                     .collect(),
             ),
             max_body_bytes,
+            limits: Arc::new(limits),
             stopping,
             metrics,
         }
     }
+}
+
+/// `count` requests per `per`, refilled evenly, in bursts of up to `count`.
+fn limiter(r: RateLimit) -> Limiter {
+    let quota = governor::Quota::with_period(r.per / r.count.get())
+        .unwrap_or_else(|| governor::Quota::per_second(r.count))
+        .allow_burst(r.count);
+    governor::RateLimiter::direct(quota)
 }
 
 /// The public listener's routes: the hooks and `/healthz`.
@@ -86,7 +109,7 @@ async fn hook(
         Ok(a) => (StatusCode::ACCEPTED, axum::Json(a)).into_response(),
         Err(e) => {
             match state.pipelines.get(&name) {
-                Some(p) => p.counters.refuse(e.code),
+                Some((p, _)) => p.counters.refuse(e.code),
                 None => {
                     state.metrics.unknown_pipeline_requests.inc();
                 }
@@ -105,7 +128,7 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
-    let pipeline = state.pipelines.get(name).ok_or_else(|| {
+    let (pipeline, limiter) = state.pipelines.get(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_pipeline",
@@ -119,7 +142,7 @@ async fn accept(
             format!("{method} is not allowed: send rows with GET or POST"),
         ));
     }
-    let client = canonical(peer.ip());
+    let client = client::address(peer.ip(), headers, &state.limits.trusted_proxies);
     if let Some(allowed) = &pipeline.config.allow_ips
         && !allowed.iter().any(|net| net.contains(&client))
     {
@@ -133,12 +156,64 @@ async fn accept(
     if state.stopping.is_cancelled() {
         return Err(shutting_down());
     }
-    let body = read_body(body, headers, state.max_body_bytes).await?;
-    let result = rows_of(&body, uri, headers);
-    let (rows, source) = match result {
-        Ok(parsed) => parsed,
-        Err(e) => return Err(e),
-    };
+    // Tokens and passwords are checked before the body is read; signatures need the body.
+    let signed = pipeline
+        .config
+        .auth
+        .as_ref()
+        .filter(|a| matches!(a.method, AuthMethod::Hmac(_)));
+    if let Some(auth) = &pipeline.config.auth
+        && signed.is_none()
+    {
+        sender_check(pipeline, auth, client, headers, uri.query(), &[])?;
+    }
+    let body = tokio::time::timeout(
+        state.limits.body_read_timeout,
+        read_body(body, headers, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        tracing::warn!(pipeline = name, client = %client, "request body too slow");
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(state.limits.body_read_timeout)
+            ),
+        )
+    })??;
+    if let Some(auth) = signed {
+        let wire = [body.decoded.as_ref(), body.wire.as_ref()];
+        let bodies = if body.compressed {
+            &wire[..]
+        } else {
+            &wire[..1]
+        };
+        sender_check(pipeline, auth, client, headers, uri.query(), bodies)?;
+    }
+    let mut query = uri.query();
+    let stripped;
+    if let Some(AuthMethod::Query(param)) = pipeline.config.auth.as_ref().map(|a| &a.method) {
+        stripped = auth::strip_query_param(query.unwrap_or(""), param);
+        query = Some(&stripped);
+    }
+    if let Some(limiter) = limiter
+        && let Err(not_until) = limiter.check()
+    {
+        use governor::clock::{Clock, DefaultClock};
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        Counters::add(&pipeline.counters.rate_limited, 1);
+        tracing::debug!(pipeline = name, client = %client, "rate limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this pipeline takes no more requests right now; retry after the time in Retry-After",
+        )
+        .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+    }
+    let (rows, source) = rows_of(&body.decoded, query, headers)?;
+    check_counts(&rows, &state.limits)?;
     let (rows, ignored) = apply_schema(pipeline, rows, source)?;
     let (rows, filtered) = apply_filter(pipeline, rows);
     let ignored = ignored + filtered;
@@ -154,13 +229,68 @@ async fn accept(
     Ok(Accepted { accepted, ignored })
 }
 
-/// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`; allowlists are written
-/// with plain IPv4 networks.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
+/// Runs the pipeline's sender check; a failure is logged and counted with its reason, and
+/// answered with a 401 that names none.
+fn sender_check(
+    pipeline: &Pipeline,
+    auth: &AuthConfig,
+    client: IpAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    bodies: &[&[u8]],
+) -> Result<(), ApiError> {
+    let request = auth::Request {
+        headers,
+        query,
+        bodies,
+        now: unix_now(),
+    };
+    auth::check(auth, &request).map_err(|failure| {
+        pipeline.counters.auth_failures.count(failure);
+        tracing::warn!(pipeline = pipeline.name(), client = %client, reason = failure.reason(), "sender check failed");
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the request did not pass this pipeline's sender check",
+        )
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Refuses requests with more rows, or rows with more fields, than the server allows.
+fn check_counts(rows: &[Row], limits: &ServerLimits) -> Result<(), ApiError> {
+    if rows.len() > limits.max_rows_per_request {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_rows",
+            format!(
+                "the request has {} rows; at most {} are allowed (server.max_rows_per_request)",
+                rows.len(),
+                limits.max_rows_per_request
+            ),
+        ));
     }
+    if let Some((i, row)) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() > limits.max_fields_per_row)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_fields",
+            format!(
+                "row {i} has {} fields; at most {} are allowed (server.max_fields_per_row)",
+                row.len(),
+                limits.max_fields_per_row
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn shutting_down() -> ApiError {
@@ -172,13 +302,36 @@ fn shutting_down() -> ApiError {
     .retry_after(5)
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// A request body: what the parsers read and, for signatures, the bytes as sent.
+struct ReadBody {
+    decoded: Bytes,
+    wire: Bytes,
+    compressed: bool,
+}
+
+/// Reads the body within `limit` bytes, then decompresses `Content-Encoding: gzip` within
+/// `limit` bytes too, so a small gzip bomb is refused with 413 instead of filling memory.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<ReadBody, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("request body is larger than the {limit} bytes allowed"),
         )
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    let compressed = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding \"{other}\" is not supported: send identity or gzip"),
+            ));
+        }
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -187,7 +340,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let wire = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let length_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if length_limit {
@@ -199,14 +352,71 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
                 format!("could not read the request body: {e}"),
             )
         }
-    })
+    })?;
+    if !compressed {
+        return Ok(ReadBody {
+            decoded: wire.clone(),
+            wire,
+            compressed,
+        });
+    }
+    let input = wire.clone();
+    let decoded = tokio::task::spawn_blocking(move || gunzip(&input, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "decompressing the body failed",
+            )
+        })?;
+    match decoded {
+        Gunzip::Ok(decoded) => Ok(ReadBody {
+            decoded: decoded.into(),
+            wire,
+            compressed,
+        }),
+        Gunzip::TooLarge => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the {limit} bytes allowed once decompressed"),
+        )),
+        Gunzip::Invalid(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            format!("the body is not valid gzip: {e}"),
+        )),
+    }
 }
 
-fn rows_of(body: &[u8], uri: &Uri, headers: &HeaderMap) -> Result<(Vec<Row>, Source), ApiError> {
+enum Gunzip {
+    Ok(Vec<u8>),
+    TooLarge,
+    Invalid(std::io::Error),
+}
+
+/// Decompresses at most `limit + 1` bytes: reading one byte past the limit is how we know
+/// the body is too large, without ever holding more.
+fn gunzip(input: &[u8], limit: usize) -> Gunzip {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let reader = flate2::read::MultiGzDecoder::new(input);
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Gunzip::TooLarge,
+        Ok(_) => Gunzip::Ok(out),
+        Err(e) => Gunzip::Invalid(e),
+    }
+}
+
+fn rows_of(
+    body: &[u8],
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Vec<Row>, Source), ApiError> {
     let bad =
         |e: ParseError| ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string());
     if body.is_empty() {
-        let query = uri.query().unwrap_or("");
+        let query = query.unwrap_or("");
         let row = parse::form(query.as_bytes(), "query string").map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.to_string())
         })?;
@@ -329,5 +539,26 @@ fn push_error(pipeline: &Pipeline, e: PushError) -> ApiError {
         )
         .retry_after(30),
         PushError::Closed => shutting_down(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_allows_exactly_the_limit_and_not_one_byte_more() {
+        assert!(matches!(gunzip(&gz(&[b'a'; 100]), 100), Gunzip::Ok(v) if v.len() == 100));
+        assert!(matches!(gunzip(&gz(&[b'a'; 101]), 100), Gunzip::TooLarge));
+        assert!(matches!(gunzip(b"plain", 100), Gunzip::Invalid(_)));
+        let two_members = [gz(b"ab"), gz(b"cd")].concat();
+        assert!(matches!(gunzip(&two_members, 100), Gunzip::Ok(v) if v == b"abcd"));
     }
 }

@@ -10,4 +10,5 @@ mod emulator;
 mod helpers;
 mod ingest;
 mod outbound;
+mod security;
 mod spool;
