@@ -35,6 +35,19 @@ pub fn describe(c: &Config) -> String {
             .as_ref()
             .map_or("off".to_owned(), |t| format!("cert {}", t.cert.display()))
     );
+    if let Some(a) = &c.admin {
+        let tokens: Vec<String> = a
+            .tokens
+            .iter()
+            .map(|t| format!("{} ({:?}) {}", t.name, t.scope, t.token))
+            .collect();
+        let _ = writeln!(
+            w,
+            "admin: listen {}, tokens: {}",
+            a.listen,
+            tokens.join(", ")
+        );
+    }
     if let Some(e) = &c.emulator {
         let db = e
             .database

@@ -19,8 +19,9 @@ fn check_prints_resolved_settings_with_secrets_masked() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         &dir,
-        &crate::helpers::pipeline_config("127.0.0.1:8080", "allow_ips = [\"10.0.0.0/8\"]")
-            .replace("\"test-key\"", "\"${APP_KEY}\""),
+        &(crate::helpers::pipeline_config("127.0.0.1:8080", "allow_ips = [\"10.0.0.0/8\"]")
+            .replace("\"test-key\"", "\"${APP_KEY}\"")
+            + "\n[admin]\n[[admin.tokens]]\nname = \"ops\"\ntoken = \"admin-secret-0123456789\"\nscope = \"write\"\n"),
     );
     let out = weir()
         .arg("check")
@@ -38,6 +39,11 @@ fn check_prints_resolved_settings_with_secrets_masked() {
     assert!(stdout.contains("pipeline orders:"), "{stdout}");
     assert!(stdout.contains("allow_ips: 10.0.0.0/8"), "{stdout}");
     assert!(stdout.contains("AppKey ***"), "{stdout}");
+    assert!(
+        stdout.contains("admin: listen 127.0.0.1:9090, tokens: ops (Write) ***"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("admin-secret-0123456789"), "{stdout}");
     assert!(!stdout.contains("very-secret-value"), "{stdout}");
 }
 
