@@ -75,13 +75,15 @@ struct Env {
 }
 
 impl Env {
-    /// Starts `target` in a fresh directory and waits until it answers.
+    /// Starts `target` in a fresh directory and waits until it answers: until its first 202
+    /// (which queues one row) or, with `quiet`, until `/healthz` answers (queues nothing).
     fn start(
         &self,
         target: Target,
         tag: &str,
         admin: Option<SocketAddr>,
         sink: Option<SocketAddr>,
+        quiet: bool,
     ) -> anyhow::Result<Proc> {
         let dir = work_dir(&self.work, tag)?;
         let addr = free_addr()?;
@@ -109,7 +111,10 @@ impl Env {
                 )?
             }
         };
-        proc.wait_for("/hooks/bench?OrderId=0", 202)?;
+        match (quiet, target) {
+            (true, Target::Memory | Target::Disk) => proc.wait_for("/healthz", 200)?,
+            _ => proc.wait_for("/hooks/bench?OrderId=0", 202)?,
+        };
         Ok(proc)
     }
 }
@@ -200,6 +205,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let memory = memory(&env, args.backlog)?;
     println!("== delivery to the emulator");
     let mut sizes = vec![10_000, 100_000, args.backlog];
+    sizes.sort_unstable();
     sizes.dedup();
     let delivery = delivery(&env, &sizes)?;
 
@@ -241,6 +247,7 @@ fn startup(env: &Env) -> anyhow::Result<StartupSet> {
                 &format!("startup-{}-{i}", target.name()),
                 None,
                 None,
+                false,
             )?;
             times.push(proc.ready_after);
             std::thread::sleep(Duration::from_millis(300));
@@ -268,7 +275,7 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
             let mut results = Vec::new();
             for target in [Target::Limit, Target::Memory, Target::Disk] {
                 let tag = format!("ingest-{}-{b}", target.name());
-                let mut proc = env.start(target, &tag, None, None)?;
+                let mut proc = env.start(target, &tag, None, None, true)?;
                 let dir = env.work.join(&tag);
                 load::wrk(&dir, proc.addr, body, warmup)?;
                 let r = load::wrk(&dir, proc.addr, body, load)
@@ -318,7 +325,7 @@ fn memory(env: &Env, backlog: u64) -> anyhow::Result<MemoryResults> {
     let first = (backlog / 10).max(1);
     let one = |target: Target| -> anyhow::Result<(Backlog, u64)> {
         let tag = format!("memory-{}", target.name());
-        let mut proc = env.start(target, &tag, None, None)?;
+        let mut proc = env.start(target, &tag, None, None, true)?;
         std::thread::sleep(Duration::from_millis(300));
         let idle = proc.memory()?;
         let raw_a = env.rt.block_on(load::fill(proc.addr, 0, first, 1000, 4))?;
@@ -394,7 +401,7 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
     for &n in sizes {
         let admin = free_addr()?;
         let tag = format!("delivery-{n}");
-        let proc = env.start(Target::Memory, &tag, Some(admin), Some(emu_addr))?;
+        let proc = env.start(Target::Memory, &tag, Some(admin), Some(emu_addr), true)?;
         env.rt.block_on(load::fill(proc.addr, 0, n, 1000, 4))?;
         let before = proc.memory()?;
         let flush = |expect: &str| -> anyhow::Result<(LastRun, Memory)> {
