@@ -57,6 +57,8 @@ pub struct MemoryResults {
 
 pub struct Delivery {
     pub rows: u64,
+    /// RSS before the queue was filled.
+    pub idle: u64,
     /// Run time of CSV + create + upload (execute refused by an injected fault).
     pub upload_ms: u64,
     /// Run time of the whole run, until the job is DONE.
@@ -174,19 +176,22 @@ impl Report {
                     target: None,
                 });
             }
-            let batch = rows * c.bytes_per_row;
+            // The batch as it sits in the memory queue: what filling it added to the RSS.
+            let batch = d.rss_before.saturating_sub(d.idle) as f64;
             let growth = d.peak_upload.max(d.peak_done).saturating_sub(d.rss_before) as f64;
-            let bounded = growth <= 2.0 * batch;
+            let bounded = growth <= batch;
             lines.push(Line {
                 area: "delivery",
                 measure: format!(
-                    "{} rows in one run: peak RSS growth during the run vs the batch's CSV",
-                    int(rows)
+                    "{} rows in one run: peak RSS growth during the run vs the batch in the queue ({} of CSV)",
+                    int(rows),
+                    mib(rows * c.bytes_per_row)
                 ),
                 baseline: mib(batch),
                 weir: mib(growth),
                 ratio: x(growth / batch),
-                target: (d.rows == largest).then(|| ("delivered; ≤ 2× one batch".into(), bounded)),
+                target: (d.rows == largest)
+                    .then(|| ("delivered in one run; growth ≤ 1× the batch".into(), bounded)),
             });
         }
         let m = &self.memory;
@@ -327,7 +332,9 @@ const NOTES: &[&str] = &[
      ends right after the upload (then deletes the job); \"until DONE\" is the next run, which \
      also executes and polls while the emulator loads the rows into SQLite. The baseline is the \
      csv crate's rate at writing the same rows. RSS growth is the peak (VmHWM, reset before each \
-     run) minus the RSS before the run.",
+     run) minus the RSS before the run; the batch is what filling the queue added to the RSS. \
+     The growth is the peeked entries (32 B each), the CSV chunks, and one copy of the chunk \
+     being uploaded (`Part::bytes(chunk.to_vec())` in the Celonis client).",
     "**Memory**: RSS from /proc/<pid>/status (VmRSS, VmHWM) of a weir holding the backlog, filled \
      with 1,000-row JSON arrays; raw payload is each row's JSON object text.",
     "**Start-up**: from spawning the process to its first 202 on `/hooks/bench`, median of 3; idle \

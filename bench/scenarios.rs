@@ -402,6 +402,8 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
         let admin = free_addr()?;
         let tag = format!("delivery-{n}");
         let proc = env.start(Target::Memory, &tag, Some(admin), Some(emu_addr), true)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = proc.memory()?.rss;
         env.rt.block_on(load::fill(proc.addr, 0, n, 1000, 4))?;
         let before = proc.memory()?;
         let flush = |expect: &str| -> anyhow::Result<(LastRun, Memory)> {
@@ -454,6 +456,7 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
         );
         out.push(Delivery {
             rows: n,
+            idle,
             upload_ms: upload.duration_ms,
             done_ms: done.duration_ms,
             rss_before: before.rss,
