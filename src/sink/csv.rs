@@ -89,8 +89,12 @@ fn writer(opts: &CsvOptions, buf: Vec<u8>) -> csv::Writer<Vec<u8>> {
         .double_quote(opts.escape == opts.quote)
         .terminator(terminator)
         .quote_style(csv::QuoteStyle::Necessary)
+        .buffer_capacity(WRITER_BUFFER)
         .from_writer(buf)
 }
+
+/// The csv writer's own buffer: it holds at most this many bytes not yet in the chunk.
+const WRITER_BUFFER: usize = 64 * 1024;
 
 /// Writes the batch as one or more CSV chunks of at most about `chunk_bytes` each (a chunk
 /// always holds at least one record), each starting with the header row.
@@ -100,11 +104,11 @@ pub fn write_chunks(
     opts: &CsvOptions,
     chunk_bytes: u64,
 ) -> Result<Vec<Vec<u8>>, csv::Error> {
-    let index: HashMap<&str, usize> = layout
+    let index: HashMap<&[u8], usize> = layout
         .sources
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
+        .map(|(i, s)| (s.as_bytes(), i))
         .collect();
     let mut chunks = Vec::new();
     let mut w = writer(opts, Vec::new());
@@ -113,14 +117,16 @@ pub fn write_chunks(
     let pipeline = expr::pipeline_value(&layout.pipeline);
     for e in entries {
         let computed = computed_cells(layout, &pipeline, e);
-        let mut cells: Vec<&str> = vec![""; layout.sources.len()];
+        // Cells are bytes: the rows' text is valid UTF-8 already, and the csv crate writes
+        // bytes, so the hot loop does not check UTF-8 again (`Row::byte_fields`).
+        let mut cells: Vec<&[u8]> = vec![b""; layout.sources.len()];
         for (i, text) in &computed {
-            cells[*i] = text;
+            cells[*i] = text.as_bytes();
         }
-        for (pos, f) in e.row.fields().enumerate() {
+        for (pos, f) in e.row.byte_fields().enumerate() {
             // Rows usually list their fields in column order: try that slot first.
             let slot = match layout.sources.get(pos) {
-                Some(s) if s == f.name => Some(pos),
+                Some(s) if s.as_bytes() == f.name => Some(pos),
                 _ => index.get(f.name).copied(),
             };
             if let Some(i) = slot.filter(|&i| !layout.sources[i].is_empty()) {
@@ -129,7 +135,11 @@ pub fn write_chunks(
         }
         w.write_record(&cells)?;
         records_in_chunk += 1;
-        w.flush()?;
+        // At most WRITER_BUFFER bytes sit in the writer, so the chunk can only have reached
+        // chunk_bytes when this holds; flushing after every record instead cost a copy each.
+        if (w.get_ref().len() + WRITER_BUFFER) as u64 >= chunk_bytes {
+            w.flush()?;
+        }
         if w.get_ref().len() as u64 >= chunk_bytes {
             let full = std::mem::replace(&mut w, writer(opts, Vec::new()));
             chunks.push(full.into_inner().map_err(|e| e.into_error())?);

@@ -1,0 +1,342 @@
+//! The results of one run and the table they make: every weir figure beside the baseline it
+//! was measured against in the same run, the ratio, and issue 8's target where it sets one.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::csvbench::CsvResult;
+use crate::load::{Load, WrkResult};
+use crate::procs::Memory;
+
+pub struct Machine {
+    pub date: String,
+    pub cores: usize,
+    pub cpu: String,
+    pub load_start: String,
+    pub load_end: String,
+    pub wrk: String,
+}
+
+pub struct Startup {
+    pub to_first_202: Duration,
+    pub idle_rss: u64,
+}
+
+pub struct StartupSet {
+    pub limit: Startup,
+    pub memory: Startup,
+    pub disk: Startup,
+}
+
+/// One request kind under the same load against the limit and both queues.
+pub struct Ingest {
+    pub body: &'static str,
+    pub rows: u64,
+    pub limit: WrkResult,
+    pub memory: WrkResult,
+    pub disk: WrkResult,
+}
+
+/// RSS of one weir process as its backlog grows.
+pub struct Backlog {
+    pub idle: Memory,
+    pub at_first: Memory,
+    pub at_full: Memory,
+}
+
+pub struct MemoryResults {
+    /// Rows at the first reading.
+    pub first: u64,
+    /// Rows at the last reading.
+    pub rows: u64,
+    /// The rows' JSON text per row, as senders sent it.
+    pub raw_bytes_per_row: f64,
+    pub memory: Backlog,
+    pub disk: Backlog,
+}
+
+pub struct Delivery {
+    pub rows: u64,
+    /// RSS before the queue was filled.
+    pub idle: u64,
+    /// Run time of CSV + create + upload (execute refused by an injected fault).
+    pub upload_ms: u64,
+    /// Run time of the whole run, until the job is DONE.
+    pub done_ms: u64,
+    pub rss_before: u64,
+    pub peak_upload: u64,
+    pub peak_done: u64,
+}
+
+pub struct Report {
+    pub machine: Machine,
+    pub load: Load,
+    pub rounds: u32,
+    pub startup: StartupSet,
+    pub csv: CsvResult,
+    pub ingest: Vec<Ingest>,
+    pub memory: MemoryResults,
+    pub delivery: Vec<Delivery>,
+}
+
+/// One line of the table.
+struct Line {
+    area: &'static str,
+    measure: String,
+    baseline: String,
+    weir: String,
+    ratio: String,
+    target: Option<(String, bool)>,
+}
+
+fn int(v: f64) -> String {
+    let s = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1 << 20) as f64)
+}
+
+fn x(r: f64) -> String {
+    format!("{r:.2}×")
+}
+
+impl Report {
+    fn lines(&self) -> Vec<Line> {
+        let mut lines = Vec::new();
+        for i in &self.ingest {
+            let single = i.rows == 1;
+            for (queue, r, min) in [("memory queue", i.memory, 0.8), ("disk spool", i.disk, 0.5)] {
+                let ratio = r.req_per_s / i.limit.req_per_s;
+                let mut target = single.then(|| (format!("≥ {min}× limit"), ratio >= min));
+                let rows_per_s = r.req_per_s * i.rows as f64;
+                if !single && queue == "memory queue" {
+                    target = Some(("≥ 1,000,000 rows/s".into(), rows_per_s >= 1e6));
+                }
+                lines.push(Line {
+                    area: "intake",
+                    measure: format!("{queue}, {}: requests/s (rows/s)", i.body),
+                    baseline: format!("{} req/s", int(i.limit.req_per_s)),
+                    weir: format!("{} req/s ({} rows/s)", int(r.req_per_s), int(rows_per_s)),
+                    ratio: x(ratio),
+                    target,
+                });
+                lines.push(Line {
+                    area: "intake",
+                    measure: format!("{queue}, {}: latency p50 / p99", i.body),
+                    baseline: format!("{} / {}", ms(i.limit.p50_us), ms(i.limit.p99_us)),
+                    weir: format!("{} / {}", ms(r.p50_us), ms(r.p99_us)),
+                    ratio: format!(
+                        "{} / {}",
+                        x(r.p50_us / i.limit.p50_us),
+                        x(r.p99_us / i.limit.p99_us)
+                    ),
+                    target: None,
+                });
+            }
+        }
+        let c = &self.csv;
+        lines.push(Line {
+            area: "delivery",
+            measure: format!(
+                "CSV writing alone (`write_chunks`), {} rows × 10 fields: rows/s",
+                int(c.rows as f64)
+            ),
+            baseline: format!("csv crate {} rows/s", int(c.csv_rows_per_s)),
+            weir: format!("{} rows/s", int(c.weir_rows_per_s)),
+            ratio: x(c.ratio()),
+            target: Some(("≥ 0.8× csv crate".into(), c.ratio() >= 0.8)),
+        });
+        let largest = self.delivery.iter().map(|d| d.rows).max().unwrap_or(0);
+        for d in &self.delivery {
+            let rows = d.rows as f64;
+            for (what, ms_) in [
+                ("CSV build + upload", d.upload_ms),
+                ("whole run until the job is DONE", d.done_ms),
+            ] {
+                let rate = rows / (ms_.max(1) as f64 / 1000.0);
+                lines.push(Line {
+                    area: "delivery",
+                    measure: format!("{} queued rows, {what}: rows/s", int(rows)),
+                    baseline: format!("csv crate {} rows/s", int(c.csv_rows_per_s)),
+                    weir: format!("{} rows/s ({ms_} ms)", int(rate)),
+                    ratio: x(rate / c.csv_rows_per_s),
+                    target: None,
+                });
+            }
+            // The batch as it sits in the memory queue: what filling it added to the RSS.
+            let batch = d.rss_before.saturating_sub(d.idle) as f64;
+            let growth = d.peak_upload.max(d.peak_done).saturating_sub(d.rss_before) as f64;
+            let bounded = growth <= batch;
+            lines.push(Line {
+                area: "delivery",
+                measure: format!(
+                    "{} rows in one run: peak RSS growth during the run vs the batch in the queue ({} of CSV)",
+                    int(rows),
+                    mib(rows * c.bytes_per_row)
+                ),
+                baseline: mib(batch),
+                weir: mib(growth),
+                ratio: x(growth / batch),
+                target: (d.rows == largest)
+                    .then(|| ("delivered in one run; growth ≤ 1× the batch".into(), bounded)),
+            });
+        }
+        let m = &self.memory;
+        let raw = m.raw_bytes_per_row;
+        let rows = m.rows as f64;
+        let peak_per_row = m.memory.at_full.peak.saturating_sub(m.memory.idle.rss) as f64 / rows;
+        let rss_per_row = m.memory.at_full.rss.saturating_sub(m.memory.idle.rss) as f64 / rows;
+        lines.push(Line {
+            area: "memory",
+            measure: format!(
+                "memory queue, {} rows queued: peak RSS above idle, per row",
+                int(rows)
+            ),
+            baseline: format!("raw payload {raw:.0} B/row"),
+            weir: format!("{peak_per_row:.0} B/row"),
+            ratio: x(peak_per_row / raw),
+            target: Some(("≤ 2× raw payload".into(), peak_per_row / raw <= 2.0)),
+        });
+        lines.push(Line {
+            area: "memory",
+            measure: format!(
+                "memory queue, {} rows queued: RSS above idle (VmRSS), per row",
+                int(rows)
+            ),
+            baseline: format!("raw payload {raw:.0} B/row"),
+            weir: format!("{rss_per_row:.0} B/row"),
+            ratio: x(rss_per_row / raw),
+            target: None,
+        });
+        let d = &m.disk;
+        let flat = d.at_full.rss as f64 / d.at_first.rss as f64;
+        lines.push(Line {
+            area: "memory",
+            measure: format!(
+                "disk spool: RSS with {} rows queued vs with {}",
+                int(rows),
+                int(m.first as f64)
+            ),
+            baseline: mib(d.at_first.rss as f64),
+            weir: mib(d.at_full.rss as f64),
+            ratio: x(flat),
+            target: Some(("flat (≤ 1.1×)".into(), flat <= 1.1)),
+        });
+        let s = &self.startup;
+        for (queue, w) in [("memory queue", &s.memory), ("disk spool", &s.disk)] {
+            lines.push(Line {
+                area: "start-up",
+                measure: format!("weir, {queue}: spawn to first 202"),
+                baseline: format!("limit {}", ms(s.limit.to_first_202.as_micros() as f64)),
+                weir: ms(w.to_first_202.as_micros() as f64),
+                ratio: x(w.to_first_202.as_secs_f64() / s.limit.to_first_202.as_secs_f64()),
+                target: None,
+            });
+            lines.push(Line {
+                area: "start-up",
+                measure: format!("weir, {queue}: idle RSS"),
+                baseline: format!("limit {}", mib(s.limit.idle_rss as f64)),
+                weir: mib(w.idle_rss as f64),
+                ratio: x(w.idle_rss as f64 / s.limit.idle_rss as f64),
+                target: None,
+            });
+        }
+        lines
+    }
+
+    /// The targets this run missed.
+    pub fn missed(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter_map(|l| match l.target {
+                Some((t, false)) => Some(format!("{}: {t}", l.measure)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut s = String::new();
+        let _ = writeln!(s, "# Benchmarks\n");
+        let _ = writeln!(
+            s,
+            "The latest run of `bash bench/run.sh` (issue 8). Every weir figure stands beside the \
+             baseline measured in the same run on the same machine; compare the ratios, not the \
+             absolute numbers, between runs and machines.\n"
+        );
+        let _ = writeln!(s, "- Date: {}", m.date);
+        let _ = writeln!(s, "- Machine: {} cores, {}", m.cores, m.cpu);
+        let _ = writeln!(
+            s,
+            "- Load average (1, 5, 15 min) at the start: {}; at the end: {}",
+            m.load_start, m.load_end
+        );
+        let _ = writeln!(
+            s,
+            "- Load: {}, {} threads, {} connections, {} s per measurement after a 1 s warm-up, \
+             best of {} rounds; all on 127.0.0.1\n",
+            m.wrk, self.load.threads, self.load.connections, self.load.seconds, self.rounds
+        );
+        let _ = writeln!(s, "| area | measure | baseline | weir | ratio | target |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for l in self.lines() {
+            let target = match &l.target {
+                Some((t, true)) => format!("{t}: met"),
+                Some((t, false)) => format!("{t}: **missed**"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                l.area, l.measure, l.baseline, l.weir, l.ratio, target
+            );
+        }
+        let _ = writeln!(s, "\n## Notes\n");
+        for note in NOTES {
+            let _ = writeln!(s, "- {note}");
+        }
+        s
+    }
+}
+
+const NOTES: &[&str] = &[
+    "**Limit**: a bare axum server (`weir-bench limit`) whose handler reads the body and answers \
+     202 with no body. Every intake ratio is weir's figure over the limit's under the same wrk \
+     settings and bodies; latency ratios above 1 mean weir is slower.",
+    "**Bodies**: 1 row in the query string (GET), 1 row as a JSON object, 100 rows as a JSON \
+     array; each row has 10 fields and about 200 bytes of JSON. The pipeline has no schema, \
+     filter or allowlist, so intake does parsing and queueing only. Each server starts fresh for \
+     each body; the queue is far larger than a run can fill, and any non-2xx answer or socket \
+     error fails the whole run.",
+    "**Disk spool**: group commit, every 202 after `fdatasync`; wrk keeps 64 requests in flight.",
+    "**CSV writing**: `weir::sink::csv::write_chunks` (default options, 64 MiB chunks) against a \
+     `csv::Writer` given each record as a slice of `&str` cells taken from the rows beforehand; \
+     both outputs are checked to be byte-identical. Best of 7 interleaved repetitions.",
+    "**Delivery**: weir with the memory queue, filled over HTTP, pushes to a separate `weir \
+     emulator` process (SQLite file) through `POST /admin/pipelines/bench/flush`. \"CSV build + \
+     upload\" is a run in which the emulator refuses the execute call (an injected 500), so it \
+     ends right after the upload (then deletes the job); \"until DONE\" is the next run, which \
+     also executes and polls while the emulator loads the rows into SQLite. The baseline is the \
+     csv crate's rate at writing the same rows. RSS growth is the peak (VmHWM, reset before each \
+     run) minus the RSS before the run; the batch is what filling the queue added to the RSS. \
+     The growth is the peeked entries (32 B each), the CSV chunks, and one copy of the chunk \
+     being uploaded (`Part::bytes(chunk.to_vec())` in the Celonis client).",
+    "**Memory**: RSS from /proc/<pid>/status (VmRSS, VmHWM) of a weir holding the backlog, filled \
+     with 1,000-row JSON arrays; raw payload is each row's JSON object text.",
+    "**Start-up**: from spawning the process to its first 202 on `/hooks/bench`, median of 3; idle \
+     RSS 0.3 s later.",
+];

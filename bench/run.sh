@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# weir's benchmarks (issue 8): builds release binaries, then measures intake, delivery, memory
+# and start-up on 127.0.0.1 against baselines taken in the same run, prints the table and
+# writes it to BENCHMARKS.md. Takes a few minutes on 2 cores; not part of .ci/run.
+#
+#   bash bench/run.sh                 # the full run
+#   bash bench/run.sh --rounds 1      # extra flags go to `weir-bench run` (see --help)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "== installing wrk (Debian package)"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq wrk
+fi
+
+echo "== cargo build --release --features bench"
+cargo build --release --locked --features bench --bins
+
+target="${CARGO_TARGET_DIR:-target}"
+work="$target/weir-bench-work"
+trap 'rm -rf "$work"' EXIT
+"$target/release/weir-bench" run \
+  --weir "$target/release/weir" \
+  --work "$work" \
+  --out BENCHMARKS.md \
+  --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+  --wrk-version "$(wrk -v 2>&1 | head -n 1 | cut -d ' ' -f 1-2)" \
+  "$@"

@@ -1,0 +1,488 @@
+//! The measurements of issue 8, in the order they run: start-up and idle memory, CSV
+//! writing, intake under wrk, memory with a 1M-row backlog, and delivery to the emulator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::load::{self, Load, WrkResult};
+use crate::procs::{Memory, Proc, free_addr};
+use crate::report::{
+    Backlog, Delivery, Ingest, Machine, MemoryResults, Report, Startup, StartupSet,
+};
+use crate::{csvbench, work_dir};
+
+const APP_KEY: &str = "bench-app-key";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The weir binary under test (a release build).
+    #[arg(long)]
+    weir: PathBuf,
+    /// Where to write the Markdown report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Scratch directory for configs, spools and logs (emptied first).
+    #[arg(long)]
+    work: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Seconds of each measured wrk run (each follows a 1 s warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Rounds over all intake scenarios; the best round of each counts.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Rows in the memory and largest delivery measurements.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
+    /// The run's date, as the report prints it.
+    #[arg(long, default_value = "")]
+    date: String,
+    /// The load generator's version line.
+    #[arg(long, default_value = "wrk")]
+    wrk_version: String,
+}
+
+/// Which server a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Limit,
+    Memory,
+    Disk,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Limit => "limit",
+            Target::Memory => "weir-memory",
+            Target::Disk => "weir-disk",
+        }
+    }
+}
+
+struct Env {
+    weir: PathBuf,
+    bench: PathBuf,
+    work: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Env {
+    /// Starts `target` in a fresh directory and waits until it answers: until its first 202
+    /// (which queues one row) or, with `quiet`, until `/healthz` answers (queues nothing).
+    fn start(
+        &self,
+        target: Target,
+        tag: &str,
+        admin: Option<SocketAddr>,
+        sink: Option<SocketAddr>,
+        quiet: bool,
+    ) -> anyhow::Result<Proc> {
+        let dir = work_dir(&self.work, tag)?;
+        let addr = free_addr()?;
+        let mut proc = match target {
+            Target::Limit => {
+                let listen = addr.to_string();
+                Proc::spawn(
+                    target.name(),
+                    &self.bench,
+                    &["limit", "--listen", &listen],
+                    addr,
+                    &dir,
+                )?
+            }
+            Target::Memory | Target::Disk => {
+                let config = dir.join("weir.toml");
+                std::fs::write(&config, weir_toml(&dir, addr, target, admin, sink))?;
+                let config = config.to_string_lossy().into_owned();
+                Proc::spawn(
+                    target.name(),
+                    &self.weir,
+                    &["serve", "-c", &config],
+                    addr,
+                    &dir,
+                )?
+            }
+        };
+        match (quiet, target) {
+            (true, Target::Memory | Target::Disk) => proc.wait_for("/healthz", 200)?,
+            _ => proc.wait_for("/hooks/bench?OrderId=0", 202)?,
+        };
+        Ok(proc)
+    }
+}
+
+/// A weir config with one pipeline, `bench`, that takes everything the run sends: the queue
+/// never fills (a 503 would make the numbers meaningless), and no delivery runs unless the
+/// admin API asks for one.
+fn weir_toml(
+    dir: &Path,
+    listen: SocketAddr,
+    target: Target,
+    admin: Option<SocketAddr>,
+    sink: Option<SocketAddr>,
+) -> String {
+    let queue = match target {
+        Target::Disk => format!(
+            "{{ kind = \"disk\", dir = {:?}, max_bytes = \"64GiB\" }}",
+            dir.join("spool").display().to_string()
+        ),
+        _ => "{ kind = \"memory\" }".to_owned(),
+    };
+    let admin = admin.map_or(String::new(), |a| {
+        format!(
+            "[admin]\nlisten = \"{a}\"\ntokens = [{{ token = \"{ADMIN_TOKEN}\", scope = \"write\" }}]\n"
+        )
+    });
+    // Without an emulator the sink points at a closed port; no run is ever started then.
+    let sink = sink.map_or("127.0.0.1:9".to_owned(), |s| s.to_string());
+    format!(
+        r#"data_dir = {data:?}
+
+[server]
+listen = "{listen}"
+shutdown_grace = "1s"
+
+{admin}
+[[pipelines]]
+name = "bench"
+queue_capacity = 100000000
+queue = {queue}
+schedule = "1h"
+max_rows_per_run = 10000000
+retry_initial = "30m"
+retry_max_interval = "1h"
+
+[pipelines.sink]
+kind = "celonis"
+url = "http://{sink}"
+data_pool_id = "00000000-0000-4000-8000-000000000001"
+target_name = "bench"
+mode = "REPLACE"
+app_key = "{APP_KEY}"
+request_timeout = "10m"
+"#,
+        data = dir.join("data").display().to_string(),
+    )
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let bench = std::env::current_exe().context("locating weir-bench")?;
+    std::fs::create_dir_all(&args.work)?;
+    let env = Env {
+        weir: args
+            .weir
+            .canonicalize()
+            .context("locating the weir binary")?,
+        bench,
+        work: args.work.canonicalize()?,
+        rt: tokio::runtime::Runtime::new()?,
+    };
+    let load = Load {
+        threads: args.threads,
+        connections: args.connections,
+        seconds: args.seconds,
+    };
+    let load_start = loadavg();
+    println!("== start-up and idle memory");
+    let startup = startup(&env)?;
+    println!("== CSV writing");
+    let csv = csvbench::measure(200_000, 7)?;
+    println!(
+        "   weir {:.0} rows/s, csv crate {:.0} rows/s",
+        csv.weir_rows_per_s, csv.csv_rows_per_s
+    );
+    println!("== intake ({} rounds)", args.rounds);
+    let ingest = ingest(&env, load, args.rounds)?;
+    println!("== memory with a {}-row backlog", args.backlog);
+    let memory = memory(&env, args.backlog)?;
+    println!("== delivery to the emulator");
+    let mut sizes = vec![10_000, 100_000, args.backlog];
+    sizes.sort_unstable();
+    sizes.dedup();
+    let delivery = delivery(&env, &sizes)?;
+
+    let report = Report {
+        machine: Machine {
+            date: args.date,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu: cpu_model(),
+            load_start,
+            load_end: loadavg(),
+            wrk: args.wrk_version,
+        },
+        load,
+        rounds: args.rounds,
+        startup,
+        csv,
+        ingest,
+        memory,
+        delivery,
+    };
+    let md = report.markdown();
+    println!("\n{md}");
+    std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("written to {}", args.out.display());
+    let missed = report.missed();
+    if !missed.is_empty() {
+        println!("targets missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
+
+fn startup(env: &Env) -> anyhow::Result<StartupSet> {
+    let one = |target: Target| -> anyhow::Result<Startup> {
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        for i in 0..3 {
+            let proc = env.start(
+                target,
+                &format!("startup-{}-{i}", target.name()),
+                None,
+                None,
+                false,
+            )?;
+            times.push(proc.ready_after);
+            std::thread::sleep(Duration::from_millis(300));
+            rss.push(proc.memory()?.rss);
+        }
+        times.sort();
+        rss.sort();
+        Ok(Startup {
+            to_first_202: times[1],
+            idle_rss: rss[1],
+        })
+    };
+    Ok(StartupSet {
+        limit: one(Target::Limit)?,
+        memory: one(Target::Memory)?,
+        disk: one(Target::Disk)?,
+    })
+}
+
+fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
+    let warmup = Load { seconds: 1, ..load };
+    let mut out: Vec<Ingest> = Vec::new();
+    for round in 0..rounds {
+        for (b, body) in load::bodies().iter().enumerate() {
+            let mut results = Vec::new();
+            for target in [Target::Limit, Target::Memory, Target::Disk] {
+                let tag = format!("ingest-{}-{b}", target.name());
+                let mut proc = env.start(target, &tag, None, None, true)?;
+                let dir = env.work.join(&tag);
+                load::wrk(&dir, proc.addr, body, warmup)?;
+                let r = load::wrk(&dir, proc.addr, body, load)
+                    .with_context(|| format!("{} with {}", target.name(), body.name))?;
+                proc.check_alive()?;
+                println!(
+                    "   round {} {:<12} {:<26} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+                    round + 1,
+                    target.name(),
+                    body.name,
+                    r.req_per_s,
+                    r.p50_us,
+                    r.p99_us
+                );
+                drop(proc);
+                // Spools can be large; keep the disk free for the next runs.
+                let _ = std::fs::remove_dir_all(&dir);
+                results.push(r);
+            }
+            let best = |old: WrkResult, new: WrkResult| {
+                if new.req_per_s > old.req_per_s {
+                    new
+                } else {
+                    old
+                }
+            };
+            match out.get_mut(b) {
+                Some(prev) => {
+                    prev.limit = best(prev.limit, results[0]);
+                    prev.memory = best(prev.memory, results[1]);
+                    prev.disk = best(prev.disk, results[2]);
+                }
+                None => out.push(Ingest {
+                    body: body.name,
+                    rows: body.rows,
+                    limit: results[0],
+                    memory: results[1],
+                    disk: results[2],
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn memory(env: &Env, backlog: u64) -> anyhow::Result<MemoryResults> {
+    let first = (backlog / 10).max(1);
+    let one = |target: Target| -> anyhow::Result<(Backlog, u64)> {
+        let tag = format!("memory-{}", target.name());
+        let mut proc = env.start(target, &tag, None, None, true)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = proc.memory()?;
+        let raw_a = env.rt.block_on(load::fill(proc.addr, 0, first, 1000, 4))?;
+        let at_first = proc.memory()?;
+        let raw_b = env
+            .rt
+            .block_on(load::fill(proc.addr, first, backlog - first, 1000, 4))?;
+        let at_full = proc.memory()?;
+        proc.check_alive()?;
+        println!(
+            "   {:<12} idle {} MiB, {first} rows {} MiB, {backlog} rows {} MiB (peak {} MiB)",
+            target.name(),
+            idle.rss >> 20,
+            at_first.rss >> 20,
+            at_full.rss >> 20,
+            at_full.peak >> 20
+        );
+        drop(proc);
+        let _ = std::fs::remove_dir_all(env.work.join(&tag));
+        Ok((
+            Backlog {
+                idle,
+                at_first,
+                at_full,
+            },
+            raw_a + raw_b,
+        ))
+    };
+    let (mem, raw) = one(Target::Memory)?;
+    let (disk, _) = one(Target::Disk)?;
+    Ok(MemoryResults {
+        first,
+        rows: backlog,
+        raw_bytes_per_row: raw as f64 / backlog as f64,
+        memory: mem,
+        disk,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct LastRun {
+    rows: u64,
+    outcome: String,
+    error: Option<String>,
+    duration_ms: u64,
+}
+
+fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
+    let dir = work_dir(&env.work, "emulator")?;
+    let emu_addr = free_addr()?;
+    let listen = emu_addr.to_string();
+    let db = dir.join("emulator.db").to_string_lossy().into_owned();
+    let mut emulator = Proc::spawn(
+        "emulator",
+        &env.weir,
+        &[
+            "emulator",
+            "--listen",
+            &listen,
+            "--database",
+            &db,
+            "--app-key",
+            APP_KEY,
+        ],
+        emu_addr,
+        &dir,
+    )?;
+    emulator.wait_for("/emulator/tables/none", 404)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let mut out = Vec::new();
+    for &n in sizes {
+        let admin = free_addr()?;
+        let tag = format!("delivery-{n}");
+        let proc = env.start(Target::Memory, &tag, Some(admin), Some(emu_addr), true)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = proc.memory()?.rss;
+        env.rt.block_on(load::fill(proc.addr, 0, n, 1000, 4))?;
+        let before = proc.memory()?;
+        let flush = |expect: &str| -> anyhow::Result<(LastRun, Memory)> {
+            proc.reset_peak()?;
+            let run: LastRun = env.rt.block_on(async {
+                let resp = client
+                    .post(format!("http://{admin}/admin/pipelines/bench/flush"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                anyhow::Ok(resp.json().await?)
+            })?;
+            if run.outcome != expect || run.rows != n {
+                bail!(
+                    "delivery of {n} rows: expected a {expect} run of {n} rows, got {} of {} ({})",
+                    run.outcome,
+                    run.rows,
+                    run.error.as_deref().unwrap_or("")
+                );
+            }
+            Ok((run, proc.memory()?))
+        };
+        // CSV + upload: the emulator refuses the execute call once, so the run ends right
+        // after the upload (the job is deleted; the rows stay queued).
+        env.rt.block_on(async {
+            client
+                .post(format!("http://{emu_addr}/emulator/faults"))
+                .json(&serde_json::json!({"status": 500, "count": 1, "endpoint": "execute"}))
+                .send()
+                .await?
+                .error_for_status()
+        })?;
+        let (upload, upload_mem) = flush("failed")?;
+        env.rt.block_on(async {
+            client
+                .delete(format!("http://{emu_addr}/emulator/faults"))
+                .send()
+                .await?
+                .error_for_status()
+        })?;
+        // The whole run: create, upload, execute, poll until DONE.
+        let (done, done_mem) = flush("delivered")?;
+        println!(
+            "   {n:>8} rows: CSV + upload {} ms, to DONE {} ms, RSS {} MiB before, peak {} MiB",
+            upload.duration_ms,
+            done.duration_ms,
+            before.rss >> 20,
+            done_mem.peak.max(upload_mem.peak) >> 20
+        );
+        out.push(Delivery {
+            rows: n,
+            idle,
+            upload_ms: upload.duration_ms,
+            done_ms: done.duration_ms,
+            rss_before: before.rss,
+            peak_upload: upload_mem.peak,
+            peak_done: done_mem.peak,
+        });
+        drop(proc);
+    }
+    emulator.check_alive()?;
+    Ok(out)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
