@@ -293,17 +293,34 @@ pub struct ByteFields<'a> {
 impl<'a> Iterator for ByteFields<'a> {
     type Item = ByteField<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<ByteField<'a>> {
         if self.at >= self.buf.len() {
             return None;
         }
         // As in `Fields::next`: the encoding was checked when the row was made.
-        let name = read_bytes(self.buf, &mut self.at).expect("row encoding checked at build");
+        let name = take(self.buf, &mut self.at);
         let kind = Kind::from_byte(self.buf[self.at]).expect("row encoding checked at build");
         self.at += 1;
-        let text = read_bytes(self.buf, &mut self.at).expect("row encoding checked at build");
+        let text = take(self.buf, &mut self.at);
         Some(ByteField { name, kind, text })
     }
+}
+
+/// Reads one length-prefixed slice of a row checked at build: lengths under 128 (almost all)
+/// are one byte, so that case skips the general varint loop. This is CSV writing's hot loop.
+#[inline]
+fn take<'a>(buf: &'a [u8], at: &mut usize) -> &'a [u8] {
+    let first = buf[*at];
+    let len = if first < 0x80 {
+        *at += 1;
+        first as usize
+    } else {
+        read_varint(buf, at).expect("row encoding checked at build")
+    };
+    let bytes = &buf[*at..*at + len];
+    *at += len;
+    bytes
 }
 
 fn write_varint(buf: &mut Vec<u8>, mut n: usize) {

@@ -278,7 +278,7 @@ impl CelonisClient {
     /// queue offsets, recorded as in flight before the upload starts. Returns the job id.
     pub async fn push(
         &self,
-        chunks: &[Vec<u8>],
+        chunks: Vec<Vec<u8>>,
         first: Offset,
         last: Offset,
         queue: &dyn Queue,
@@ -301,7 +301,7 @@ impl CelonisClient {
             .await?;
         let executed = async {
             for chunk in chunks {
-                self.upload(&job_id, chunk).await?;
+                self.upload(&job_id, axum::body::Bytes::from(chunk)).await?;
             }
             self.execute(&job_id).await
         }
@@ -364,15 +364,17 @@ impl CelonisClient {
             })
     }
 
-    async fn upload(&self, job_id: &str, chunk: &[u8]) -> Result<(), PushFailure> {
+    /// Uploads one CSV chunk. The chunk is shared, not copied, by each attempt's body.
+    async fn upload(&self, job_id: &str, chunk: axum::body::Bytes) -> Result<(), PushFailure> {
         let url = format!("{}/{job_id}/chunks/upserted", self.jobs_url);
         let file_name = format!("{}.csv", self.sink.target_name);
+        let part = || {
+            reqwest::multipart::Part::stream_with_length(chunk.clone(), chunk.len() as u64)
+                .file_name(file_name.clone())
+        };
         self.send(Step::Upload, || {
-            let part = reqwest::multipart::Part::bytes(chunk.to_vec()).file_name(file_name.clone());
             // "text/csv" always parses; keep the part untyped rather than fail if it did not.
-            let part = part.mime_str("text/csv").unwrap_or_else(|_| {
-                reqwest::multipart::Part::bytes(chunk.to_vec()).file_name(file_name.clone())
-            });
+            let part = part().mime_str("text/csv").unwrap_or_else(|_| part());
             self.http
                 .post(&url)
                 .multipart(reqwest::multipart::Form::new().part("file", part))

@@ -115,14 +115,12 @@ pub fn write_chunks(
     w.write_record(&layout.headers)?;
     let mut records_in_chunk = 0usize;
     let pipeline = expr::pipeline_value(&layout.pipeline);
+    // One cell buffer for the whole batch. Cells are bytes: the rows' text is valid UTF-8
+    // already and the csv crate writes bytes, so the hot loop does not check UTF-8 again
+    // (`Row::byte_fields`).
+    let mut cells: Vec<&[u8]> = vec![b""; layout.sources.len()];
     for e in entries {
-        let computed = computed_cells(layout, &pipeline, e);
-        // Cells are bytes: the rows' text is valid UTF-8 already, and the csv crate writes
-        // bytes, so the hot loop does not check UTF-8 again (`Row::byte_fields`).
-        let mut cells: Vec<&[u8]> = vec![b""; layout.sources.len()];
-        for (i, text) in &computed {
-            cells[*i] = text.as_bytes();
-        }
+        cells.fill(b"");
         for (pos, f) in e.row.byte_fields().enumerate() {
             // Rows usually list their fields in column order: try that slot first.
             let slot = match layout.sources.get(pos) {
@@ -133,7 +131,16 @@ pub fn write_chunks(
                 cells[i] = f.text;
             }
         }
-        w.write_record(&cells)?;
+        if layout.exprs.is_empty() {
+            w.write_record(&cells)?;
+        } else {
+            let computed = computed_cells(layout, &pipeline, e);
+            let mut with_computed = cells.clone();
+            for (i, text) in &computed {
+                with_computed[*i] = text.as_bytes();
+            }
+            w.write_record(&with_computed)?;
+        }
         records_in_chunk += 1;
         // At most WRITER_BUFFER bytes sit in the writer, so the chunk can only have reached
         // chunk_bytes when this holds; flushing after every record instead cost a copy each.

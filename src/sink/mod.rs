@@ -137,7 +137,7 @@ impl Sink {
                         .named(&config.name);
                 let chunks = csv::write_chunks(&layout, entries, &c.csv, c.chunk_bytes)?;
                 let job = client
-                    .push(&chunks, first.offset, last.offset, queue)
+                    .push(chunks, first.offset, last.offset, queue)
                     .await?;
                 Ok(Some(job))
             }
