@@ -333,8 +333,8 @@ const NOTES: &[&str] = &[
      also executes and polls while the emulator loads the rows into SQLite. The baseline is the \
      csv crate's rate at writing the same rows. RSS growth is the peak (VmHWM, reset before each \
      run) minus the RSS before the run; the batch is what filling the queue added to the RSS. \
-     The growth is the peeked entries (32 B each), the CSV chunks, and one copy of the chunk \
-     being uploaded (`Part::bytes(chunk.to_vec())` in the Celonis client).",
+     The growth is the peeked entries (32 B each) and the CSV chunks; the upload streams each \
+     chunk from shared bytes instead of copying it.",
     "**Memory**: RSS from /proc/<pid>/status (VmRSS, VmHWM) of a weir holding the backlog, filled \
      with 1,000-row JSON arrays; raw payload is each row's JSON object text.",
     "**Start-up**: from spawning the process to its first 202 on `/hooks/bench`, median of 3; idle \
