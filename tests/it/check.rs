@@ -154,3 +154,26 @@ fn check_reports_a_bad_cel_expression_at_its_key_path() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The emulator starts (and logs), then binding the taken ingest port fails: weir exits.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[server]\nlisten = \"{}\"\n[emulator]\nlisten = \"127.0.0.1:0\"\n",
+        taken.local_addr().unwrap()
+    );
+    let path = write(&dir, &text);
+    let out = weir()
+        .arg("serve")
+        .arg("-c")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("data push emulator started"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
