@@ -128,19 +128,14 @@ fn check_hmac(h: &HmacConfig, keys: &[SecretKey], req: &Request) -> Result<(), F
                 .filter_map(|s| s.strip_prefix("v1,"))
                 .filter_map(|s| STANDARD.decode(s).ok())
                 .collect();
-            if signatures.is_empty() {
-                return Err(Failure::Malformed);
-            }
-            let ts = parse_timestamp(timestamp)?;
-            let prefix = format!("{id}.{timestamp}.");
-            verify_any(
-                h.algorithm,
+            timestamped(
+                h,
                 keys,
-                prefix.as_bytes(),
-                req.bodies,
+                req,
+                timestamp,
+                &format!("{id}.{timestamp}."),
                 &signatures,
-            )?;
-            fresh(ts, req.now, h.tolerance)
+            )
         }
         HmacPreset::Stripe => {
             let value = header_str(req.headers, &h.header)?;
@@ -154,19 +149,14 @@ fn check_hmac(h: &HmacConfig, keys: &[SecretKey], req: &Request) -> Result<(), F
                 }
             }
             let timestamp = timestamp.ok_or(Failure::Malformed)?;
-            if signatures.is_empty() {
-                return Err(Failure::Malformed);
-            }
-            let ts = parse_timestamp(timestamp)?;
-            let prefix = format!("{timestamp}.");
-            verify_any(
-                h.algorithm,
+            timestamped(
+                h,
                 keys,
-                prefix.as_bytes(),
-                req.bodies,
+                req,
+                timestamp,
+                &format!("{timestamp}."),
                 &signatures,
-            )?;
-            fresh(ts, req.now, h.tolerance)
+            )
         }
         HmacPreset::Github | HmacPreset::Shopify | HmacPreset::Custom => {
             let value = header_str(req.headers, &h.header)?.trim();
@@ -266,6 +256,24 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Failure
 fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     let (name, rest) = value.trim().split_once(' ')?;
     name.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
+/// The timestamped schemes (Standard Webhooks, Stripe): one of `signatures` must sign
+/// `{prefix}{body}`, and the timestamp must be within the tolerance.
+fn timestamped(
+    h: &HmacConfig,
+    keys: &[SecretKey],
+    req: &Request,
+    timestamp: &str,
+    prefix: &str,
+    signatures: &[Vec<u8>],
+) -> Result<(), Failure> {
+    if signatures.is_empty() {
+        return Err(Failure::Malformed);
+    }
+    let ts = parse_timestamp(timestamp)?;
+    verify_any(h.algorithm, keys, prefix.as_bytes(), req.bodies, signatures)?;
+    fresh(ts, req.now, h.tolerance)
 }
 
 fn parse_timestamp(text: &str) -> Result<i64, Failure> {
