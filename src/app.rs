@@ -33,8 +33,11 @@ pub struct App {
     readiness: Readiness,
     metrics: Arc<Metrics>,
     emulator_addr: Option<SocketAddr>,
-    /// The in-process emulator; stopped last, after the deliveries to it.
+    /// The in-process emulator; stopped after the deliveries to it.
     emulator: Option<(TaskTracker, CancellationToken)>,
+    /// The admin listener; stopped last, so /readyz answers 503 and /metrics stays
+    /// scrapeable while weir drains.
+    admin: Option<(TaskTracker, CancellationToken)>,
     pipelines: Vec<Arc<Pipeline>>,
     /// Cancelled first at shutdown: ingest answers 503 from then on.
     stopping: CancellationToken,
@@ -114,7 +117,7 @@ impl App {
         .context("starting the scheduler")?;
 
         let readiness = Readiness::default();
-        let admin_addr = match &config.admin {
+        let (admin_addr, admin) = match &config.admin {
             Some(a) => {
                 let listener = TcpListener::bind(a.listen)
                     .await
@@ -128,19 +131,20 @@ impl App {
                     readiness.clone(),
                 );
                 let router = admin::router(state);
-                let stop = stop_servers.clone();
-                servers.spawn(async move {
+                let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+                let token = stop.clone();
+                tracker.spawn(async move {
                     let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .with_graceful_shutdown(async move { token.cancelled().await })
                         .await;
                     if let Err(e) = served {
                         tracing::error!(error = %e, "admin listener failed");
                     }
                 });
                 tracing::info!(listen = %addr, "admin api started");
-                Some(addr)
+                (Some(addr), Some((tracker, stop)))
             }
-            None => None,
+            None => (None, None),
         };
 
         let listener = TcpListener::bind(config.server.listen)
@@ -170,6 +174,7 @@ impl App {
         Ok(App {
             ingest_addr,
             admin_addr,
+            admin,
             readiness,
             metrics,
             emulator_addr,
@@ -246,17 +251,23 @@ impl App {
         {
             tracing::warn!(grace = ?grace, "delivery still running at the end of the grace period");
         }
-        if let Some((tracker, stop)) = self.emulator {
-            stop.cancel();
-            tracker.close();
-            tracker.wait().await;
-        }
+        stop_task(self.emulator).await;
         for p in &self.pipelines {
             if let Err(e) = p.queue.sync().await {
                 tracing::error!(pipeline = p.name(), error = %e, "queue sync at shutdown failed");
             }
         }
+        stop_task(self.admin).await;
         tracing::info!("weir stopped");
+    }
+}
+
+/// Stops a listener started with its own tracker and token, and waits for it.
+async fn stop_task(task: Option<(TaskTracker, CancellationToken)>) {
+    if let Some((tracker, stop)) = task {
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 }
 

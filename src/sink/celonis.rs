@@ -172,10 +172,7 @@ impl CelonisClient {
         tokens: Option<Arc<TokenSource>>,
         observe: CallObserver,
     ) -> Result<CelonisClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
-            .timeout(sink.request_timeout)
-            .build()?;
+        let http = super::http_client(sink.request_timeout)?;
         let base = sink.base_url.as_str().trim_end_matches('/');
         let jobs_url = format!(
             "{base}{}/api/v1/data-push/{}/jobs",

@@ -98,10 +98,7 @@ impl HttpClient {
         tokens: Option<Arc<TokenSource>>,
         observe: CallObserver,
     ) -> Result<HttpClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
-            .timeout(sink.request_timeout)
-            .build()?;
+        let http = super::http_client(sink.request_timeout)?;
         let is_expr = |t: &Text| matches!(t, Text::Expr(_));
         let needs_rows = is_expr(&sink.base_url)
             || is_expr(&sink.path)

@@ -43,6 +43,14 @@ impl SinkError {
     }
 }
 
+/// The HTTP client every sink sends with: weir's user agent and the sink's request timeout.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .build()
+}
+
 /// Counts a sink's HTTP calls in the metrics, labelled with its pipeline.
 pub struct CallObserver {
     pipeline: String,

@@ -162,10 +162,7 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 
 impl HttpFetcher {
     pub fn new(config: OAuth2Config, timeout: Duration) -> Result<HttpFetcher, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .build()?;
+        let http = super::http_client(timeout)?;
         Ok(HttpFetcher { http, config })
     }
 

@@ -7,8 +7,8 @@ use weir::emulator::EmulatorConfig;
 use weir::metrics::sample;
 
 use crate::helpers::{
-    ADMIN, READ_TOKEN, TestEmulator, WRITE_TOKEN, delivery_config, spawn_app, spawn_emulator,
-    status_and_json, wait_until,
+    ADMIN, READ_TOKEN, TestEmulator, delivery_config, spawn_app, spawn_emulator, status_and_json,
+    wait_until,
 };
 
 async fn emulator() -> TestEmulator {
@@ -474,14 +474,16 @@ async fn readyz_turns_unavailable_when_shutdown_starts() {
     })
     .await;
     let stop = tokio::spawn(app.shutdown());
+    // The admin listener stays up while the delivery drains, and says it is not ready.
     wait_until(5, "readyz to turn 503", || async {
-        match client.get(&url).send().await {
-            Ok(r) => r.status() == 503,
-            Err(_) => true,
-        }
+        client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
     })
     .await;
+    assert!(!stop.is_finished(), "the delivery is still draining");
     stop.await.unwrap();
     assert!(flush.await.unwrap().is_ok());
-    let _ = WRITE_TOKEN;
 }
