@@ -346,7 +346,7 @@ async fn peek(
     let limit = number(&params, "limit", Some(50), 1000)? as usize;
     let rows = p
         .queue
-        .peek(limit)
+        .peek(limit, u64::MAX)
         .await
         .map_err(|e| control_error(ControlError::Queue(e)))?;
     let rows: Vec<_> = rows

@@ -23,7 +23,7 @@ pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
         if stats.oldest_ms.is_none_or(|t| t >= cutoff) {
             break;
         }
-        let page = p.queue.peek(SWEEP_PAGE).await?;
+        let page = p.queue.peek(SWEEP_PAGE, u64::MAX).await?;
         let expired: Vec<Entry> = page
             .iter()
             .take_while(|e| e.received_ms < cutoff)

@@ -83,7 +83,7 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, max_rows: usize) -> RunReport {
         duration_ms: 0,
         retry_after: None,
     };
-    match p.queue.peek(max_rows).await {
+    match p.queue.peek(max_rows, p.config.max_bytes_per_run).await {
         Err(e) => {
             report.outcome = Outcome::Failed;
             report.error = Some(format!("reading the queue: {e}"));
@@ -507,7 +507,7 @@ impl Worker {
     async fn reconcile(&self, page_size: usize) -> Result<Reconciled, ControlError> {
         let q = &self.pipeline.queue;
         let total = q.stats().rows;
-        let page: Vec<Entry> = q.peek(page_size).await?;
+        let page: Vec<Entry> = q.peek(page_size, u64::MAX).await?;
         if let Some(last) = page.last() {
             q.commit(last.offset).await?;
         }

@@ -16,10 +16,10 @@ fuzz_target!(|data: &[u8]| {
         let spool = DiskSpool::open(DiskSpoolConfig::new(dir.path(), 1_000_000, 1 << 30))
             .await
             .expect("bad data never stops the spool from opening");
-        let before = spool.peek(usize::MAX).await.expect("recovered records are readable");
+        let before = spool.peek(usize::MAX, u64::MAX).await.expect("recovered records are readable");
         let row = Row::from_pairs([("id", "after-recovery")]).expect("valid row");
         spool.push(vec![row.clone()]).await.expect("a recovered spool accepts rows");
-        let after = spool.peek(usize::MAX).await.expect("readable");
+        let after = spool.peek(usize::MAX, u64::MAX).await.expect("readable");
         assert_eq!(after.len(), before.len() + 1);
         assert_eq!(after.last().map(|e| &e.row), Some(&row));
         assert!(after.windows(2).all(|w| w[0].offset < w[1].offset), "offsets only grow");

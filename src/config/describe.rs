@@ -96,9 +96,8 @@ pub fn describe(c: &Config) -> String {
             QueueConfig::Memory { max_bytes } => {
                 let _ = writeln!(
                     w,
-                    "  queue: memory, {} rows{}",
-                    p.queue_capacity,
-                    max_bytes.map_or(String::new(), |b| format!(", {b} bytes"))
+                    "  queue: memory, {} rows, {max_bytes} bytes",
+                    p.queue_capacity
                 );
             }
             QueueConfig::Disk {
@@ -118,9 +117,10 @@ pub fn describe(c: &Config) -> String {
         }
         let _ = writeln!(
             w,
-            "  schedule: {}, at most {} rows per run, retry from {} up to {}",
+            "  schedule: {}, at most {} rows and {} bytes per run, retry from {} up to {}",
             p.schedule,
             p.max_rows_per_run,
+            p.max_bytes_per_run,
             humantime::format_duration(p.retry_initial),
             humantime::format_duration(p.retry_max_interval)
         );

@@ -178,6 +178,8 @@ pub struct PipelineConfig {
     pub queue: QueueConfig,
     pub schedule: Schedule,
     pub max_rows_per_run: usize,
+    /// Row data (`Row::encoded_len`) one run takes at most; a run always takes one row.
+    pub max_bytes_per_run: u64,
     pub retry_initial: Duration,
     pub retry_max_interval: Duration,
     /// After this long of continuous failure the pipeline is SUSPENDED.
@@ -201,7 +203,7 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueConfig {
     Memory {
-        max_bytes: Option<u64>,
+        max_bytes: u64,
     },
     Disk {
         dir: PathBuf,
@@ -403,6 +405,12 @@ impl LineEnding {
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/weir.toml";
 
+/// A memory queue's `max_bytes` unless configured.
+pub const MEMORY_MAX_BYTES: u64 = crate::queue::memory::DEFAULT_MAX_BYTES;
+
+/// A pipeline's `max_bytes_per_run` unless configured.
+pub const MAX_BYTES_PER_RUN: u64 = 64 << 20;
+
 impl Config {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
@@ -508,15 +516,37 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
     };
     let mut names = HashSet::new();
     let mut pipelines = Vec::new();
+    // Each pipeline's spool or state directory, with the key it comes from.
+    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
     for (i, p) in raw.pipelines.into_iter().enumerate() {
         let path = format!("pipelines[{i}]");
-        if !names.insert(p.name.clone()) {
+        let unique = names.insert(p.name.clone());
+        if !unique {
             v.error(
                 format!("{path}.name"),
                 format!("\"{}\" is used by an earlier pipeline", p.name),
             );
         }
-        pipelines.push(v.pipeline(&path, p, &data_dir));
+        let dir_key = match &p.queue {
+            Some(q) if q.dir.is_some() => format!("{path}.queue.dir"),
+            _ => format!("{path}.name"),
+        };
+        let pipeline = v.pipeline(&path, p, &data_dir);
+        let dir = lexical(&pipeline.state_dir);
+        if let Some((_, earlier)) = dirs.iter().find(|(d, _)| *d == dir) {
+            if unique {
+                v.error(
+                    &dir_key,
+                    format!(
+                        "resolves to {}, the spool or state directory of {earlier}; each pipeline needs its own directory",
+                        pipeline.state_dir.display()
+                    ),
+                );
+            }
+        } else {
+            dirs.push((dir, dir_key));
+        }
+        pipelines.push(pipeline);
     }
     Config {
         data_dir,
@@ -526,6 +556,25 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         celonis,
         pipelines,
     }
+}
+
+/// `path` with `.` left out and `..` applied to the part before it, without touching the
+/// file system (the directories may not exist yet).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 struct Validator<'a> {
@@ -653,6 +702,11 @@ impl Validator<'_> {
             p.max_rows_per_run,
             10_000,
         ) as usize;
+        let max_bytes_per_run = self.size(
+            &format!("{path}.max_bytes_per_run"),
+            p.max_bytes_per_run.as_ref(),
+            MAX_BYTES_PER_RUN,
+        );
         let retry_initial = self.duration(
             &format!("{path}.retry_initial"),
             p.retry_initial.as_deref(),
@@ -742,6 +796,7 @@ impl Validator<'_> {
             queue,
             schedule,
             max_rows_per_run,
+            max_bytes_per_run,
             retry_initial,
             retry_max_interval,
             suspend_after,
@@ -766,7 +821,9 @@ impl Validator<'_> {
         pipeline_retention: Option<&str>,
     ) -> QueueConfig {
         let Some(q) = raw else {
-            return QueueConfig::Memory { max_bytes: None };
+            return QueueConfig::Memory {
+                max_bytes: MEMORY_MAX_BYTES,
+            };
         };
         let qpath = format!("{path}.queue");
         match q.kind.as_str() {
@@ -780,10 +837,11 @@ impl Validator<'_> {
                         self.error(format!("{qpath}.{key}"), "only applies to kind = \"disk\"");
                     }
                 }
-                let max_bytes = q
-                    .max_bytes
-                    .as_ref()
-                    .map(|b| self.size(&format!("{qpath}.max_bytes"), Some(b), 0));
+                let max_bytes = self.size(
+                    &format!("{qpath}.max_bytes"),
+                    q.max_bytes.as_ref(),
+                    MEMORY_MAX_BYTES,
+                );
                 QueueConfig::Memory { max_bytes }
             }
             "disk" => QueueConfig::Disk {
@@ -808,7 +866,9 @@ impl Validator<'_> {
                     format!("{qpath}.kind"),
                     format!("\"{other}\" is not a queue kind: use \"memory\" or \"disk\""),
                 );
-                QueueConfig::Memory { max_bytes: None }
+                QueueConfig::Memory {
+                    max_bytes: MEMORY_MAX_BYTES,
+                }
             }
         }
     }

@@ -411,3 +411,100 @@ fn the_emulator_table_takes_oauth_clients() {
     );
     assert_eq!(e.token_ttl, Duration::from_secs(900));
 }
+
+#[test]
+fn a_memory_queue_is_bounded_to_256_mib_by_default_and_check_says_so() {
+    let c = Config::load(CONTRACT, &env()).unwrap();
+    assert_eq!(
+        c.pipelines[0].queue,
+        QueueConfig::Memory {
+            max_bytes: 256 << 20
+        }
+    );
+    let shown = describe(&c);
+    assert!(
+        shown.contains("queue: memory, 100000 rows, 268435456 bytes"),
+        "{shown}"
+    );
+    let set = CONTRACT.replace(
+        "max_rows_per_run = 300",
+        "max_rows_per_run = 300\nqueue = { kind = \"memory\", max_bytes = \"1MiB\" }",
+    );
+    let c = Config::load(&set, &env()).unwrap();
+    assert_eq!(
+        c.pipelines[0].queue,
+        QueueConfig::Memory { max_bytes: 1 << 20 }
+    );
+}
+
+#[test]
+fn a_run_is_bounded_to_64_mib_of_row_data_unless_max_bytes_per_run_says_otherwise() {
+    let c = Config::load(CONTRACT, &env()).unwrap();
+    assert_eq!(c.pipelines[0].max_bytes_per_run, 64 << 20);
+    assert!(
+        describe(&c).contains("at most 300 rows and 67108864 bytes per run"),
+        "{}",
+        describe(&c)
+    );
+    let set = CONTRACT.replace(
+        "max_rows_per_run = 300",
+        "max_rows_per_run = 300\nmax_bytes_per_run = \"8MiB\"",
+    );
+    assert_eq!(
+        Config::load(&set, &env()).unwrap().pipelines[0].max_bytes_per_run,
+        8 << 20
+    );
+    let bad = CONTRACT.replace(
+        "max_rows_per_run = 300",
+        "max_rows_per_run = 300\nmax_bytes_per_run = 0",
+    );
+    assert_eq!(
+        errors_of(&bad),
+        ["pipelines[0].max_bytes_per_run: 0 is not a positive size like 1048576 or \"64MiB\""]
+    );
+}
+
+#[test]
+fn two_pipelines_that_share_a_spool_or_state_directory_are_rejected_naming_both_keys() {
+    let second = |name: &str, queue: &str| {
+        CONTRACT[CONTRACT.find("[[pipelines]]").unwrap()..]
+            .replace("\"orders\"", &format!("\"{name}\""))
+            .replace(
+                "max_rows_per_run = 300",
+                &format!("max_rows_per_run = 300\n{queue}"),
+            )
+    };
+    let disk = |dir: &str| format!("queue = {{ kind = \"disk\", dir = \"{dir}\" }}");
+    let text = format!(
+        "data_dir = \"/var/lib/weir\"\n{}{}",
+        CONTRACT.replace(
+            "max_rows_per_run = 300",
+            &format!("max_rows_per_run = 300\n{}", disk("/srv/spool")),
+        ),
+        second("invoices", &disk("/srv/./other/../spool"))
+    );
+    assert_eq!(
+        errors_of(&text),
+        [
+            "pipelines[1].queue.dir: resolves to /srv/./other/../spool, the spool or state directory of pipelines[0].queue.dir; each pipeline needs its own directory"
+        ]
+    );
+    // A disk spool placed in another pipeline's default state directory.
+    let text = format!(
+        "data_dir = \"/var/lib/weir\"\n{}{}",
+        CONTRACT,
+        second("invoices", &disk("/var/lib/weir/orders"))
+    );
+    assert_eq!(
+        errors_of(&text),
+        [
+            "pipelines[1].queue.dir: resolves to /var/lib/weir/orders, the spool or state directory of pipelines[0].name; each pipeline needs its own directory"
+        ]
+    );
+    let apart = format!(
+        "data_dir = \"/var/lib/weir\"\n{}{}",
+        CONTRACT,
+        second("invoices", &disk("/srv/invoices"))
+    );
+    assert!(Config::load(&apart, &env()).is_ok());
+}

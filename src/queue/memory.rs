@@ -6,11 +6,15 @@ use std::sync::Mutex;
 use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, now_ms};
 use crate::row::Row;
 
-/// Bounded in rows and, optionally, in bytes (encoded row size).
+/// The memory queue's byte bound unless configured otherwise: 100 000 rows of up to 1 MiB
+/// each would otherwise be allowed to take 100 GB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bounded in rows and in bytes (encoded row size).
 pub struct MemoryQueue {
     inner: Mutex<Inner>,
     capacity_rows: u64,
-    capacity_bytes: Option<u64>,
+    capacity_bytes: u64,
 }
 
 struct Inner {
@@ -21,7 +25,7 @@ struct Inner {
 }
 
 impl MemoryQueue {
-    pub fn new(capacity_rows: u64, capacity_bytes: Option<u64>) -> MemoryQueue {
+    pub fn new(capacity_rows: u64, capacity_bytes: u64) -> MemoryQueue {
         MemoryQueue {
             inner: Mutex::new(Inner {
                 entries: VecDeque::new(),
@@ -52,12 +56,10 @@ impl MemoryQueue {
                 incoming,
             });
         }
-        if let Some(cap) = self.capacity_bytes
-            && inner.bytes + incoming_bytes > cap
-        {
+        if inner.bytes + incoming_bytes > self.capacity_bytes {
             return Err(PushError::FullBytes {
                 queued: inner.bytes,
-                capacity: cap,
+                capacity: self.capacity_bytes,
                 incoming: incoming_bytes,
             });
         }
@@ -82,8 +84,23 @@ impl Queue for MemoryQueue {
         Box::pin(async move { result })
     }
 
-    fn peek(&self, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
-        let entries = self.lock().entries.iter().take(max).cloned().collect();
+    fn peek(
+        &self,
+        max_rows: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
+        let inner = self.lock();
+        let mut entries = Vec::new();
+        let mut bytes = 0u64;
+        for e in inner.entries.iter().take(max_rows) {
+            let len = e.row.encoded_len() as u64;
+            if !entries.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            entries.push(e.clone());
+        }
+        drop(inner);
         Box::pin(async move { Ok(entries) })
     }
 
@@ -104,7 +121,7 @@ impl Queue for MemoryQueue {
             rows: inner.entries.len() as u64,
             bytes: inner.bytes,
             capacity_rows: self.capacity_rows,
-            capacity_bytes: self.capacity_bytes,
+            capacity_bytes: Some(self.capacity_bytes),
             oldest_ms: inner.entries.front().map(|e| e.received_ms),
             next_offset: inner.next_offset,
         }
@@ -123,6 +140,18 @@ impl Queue for MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::contract::{Subject, queue_contract};
+
+    fn subject(rows: u64, bytes: u64) -> BoxFuture<'static, Subject> {
+        Box::pin(async move {
+            Subject {
+                queue: Box::new(MemoryQueue::new(rows, bytes)),
+                _keep: Box::new(()),
+            }
+        })
+    }
+
+    queue_contract!(subject);
 
     fn rows(n: usize) -> Vec<Row> {
         (0..n)
@@ -132,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_push_that_does_not_fit_queues_nothing() {
-        let q = MemoryQueue::new(5, None);
+        let q = MemoryQueue::new(5, DEFAULT_MAX_BYTES);
         q.push(rows(3)).await.unwrap();
         let err = q.push(rows(3)).await.unwrap_err();
         assert!(matches!(
@@ -151,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn byte_capacity_is_enforced() {
         let one = rows(1)[0].encoded_len() as u64;
-        let q = MemoryQueue::new(100, Some(one * 2));
+        let q = MemoryQueue::new(100, one * 2);
         q.push(rows(2)).await.unwrap();
         assert!(matches!(
             q.push(rows(1)).await,
@@ -161,16 +190,16 @@ mod tests {
 
     #[tokio::test]
     async fn rows_leave_only_when_committed_in_order() {
-        let q = MemoryQueue::new(10, None);
+        let q = MemoryQueue::new(10, DEFAULT_MAX_BYTES);
         q.push(rows(4)).await.unwrap();
-        let batch = q.peek(3).await.unwrap();
+        let batch = q.peek(3, u64::MAX).await.unwrap();
         assert_eq!(
             batch.iter().map(|e| e.offset).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
         assert_eq!(q.stats().rows, 4, "peeking removes nothing");
         q.commit(1).await.unwrap();
-        let rest = q.peek(10).await.unwrap();
+        let rest = q.peek(10, u64::MAX).await.unwrap();
         assert_eq!(
             rest.iter().map(|e| e.offset).collect::<Vec<_>>(),
             vec![2, 3]
@@ -183,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn replay_is_refused_by_the_memory_queue() {
-        let q = MemoryQueue::new(10, None);
+        let q = MemoryQueue::new(10, DEFAULT_MAX_BYTES);
         assert!(matches!(
             q.replay_from(0).await,
             Err(QueueError::Unsupported(_))

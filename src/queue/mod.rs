@@ -7,6 +7,8 @@
 //! Every row gets an [`Offset`] when it is pushed: a per-pipeline number that only grows.
 //! Rows leave a queue only through [`Queue::commit`], once a sink has delivered them.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod disk;
 pub mod memory;
 
@@ -97,10 +99,25 @@ pub trait Queue: Send + Sync + 'static {
     /// backend makes them (for the disk spool: fsynced), so a 2xx can be sent.
     fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>>;
 
-    /// The oldest `max` queued rows, oldest first, without removing them.
-    fn peek(&self, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>>;
+    /// The oldest queued rows, oldest first, without removing them: at most `max_rows` rows
+    /// and at most `max_bytes` of row data (`Row::encoded_len`), except that a batch always
+    /// holds the oldest row even when that row alone is larger. Never returns a row at or
+    /// below the last offset passed to [`Queue::commit`], even if that commit failed to persist.
+    fn peek(
+        &self,
+        max_rows: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>>;
 
     /// Removes every queued row whose offset is `<= through`.
+    ///
+    /// The removal takes effect in memory at once, whatever happens on disk: `peek` no longer
+    /// returns those rows. A backend that persists its cursor returns `Err(QueueError::Io)`
+    /// when writing it fails (disk full, too many open files); the rows stay removed, and a
+    /// restart before the cursor reaches the disk delivers them again. A later `commit` with
+    /// the same or a lower offset, or [`Queue::sync`], retries the write and returns `Ok`
+    /// once the cursor is on disk. So a caller that must know the rows are committed for
+    /// good keeps its in-flight record and retries `commit(through)` until it returns `Ok`.
     fn commit(&self, through: Offset) -> BoxFuture<'_, Result<(), QueueError>>;
 
     /// What the queue holds now.
@@ -127,7 +144,8 @@ pub trait Queue: Send + Sync + 'static {
         None
     }
 
-    /// Flushes whatever is buffered to stable storage (called at shutdown).
+    /// Flushes whatever is buffered to stable storage (called at shutdown), including a
+    /// cursor whose write failed in `commit`.
     fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async { Ok(()) })
     }

@@ -399,7 +399,7 @@ async fn shutdown_lets_a_running_delivery_finish_first() {
         "the run finished before weir stopped"
     );
     assert_eq!(flush.await.unwrap().unwrap().outcome, Outcome::Delivered);
-    assert!(pipeline.queue.peek(10).await.unwrap().is_empty());
+    assert!(pipeline.queue.peek(10, u64::MAX).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -8,12 +8,21 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::files::segment_path;
-use super::{HEADER_LEN, MAGIC, Pos, READ_CHUNK, Span};
+use super::{Pos, READ_CHUNK, Span};
 use crate::queue::Offset;
 use crate::row::Row;
 
+/// Version 1 records (written before pushes were framed): 32-byte header, no push framing.
+pub(super) const MAGIC_V1: [u8; 4] = *b"WSPL";
+/// Version 2 records: a 36-byte header that ends with how many records of the same push follow.
+pub(super) const MAGIC_V2: [u8; 4] = *b"WSP2";
+/// The shortest header (version 1).
+pub(super) const HEADER_LEN: usize = 32;
+const HEADER_LEN_V2: usize = 36;
+
+/// The bytes a row takes on disk in the current format.
 pub(super) fn record_len(row: &Row) -> usize {
-    HEADER_LEN + row.encoded_len()
+    HEADER_LEN_V2 + row.encoded_len()
 }
 
 pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -28,41 +37,71 @@ pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// CRC of magic, length and offset; `rec` holds at least a header.
-pub(super) fn header_crc(rec: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&rec[0..8]), &rec[16..24])
+/// CRC of magic, length and offset (and, in version 2, the records still to come);
+/// `rec` holds at least the header of its version.
+fn header_crc(rec: &[u8], len: usize) -> u32 {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[0..8]), &rec[16..24]);
+    if len == HEADER_LEN_V2 {
+        crc32c::crc32c_append(crc, &rec[32..36])
+    } else {
+        crc
+    }
 }
 
-pub(super) fn encode_record(buf: &mut Vec<u8>, offset: Offset, received_ms: u64, row: &[u8]) {
+/// Appends one version 2 record. `rest`: how many records of the same push follow it; the
+/// last record of a push has 0, so recovery can tell a whole push from a torn one.
+pub(super) fn encode_record(
+    buf: &mut Vec<u8>,
+    offset: Offset,
+    received_ms: u64,
+    rest: u32,
+    row: &[u8],
+) {
     let start = buf.len();
-    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&MAGIC_V2);
     // Rows longer than u32::MAX are refused by `push`.
     buf.extend_from_slice(&(row.len() as u32).to_le_bytes());
     buf.extend_from_slice(&[0; 8]);
     buf.extend_from_slice(&offset.to_le_bytes());
     buf.extend_from_slice(&received_ms.to_le_bytes());
+    buf.extend_from_slice(&rest.to_le_bytes());
     buf.extend_from_slice(row);
     let rec = &mut buf[start..];
-    let hcrc = header_crc(rec);
+    let hcrc = header_crc(rec, HEADER_LEN_V2);
     let crc = crc32c::crc32c(&rec[16..]);
     rec[8..12].copy_from_slice(&hcrc.to_le_bytes());
     rec[12..16].copy_from_slice(&crc.to_le_bytes());
 }
 
 pub(super) struct Header {
+    /// The header's own length (by version).
+    pub(super) len: usize,
     pub(super) total: usize,
     pub(super) offset: Offset,
     pub(super) received_ms: u64,
+    /// Records of the same push after this one; always 0 for version 1.
+    pub(super) rest: u32,
 }
 
 pub(super) fn parse_header(b: &[u8]) -> Option<Header> {
-    if b.len() < HEADER_LEN || b[0..4] != MAGIC || u32_at(b, 8) != header_crc(b) {
+    let len = match b.get(0..4)? {
+        m if m == MAGIC_V2 => HEADER_LEN_V2,
+        m if m == MAGIC_V1 => HEADER_LEN,
+        _ => return None,
+    };
+    if b.len() < len || u32_at(b, 8) != header_crc(b, len) {
         return None;
     }
     Some(Header {
-        total: HEADER_LEN + u32_at(b, 4) as usize,
+        len,
+        total: len + u32_at(b, 4) as usize,
         offset: u64_at(b, 16),
         received_ms: u64_at(b, 24),
+        rest: if len == HEADER_LEN_V2 {
+            u32_at(b, 32)
+        } else {
+            0
+        },
     })
 }
 
@@ -77,6 +116,8 @@ pub(super) enum Item {
     Record {
         offset: Offset,
         received_ms: u64,
+        /// Records of the same push after this one (0: the push ends here).
+        rest: u32,
         row: Row,
         len: u64,
     },
@@ -133,10 +174,11 @@ pub(super) fn parse_one(b: &[u8], at_eof: bool) -> Parsed {
             if !body_ok(rec) {
                 return corrupt(Some(h.offset), rec, "checksum mismatch");
             }
-            match Row::from_bytes(&rec[HEADER_LEN..]) {
+            match Row::from_bytes(&rec[h.len..]) {
                 Ok(row) => Parsed::Item(Item::Record {
                     offset: h.offset,
                     received_ms: h.received_ms,
+                    rest: h.rest,
                     row,
                     len: h.total as u64,
                 }),
@@ -163,7 +205,7 @@ pub(super) fn parse_one(b: &[u8], at_eof: bool) -> Parsed {
 /// The first position after 0 where a whole, intact record starts.
 pub(super) fn resync(b: &[u8]) -> Option<usize> {
     (1..b.len())
-        .filter(|&q| b[q..].starts_with(&MAGIC))
+        .filter(|&q| b[q..].starts_with(&MAGIC_V2) || b[q..].starts_with(&MAGIC_V1))
         .find(|&q| {
             parse_header(&b[q..])
                 .is_some_and(|h| b.len() - q >= h.total && body_ok(&b[q..q + h.total]))

@@ -87,12 +87,11 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Committed segments are kept this long for replay unless configured otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-const HEADER_LEN: usize = 32;
-const MAGIC: [u8; 4] = *b"WSPL";
 const CURSOR_MAGIC: [u8; 4] = *b"WCUR";
 const CURSOR_FILE: &str = "cursor";
 const IN_FLIGHT_FILE: &str = "in_flight.json";
 const QUARANTINE_FILE: &str = "quarantine.log";
+const LOCK_FILE: &str = "lock";
 const READ_CHUNK: usize = 256 * 1024;
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -133,6 +132,13 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
+    /// Another process (or another spool in this one) has the directory open.
+    #[error(
+        "spool {} is in use by another weir process (it holds the lock on {}/lock); two processes must not share a spool",
+        dir.display(),
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
 }
 
 /// What [`DiskSpool::open`] found and repaired.
@@ -163,6 +169,9 @@ pub struct DiskSpool {
     /// Orders cursor and in-flight file updates (commit, replay, set_in_flight).
     cursor_lock: tokio::sync::Mutex<()>,
     recovery: RecoveryReport,
+    /// The exclusive lock on `dir/lock`; released when the spool is dropped, after the
+    /// writer thread has stopped.
+    _lock: std::fs::File,
 }
 
 impl DiskSpool {
@@ -189,6 +198,7 @@ impl DiskSpool {
             state,
             active,
             report,
+            lock,
         } = recovered;
         let (seg_first, len) = state
             .segments
@@ -234,6 +244,7 @@ impl DiskSpool {
             thread: Some(thread),
             cursor_lock: tokio::sync::Mutex::new(()),
             recovery: report,
+            _lock: lock,
         })
     }
 
@@ -299,7 +310,7 @@ impl DiskSpool {
         answer.await.unwrap_or(Err(PushError::Closed))
     }
 
-    async fn peek_entries(&self, max: usize) -> Result<Vec<Entry>, QueueError> {
+    async fn peek_entries(&self, max: usize, max_bytes: u64) -> Result<Vec<Entry>, QueueError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -310,6 +321,7 @@ impl DiskSpool {
         let shared = self.shared.clone();
         blocking(move || {
             let mut out = Vec::new();
+            let mut bytes = 0u64;
             walk(&shared.dir, &spans, |_, item| {
                 match item {
                     Item::Record {
@@ -317,11 +329,18 @@ impl DiskSpool {
                         received_ms,
                         row,
                         ..
-                    } if offset >= cursor => out.push(Entry {
-                        offset,
-                        received_ms,
-                        row,
-                    }),
+                    } if offset >= cursor => {
+                        let len = row.encoded_len() as u64;
+                        if !out.is_empty() && bytes + len > max_bytes {
+                            return ControlFlow::Break(());
+                        }
+                        bytes += len;
+                        out.push(Entry {
+                            offset,
+                            received_ms,
+                            row,
+                        });
+                    }
                     Item::Record { .. } => {}
                     Item::Corrupt { offset, reason, .. } => {
                         // Reported on every peek until committed past: rate-limit it.
@@ -348,10 +367,11 @@ impl DiskSpool {
             let target = through.saturating_add(1).min(st.next_offset);
             (st.cursor, target, st.spans_from(st.read_pos))
         };
-        if target <= cursor {
-            return Ok(());
-        }
         let shared = self.shared.clone();
+        if target <= cursor {
+            // Already committed in memory; make sure it is on disk too.
+            return blocking(move || shared.persist_cursor()).await;
+        }
         blocking(move || shared.advance_cursor(target, spans)).await
     }
 
@@ -418,7 +438,9 @@ impl DiskSpool {
         let stopped = || QueueError::Io(io::Error::other("spool writer stopped"));
         self.send(Request::Sync(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())??;
-        Ok(())
+        let _order = self.cursor_lock.lock().await;
+        let shared = self.shared.clone();
+        blocking(move || shared.persist_cursor()).await
     }
 
     fn send(&self, request: Request) -> Result<(), ()> {
@@ -449,8 +471,12 @@ impl Queue for DiskSpool {
         Some((self.fsync_count(), self.fsync_total()))
     }
 
-    fn peek(&self, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
-        Box::pin(self.peek_entries(max))
+    fn peek(
+        &self,
+        max_rows: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
+        Box::pin(self.peek_entries(max_rows, max_bytes))
     }
 
     fn commit(&self, through: Offset) -> BoxFuture<'_, Result<(), QueueError>> {
@@ -546,6 +572,8 @@ struct State {
     disk_bytes: u64,
     /// The first offset not yet committed.
     cursor: Offset,
+    /// The cursor as the `cursor` file holds it; behind `cursor` after a failed write.
+    persisted_cursor: Offset,
     /// Where the first record at or after `cursor` is (or will be written).
     read_pos: Pos,
     next_offset: Offset,
@@ -667,7 +695,9 @@ impl Shared {
         let mut doomed = Vec::new();
         {
             let mut st = self.lock();
-            let keep_from = st.pin.map_or(st.cursor, |p| p.min(st.cursor));
+            // A restart resumes at the persisted cursor, so its segment must stay.
+            let cursor = st.cursor.min(st.persisted_cursor);
+            let keep_from = st.pin.map_or(cursor, |p| p.min(cursor));
             while st.segments.len() > 1 && st.segments[1].first <= keep_from {
                 let age = now
                     .duration_since(st.segments[0].modified)
@@ -728,8 +758,6 @@ impl Shared {
                 at: s.end,
             })
         });
-        self.fs
-            .replace(&self.dir, CURSOR_FILE, &encode_cursor(target))?;
         let need_oldest = {
             let mut st = self.lock();
             st.cursor = target;
@@ -757,6 +785,27 @@ impl Shared {
             })?;
             self.lock().oldest_ms = first_ms;
         }
+        self.persist_cursor()
+    }
+
+    /// Writes the in-memory cursor to the `cursor` file if it is not there yet, then frees
+    /// the segments that commit made deletable. Callers hold `cursor_lock`.
+    fn persist_cursor(&self) -> Result<(), QueueError> {
+        let cursor = {
+            let st = self.lock();
+            if st.persisted_cursor == st.cursor {
+                return Ok(());
+            }
+            st.cursor
+        };
+        if let Err(e) = self
+            .fs
+            .replace(&self.dir, CURSOR_FILE, &encode_cursor(cursor))
+        {
+            warn!(dir = %self.dir.display(), cursor, error = %e, "spool cursor write failed");
+            return Err(e.into());
+        }
+        self.lock().persisted_cursor = cursor;
         self.drop_old_segments(None);
         Ok(())
     }
@@ -781,6 +830,7 @@ impl Shared {
             .replace(&self.dir, CURSOR_FILE, &encode_cursor(from))?;
         let mut st = self.lock();
         st.cursor = from;
+        st.persisted_cursor = from;
         if let Some(pos) = first {
             st.read_pos = pos;
             st.queued_rows += rows;

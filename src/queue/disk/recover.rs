@@ -15,7 +15,7 @@ use super::files::{
 };
 use super::format::{Item, SegmentReader, encode_record};
 use super::{
-    CURSOR_FILE, DiskSpoolConfig, IN_FLIGHT_FILE, Pos, QUARANTINE_FILE, RecoveryReport,
+    CURSOR_FILE, DiskSpoolConfig, IN_FLIGHT_FILE, LOCK_FILE, Pos, QUARANTINE_FILE, RecoveryReport,
     SegmentInfo, SpoolError, State,
 };
 use crate::queue::{Offset, now_ms};
@@ -23,6 +23,31 @@ pub(super) struct Recovered {
     pub(super) state: State,
     pub(super) active: File,
     pub(super) report: RecoveryReport,
+    /// Held open while the spool is: the exclusive lock on `dir/lock`.
+    pub(super) lock: File,
+}
+
+/// Takes the exclusive lock on `dir/lock`, so one process at a time opens the spool. The
+/// lock is an `flock`: it goes when the file is closed or the process dies.
+fn lock_spool(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| SpoolError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Io { path, source }),
+    }
 }
 
 /// A damaged stretch of a segment.
@@ -40,8 +65,9 @@ struct Bad {
 #[derive(Default)]
 struct Scan {
     len: u64,
-    /// End of the last good record.
-    good_end: u64,
+    /// End of the last good record that ends its push: a torn tail is cut back to here, so a
+    /// push whose last records never reached the disk is dropped whole.
+    push_end: u64,
     /// End of the last good record before the cursor.
     committed_end: u64,
     last_offset: Option<Offset>,
@@ -69,6 +95,7 @@ fn scan_segment(path: &Path, cursor: Offset, min_offset: Offset) -> io::Result<S
             Item::Record {
                 offset,
                 received_ms,
+                rest,
                 len,
                 ..
             } if offset >= next_min => {
@@ -83,7 +110,9 @@ fn scan_segment(path: &Path, cursor: Offset, min_offset: Offset) -> io::Result<S
                 }
                 next_min = offset + 1;
                 s.last_offset = Some(offset);
-                s.good_end = pos + len;
+                if rest == 0 {
+                    s.push_end = pos + len;
+                }
                 if offset < cursor {
                     s.committed_end = pos + len;
                 } else {
@@ -95,11 +124,12 @@ fn scan_segment(path: &Path, cursor: Offset, min_offset: Offset) -> io::Result<S
             Item::Record {
                 offset,
                 received_ms,
+                rest,
                 row,
                 len,
             } => {
                 let mut raw = Vec::new();
-                encode_record(&mut raw, offset, received_ms, row.as_bytes());
+                encode_record(&mut raw, offset, received_ms, rest, row.as_bytes());
                 s.bad.push(Bad {
                     pos,
                     len,
@@ -147,7 +177,7 @@ fn fix_segment(
     is_last: bool,
     report: &mut RecoveryReport,
 ) -> io::Result<bool> {
-    let tail_from = if is_last { scan.good_end } else { scan.len };
+    let tail_from = if is_last { scan.push_end } else { scan.len };
     let quarantine: Vec<&Bad> = scan
         .bad
         .iter()
@@ -157,15 +187,15 @@ fn fix_segment(
             None => b.pos >= scan.committed_end,
         })
         .collect();
-    let truncate = is_last && scan.len > scan.good_end;
+    let truncate = is_last && scan.len > scan.push_end;
     if quarantine.is_empty() && !truncate {
         return Ok(false);
     }
     if truncate {
         let file = OpenOptions::new().write(true).open(path)?;
-        file.set_len(scan.good_end)?;
+        file.set_len(scan.push_end)?;
         file.sync_all()?;
-        let bytes = scan.len - scan.good_end;
+        let bytes = scan.len - scan.push_end;
         report.truncated_bytes += bytes;
         warn!(segment = %path.display(), bytes, "spool torn tail truncated");
     }
@@ -244,7 +274,9 @@ pub(super) fn recover(cfg: &DiskSpoolConfig, fs: &dyn FileOps) -> Result<Recover
         move |source| SpoolError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(at(dir))?;
+    let lock = lock_spool(dir)?;
     let mut firsts = Vec::new();
+    let mut removed_empty = false;
     for entry in std::fs::read_dir(dir).map_err(at(dir))? {
         let entry = entry.map_err(at(dir))?;
         let name = entry.file_name();
@@ -254,8 +286,19 @@ pub(super) fn recover(cfg: &DiskSpoolConfig, fs: &dyn FileOps) -> Result<Recover
         if name.ends_with(".tmp") {
             std::fs::remove_file(entry.path()).map_err(at(&entry.path()))?;
         } else if let Some(first) = parse_segment_name(name) {
-            firsts.push(first);
+            let path = entry.path();
+            if std::fs::metadata(&path).map_err(at(&path))?.len() == 0 {
+                // Holds no record, so it bounds nothing: a roll whose directory sync failed
+                // can leave one named after an offset the previous segment went on to hold.
+                fs.remove(&path).map_err(at(&path))?;
+                removed_empty = true;
+            } else {
+                firsts.push(first);
+            }
         }
+    }
+    if removed_empty {
+        fs.sync_dir(dir).map_err(at(dir))?;
     }
     firsts.sort_unstable();
 
@@ -344,6 +387,7 @@ pub(super) fn recover(cfg: &DiskSpoolConfig, fs: &dyn FileOps) -> Result<Recover
         disk_bytes: segments.iter().map(|s| s.len).sum(),
         segments,
         cursor,
+        persisted_cursor: cursor,
         read_pos: Pos { seg: 0, at: 0 },
         next_offset,
         queued_rows,
@@ -371,5 +415,6 @@ pub(super) fn recover(cfg: &DiskSpoolConfig, fs: &dyn FileOps) -> Result<Recover
         state,
         active,
         report,
+        lock,
     })
 }

@@ -22,6 +22,10 @@ pub(super) enum Fault {
     Sync,
     /// Creating a segment fails as on a read-only file system.
     Create,
+    /// Directory fsyncs fail (so do replacements, which end with one).
+    SyncDir,
+    /// Replacing a small file (the cursor, the in-flight record) fails with this error.
+    Replace(i32),
 }
 
 /// The real file system, failing on demand.
@@ -72,6 +76,20 @@ impl FileOps for FaultyFs {
         file.sync_data()
     }
 
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if matches!(self.fault(), Some(Fault::SyncDir)) {
+            return Err(io::Error::other("injected directory fsync failure"));
+        }
+        RealFiles.sync_dir(dir)
+    }
+
+    fn replace(&self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if let Some(Fault::Replace(errno)) = self.fault() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        RealFiles.replace(dir, name, bytes)
+    }
+
     fn set_len(&self, file: &File, len: u64) -> io::Result<()> {
         if matches!(self.fault(), Some(Fault::WriteAndTruncate { .. })) {
             return Err(io::Error::other("injected truncate failure"));
@@ -79,6 +97,25 @@ impl FileOps for FaultyFs {
         file.set_len(len)
     }
 }
+
+fn subject(rows: u64, bytes: u64) -> BoxFuture<'static, crate::queue::contract::Subject> {
+    Box::pin(async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = DiskSpool::open(DiskSpoolConfig {
+            capacity_rows: rows,
+            max_bytes: bytes,
+            ..config(dir.path())
+        })
+        .await
+        .expect("spool opens");
+        crate::queue::contract::Subject {
+            queue: Box::new(queue),
+            _keep: Box::new(dir),
+        }
+    })
+}
+
+crate::queue::contract::queue_contract!(subject);
 
 async fn open_faulty(cfg: &DiskSpoolConfig) -> (DiskSpool, Arc<FaultyFs>) {
     let faults = Arc::new(FaultyFs::default());
@@ -111,7 +148,7 @@ async fn open(cfg: &DiskSpoolConfig) -> DiskSpool {
 }
 
 async fn offsets(q: &DiskSpool) -> Vec<Offset> {
-    q.peek(100_000)
+    q.peek(100_000, u64::MAX)
         .await
         .expect("peek works")
         .iter()
@@ -121,7 +158,7 @@ async fn offsets(q: &DiskSpool) -> Vec<Offset> {
 
 /// The `i` field of every queued row, which tests set to the row's expected offset.
 async fn ids(q: &DiskSpool) -> Vec<u64> {
-    q.peek(100_000)
+    q.peek(100_000, u64::MAX)
         .await
         .expect("peek works")
         .iter()
@@ -193,7 +230,7 @@ async fn rows_leave_only_when_committed_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let q = open(&config(dir.path())).await;
     q.push(rows(0..4)).await.unwrap();
-    let batch = q.peek(3).await.unwrap();
+    let batch = q.peek(3, u64::MAX).await.unwrap();
     assert_eq!(
         batch.iter().map(|e| e.offset).collect::<Vec<_>>(),
         vec![0, 1, 2]
@@ -297,7 +334,9 @@ async fn a_torn_tail_is_truncated_and_every_complete_record_survives() {
     let cfg = config(dir.path());
     {
         let q = open(&cfg).await;
-        q.push(rows(0..5)).await.unwrap();
+        for i in 0..5 {
+            q.push(rows(i..i + 1)).await.unwrap();
+        }
     }
     let seg = segment_files(dir.path()).pop().unwrap();
     let len = fs::metadata(&seg).unwrap().len();
@@ -715,7 +754,7 @@ async fn a_record_that_does_not_decode_as_a_row_is_quarantined() {
         let good = row(i);
         // Record 2 has intact checksums around bytes that are no row.
         let payload: &[u8] = if i == 2 { &[5, b'a'] } else { good.as_bytes() };
-        encode_record(&mut bytes, i, 1_000 + i, payload);
+        encode_record(&mut bytes, i, 1_000 + i, 0, payload);
     }
     fs::write(segment_path(dir.path(), 0), &bytes).unwrap();
     let q = open(&config(dir.path())).await;
@@ -809,7 +848,7 @@ proptest::proptest! {
                         next += n;
                     }
                     Op::Peek(n) => {
-                        let got = q.peek(n).await.unwrap();
+                        let got = q.peek(n, u64::MAX).await.unwrap();
                         let want: Vec<u64> = model.iter().take(n).copied().collect();
                         assert_eq!(got.iter().map(|e| e.offset).collect::<Vec<_>>(), want);
                         for e in &got {
@@ -848,4 +887,219 @@ proptest::proptest! {
             }
         });
     }
+}
+
+const ENOSPC: i32 = 28;
+const EMFILE: i32 = 24;
+
+#[tokio::test]
+async fn a_request_torn_by_a_crash_is_dropped_whole_and_earlier_requests_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let q = open(&cfg).await;
+        q.push(rows(0..2)).await.unwrap();
+        q.push(rows(2..6)).await.unwrap();
+    }
+    // The crash came before the last record of the second request reached the disk.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let len = fs::metadata(&seg).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let q = open(&cfg).await;
+    assert_eq!(
+        ids(&q).await,
+        vec![0, 1],
+        "no part of a torn request is kept"
+    );
+    assert_eq!(q.recovery().truncated_bytes, one_record_len() * 4 - 3);
+    assert_eq!(q.stats().next_offset, 2);
+    q.push(rows(2..3)).await.unwrap();
+    drop(q);
+    let q = open(&cfg).await;
+    assert_eq!(q.recovery().truncated_bytes, 0);
+    assert_eq!(ids(&q).await, vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_spool_written_in_the_version_1_format_opens_with_every_row_intact() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let cfg = config(dir.path());
+    let q = open(&cfg).await;
+    let report = q.recovery().clone();
+    assert_eq!((report.quarantined, report.truncated_bytes), (0, 0));
+    assert!(!report.cursor_missing);
+    assert_eq!((report.cursor, report.next_offset), (2, 7));
+    let expect = |i: u64| {
+        let mut b = Row::builder();
+        b.push("id", crate::row::Kind::String, &i.to_string())
+            .unwrap();
+        b.push("name", crate::row::Kind::String, &format!("Zoë, \"{i}\""))
+            .unwrap();
+        b.push("amount", crate::row::Kind::Number, &format!("{i}.50"))
+            .unwrap();
+        b.finish()
+    };
+    let got = q.peek(100, u64::MAX).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6]
+    );
+    for e in &got {
+        assert_eq!(e.row, expect(e.offset));
+    }
+    assert_eq!(
+        q.stats().bytes,
+        got.iter()
+            .map(|e| 32 + e.row.encoded_len() as u64)
+            .sum::<u64>(),
+        "version 1 records have 32-byte headers"
+    );
+    // New rows go after the old ones in the current format; both read back after a restart.
+    q.push(vec![expect(7)]).await.unwrap();
+    drop(q);
+    let q = open(&cfg).await;
+    assert_eq!(q.recovery().truncated_bytes, 0);
+    let got = q.peek(100, u64::MAX).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6, 7]
+    );
+    assert!(got.iter().all(|e| e.row == expect(e.offset)));
+    q.commit(6).await.unwrap();
+    assert_eq!(offsets(&q).await, vec![7]);
+}
+
+#[tokio::test]
+async fn a_commit_whose_cursor_write_fails_stays_committed_and_a_later_commit_persists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (q, faults) = open_faulty(&cfg).await;
+    q.push(rows(0..4)).await.unwrap();
+    faults.inject(Some(Fault::Replace(ENOSPC)));
+    assert!(matches!(q.commit(1).await, Err(QueueError::Io(_))));
+    assert_eq!(
+        offsets(&q).await,
+        vec![2, 3],
+        "the committed rows are not offered again"
+    );
+    assert_eq!(q.stats().rows, 2);
+    faults.inject(Some(Fault::Replace(EMFILE)));
+    assert!(
+        matches!(q.commit(1).await, Err(QueueError::Io(_))),
+        "the same commit retries the write and reports that it still fails"
+    );
+    assert!(matches!(q.commit(0).await, Err(QueueError::Io(_))));
+    faults.inject(None);
+    q.commit(1).await.unwrap();
+    drop(q);
+    let q = open(&cfg).await;
+    assert_eq!(ids(&q).await, vec![2, 3], "the cursor reached the disk");
+}
+
+#[tokio::test]
+async fn sync_persists_a_cursor_whose_write_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (q, faults) = open_faulty(&cfg).await;
+    q.push(rows(0..3)).await.unwrap();
+    faults.inject(Some(Fault::Replace(ENOSPC)));
+    assert!(q.commit(0).await.is_err());
+    assert!(
+        q.sync().await.is_err(),
+        "sync reports the cursor is not on disk"
+    );
+    faults.inject(None);
+    q.sync().await.unwrap();
+    drop(q);
+    assert_eq!(ids(&open(&cfg).await).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_failed_segment_roll_leaves_no_empty_segment_that_hides_queued_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DiskSpoolConfig {
+        segment_bytes: one_record_len() * 3,
+        ..config(dir.path())
+    };
+    let (q, faults) = open_faulty(&cfg).await;
+    q.push(rows(0..2)).await.unwrap();
+    // Two more rows need a new segment: it is created, but the directory sync fails.
+    faults.inject(Some(Fault::SyncDir));
+    assert!(matches!(
+        q.push(rows(2..4)).await,
+        Err(PushError::Unavailable(_))
+    ));
+    faults.inject(None);
+    // One row still fits the old segment, so it goes there with offset 2.
+    q.push(rows(2..3)).await.unwrap();
+    q.push(rows(3..4)).await.unwrap();
+    q.commit(1).await.unwrap();
+    drop(q);
+    let q = open(&cfg).await;
+    assert_eq!(ids(&q).await, vec![2, 3]);
+    assert_eq!(q.stats().next_offset, 4);
+    assert!(
+        segment_files(dir.path())
+            .iter()
+            .all(|p| fs::metadata(p).unwrap().len() > 0),
+        "no empty segment is left"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_segment_file_never_hides_queued_rows_or_lets_offsets_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let q = open(&cfg).await;
+        for i in 0..3 {
+            q.push(rows(i..i + 1)).await.unwrap();
+        }
+        q.commit(0).await.unwrap();
+    }
+    // Left by a roll whose directory sync failed and whose removal never happened.
+    File::create(segment_path(dir.path(), 1)).unwrap();
+    let q = open(&cfg).await;
+    assert_eq!(ids(&q).await, vec![1, 2]);
+    assert_eq!(q.stats().next_offset, 3);
+    q.push(rows(3..4)).await.unwrap();
+    drop(q);
+    assert_eq!(ids(&open(&cfg).await).await, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_second_open_of_a_spool_in_use_fails_naming_the_directory_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let q = open(&cfg).await;
+    q.push(rows(0..2)).await.unwrap();
+    // A replacement the live spool is in the middle of.
+    fs::write(dir.path().join("cursor.tmp"), b"half").unwrap();
+    let err = DiskSpool::open(cfg.clone())
+        .await
+        .err()
+        .expect("the spool is in use");
+    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    assert!(
+        dir.path().join("cursor.tmp").exists(),
+        "the second open touched nothing"
+    );
+    assert_eq!(ids(&q).await, vec![0, 1]);
+    drop(q);
+    let q = open(&cfg).await;
+    assert_eq!(ids(&q).await, vec![0, 1], "the lock goes with the spool");
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::files::segment_path;
 use super::format::encode_record;
@@ -119,8 +119,17 @@ impl Writer {
                 return self.refuse(push, err);
             }
         }
-        for row in &push.rows {
-            encode_record(&mut group.buf, self.next, push.received_ms, row.as_bytes());
+        // `push` refuses more than u32::MAX rows' worth of bytes long before this count.
+        let count = push.rows.len() as u32;
+        for (i, row) in push.rows.iter().enumerate() {
+            let rest = count - 1 - i as u32;
+            encode_record(
+                &mut group.buf,
+                self.next,
+                push.received_ms,
+                rest,
+                row.as_bytes(),
+            );
             self.next += 1;
         }
         let rows = push.rows.len() as u64;
@@ -231,7 +240,15 @@ impl Writer {
         // No record at or after `first` exists anywhere, so a leftover file of that name
         // (from a roll whose directory sync failed) holds nothing and may be emptied.
         let file = self.shared.fs.create(&path)?;
-        self.shared.fs.sync_dir(&self.shared.dir)?;
+        if let Err(e) = self.shared.fs.sync_dir(&self.shared.dir) {
+            // Writing goes on in the old segment, so an empty segment named after an offset it
+            // is about to hold must not stay behind (recovery also deletes empty segments).
+            drop(file);
+            if let Err(remove) = self.shared.fs.remove(&path) {
+                warn!(segment = first, error = %remove, "spool segment removal after a failed roll failed");
+            }
+            return Err(e);
+        }
         {
             let now = SystemTime::now();
             let mut st = self.shared.lock();
