@@ -5,7 +5,7 @@ use serde_json::json;
 use weir::emulator::EmulatorConfig;
 use weir::schedule::Outcome;
 
-use crate::helpers::{delivery_config, spawn_app, spawn_emulator, status_and_json};
+use crate::helpers::{delivery_config, spawn_app, spawn_emulator, status_and_json, wait_until};
 
 fn spool_config(emu_base: &str, dir: &std::path::Path, queue_extra: &str) -> String {
     delivery_config(
@@ -123,4 +123,54 @@ async fn a_corrupt_record_is_quarantined_and_weir_starts_and_delivers_the_rest()
         ids.windows(2).all(|w| w[0] < w[1]),
         "the rest in order: {ids:?}"
     );
+}
+
+#[tokio::test]
+async fn a_second_weir_on_the_same_spool_fails_at_start_naming_the_directory() {
+    let emu = spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let config = spool_config(&emu.base, &spool, "");
+    let app = spawn_app(&config).await;
+    assert_eq!(app.post_json("orders", r#"{"id":"1"}"#).await.status(), 202);
+    let segments_before = std::fs::read_dir(&spool).unwrap().count();
+
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    let mut status = None;
+    wait_until(20, "the second weir to exit", || {
+        status = second.try_wait().expect("child state readable");
+        std::future::ready(status.is_some())
+    })
+    .await;
+    let status = status.expect("exited");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&spool.display().to_string()), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), segments_before);
+    assert_eq!(
+        app.queued("orders").await.len(),
+        1,
+        "the live spool is untouched"
+    );
+    assert_eq!(
+        app.app().flush("orders").await.unwrap().outcome,
+        Outcome::Delivered
+    );
+    assert_eq!(emu.column("orders", "id").await, ["1"]);
 }

@@ -11,32 +11,43 @@
 //!   record would push the active one past `segment_bytes`.
 //! - `cursor`: the first offset not yet committed, 16 bytes: `b"WCUR"`, CRC32C of the next 8
 //!   bytes (u32 LE), the offset (u64 LE). Replaced atomically (write `cursor.tmp`, fsync,
-//!   rename, fsync the directory).
+//!   rename, fsync the directory). `commit` moves the cursor in memory first; if the file
+//!   cannot be written, the next `commit` or `sync` writes it (see [`Queue::commit`]).
 //! - `in_flight.json`: the batch a sink is delivering (`{"first","last","job_id"}`), replaced
 //!   the same way; absent when nothing is in flight.
 //! - `quarantine.log`: corrupt records found on open, one line each:
 //!   `time_ms=<ms> segment=<file> position=<byte> offset=<n | unknown | unknown(a-b)>
 //!   reason="<why>" len=<bytes> hex=<the raw bytes in hex>`.
+//! - `lock`: empty; the process that has the spool open holds an exclusive `flock` on it.
+//!   A second open (another process, or this one) fails with [`SpoolError::Locked`] before
+//!   anything in the directory is read or changed.
 //! - `*.tmp`: half-finished replacements; removed on open.
 //!
 //! # Record layout (integers little-endian)
+//! The magic is the format version. Version 2 is written; version 1 is still read.
 //! ```text
-//!  0..4   magic b"WSPL"
+//!  0..4   magic b"WSP2" (version 2) or b"WSPL" (version 1)
 //!  4..8   row length (u32)
-//!  8..12  header CRC32C over bytes 0..8 and 16..24 (magic, length, offset)
+//!  8..12  header CRC32C over bytes 0..8 and 16..24 (magic, length, offset), and in
+//!         version 2 also 32..36
 //! 12..16  record CRC32C over bytes 16..end (everything after this field)
 //! 16..24  offset (u64)
 //! 24..32  received_ms (u64)
-//! 32..    the row's bytes (`Row::as_bytes`)
+//! 32..36  version 2 only: records of the same push after this one (u32; 0 ends the push)
+//! 36..    the row's bytes (`Row::as_bytes`); from byte 32 in version 1
 //! ```
+//! A push never spans segments. A version 1 record counts as a push of its own.
 //! The header CRC lets a reader trust the length of a record whose body is damaged and skip
 //! it, and lets it find the next record after damaged framing (resync: the next position with
 //! the magic, a valid header CRC and a valid record CRC).
 //!
 //! # Recovery on open
 //! Segments from the one holding the cursor to the last are read and every CRC checked.
-//! - A torn tail (a short header, a short body or bad bytes after the last good record of the
-//!   last segment) is truncated back to the last good record.
+//! - A torn tail (a short header, a short body, bad bytes, or a push whose last record is
+//!   missing, at the end of the last segment) is truncated back to the end of the last whole
+//!   push: a request is kept whole or dropped whole.
+//! - An empty segment file is deleted: it holds no record, so it bounds nothing (a roll whose
+//!   directory sync failed can leave one named after an offset the previous segment holds).
 //! - A corrupt record with good records after it (or in a segment that is not the last), and a
 //!   record whose bytes do not decode as a row, is appended to `quarantine.log` and removed
 //!   from its segment (the segment is rewritten without it); reading goes on after it.
