@@ -74,13 +74,13 @@ impl TestApp {
         req.send().await.expect("request sent").status().as_u16()
     }
 
-    fn auth_failures(&self, reason: weir::ingest::auth::Failure) -> u64 {
+    fn auth_failures(&self, reason: weir::auth_failure::Failure) -> u64 {
         let p = self.app().pipeline("orders").unwrap();
         p.counters.auth_failures.get(reason)
     }
 }
 
-use weir::ingest::auth::Failure;
+use weir::auth_failure::Failure;
 
 #[tokio::test]
 async fn a_token_header_admits_current_and_rotated_secrets_only() {
