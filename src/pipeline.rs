@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{PipelineConfig, Schedule};
 use crate::auth_failure::AuthFailures;
+use crate::config::{PipelineConfig, Schedule};
 use crate::queue::{Queue, now_ms};
 
 pub struct Pipeline {

@@ -178,7 +178,12 @@ mod tests {
         );
         let h = with("forwarded", &["for=192.0.2.60:8080"]);
         assert_eq!(
-            address(ip("::ffff:10.0.0.1"), &h, &trusted, ForwardedHeader::Forwarded),
+            address(
+                ip("::ffff:10.0.0.1"),
+                &h,
+                &trusted,
+                ForwardedHeader::Forwarded
+            ),
             Ok(ip("192.0.2.60"))
         );
         assert_eq!(

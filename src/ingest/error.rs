@@ -116,7 +116,11 @@ impl IngestError {
                 "queue_full",
                 Some(*retry_after),
             ),
-            E::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(30)),
+            E::QueueUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                Some(30),
+            ),
             E::DuplicateInProgress => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "duplicate_in_progress",

@@ -319,7 +319,9 @@ fn reserve_body_bytes(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(limit, |n| usize::try_from(n).unwrap_or(usize::MAX).min(limit));
+        .map_or(limit, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).min(limit)
+        });
     let gzip = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");

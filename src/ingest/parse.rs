@@ -601,7 +601,12 @@ mod tests {
         ];
         for (body, limit) in cases {
             let err = json_within(body, &small()).unwrap_err();
-            assert_eq!(err.limit(), Some(limit), "{}: {err}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.limit(),
+                Some(limit),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
             assert!(err.to_string().contains("(server."), "{err}");
         }
         assert_eq!(
@@ -626,19 +631,35 @@ mod tests {
     fn arrays_count_towards_the_nesting_limit() {
         let limits = small();
         assert!(json_within(br#"{"a":[[[1]]]}"#, &limits).is_ok());
-        for body in [&br#"{"a":[[[[1]]]]}"#[..], br#"{"a":{"b":[[[1]]]}}"#, br#"{"a":[{"b":[[{}]]}]}"#] {
+        for body in [
+            &br#"{"a":[[[[1]]]]}"#[..],
+            br#"{"a":{"b":[[[1]]]}}"#,
+            br#"{"a":[{"b":[[{}]]}]}"#,
+        ] {
             let err = json_within(body, &limits).unwrap_err();
-            assert_eq!(err.limit(), Some(Limit::Depth), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.limit(),
+                Some(Limit::Depth),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         // Brackets inside strings are text.
         assert!(json_within(br#"{"a":["[[[[[[\"]]"]}"#, &limits).is_ok());
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(json(deep.as_bytes()).unwrap_err().limit(), Some(Limit::Depth));
+        assert_eq!(
+            json(deep.as_bytes()).unwrap_err().limit(),
+            Some(Limit::Depth)
+        );
     }
 
     #[test]
     fn an_empty_name_is_refused_at_every_level() {
-        for body in [&br#"{"a":{"":1}}"#[..], br#"{"a":{"b":{"":1}}}"#, br#"{"":{"a":1}}"#] {
+        for body in [
+            &br#"{"a":{"":1}}"#[..],
+            br#"{"a":{"b":{"":1}}}"#,
+            br#"{"":{"a":1}}"#,
+        ] {
             assert_eq!(
                 json(body).unwrap_err().to_string(),
                 "a field name is empty",

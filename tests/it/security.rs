@@ -450,7 +450,11 @@ fn standard_webhook(key: &[u8], id: &str, t: i64, body: &str) -> Vec<(&'static s
 }
 
 impl TestApp {
-    async fn post_signed(&self, headers: &[(&str, String)], body: &str) -> (u16, serde_json::Value) {
+    async fn post_signed(
+        &self,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
         let mut req = self
             .client
             .post(self.url("/hooks/orders"))
@@ -464,7 +468,9 @@ impl TestApp {
 
     fn duplicate_rows(&self) -> u64 {
         let p = self.app().pipeline("orders").unwrap();
-        p.counters.duplicate.load(std::sync::atomic::Ordering::Relaxed)
+        p.counters
+            .duplicate
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -476,8 +482,14 @@ async fn a_replayed_standard_webhook_is_answered_again_but_queued_once() {
     let two_rows = r#"[{"OrderId":"1"},{"OrderId":"2"}]"#;
     let first = standard_webhook(&key, "msg_1", now(), two_rows);
     let answer = serde_json::json!({"accepted": 2, "ignored": 0});
-    assert_eq!(app.post_signed(&first, two_rows).await, (202, answer.clone()));
-    assert_eq!(app.post_signed(&first, two_rows).await, (202, answer.clone()));
+    assert_eq!(
+        app.post_signed(&first, two_rows).await,
+        (202, answer.clone())
+    );
+    assert_eq!(
+        app.post_signed(&first, two_rows).await,
+        (202, answer.clone())
+    );
     // A retry signed anew (a later timestamp) is the same delivery too.
     let resent = standard_webhook(&key, "msg_1", now() + 1, two_rows);
     assert_eq!(app.post_signed(&resent, two_rows).await, (202, answer));
@@ -528,7 +540,10 @@ async fn stripe_events_github_and_shopify_deliveries_are_deduplicated_by_their_i
     };
     // Stripe signs each retry anew; the event id in the body is what repeats.
     assert_eq!(stripe.post_signed(&stripe_sig(now()), event).await.0, 202);
-    assert_eq!(stripe.post_signed(&stripe_sig(now() - 5), event).await.0, 202);
+    assert_eq!(
+        stripe.post_signed(&stripe_sig(now() - 5), event).await.0,
+        202
+    );
     assert_eq!(stripe.queued("orders").await.len(), 1);
 
     let github = spawn_app(&hmac_config("github", &["gh"], "")).await;
@@ -536,7 +551,10 @@ async fn stripe_events_github_and_shopify_deliveries_are_deduplicated_by_their_i
         vec![
             (
                 "x-hub-signature-256",
-                format!("sha256={}", hex::encode(hmac_sha256(b"gh", BODY.as_bytes()))),
+                format!(
+                    "sha256={}",
+                    hex::encode(hmac_sha256(b"gh", BODY.as_bytes()))
+                ),
             ),
             ("x-github-delivery", delivery.to_owned()),
         ]
@@ -713,7 +731,11 @@ async fn the_forwarded_header_is_believed_only_when_configured_never_by_its_pres
     .await;
     assert_eq!(
         rfc_app
-            .post_with("/hooks/orders", &forwarded("for=198.51.100.7;proto=https"), BODY)
+            .post_with(
+                "/hooks/orders",
+                &forwarded("for=198.51.100.7;proto=https"),
+                BODY
+            )
             .await,
         202
     );
@@ -743,7 +765,11 @@ async fn an_unknown_or_obfuscated_forwarded_client_is_refused_not_replaced_by_th
             .await
             .unwrap();
         let (status, json) = status_and_json(resp).await;
-        assert_eq!((status, json["error"].as_str()), (403, Some("unknown_client")), "{hop}");
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (403, Some("unknown_client")),
+            "{hop}"
+        );
     }
     let xff_app = spawn_app(&config(
         r#"trusted_proxies = ["127.0.0.0/8"]"#,
@@ -751,7 +777,10 @@ async fn an_unknown_or_obfuscated_forwarded_client_is_refused_not_replaced_by_th
     ))
     .await;
     let unknown = vec![("x-forwarded-for", "unknown".to_owned())];
-    assert_eq!(xff_app.post_with("/hooks/orders", &unknown, BODY).await, 403);
+    assert_eq!(
+        xff_app.post_with("/hooks/orders", &unknown, BODY).await,
+        403
+    );
     assert!(app.queued("orders").await.is_empty());
     assert!(xff_app.queued("orders").await.is_empty());
 }
@@ -862,10 +891,9 @@ fn wide_object(key: Option<&str>, fields: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn costly_bodies_get_400_early_while_other_requests_are_still_served() {
-    let app = spawn_app(
-        &config("", "").replace("max_body_bytes = 4096", "max_body_bytes = \"2MiB\""),
-    )
-    .await;
+    let app =
+        spawn_app(&config("", "").replace("max_body_bytes = 4096", "max_body_bytes = \"2MiB\""))
+            .await;
     let long_key = "k".repeat(100 * 1024);
     let deep_array = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
     let hostile = [
@@ -901,7 +929,11 @@ async fn costly_bodies_get_400_early_while_other_requests_are_still_served() {
             .await
             .expect("a costly body is refused within the deadline")
             .unwrap();
-        assert_eq!((status, json["error"].as_str()), (400, Some(code)), "{json}");
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some(code)),
+            "{json}"
+        );
     }
     assert_eq!(app.queued("orders").await.len(), 1);
 }
@@ -932,8 +964,14 @@ async fn nesting_past_max_depth_is_refused_inside_arrays_too_and_nested_names_mu
     let default_depth = spawn_app(&config("", "")).await;
     let deep = format!("{{\"a\":{}1{}}}", "[".repeat(2_000), "]".repeat(2_000));
     let (status, json) = status_and_json(default_depth.post_json("orders", &deep).await).await;
-    assert_eq!((status, json["error"].as_str()), (400, Some("malformed_body")));
-    assert!(json["message"].as_str().unwrap().contains("max_depth"), "{json}");
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("malformed_body"))
+    );
+    assert!(
+        json["message"].as_str().unwrap().contains("max_depth"),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -968,7 +1006,12 @@ async fn bodies_beyond_the_bytes_in_flight_budget_get_503_until_the_budget_frees
     assert!(resp.headers().contains_key("retry-after"));
     let (status, json) = status_and_json(resp).await;
     assert_eq!((status, json["error"].as_str()), (503, Some("busy")));
-    assert!(json["message"].as_str().unwrap().contains("max_body_bytes_in_flight"));
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes_in_flight")
+    );
     // What is left of the budget still takes a smaller body.
     assert_eq!(app.post_json("orders", BODY).await.status(), 202);
     slow.write_all(&body.as_bytes()[10..]).await.unwrap();
