@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -209,7 +209,7 @@ async fn accept(
     {
         sender_check(pipeline, auth, client, headers, uri.query(), &[])?;
     }
-    let _permit = reserve_body_bytes(state, headers)?;
+    let _permit = reserve_body_bytes(state, &body, headers)?;
     let body = tokio::time::timeout(
         limits.body_read_timeout,
         read_body(body, headers, state.max_body_bytes),
@@ -308,20 +308,18 @@ async fn accept(
 }
 
 /// Takes the body's bytes from the server-wide in-flight budget before any of it is read:
-/// its Content-Length, or `max_body_bytes` when it has none, and `max_body_bytes` more for
-/// a gzip body's decompressed copy. The permit is held until the rows are queued.
+/// its length (Content-Length, 0 without a body), or `max_body_bytes` for a chunked body,
+/// and `max_body_bytes` more for a gzip body's decompressed copy. The permit is held until
+/// the rows are queued.
 fn reserve_body_bytes(
     state: &IngestState,
+    body: &Body,
     headers: &HeaderMap,
 ) -> Result<OwnedSemaphorePermit, IngestError> {
     let limit = state.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(limit, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX).min(limit)
-        });
+    let declared = HttpBody::size_hint(body).exact().map_or(limit, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).min(limit)
+    });
     let gzip = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");

@@ -1012,8 +1012,10 @@ async fn bodies_beyond_the_bytes_in_flight_budget_get_503_until_the_budget_frees
             .unwrap()
             .contains("max_body_bytes_in_flight")
     );
-    // What is left of the budget still takes a smaller body.
+    // What is left of the budget still takes a smaller body, and a request without a body
+    // costs nothing of it.
     assert_eq!(app.post_json("orders", BODY).await.status(), 202);
+    assert_eq!(app.get("/hooks/orders?OrderId=9").await.status(), 202);
     slow.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut answer = vec![0; 1024];
     let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
@@ -1026,7 +1028,7 @@ async fn bodies_beyond_the_bytes_in_flight_budget_get_503_until_the_budget_frees
         String::from_utf8_lossy(&answer[..n])
     );
     assert_eq!(post_big(&big).await.unwrap().status(), 202);
-    assert_eq!(app.queued("orders").await.len(), 3);
+    assert_eq!(app.queued("orders").await.len(), 4);
 }
 
 #[tokio::test]
