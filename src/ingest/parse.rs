@@ -64,7 +64,7 @@ pub enum ParseError {
     Line { line: usize, problem: Problem },
     #[error("{0}")]
     Field(Problem),
-    #[error("{what} {}", form_problem(.problem))]
+    #[error("{}", form_message(.what, .problem))]
     Form {
         what: &'static str,
         problem: Problem,
@@ -89,13 +89,13 @@ impl ParseError {
     }
 }
 
-fn form_problem(p: &Problem) -> String {
+fn form_message(what: &str, p: &Problem) -> String {
     match p {
-        Problem::Field(BuildError::EmptyName) => "has a field with an empty name".into(),
+        Problem::Field(BuildError::EmptyName) => format!("{what} has a field with an empty name"),
         Problem::Field(BuildError::Duplicate(name)) => {
-            format!("has field \"{name}\" more than once")
+            format!("{what} has field \"{name}\" more than once")
         }
-        other => other.to_string(),
+        other => format!("{what}: {other}"),
     }
 }
 
@@ -615,6 +615,10 @@ mod tests {
         );
         let err = form_within(b"a=1&b=2&c=3&d=4", "form body", &small()).unwrap_err();
         assert_eq!(err.limit(), Some(Limit::FieldsPerRow));
+        assert_eq!(
+            err.to_string(),
+            "form body: a row has more than 3 fields (server.max_fields_per_row)"
+        );
         assert!(json_within(br#"[{"a":{"b":{"c":[1]}}}]"#, &small()).is_ok());
     }
 
