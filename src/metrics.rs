@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::ingest::auth::Failure;
+use crate::auth_failure::Failure;
 use crate::pipeline::{Counters, Pipeline, State};
 use crate::queue::now_ms;
 use crate::sink::budget::Budgets;
@@ -182,6 +182,7 @@ impl Collector for PipelineCollector {
                 ("accepted", &c.accepted),
                 ("ignored", &c.ignored),
                 ("rejected", &c.rejected),
+                ("duplicate", &c.duplicate),
             ] {
                 rows.push((
                     RowLabels {
@@ -259,7 +260,7 @@ impl Collector for PipelineCollector {
         family(
             &mut e,
             "weir_ingest_rows",
-            "Rows by outcome: accepted (queued), ignored (schema or filter), rejected (request refused)",
+            "Rows by outcome: accepted (queued), ignored (schema or filter), rejected (request refused), duplicate (replayed delivery, not queued again)",
             None,
             rows,
         )?;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::auth_failure::AuthFailures;
 use crate::config::{PipelineConfig, Schedule};
-use crate::ingest::auth::AuthFailures;
 use crate::queue::{Queue, now_ms};
 
 pub struct Pipeline {
@@ -29,6 +29,8 @@ pub struct Counters {
     pub ignored: AtomicU64,
     /// Rows of requests refused as a whole (bad input, schema in `reject` mode, full queue).
     pub rejected: AtomicU64,
+    /// Rows of replayed deliveries, answered again without being queued again.
+    pub duplicate: AtomicU64,
     /// Rows delivered to the sink and committed out of the queue.
     pub delivered: AtomicU64,
     pub runs_ok: AtomicU64,

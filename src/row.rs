@@ -9,7 +9,9 @@
 //! `kind` is one [`Kind`] byte and `text` is the value exactly as the sender wrote it (the
 //! unescaped string, or the JSON text of a number or array).
 
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -203,7 +205,13 @@ impl Serialize for Row {
 pub struct RowBuilder {
     buf: Vec<u8>,
     names: Vec<(usize, usize)>,
+    /// Hashes of the names so far, once the row has [`LINEAR_NAMES`] of them: a duplicate
+    /// check costs one hash per field instead of a scan of every earlier name.
+    seen: Option<(RandomState, HashSet<u64>)>,
 }
+
+/// Up to this many names, a scan is cheaper than hashing.
+const LINEAR_NAMES: usize = 16;
 
 impl Default for RowBuilder {
     /// Starts with room for a typical webhook row, so building one costs one allocation
@@ -212,6 +220,7 @@ impl Default for RowBuilder {
         RowBuilder {
             buf: Vec::with_capacity(256),
             names: Vec::with_capacity(16),
+            seen: None,
         }
     }
 }
@@ -222,11 +231,7 @@ impl RowBuilder {
         if name.is_empty() {
             return Err(BuildError::EmptyName);
         }
-        if self
-            .names
-            .iter()
-            .any(|&(start, len)| &self.buf[start..start + len] == name.as_bytes())
-        {
+        if self.is_duplicate(name.as_bytes()) {
             return Err(BuildError::Duplicate(name.to_owned()));
         }
         write_varint(&mut self.buf, name.len());
@@ -236,6 +241,34 @@ impl RowBuilder {
         write_varint(&mut self.buf, text.len());
         self.buf.extend_from_slice(text.as_bytes());
         Ok(())
+    }
+
+    /// True when an earlier field has this name. A hash hit is confirmed by a scan, which
+    /// happens at most once per row: a true duplicate ends it.
+    fn is_duplicate(&mut self, name: &[u8]) -> bool {
+        let scan = |buf: &[u8], names: &[(usize, usize)]| {
+            names
+                .iter()
+                .any(|&(start, len)| &buf[start..start + len] == name)
+        };
+        if self.names.len() < LINEAR_NAMES {
+            return scan(&self.buf, &self.names);
+        }
+        let (buf, names) = (&self.buf, &self.names);
+        let (state, seen) = self.seen.get_or_insert_with(|| {
+            let state = RandomState::new();
+            let seen = names
+                .iter()
+                .map(|&(start, len)| state.hash_one(&buf[start..start + len]))
+                .collect();
+            (state, seen)
+        });
+        !seen.insert(state.hash_one(name)) && scan(buf, names)
+    }
+
+    /// Bytes the row has so far.
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
     }
 
     /// True when no field was pushed yet.
@@ -429,6 +462,23 @@ mod tests {
             Err(BuildError::Duplicate("a".into()))
         );
         assert_eq!(b.push("", Kind::String, "2"), Err(BuildError::EmptyName));
+    }
+
+    #[test]
+    fn duplicates_are_found_in_rows_past_the_linear_scan_size() {
+        let mut b = Row::builder();
+        let names: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+        for n in &names {
+            b.push(n, Kind::Number, "1").unwrap();
+        }
+        for n in [&names[0], &names[15], &names[16], &names[199]] {
+            assert_eq!(
+                b.push(n, Kind::String, "x"),
+                Err(BuildError::Duplicate(n.clone()))
+            );
+        }
+        b.push("f200", Kind::Number, "2").unwrap();
+        assert_eq!(b.finish().len(), 201);
     }
 
     #[test]

@@ -23,14 +23,18 @@ pub fn describe(c: &Config) -> String {
     let proxies: Vec<String> = l.trusted_proxies.iter().map(|n| n.to_string()).collect();
     let _ = writeln!(
         w,
-        "server limits: headers {} bytes within {}, body read timeout {}, {} connections, {} rows per request, {} fields per row, trusted proxies [{}], tls {}",
+        "server limits: headers {} bytes within {}, body read timeout {}, {} connections, {} rows per request, {} fields per row, field names up to {} bytes, nesting up to {}, {} body bytes in flight, trusted proxies [{}] via {}, tls {}",
         l.max_header_bytes,
         humantime::format_duration(l.header_read_timeout),
         humantime::format_duration(l.body_read_timeout),
         l.max_connections,
         l.max_rows_per_request,
         l.max_fields_per_row,
+        l.max_field_name_bytes,
+        l.max_depth,
+        l.max_body_bytes_in_flight,
         proxies.join(", "),
+        l.forwarded_header.as_str(),
         l.tls
             .as_ref()
             .map_or("off".to_owned(), |t| format!("cert {}", t.cert.display()))

@@ -13,8 +13,8 @@ mod raw;
 mod security;
 
 pub use security::{
-    AuthConfig, AuthMethod, HmacAlgorithm, HmacConfig, HmacPreset, RateLimit, SecretKey,
-    ServerLimits, SignatureEncoding, TlsFiles, describe_auth,
+    AuthConfig, AuthMethod, ForwardedHeader, HmacAlgorithm, HmacConfig, HmacPreset, RateLimit,
+    SecretKey, ServerLimits, SignatureEncoding, TlsFiles, describe_auth,
 };
 
 use std::collections::{HashMap, HashSet};

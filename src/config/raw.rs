@@ -27,6 +27,10 @@ pub struct RawServer {
     pub max_connections: Option<i64>,
     pub max_rows_per_request: Option<i64>,
     pub max_fields_per_row: Option<i64>,
+    pub max_field_name_bytes: Option<i64>,
+    pub max_depth: Option<i64>,
+    pub max_body_bytes_in_flight: Option<ByteSize>,
+    pub forwarded_header: Option<String>,
     pub tls: Option<RawTls>,
 }
 

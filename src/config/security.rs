@@ -145,7 +145,36 @@ pub struct ServerLimits {
     pub max_connections: usize,
     pub max_rows_per_request: usize,
     pub max_fields_per_row: usize,
+    /// A field name after flattening nested objects, in bytes.
+    pub max_field_name_bytes: usize,
+    /// Nesting of JSON objects and arrays.
+    pub max_depth: usize,
+    /// Request body bytes being read, parsed or queued at once, over all connections.
+    pub max_body_bytes_in_flight: usize,
+    /// The header a trusted proxy reports the client in.
+    pub forwarded_header: ForwardedHeader,
     pub tls: Option<TlsFiles>,
+}
+
+/// The header trusted proxies report the client address in (`server.forwarded_header`).
+/// It is a choice, not a guess from which header a request has: a proxy that appends to one
+/// header passes the other through from the client unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, as nginx, HAProxy, AWS ALB and most ingresses write it.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
 }
 
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
@@ -154,6 +183,9 @@ pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
 pub const DEFAULT_MAX_ROWS_PER_REQUEST: u64 = 10_000;
 pub const DEFAULT_MAX_FIELDS_PER_ROW: u64 = 1_000;
+pub const DEFAULT_MAX_FIELD_NAME_BYTES: u64 = 256;
+pub const DEFAULT_MAX_DEPTH: u64 = 32;
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 /// hyper refuses read buffers below this.
 const MIN_HEADER_BYTES: u64 = 8192;
@@ -206,6 +238,22 @@ impl Validator<'_> {
                 self.error(format!("server.{key}"), "must be longer than 0s");
             }
         }
+        let forwarded_header = match s.forwarded_header.as_deref() {
+            None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+            Some("forwarded") => ForwardedHeader::Forwarded,
+            Some(other) => {
+                self.error(
+                    "server.forwarded_header",
+                    format!("\"{other}\" is not \"x-forwarded-for\" or \"forwarded\""),
+                );
+                ForwardedHeader::XForwardedFor
+            }
+        };
+        let max_body_bytes_in_flight = self.size(
+            "server.max_body_bytes_in_flight",
+            s.max_body_bytes_in_flight.as_ref(),
+            DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+        );
         let count = |v: &mut Validator, key: &str, value: Option<i64>, default: u64| {
             usize::try_from(v.positive(&format!("server.{key}"), value, default))
                 .unwrap_or(usize::MAX)
@@ -233,6 +281,16 @@ impl Validator<'_> {
                 s.max_fields_per_row,
                 DEFAULT_MAX_FIELDS_PER_ROW,
             ),
+            max_field_name_bytes: count(
+                self,
+                "max_field_name_bytes",
+                s.max_field_name_bytes,
+                DEFAULT_MAX_FIELD_NAME_BYTES,
+            ),
+            max_depth: count(self, "max_depth", s.max_depth, DEFAULT_MAX_DEPTH),
+            max_body_bytes_in_flight: usize::try_from(max_body_bytes_in_flight)
+                .unwrap_or(usize::MAX),
+            forwarded_header,
             tls: s.tls.as_ref().map(|t| {
                 for (key, file) in [("cert", &t.cert), ("key", &t.key)] {
                     if !std::path::Path::new(file).is_file() {
@@ -636,6 +694,15 @@ app_key = "k"
             ),
             (1024, 10_000, 1_000)
         );
+        assert_eq!(
+            (
+                l.max_field_name_bytes,
+                l.max_depth,
+                l.max_body_bytes_in_flight
+            ),
+            (256, 32, 256 * 1024 * 1024)
+        );
+        assert_eq!(l.forwarded_header, ForwardedHeader::XForwardedFor);
         assert!(c.pipelines[0].auth.is_none() && c.pipelines[0].rate_limit.is_none());
     }
 
@@ -664,7 +731,7 @@ app_key = "k"
     #[test]
     fn every_auth_mistake_is_reported_with_its_key_path_and_no_secret() {
         let errs = errors_of(&with(
-            "max_header_bytes = 100\ntrusted_proxies = [\"10.0.0.0/33\"]",
+            "max_header_bytes = 100\ntrusted_proxies = [\"10.0.0.0/33\"]\nforwarded_header = \"x-real-ip\"\nmax_depth = 0\nmax_body_bytes_in_flight = 0",
             r#"rate_limit = "100 per second"
 [pipelines.auth]
 kind = "hmac"
@@ -678,6 +745,9 @@ secrets = ["whsec_!!notbase64", ""]"#,
             vec![
                 "server.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR",
                 "server.max_header_bytes: 100 is below the minimum of 8192",
+                "server.forwarded_header: \"x-real-ip\" is not \"x-forwarded-for\" or \"forwarded\"",
+                "server.max_body_bytes_in_flight: 0 is not a positive size like 1048576 or \"64MiB\"",
+                "server.max_depth: 0 must be greater than 0",
                 "pipelines[0].auth.header: is fixed by preset = \"github\"",
                 "pipelines[0].auth.tolerance: preset \"github\" sends no timestamp",
                 "pipelines[0].auth.secrets[1]: must not be empty",

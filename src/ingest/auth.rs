@@ -4,7 +4,6 @@
 //! Every comparison of a secret-derived value runs in constant time (`subtle`). The reason
 //! for a failure is for the log and the counters only; the sender gets a generic 401.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
@@ -14,55 +13,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::auth_failure::Failure;
 use crate::config::{
     AuthConfig, AuthMethod, HmacAlgorithm, HmacConfig, HmacPreset, SecretKey, SignatureEncoding,
 };
-
-/// Why a sender check failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// No credentials where the scheme expects them.
-    Missing,
-    /// Credentials present but unreadable (bad base64, no `t=` in Stripe-Signature, …).
-    Malformed,
-    /// Wrong token, password or signature.
-    Mismatch,
-    /// A correct signature on a timestamp outside the tolerance (a replay, or a skewed clock).
-    Stale,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 4] = [
-        Failure::Missing,
-        Failure::Malformed,
-        Failure::Mismatch,
-        Failure::Stale,
-    ];
-
-    /// A bounded label value for logs and metrics.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Failure::Missing => "missing_credentials",
-            Failure::Malformed => "malformed_credentials",
-            Failure::Mismatch => "bad_credentials",
-            Failure::Stale => "stale_timestamp",
-        }
-    }
-}
-
-/// Failed sender checks per reason, since the process started.
-#[derive(Debug, Default)]
-pub struct AuthFailures([AtomicU64; 4]);
-
-impl AuthFailures {
-    pub fn count(&self, f: Failure) {
-        self.0[f as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self, f: Failure) -> u64 {
-        self.0[f as usize].load(Ordering::Relaxed)
-    }
-}
 
 /// What a check looks at.
 pub struct Request<'a> {

@@ -5,7 +5,9 @@
 
 pub mod auth;
 pub mod client;
+pub mod error;
 pub mod parse;
+pub mod replay;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -14,27 +16,38 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::api_error::ApiError;
 use crate::config::{AuthConfig, AuthMethod, OnMismatch, RateLimit, ServerLimits};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::PushError;
 use crate::row::Row;
-use parse::ParseError;
+pub use error::IngestError;
+use parse::{Limit, Limits, ParseError};
+use replay::Replays;
 use schema::Source;
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
-/// A pipeline as ingest sees it: the pipeline and its rate limiter, if it has one.
-type Entry = (Arc<Pipeline>, Option<Arc<Limiter>>);
+/// Bodies larger than this are parsed on tokio's blocking pool, so a costly body never
+/// holds an async worker (and with it the admin API and every other request).
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
+/// A pipeline as ingest sees it.
+struct Entry {
+    pipeline: Arc<Pipeline>,
+    limiter: Option<Arc<Limiter>>,
+    /// Delivery ids accepted recently, for senders whose preset names one.
+    replays: Option<Arc<Replays>>,
+}
 
 /// What the ingest router needs: the pipelines by name (with their rate limiters) and the
 /// request limits.
@@ -43,6 +56,10 @@ pub struct IngestState {
     pipelines: Arc<HashMap<String, Entry>>,
     max_body_bytes: usize,
     limits: Arc<ServerLimits>,
+    /// Body bytes being read, parsed or queued, over all requests: one permit per byte.
+    in_flight: Arc<Semaphore>,
+    /// Permits of `in_flight` in all.
+    in_flight_capacity: usize,
     /// Cancelled when shutdown starts: new requests get 503 from then on.
     stopping: CancellationToken,
     metrics: Arc<Metrics>,
@@ -56,20 +73,40 @@ impl IngestState {
         stopping: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> IngestState {
+        let in_flight_capacity = limits
+            .max_body_bytes_in_flight
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         IngestState {
             pipelines: Arc::new(
                 pipelines
                     .iter()
                     .map(|p| {
-                        let limiter = p.config.rate_limit.map(|r| Arc::new(limiter(r)));
-                        (p.name().to_owned(), (p.clone(), limiter))
+                        let entry = Entry {
+                            pipeline: p.clone(),
+                            limiter: p.config.rate_limit.map(|r| Arc::new(limiter(r))),
+                            replays: p.config.auth.as_ref().and_then(replay::for_auth),
+                        };
+                        (p.name().to_owned(), entry)
                     })
                     .collect(),
             ),
             max_body_bytes,
             limits: Arc::new(limits),
+            in_flight: Arc::new(Semaphore::new(in_flight_capacity)),
+            in_flight_capacity,
             stopping,
             metrics,
+        }
+    }
+
+    fn parse_limits(&self) -> Limits {
+        Limits {
+            max_rows: self.limits.max_rows_per_request,
+            max_fields_per_row: self.limits.max_fields_per_row,
+            max_field_name_bytes: self.limits.max_field_name_bytes,
+            max_row_bytes: self.max_body_bytes,
+            max_depth: self.limits.max_depth,
         }
     }
 }
@@ -109,7 +146,7 @@ async fn hook(
         Ok(a) => (StatusCode::ACCEPTED, axum::Json(a)).into_response(),
         Err(e) => {
             match state.pipelines.get(&name) {
-                Some((p, _)) => p.counters.refuse(e.code),
+                Some(entry) => entry.pipeline.counters.refuse(e.code()),
                 None => {
                     state.metrics.unknown_pipeline_requests.inc();
                 }
@@ -127,34 +164,39 @@ async fn accept(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Accepted, ApiError> {
-    let (pipeline, limiter) = state.pipelines.get(name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_pipeline",
-            format!("no pipeline is named \"{name}\""),
-        )
-    })?;
+) -> Result<Accepted, IngestError> {
+    let entry = state
+        .pipelines
+        .get(name)
+        .ok_or_else(|| IngestError::UnknownPipeline(name.to_owned()))?;
+    let pipeline = &entry.pipeline;
     if *method != Method::GET && *method != Method::POST {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed: send rows with GET or POST"),
-        ));
+        return Err(IngestError::MethodNotAllowed(method.to_string()));
     }
-    let client = client::address(peer.ip(), headers, &state.limits.trusted_proxies);
+    let limits = &state.limits;
+    let forwarded = client::address(
+        peer.ip(),
+        headers,
+        &limits.trusted_proxies,
+        limits.forwarded_header,
+    );
+    let client = match (forwarded, &pipeline.config.allow_ips) {
+        (Ok(client), _) => client,
+        (Err(client::Unreadable), Some(_)) => {
+            tracing::warn!(pipeline = name, proxy = %peer.ip(), "forwarded client address unreadable");
+            return Err(IngestError::UnknownClient);
+        }
+        // Without an allowlist the address is only logged: the proxy's stands in.
+        (Err(client::Unreadable), None) => client::canonical(peer.ip()),
+    };
     if let Some(allowed) = &pipeline.config.allow_ips
         && !allowed.iter().any(|net| net.contains(&client))
     {
         tracing::warn!(pipeline = name, client = %client, "client address not allowed");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("client address {client} is not allowed to post to this pipeline"),
-        ));
+        return Err(IngestError::Forbidden(client));
     }
     if state.stopping.is_cancelled() {
-        return Err(shutting_down());
+        return Err(IngestError::ShuttingDown);
     }
     // Tokens and passwords are checked before the body is read; signatures need the body.
     let signed = pipeline
@@ -167,21 +209,15 @@ async fn accept(
     {
         sender_check(pipeline, auth, client, headers, uri.query(), &[])?;
     }
+    let _permit = reserve_body_bytes(state, &body, headers)?;
     let body = tokio::time::timeout(
-        state.limits.body_read_timeout,
+        limits.body_read_timeout,
         read_body(body, headers, state.max_body_bytes),
     )
     .await
     .map_err(|_| {
         tracing::warn!(pipeline = name, client = %client, "request body too slow");
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {}",
-                humantime::format_duration(state.limits.body_read_timeout)
-            ),
-        )
+        IngestError::RequestTimeout(limits.body_read_timeout)
     })??;
     if let Some(auth) = signed {
         let wire = [body.decoded.as_ref(), body.wire.as_ref()];
@@ -192,31 +228,70 @@ async fn accept(
         };
         sender_check(pipeline, auth, client, headers, uri.query(), bodies)?;
     }
-    let mut query = uri.query();
-    let stripped;
+    let mut query = uri.query().map(str::to_owned);
     if let Some(AuthMethod::Query(param)) = pipeline.config.auth.as_ref().map(|a| &a.method) {
-        stripped = auth::strip_query_param(query.unwrap_or(""), param);
-        query = Some(&stripped);
+        query = Some(auth::strip_query_param(
+            query.as_deref().unwrap_or(""),
+            param,
+        ));
     }
-    if let Some(limiter) = limiter
+    if let Some(limiter) = &entry.limiter
         && let Err(not_until) = limiter.check()
     {
         use governor::clock::{Clock, DefaultClock};
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         Counters::add(&pipeline.counters.rate_limited, 1);
         tracing::debug!(pipeline = name, client = %client, "rate limited");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "this pipeline takes no more requests right now; retry after the time in Retry-After",
-        )
-        .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+        return Err(IngestError::RateLimited {
+            retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        });
     }
-    let (rows, source) = rows_of(&body.decoded, query, headers)?;
-    check_counts(&rows, &state.limits)?;
-    let (rows, ignored) = apply_schema(pipeline, rows, source)?;
-    let (rows, filtered) = apply_filter(pipeline, rows);
-    let ignored = ignored + filtered;
+    let mut reservation = None;
+    if let (Some(replays), Some(auth)) = (&entry.replays, signed)
+        && let Some(id) = replay::delivery_id(auth, headers, &body.decoded)
+    {
+        match replays.check(&id, unix_now()) {
+            replay::Check::New(r) => reservation = Some(r),
+            replay::Check::Done(answer) => {
+                tracing::info!(pipeline = name, client = %client, "replayed delivery answered again");
+                Counters::add(&pipeline.counters.duplicate, answer.accepted as u64);
+                return Ok(Accepted {
+                    accepted: answer.accepted,
+                    ignored: answer.ignored,
+                });
+            }
+            replay::Check::InProgress => return Err(IngestError::DuplicateInProgress),
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let parse_limits = state.parse_limits();
+    let (rows, ignored) = if body.decoded.len() > INLINE_PARSE_BYTES {
+        let pipeline = pipeline.clone();
+        let decoded = body.decoded.clone();
+        tokio::task::spawn_blocking(move || {
+            prepare(
+                &pipeline,
+                &decoded,
+                query.as_deref(),
+                &content_type,
+                &parse_limits,
+            )
+        })
+        .await
+        .map_err(|_| IngestError::Internal("parsing the body failed"))??
+    } else {
+        prepare(
+            pipeline,
+            &body.decoded,
+            query.as_deref(),
+            &content_type,
+            &parse_limits,
+        )?
+    };
     let accepted = rows.len();
     if accepted > 0 {
         pipeline.queue.push(rows).await.map_err(|e| {
@@ -226,7 +301,60 @@ async fn accept(
     }
     Counters::add(&pipeline.counters.accepted, accepted as u64);
     Counters::add(&pipeline.counters.ignored, ignored as u64);
+    if let Some(r) = reservation {
+        r.accepted(replay::Answer { accepted, ignored }, unix_now());
+    }
     Ok(Accepted { accepted, ignored })
+}
+
+/// Takes the body's bytes from the server-wide in-flight budget before any of it is read:
+/// its length (Content-Length, 0 without a body), or `max_body_bytes` for a chunked body,
+/// and `max_body_bytes` more for a gzip body's decompressed copy. The permit is held until
+/// the rows are queued.
+fn reserve_body_bytes(
+    state: &IngestState,
+    body: &Body,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, IngestError> {
+    let limit = state.max_body_bytes;
+    let declared = HttpBody::size_hint(body).exact().map_or(limit, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).min(limit)
+    });
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    let bytes = if gzip {
+        declared.saturating_add(limit)
+    } else {
+        declared
+    };
+    // A body larger than the whole budget takes all of it rather than never fitting.
+    let permits = u32::try_from(bytes.clamp(1, state.in_flight_capacity)).unwrap_or(u32::MAX);
+    state
+        .in_flight
+        .clone()
+        .try_acquire_many_owned(permits)
+        .map_err(|_| {
+            tracing::warn!(bytes, "request body bytes in flight at the limit");
+            IngestError::Busy {
+                limit: state.in_flight_capacity,
+            }
+        })
+}
+
+/// Turns a body (or the query string) into the rows to queue and the number ignored: parse,
+/// schema, filter. Synchronous, so large bodies can run it on the blocking pool.
+fn prepare(
+    pipeline: &Pipeline,
+    body: &[u8],
+    query: Option<&str>,
+    content_type: &str,
+    limits: &Limits,
+) -> Result<(Vec<Row>, usize), IngestError> {
+    let (rows, source) = rows_of(body, query, content_type, limits)?;
+    let (rows, ignored) = apply_schema(pipeline, rows, source)?;
+    let (rows, filtered) = apply_filter(pipeline, rows);
+    Ok((rows, ignored + filtered))
 }
 
 /// Runs the pipeline's sender check; a failure is logged and counted with its reason, and
@@ -238,7 +366,7 @@ fn sender_check(
     headers: &HeaderMap,
     query: Option<&str>,
     bodies: &[&[u8]],
-) -> Result<(), ApiError> {
+) -> Result<(), IngestError> {
     let request = auth::Request {
         headers,
         query,
@@ -248,11 +376,7 @@ fn sender_check(
     auth::check(auth, &request).map_err(|failure| {
         pipeline.counters.auth_failures.count(failure);
         tracing::warn!(pipeline = pipeline.name(), client = %client, reason = failure.reason(), "sender check failed");
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the request did not pass this pipeline's sender check",
-        )
+        IngestError::Unauthorized
     })
 }
 
@@ -260,46 +384,6 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Refuses requests with more rows, or rows with more fields, than the server allows.
-fn check_counts(rows: &[Row], limits: &ServerLimits) -> Result<(), ApiError> {
-    if rows.len() > limits.max_rows_per_request {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "too_many_rows",
-            format!(
-                "the request has {} rows; at most {} are allowed (server.max_rows_per_request)",
-                rows.len(),
-                limits.max_rows_per_request
-            ),
-        ));
-    }
-    if let Some((i, row)) = rows
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.len() > limits.max_fields_per_row)
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "too_many_fields",
-            format!(
-                "row {i} has {} fields; at most {} are allowed (server.max_fields_per_row)",
-                row.len(),
-                limits.max_fields_per_row
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn shutting_down() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
-        "weir is shutting down; retry against another replica or after the restart",
-    )
-    .retry_after(5)
 }
 
 /// A request body: what the parsers read and, for signatures, the bytes as sent.
@@ -311,13 +395,10 @@ struct ReadBody {
 
 /// Reads the body within `limit` bytes, then decompresses `Content-Encoding: gzip` within
 /// `limit` bytes too, so a small gzip bomb is refused with 413 instead of filling memory.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<ReadBody, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is larger than the {limit} bytes allowed"),
-        )
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<ReadBody, IngestError> {
+    let too_large = || IngestError::BodyTooLarge {
+        limit,
+        decompressed: false,
     };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -325,13 +406,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Read
     let compressed = match encoding.as_deref() {
         None | Some("identity") => false,
         Some("gzip" | "x-gzip") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_encoding",
-                format!("Content-Encoding \"{other}\" is not supported: send identity or gzip"),
-            ));
-        }
+        Some(other) => return Err(IngestError::UnsupportedEncoding(other.to_owned())),
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -346,11 +421,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Read
         if length_limit {
             too_large()
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                format!("could not read the request body: {e}"),
-            )
+            IngestError::BodyUnreadable(e.to_string())
         }
     })?;
     if !compressed {
@@ -363,29 +434,20 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Read
     let input = wire.clone();
     let decoded = tokio::task::spawn_blocking(move || gunzip(&input, limit))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "decompressing the body failed",
-            )
-        })?;
+        .map_err(|_| IngestError::Internal("decompressing the body failed"))?;
     match decoded {
         Gunzip::Ok(decoded) => Ok(ReadBody {
             decoded: decoded.into(),
             wire,
             compressed,
         }),
-        Gunzip::TooLarge => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is larger than the {limit} bytes allowed once decompressed"),
-        )),
-        Gunzip::Invalid(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_body",
-            format!("the body is not valid gzip: {e}"),
-        )),
+        Gunzip::TooLarge => Err(IngestError::BodyTooLarge {
+            limit,
+            decompressed: true,
+        }),
+        Gunzip::Invalid(e) => Err(IngestError::MalformedBody(format!(
+            "the body is not valid gzip: {e}"
+        ))),
     }
 }
 
@@ -408,31 +470,35 @@ fn gunzip(input: &[u8], limit: usize) -> Gunzip {
     }
 }
 
+/// A parse error as the answer: a limit gets its own code, anything else `otherwise`.
+fn parse_refusal(e: ParseError, otherwise: fn(String) -> IngestError) -> IngestError {
+    let message = e.to_string();
+    match e.limit() {
+        Some(Limit::Rows) => IngestError::TooManyRows(message),
+        Some(Limit::FieldsPerRow) => IngestError::TooManyFields(message),
+        Some(Limit::FieldNameBytes) => IngestError::FieldNameTooLong(message),
+        Some(Limit::RowBytes) => IngestError::RowTooLarge(message),
+        Some(Limit::Depth) => IngestError::MalformedBody(message),
+        None => otherwise(message),
+    }
+}
+
 fn rows_of(
     body: &[u8],
     query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<(Vec<Row>, Source), ApiError> {
-    let bad =
-        |e: ParseError| ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string());
+    content_type: &str,
+    limits: &Limits,
+) -> Result<(Vec<Row>, Source), IngestError> {
+    let bad = |e: ParseError| parse_refusal(e, IngestError::MalformedBody);
     if body.is_empty() {
         let query = query.unwrap_or("");
-        let row = parse::form(query.as_bytes(), "query string").map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.to_string())
-        })?;
+        let row = parse::form_within(query.as_bytes(), "query string", limits)
+            .map_err(|e| parse_refusal(e, IngestError::MalformedQuery))?;
         if row.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "no_rows",
-                "the request has neither a body nor a query string: send a row as ?field=value or as a JSON, NDJSON or form body",
-            ));
+            return Err(IngestError::NoRows);
         }
         return Ok((vec![row], Source::Text));
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     let mime = content_type
         .split(';')
         .next()
@@ -440,22 +506,19 @@ fn rows_of(
         .trim()
         .to_ascii_lowercase();
     match mime.as_str() {
-        "application/json" => Ok((parse::json(body).map_err(bad)?, Source::Json)),
+        "application/json" => Ok((parse::json_within(body, limits).map_err(bad)?, Source::Json)),
         "application/x-ndjson"
         | "application/jsonl"
         | "application/x-jsonlines"
-        | "application/jsonlines" => Ok((parse::ndjson(body).map_err(bad)?, Source::Json)),
+        | "application/jsonlines" => Ok((
+            parse::ndjson_within(body, limits).map_err(bad)?,
+            Source::Json,
+        )),
         "application/x-www-form-urlencoded" => Ok((
-            vec![parse::form(body, "form body").map_err(bad)?],
+            vec![parse::form_within(body, "form body", limits).map_err(bad)?],
             Source::Text,
         )),
-        _ => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "Content-Type \"{content_type}\" is not supported: use application/json, application/x-ndjson or application/x-www-form-urlencoded"
-            ),
-        )),
+        _ => Err(IngestError::UnsupportedMediaType(content_type.to_owned())),
     }
 }
 
@@ -465,7 +528,7 @@ fn apply_schema(
     pipeline: &Pipeline,
     rows: Vec<Row>,
     source: Source,
-) -> Result<(Vec<Row>, usize), ApiError> {
+) -> Result<(Vec<Row>, usize), IngestError> {
     let Some(schema_cfg) = &pipeline.config.schema else {
         return Ok((rows, 0));
     };
@@ -488,11 +551,7 @@ fn apply_schema(
         if problems.len() > shown {
             message.push_str(&format!("; and {} more rows", problems.len() - shown));
         }
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "schema_mismatch",
-            message,
-        ));
+        return Err(IngestError::SchemaMismatch(message));
     }
     let ignored = problems.len();
     Ok((kept, ignored))
@@ -525,20 +584,17 @@ fn apply_filter(pipeline: &Pipeline, rows: Vec<Row>) -> (Vec<Row>, usize) {
     (kept, ignored)
 }
 
-fn push_error(pipeline: &Pipeline, e: PushError) -> ApiError {
+fn push_error(pipeline: &Pipeline, e: PushError) -> IngestError {
     match e {
         PushError::FullRows { .. } | PushError::FullBytes { .. } => {
             tracing::warn!(pipeline = pipeline.name(), error = %e, "queue full");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
-                .retry_after(pipeline.retry_after_secs())
+            IngestError::QueueFull {
+                message: e.to_string(),
+                retry_after: pipeline.retry_after_secs(),
+            }
         }
-        PushError::Unavailable(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_unavailable",
-            e.to_string(),
-        )
-        .retry_after(30),
-        PushError::Closed => shutting_down(),
+        PushError::Unavailable(_) => IngestError::QueueUnavailable(e.to_string()),
+        PushError::Closed => IngestError::ShuttingDown,
     }
 }
 

@@ -7,13 +7,45 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::row::{BuildError, Kind, Row, RowBuilder};
 
-/// Nested objects deeper than this are refused.
-pub const MAX_DEPTH: usize = 32;
+/// The limits a body is parsed within. Each is checked as the parser goes, before the work
+/// it bounds: the first field past a limit ends the parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_rows: usize,
+    pub max_fields_per_row: usize,
+    /// A field name after flattening (`customer.address.zip`), in bytes.
+    pub max_field_name_bytes: usize,
+    /// A row's names and values together, in bytes.
+    pub max_row_bytes: usize,
+    /// Nesting of objects and arrays; the row's own object is level 1.
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// The server defaults (`[server]` without limit keys, `max_body_bytes` = 1 MiB).
+    pub const DEFAULT: Limits = Limits {
+        max_rows: 10_000,
+        max_fields_per_row: 1_000,
+        max_field_name_bytes: 256,
+        max_row_bytes: 1024 * 1024,
+        max_depth: 32,
+    };
+}
+
+/// A limit of [`Limits`] that a body went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Rows,
+    FieldsPerRow,
+    FieldNameBytes,
+    RowBytes,
+    Depth,
+}
 
 /// Why a body could not be read as rows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,36 +59,127 @@ pub enum ParseError {
     #[error("array element {0} is not an object")]
     ElementNotObject(usize),
     #[error("array element {index}: {problem}")]
-    Element { index: usize, problem: String },
+    Element { index: usize, problem: Problem },
     #[error("NDJSON line {line}: {problem}")]
-    Line { line: usize, problem: String },
+    Line { line: usize, problem: Problem },
     #[error("{0}")]
-    Field(String),
+    Field(Problem),
+    #[error("{}", form_message(.what, .problem))]
+    Form {
+        what: &'static str,
+        problem: Problem,
+    },
     #[error("{what} is not valid UTF-8 after percent-decoding")]
     PercentUtf8 { what: &'static str },
+    #[error("the request has more than {0} rows (server.max_rows_per_request)")]
+    TooManyRows(usize),
+}
+
+impl ParseError {
+    /// The limit this error reports, if it is one.
+    pub fn limit(&self) -> Option<Limit> {
+        match self {
+            ParseError::TooManyRows(_) => Some(Limit::Rows),
+            ParseError::Element { problem, .. }
+            | ParseError::Line { problem, .. }
+            | ParseError::Field(problem)
+            | ParseError::Form { problem, .. } => problem.limit(),
+            _ => None,
+        }
+    }
+}
+
+fn form_message(what: &str, p: &Problem) -> String {
+    match p {
+        Problem::Field(BuildError::EmptyName) => format!("{what} has a field with an empty name"),
+        Problem::Field(BuildError::Duplicate(name)) => {
+            format!("{what} has field \"{name}\" more than once")
+        }
+        other => format!("{what}: {other}"),
+    }
+}
+
+/// A problem inside one row, before we know which element or line it was.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Problem {
+    Json(String),
+    NotObject,
+    Field(BuildError),
+    TooDeep(usize),
+    TooManyFields(usize),
+    NameTooLong(usize),
+    RowTooLarge(usize),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Json(e) => write!(f, "malformed JSON: {e}"),
+            Problem::NotObject => f.write_str("is not a JSON object"),
+            Problem::Field(BuildError::EmptyName) => f.write_str("a field name is empty"),
+            Problem::Field(BuildError::Duplicate(n)) => write!(
+                f,
+                "field \"{n}\" appears more than once (after flattening nested objects)"
+            ),
+            Problem::TooDeep(max) => write!(
+                f,
+                "objects and arrays are nested deeper than {max} levels (server.max_depth)"
+            ),
+            Problem::TooManyFields(max) => write!(
+                f,
+                "a row has more than {max} fields (server.max_fields_per_row)"
+            ),
+            Problem::NameTooLong(max) => write!(
+                f,
+                "a field name is longer than {max} bytes after flattening (server.max_field_name_bytes)"
+            ),
+            Problem::RowTooLarge(max) => write!(
+                f,
+                "a row is larger than {max} bytes (server.max_body_bytes)"
+            ),
+        }
+    }
+}
+
+impl Problem {
+    fn limit(&self) -> Option<Limit> {
+        match self {
+            Problem::TooDeep(_) => Some(Limit::Depth),
+            Problem::TooManyFields(_) => Some(Limit::FieldsPerRow),
+            Problem::NameTooLong(_) => Some(Limit::FieldNameBytes),
+            Problem::RowTooLarge(_) => Some(Limit::RowBytes),
+            Problem::Json(_) | Problem::NotObject | Problem::Field(_) => None,
+        }
+    }
+}
+
+/// Parses `application/json` within the default limits.
+pub fn json(body: &[u8]) -> Result<Vec<Row>, ParseError> {
+    json_within(body, &Limits::DEFAULT)
 }
 
 /// Parses `application/json`: one object is one row, an array of objects is many.
-pub fn json(body: &[u8]) -> Result<Vec<Row>, ParseError> {
+pub fn json_within(body: &[u8], limits: &Limits) -> Result<Vec<Row>, ParseError> {
     let text = std::str::from_utf8(body).map_err(|_| ParseError::NotUtf8)?;
     match text.trim_start().as_bytes().first() {
-        Some(b'{') => Ok(vec![object_row(text).map_err(ParseError::from_problem)?]),
+        Some(b'{') => Ok(vec![object_row(text, limits).map_err(|p| match p {
+            Problem::Json(e) => ParseError::Json(e),
+            other => ParseError::Field(other),
+        })?]),
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
-            items
-                .iter()
-                .enumerate()
-                .map(|(index, item)| {
-                    if !item.get().starts_with('{') {
-                        return Err(ParseError::ElementNotObject(index));
-                    }
-                    object_row(item.get()).map_err(|p| ParseError::Element {
-                        index,
-                        problem: p.message(),
-                    })
+            let mut stop = None;
+            let mut de = serde_json::Deserializer::from_str(text);
+            let parsed = de
+                .deserialize_seq(Elements {
+                    limits,
+                    stop: &mut stop,
                 })
-                .collect()
+                .and_then(|rows| de.end().map(|()| rows));
+            match (parsed, stop) {
+                (_, Some(e)) => Err(e),
+                (Ok(rows), None) => Ok(rows),
+                (Err(e), None) => Err(ParseError::Json(e.to_string())),
+            }
         }
         _ => {
             // Let serde_json describe what is wrong when it is not JSON at all.
@@ -66,8 +189,52 @@ pub fn json(body: &[u8]) -> Result<Vec<Row>, ParseError> {
     }
 }
 
-/// Parses `application/x-ndjson`: one object per line; blank lines are skipped.
+/// The rows of a JSON array, each built as soon as its element is read, so the first
+/// element past a limit ends the parse.
+struct Elements<'a> {
+    limits: &'a Limits,
+    /// Why the parse stopped, when it was not malformed JSON.
+    stop: &'a mut Option<ParseError>,
+}
+
+impl<'de> Visitor<'de> for Elements<'_> {
+    type Value = Vec<Row>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Row>, A::Error> {
+        let mut rows = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            let index = rows.len();
+            let row = if index >= self.limits.max_rows {
+                Err(ParseError::TooManyRows(self.limits.max_rows))
+            } else if !item.get().starts_with('{') {
+                Err(ParseError::ElementNotObject(index))
+            } else {
+                object_row(item.get(), self.limits)
+                    .map_err(|problem| ParseError::Element { index, problem })
+            };
+            match row {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    *self.stop = Some(e);
+                    return Err(de::Error::custom("stopped"));
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Parses `application/x-ndjson` within the default limits.
 pub fn ndjson(body: &[u8]) -> Result<Vec<Row>, ParseError> {
+    ndjson_within(body, &Limits::DEFAULT)
+}
+
+/// Parses `application/x-ndjson`: one object per line; blank lines are skipped.
+pub fn ndjson_within(body: &[u8], limits: &Limits) -> Result<Vec<Row>, ParseError> {
     let text = std::str::from_utf8(body).map_err(|_| ParseError::NotUtf8)?;
     let mut rows = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
@@ -75,23 +242,33 @@ pub fn ndjson(body: &[u8]) -> Result<Vec<Row>, ParseError> {
         if line.is_empty() {
             continue;
         }
-        let fail = |problem: String| ParseError::Line {
+        if rows.len() >= limits.max_rows {
+            return Err(ParseError::TooManyRows(limits.max_rows));
+        }
+        let fail = |problem: Problem| ParseError::Line {
             line: i + 1,
             problem,
         };
         if !line.starts_with('{') {
-            serde_json::from_str::<&RawValue>(line).map_err(|e| fail(e.to_string()))?;
-            return Err(fail("is not a JSON object".into()));
+            serde_json::from_str::<&RawValue>(line)
+                .map_err(|e| fail(Problem::Json(e.to_string())))?;
+            return Err(fail(Problem::NotObject));
         }
-        rows.push(object_row(line).map_err(|p| fail(p.message()))?);
+        rows.push(object_row(line, limits).map_err(fail)?);
     }
     Ok(rows)
 }
 
+/// Parses a query string or form body as one row within the default limits.
+pub fn form(text: &[u8], what: &'static str) -> Result<Row, ParseError> {
+    form_within(text, what, &Limits::DEFAULT)
+}
+
 /// Parses a query string or an `application/x-www-form-urlencoded` body as one row. Values
 /// stay text exactly as sent: `+` is a space, `%XX` is decoded as UTF-8.
-pub fn form(text: &[u8], what: &'static str) -> Result<Row, ParseError> {
+pub fn form_within(text: &[u8], what: &'static str, limits: &Limits) -> Result<Row, ParseError> {
     let mut b = Row::builder();
+    let fail = |problem| ParseError::Form { what, problem };
     for pair in text.split(|&c| c == b'&') {
         if pair.is_empty() {
             continue;
@@ -102,10 +279,25 @@ pub fn form(text: &[u8], what: &'static str) -> Result<Row, ParseError> {
         };
         let name = decode_component(name, what)?;
         let value = decode_component(value, what)?;
+        check_field(&b, &name, &value, limits).map_err(fail)?;
         b.push(&name, Kind::String, &value)
-            .map_err(|e| ParseError::Field(field_error(e, what)))?;
+            .map_err(|e| fail(Problem::Field(e)))?;
     }
     Ok(b.finish())
+}
+
+/// Checks the limits a new field would pass, before it is added.
+fn check_field(b: &RowBuilder, name: &str, text: &str, limits: &Limits) -> Result<(), Problem> {
+    if b.len() >= limits.max_fields_per_row {
+        return Err(Problem::TooManyFields(limits.max_fields_per_row));
+    }
+    if name.len() > limits.max_field_name_bytes {
+        return Err(Problem::NameTooLong(limits.max_field_name_bytes));
+    }
+    if b.encoded_len() + name.len() + text.len() > limits.max_row_bytes {
+        return Err(Problem::RowTooLarge(limits.max_row_bytes));
+    }
+    Ok(())
 }
 
 fn decode_component(raw: &[u8], what: &'static str) -> Result<String, ParseError> {
@@ -122,87 +314,150 @@ fn decode_component(raw: &[u8], what: &'static str) -> Result<String, ParseError
     String::from_utf8(bytes.into_owned()).map_err(|_| ParseError::PercentUtf8 { what })
 }
 
-fn field_error(e: BuildError, what: &str) -> String {
-    match e {
-        BuildError::EmptyName => format!("{what} has a field with an empty name"),
-        BuildError::Duplicate(name) => format!("{what} has field \"{name}\" more than once"),
-    }
+fn object_row(json: &str, limits: &Limits) -> Result<Row, Problem> {
+    let mut f = Flattener {
+        b: Row::builder(),
+        name: String::new(),
+        limits,
+    };
+    f.object(json, 1)?;
+    Ok(f.b.finish())
 }
 
-/// A problem inside one object, before we know which element or line it was.
-#[derive(Debug)]
-enum Problem {
-    Json(String),
-    Field(BuildError),
-    TooDeep,
+/// Flattens one object into a row. Every name is built in one reused buffer: a nested
+/// key costs its own bytes, not a copy of its whole prefix.
+struct Flattener<'l> {
+    b: RowBuilder,
+    name: String,
+    limits: &'l Limits,
 }
 
-impl Problem {
-    fn message(self) -> String {
-        match self {
-            Problem::Json(e) => format!("malformed JSON: {e}"),
-            Problem::Field(BuildError::EmptyName) => "a field name is empty".into(),
-            Problem::Field(BuildError::Duplicate(n)) => {
-                format!("field \"{n}\" appears more than once (after flattening nested objects)")
-            }
-            Problem::TooDeep => format!("objects are nested deeper than {MAX_DEPTH} levels"),
+impl Flattener<'_> {
+    /// Adds the fields of the object `json` at nesting `level` under the current name.
+    fn object(&mut self, json: &str, level: usize) -> Result<(), Problem> {
+        if level > self.limits.max_depth {
+            return Err(Problem::TooDeep(self.limits.max_depth));
+        }
+        let mut problem = None;
+        let mut de = serde_json::Deserializer::from_str(json);
+        let parsed = de
+            .deserialize_map(Fields {
+                f: self,
+                level,
+                problem: &mut problem,
+            })
+            .and_then(|()| de.end());
+        match (parsed, problem) {
+            (_, Some(p)) => Err(p),
+            (Ok(()), None) => Ok(()),
+            (Err(e), None) => Err(Problem::Json(e.to_string())),
         }
     }
-}
 
-impl ParseError {
-    fn from_problem(p: Problem) -> ParseError {
-        match p {
-            Problem::Json(e) => ParseError::Json(e),
-            other => ParseError::Field(other.message()),
+    fn field(&mut self, key: &str, value: &str, level: usize) -> Result<(), Problem> {
+        if key.is_empty() {
+            return Err(Problem::Field(BuildError::EmptyName));
         }
+        let prefix = self.name.len();
+        let dot = usize::from(prefix > 0);
+        if prefix + dot + key.len() > self.limits.max_field_name_bytes {
+            return Err(Problem::NameTooLong(self.limits.max_field_name_bytes));
+        }
+        if dot == 1 {
+            self.name.push('.');
+        }
+        self.name.push_str(key);
+        let done = self.value(value.trim_start(), level);
+        self.name.truncate(prefix);
+        done
     }
-}
 
-fn object_row(json: &str) -> Result<Row, Problem> {
-    let mut b = Row::builder();
-    flatten(json, "", &mut b, 0)?;
-    Ok(b.finish())
-}
-
-fn flatten(json: &str, prefix: &str, b: &mut RowBuilder, depth: usize) -> Result<(), Problem> {
-    if depth >= MAX_DEPTH {
-        return Err(Problem::TooDeep);
-    }
-    let entries: Entries = serde_json::from_str(json).map_err(|e| Problem::Json(e.to_string()))?;
-    for (key, value) in entries.0 {
-        let name: Cow<str> = if prefix.is_empty() {
-            key
-        } else {
-            Cow::Owned(format!("{prefix}.{key}"))
-        };
-        let raw = value.get().trim_start();
-        match raw.as_bytes().first() {
-            Some(b'{') => flatten(raw, &name, b, depth + 1)?,
+    fn value(&mut self, raw: &str, level: usize) -> Result<(), Problem> {
+        let (kind, text): (Kind, Cow<str>) = match raw.as_bytes().first() {
+            Some(b'{') => return self.object(raw, level + 1),
             Some(b'"') => {
                 let s: CowStr =
                     serde_json::from_str(raw).map_err(|e| Problem::Json(e.to_string()))?;
-                b.push(&name, Kind::String, &s.0).map_err(Problem::Field)?;
+                (Kind::String, s.0)
             }
-            Some(b't') => b.push(&name, Kind::Bool, "true").map_err(Problem::Field)?,
-            Some(b'f') => b.push(&name, Kind::Bool, "false").map_err(Problem::Field)?,
-            Some(b'n') => b.push(&name, Kind::Null, "").map_err(Problem::Field)?,
-            Some(b'[') => b
-                .push(&name, Kind::Json, &minify(raw))
-                .map_err(Problem::Field)?,
-            _ => b
-                .push(&name, Kind::Number, raw.trim_end())
-                .map_err(Problem::Field)?,
+            Some(b't') => (Kind::Bool, Cow::Borrowed("true")),
+            Some(b'f') => (Kind::Bool, Cow::Borrowed("false")),
+            Some(b'n') => (Kind::Null, Cow::Borrowed("")),
+            Some(b'[') => {
+                let room = self.limits.max_depth.saturating_sub(level);
+                (Kind::Json, array_text(raw, room, self.limits.max_depth)?)
+            }
+            _ => (Kind::Number, Cow::Borrowed(raw.trim_end())),
+        };
+        check_field(&self.b, &self.name, &text, self.limits)?;
+        self.b.push(&self.name, kind, &text).map_err(Problem::Field)
+    }
+}
+
+/// The fields of one object, each added to the row as soon as it is read.
+struct Fields<'a, 'l> {
+    f: &'a mut Flattener<'l>,
+    level: usize,
+    problem: &'a mut Option<Problem>,
+}
+
+impl<'de> Visitor<'de> for Fields<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            if let Err(p) = self.f.field(&key.0, value.get(), self.level) {
+                *self.problem = Some(p);
+                return Err(de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An array value as compact JSON text: insignificant whitespace removed, every token as
+/// written. Refused when its nesting goes past `room` more levels.
+fn array_text(json: &str, room: usize, max_depth: usize) -> Result<Cow<'_, str>, Problem> {
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped, mut spaces) = (false, false, false);
+    for &c in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > room {
+                    return Err(Problem::TooDeep(max_depth));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            c if c.is_ascii_whitespace() => spaces = true,
+            _ => {}
         }
     }
-    Ok(())
+    Ok(if spaces {
+        Cow::Owned(minify(json))
+    } else {
+        Cow::Borrowed(json)
+    })
 }
 
 /// Removes insignificant whitespace from valid JSON text, leaving every token as written.
-fn minify(json: &str) -> Cow<'_, str> {
-    if !json.contains(|c: char| c.is_ascii_whitespace()) {
-        return Cow::Borrowed(json);
-    }
+fn minify(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
     for c in json.chars() {
@@ -222,31 +477,7 @@ fn minify(json: &str) -> Cow<'_, str> {
             out.push(c);
         }
     }
-    Cow::Owned(out)
-}
-
-/// An object's entries in document order, values left as raw JSON.
-struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(key) = map.next_key::<CowStr<'de>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    out.push((key.0, value));
-                }
-                Ok(Entries(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
+    out
 }
 
 /// A JSON string, borrowed from the input when it has no escapes.
@@ -345,6 +576,101 @@ mod tests {
                 .to_string()
                 .contains("nested deeper")
         );
+    }
+
+    fn small() -> Limits {
+        Limits {
+            max_rows: 2,
+            max_fields_per_row: 3,
+            max_field_name_bytes: 8,
+            max_row_bytes: 64,
+            max_depth: 4,
+        }
+    }
+
+    #[test]
+    fn each_limit_is_reported_with_its_kind_and_key() {
+        let cases: [(&[u8], Limit); 7] = [
+            (br#"[{"a":1},{"a":2},{"a":3}]"#, Limit::Rows),
+            (br#"{"a":1,"b":2,"c":3,"d":4}"#, Limit::FieldsPerRow),
+            (br#"{"a":{"b":1,"c":2},"d":{"e":3,"f":4}}"#, Limit::FieldsPerRow),
+            (br#"{"abcdefghi":1}"#, Limit::FieldNameBytes),
+            (br#"{"abcd":{"efgh":1}}"#, Limit::FieldNameBytes),
+            (br#"{"a":"01234567890123456789012345678901234567890123456789012345678901234567890"}"#, Limit::RowBytes),
+            (br#"{"a":{"b":{"c":{"d":{"e":1}}}}}"#, Limit::Depth),
+        ];
+        for (body, limit) in cases {
+            let err = json_within(body, &small()).unwrap_err();
+            assert_eq!(
+                err.limit(),
+                Some(limit),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(err.to_string().contains("(server."), "{err}");
+        }
+        assert_eq!(
+            ndjson_within(b"{\"a\":1}\n{\"a\":1}\n{\"a\":1}", &small()).unwrap_err(),
+            ParseError::TooManyRows(2)
+        );
+        let err = form_within(b"a=1&b=2&c=3&d=4", "form body", &small()).unwrap_err();
+        assert_eq!(err.limit(), Some(Limit::FieldsPerRow));
+        assert_eq!(
+            err.to_string(),
+            "form body: a row has more than 3 fields (server.max_fields_per_row)"
+        );
+        assert!(json_within(br#"[{"a":{"b":{"c":[1]}}}]"#, &small()).is_ok());
+    }
+
+    #[test]
+    fn the_first_field_past_a_limit_ends_the_parse_before_the_rest_is_read() {
+        // The broken JSON after the fourth field is never reached.
+        let err = json_within(br#"{"a":1,"b":2,"c":3,"d":4,"e":"#, &small()).unwrap_err();
+        assert_eq!(err.limit(), Some(Limit::FieldsPerRow));
+        let err = json_within(br#"[{"a":1},{"a":2},{"a":3},"#, &small()).unwrap_err();
+        assert_eq!(err, ParseError::TooManyRows(2));
+    }
+
+    #[test]
+    fn arrays_count_towards_the_nesting_limit() {
+        let limits = small();
+        assert!(json_within(br#"{"a":[[[1]]]}"#, &limits).is_ok());
+        for body in [
+            &br#"{"a":[[[[1]]]]}"#[..],
+            br#"{"a":{"b":[[[1]]]}}"#,
+            br#"{"a":[{"b":[[{}]]}]}"#,
+        ] {
+            let err = json_within(body, &limits).unwrap_err();
+            assert_eq!(
+                err.limit(),
+                Some(Limit::Depth),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Brackets inside strings are text.
+        assert!(json_within(br#"{"a":["[[[[[[\"]]"]}"#, &limits).is_ok());
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            json(deep.as_bytes()).unwrap_err().limit(),
+            Some(Limit::Depth)
+        );
+    }
+
+    #[test]
+    fn an_empty_name_is_refused_at_every_level() {
+        for body in [
+            &br#"{"a":{"":1}}"#[..],
+            br#"{"a":{"b":{"":1}}}"#,
+            br#"{"":{"a":1}}"#,
+        ] {
+            assert_eq!(
+                json(body).unwrap_err().to_string(),
+                "a field name is empty",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -74,13 +74,13 @@ impl TestApp {
         req.send().await.expect("request sent").status().as_u16()
     }
 
-    fn auth_failures(&self, reason: weir::ingest::auth::Failure) -> u64 {
+    fn auth_failures(&self, reason: weir::auth_failure::Failure) -> u64 {
         let p = self.app().pipeline("orders").unwrap();
         p.counters.auth_failures.get(reason)
     }
 }
 
-use weir::ingest::auth::Failure;
+use weir::auth_failure::Failure;
 
 #[tokio::test]
 async fn a_token_header_admits_current_and_rotated_secrets_only() {
@@ -439,6 +439,147 @@ async fn standard_webhooks_signatures_verify_with_whsec_secrets() {
     assert_eq!(app.post_with("/hooks/orders", &svix, BODY).await, 202);
 }
 
+/// Standard Webhooks headers for `body` signed with `key` under `id` at `t`.
+fn standard_webhook(key: &[u8], id: &str, t: i64, body: &str) -> Vec<(&'static str, String)> {
+    let mac = hmac_sha256(key, format!("{id}.{t}.{body}").as_bytes());
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", t.to_string()),
+        ("webhook-signature", format!("v1,{}", STANDARD.encode(mac))),
+    ]
+}
+
+impl TestApp {
+    async fn post_signed(
+        &self,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .post(self.url("/hooks/orders"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        status_and_json(req.send().await.expect("request sent")).await
+    }
+
+    fn duplicate_rows(&self) -> u64 {
+        let p = self.app().pipeline("orders").unwrap();
+        p.counters
+            .duplicate
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_standard_webhook_is_answered_again_but_queued_once() {
+    let key = [7u8; 24];
+    let secret = format!("whsec_{}", STANDARD.encode(key));
+    let app = spawn_app(&hmac_config("standard-webhooks", &[&secret], "")).await;
+    let two_rows = r#"[{"OrderId":"1"},{"OrderId":"2"}]"#;
+    let first = standard_webhook(&key, "msg_1", now(), two_rows);
+    let answer = serde_json::json!({"accepted": 2, "ignored": 0});
+    assert_eq!(
+        app.post_signed(&first, two_rows).await,
+        (202, answer.clone())
+    );
+    assert_eq!(
+        app.post_signed(&first, two_rows).await,
+        (202, answer.clone())
+    );
+    // A retry signed anew (a later timestamp) is the same delivery too.
+    let resent = standard_webhook(&key, "msg_1", now() + 1, two_rows);
+    assert_eq!(app.post_signed(&resent, two_rows).await, (202, answer));
+    assert_eq!(app.queued("orders").await.len(), 2);
+    assert_eq!(app.duplicate_rows(), 4);
+    let other = standard_webhook(&key, "msg_2", now(), BODY);
+    assert_eq!(app.post_signed(&other, BODY).await.0, 202);
+    assert_eq!(app.queued("orders").await.len(), 3);
+    let metrics = app.app().metrics().render();
+    assert!(
+        metrics.contains(r#"weir_ingest_rows_total{pipeline="orders",outcome="duplicate"} 4"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_whose_push_failed_is_taken_when_the_sender_retries() {
+    let key = [9u8; 24];
+    let secret = format!("whsec_{}", STANDARD.encode(key));
+    let app = spawn_app(
+        &hmac_config("standard-webhooks", &[&secret], "")
+            .replace("queue_capacity = 100", "queue_capacity = 1"),
+    )
+    .await;
+    let first = standard_webhook(&key, "msg_1", now(), BODY);
+    assert_eq!(app.post_signed(&first, BODY).await.0, 202);
+    let second = standard_webhook(&key, "msg_2", now(), BODY);
+    let (status, json) = app.post_signed(&second, BODY).await;
+    assert_eq!((status, json["error"].as_str()), (503, Some("queue_full")));
+    let queue = &app.app().pipeline("orders").unwrap().queue;
+    let queued = queue.peek(10).await.unwrap();
+    queue.commit(queued[0].offset).await.unwrap();
+    assert_eq!(
+        app.post_signed(&second, BODY).await,
+        (202, serde_json::json!({"accepted": 1, "ignored": 0}))
+    );
+    assert_eq!(app.queued("orders").await.len(), 1);
+    assert_eq!(app.duplicate_rows(), 0);
+}
+
+#[tokio::test]
+async fn stripe_events_github_and_shopify_deliveries_are_deduplicated_by_their_ids() {
+    let stripe = spawn_app(&hmac_config("stripe", &["whsec_s"], "")).await;
+    let event = r#"{"id":"evt_1","type":"invoice.paid","amount":5}"#;
+    let stripe_sig = |t: i64| {
+        let mac = hmac_sha256(b"whsec_s", format!("{t}.{event}").as_bytes());
+        vec![("stripe-signature", format!("t={t},v1={}", hex::encode(mac)))]
+    };
+    // Stripe signs each retry anew; the event id in the body is what repeats.
+    assert_eq!(stripe.post_signed(&stripe_sig(now()), event).await.0, 202);
+    assert_eq!(
+        stripe.post_signed(&stripe_sig(now() - 5), event).await.0,
+        202
+    );
+    assert_eq!(stripe.queued("orders").await.len(), 1);
+
+    let github = spawn_app(&hmac_config("github", &["gh"], "")).await;
+    let gh = |delivery: &str| {
+        vec![
+            (
+                "x-hub-signature-256",
+                format!(
+                    "sha256={}",
+                    hex::encode(hmac_sha256(b"gh", BODY.as_bytes()))
+                ),
+            ),
+            ("x-github-delivery", delivery.to_owned()),
+        ]
+    };
+    for delivery in ["d-1", "d-1", "d-2"] {
+        assert_eq!(github.post_signed(&gh(delivery), BODY).await.0, 202);
+    }
+    assert_eq!(github.queued("orders").await.len(), 2);
+
+    let shopify = spawn_app(&hmac_config("shopify", &["sh"], "")).await;
+    let sh = |id: &str| {
+        vec![
+            (
+                "x-shopify-hmac-sha256",
+                STANDARD.encode(hmac_sha256(b"sh", BODY.as_bytes())),
+            ),
+            ("x-shopify-webhook-id", id.to_owned()),
+        ]
+    };
+    for id in ["w-1", "w-1"] {
+        assert_eq!(shopify.post_signed(&sh(id), BODY).await.0, 202);
+    }
+    assert_eq!(shopify.queued("orders").await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_custom_scheme_takes_header_algorithm_encoding_prefix_and_timestamp() {
     let app = spawn_app(&hmac_config(
@@ -561,8 +702,87 @@ async fn behind_a_trusted_proxy_allow_ips_checks_the_forwarded_client() {
         "the nearest untrusted hop is the client, whatever it claims to its left"
     );
     assert_eq!(app.post_with("/hooks/orders", &[], BODY).await, 403);
-    let forwarded = vec![("forwarded", "for=198.51.100.7;proto=https".to_owned())];
-    assert_eq!(app.post_with("/hooks/orders", &forwarded, BODY).await, 202);
+}
+
+#[tokio::test]
+async fn the_forwarded_header_is_believed_only_when_configured_never_by_its_presence() {
+    // Behind nginx, HAProxy or an ALB, which append to X-Forwarded-For and pass Forwarded
+    // through: a client's own Forwarded must not pick its address.
+    let xff_app = spawn_app(&config(
+        r#"trusted_proxies = ["127.0.0.0/8"]"#,
+        r#"allow_ips = ["198.51.100.7"]"#,
+    ))
+    .await;
+    let forwarded = |v: &str| vec![("forwarded", v.to_owned())];
+    let xff = |v: &str| vec![("x-forwarded-for", v.to_owned())];
+    let mut both = forwarded("for=198.51.100.7");
+    both.extend(xff("203.0.113.1"));
+    assert_eq!(
+        xff_app
+            .post_with("/hooks/orders", &forwarded("for=198.51.100.7"), BODY)
+            .await,
+        403
+    );
+    assert_eq!(xff_app.post_with("/hooks/orders", &both, BODY).await, 403);
+    let rfc_app = spawn_app(&config(
+        "trusted_proxies = [\"127.0.0.0/8\"]\nforwarded_header = \"forwarded\"",
+        r#"allow_ips = ["198.51.100.7"]"#,
+    ))
+    .await;
+    assert_eq!(
+        rfc_app
+            .post_with(
+                "/hooks/orders",
+                &forwarded("for=198.51.100.7;proto=https"),
+                BODY
+            )
+            .await,
+        202
+    );
+    assert_eq!(
+        rfc_app
+            .post_with("/hooks/orders", &xff("198.51.100.7"), BODY)
+            .await,
+        403
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_or_obfuscated_forwarded_client_is_refused_not_replaced_by_the_proxy() {
+    let app = spawn_app(&config(
+        "trusted_proxies = [\"127.0.0.0/8\"]\nforwarded_header = \"forwarded\"",
+        r#"allow_ips = ["198.51.100.7", "127.0.0.1"]"#,
+    ))
+    .await;
+    for hop in ["for=unknown", "for=_hidden", "for=\"_gazonk\""] {
+        let resp = app
+            .client
+            .post(app.url("/hooks/orders"))
+            .header("content-type", "application/json")
+            .header("forwarded", hop)
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        let (status, json) = status_and_json(resp).await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (403, Some("unknown_client")),
+            "{hop}"
+        );
+    }
+    let xff_app = spawn_app(&config(
+        r#"trusted_proxies = ["127.0.0.0/8"]"#,
+        r#"allow_ips = ["127.0.0.1"]"#,
+    ))
+    .await;
+    let unknown = vec![("x-forwarded-for", "unknown".to_owned())];
+    assert_eq!(
+        xff_app.post_with("/hooks/orders", &unknown, BODY).await,
+        403
+    );
+    assert!(app.queued("orders").await.is_empty());
+    assert!(xff_app.queued("orders").await.is_empty());
 }
 
 #[tokio::test]
@@ -651,6 +871,164 @@ async fn deep_empty_and_colliding_field_names_are_refused() {
         );
     }
     assert!(app.queued("orders").await.is_empty());
+}
+
+/// A JSON body of `fields` fields `a0`, `a1`, … (all `0`), nested under `key` if given.
+fn wide_object(key: Option<&str>, fields: usize) -> String {
+    let mut inner = String::from("{");
+    for i in 0..fields {
+        if i > 0 {
+            inner.push(',');
+        }
+        inner.push_str(&format!("\"a{i}\":0"));
+    }
+    inner.push('}');
+    match key {
+        Some(k) => format!("{{\"{k}\":{inner}}}"),
+        None => inner,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costly_bodies_get_400_early_while_other_requests_are_still_served() {
+    let app =
+        spawn_app(&config("", "").replace("max_body_bytes = 4096", "max_body_bytes = \"2MiB\""))
+            .await;
+    let long_key = "k".repeat(100 * 1024);
+    let deep_array = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let hostile = [
+        (wide_object(Some(&long_key), 9_000), "field_name_too_long"),
+        (wide_object(Some("k"), 90_000), "too_many_fields"),
+        (wide_object(None, 90_000), "too_many_fields"),
+        (deep_array, "malformed_body"),
+    ];
+    let mut tasks = Vec::new();
+    for (body, code) in hostile {
+        assert!(body.len() > 100_000 && body.len() < 2 * 1024 * 1024);
+        let (client, url) = (app.client.clone(), app.url("/hooks/orders"));
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("hostile request answered");
+            (status_and_json(resp).await, code)
+        }));
+    }
+    let normal = tokio::time::timeout(
+        Duration::from_secs(8),
+        app.post_json("orders", r#"{"OrderId":"1"}"#),
+    )
+    .await
+    .expect("a normal request is served while costly bodies are in progress");
+    assert_eq!(normal.status(), 202);
+    for task in tasks {
+        let ((status, json), code) = tokio::time::timeout(Duration::from_secs(8), task)
+            .await
+            .expect("a costly body is refused within the deadline")
+            .unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some(code)),
+            "{json}"
+        );
+    }
+    assert_eq!(app.queued("orders").await.len(), 1);
+}
+
+#[tokio::test]
+async fn nesting_past_max_depth_is_refused_inside_arrays_too_and_nested_names_must_not_be_empty() {
+    let app = spawn_app(&config("max_depth = 3", "")).await;
+    for body in [
+        r#"{"a":{"b":{"c":{"d":1}}}}"#,
+        r#"{"a":[[[1]]]}"#,
+        r#"{"a":{"b":[{"c":1}]}}"#,
+        r#"{"a":{"":1}}"#,
+        r#"[{"a":{"b":{"":1}}}]"#,
+    ] {
+        let (status, json) = status_and_json(app.post_json("orders", body).await).await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some("malformed_body")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        app.post_json("orders", r#"{"a":{"b":{"c":1}},"d":[[1]]}"#)
+            .await
+            .status(),
+        202
+    );
+    let default_depth = spawn_app(&config("", "")).await;
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(2_000), "]".repeat(2_000));
+    let (status, json) = status_and_json(default_depth.post_json("orders", &deep).await).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("malformed_body"))
+    );
+    assert!(
+        json["message"].as_str().unwrap().contains("max_depth"),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_bytes_in_flight_budget_get_503_until_the_budget_frees_up() {
+    let app = spawn_app(&config("max_body_bytes_in_flight = 6000", "")).await;
+    let addr = app.app().ingest_addr();
+    // A sender that declares 4000 bytes and sends only the first few holds them.
+    let body = format!("{{\"OrderId\":\"{}\"}}", "x".repeat(4000 - 14));
+    assert_eq!(body.len(), 4000);
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /hooks/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let big = format!("{{\"OrderId\":\"{}\"}}", "y".repeat(3000 - 14));
+    // Broken JSON of the same size: 400 when its bytes fit, so waiting queues nothing.
+    let broken = format!("{}{{", &big[..2999]);
+    let post_big = |body: &String| {
+        app.client
+            .post(app.url("/hooks/orders"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    crate::helpers::wait_until(5, "the slow body to hold its bytes", || async {
+        post_big(&broken).await.unwrap().status() == 503
+    })
+    .await;
+    let resp = post_big(&big).await.unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let (status, json) = status_and_json(resp).await;
+    assert_eq!((status, json["error"].as_str()), (503, Some("busy")));
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes_in_flight")
+    );
+    // What is left of the budget still takes a smaller body, and a request without a body
+    // costs nothing of it.
+    assert_eq!(app.post_json("orders", BODY).await.status(), 202);
+    assert_eq!(app.get("/hooks/orders?OrderId=9").await.status(), 202);
+    slow.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
+        .await
+        .expect("the slow body is answered")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert_eq!(post_big(&big).await.unwrap().status(), 202);
+    assert_eq!(app.queued("orders").await.len(), 4);
 }
 
 #[tokio::test]
