@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState, Readiness};
+use crate::collector::Collector;
 use crate::config::{Config, EmulatorSettings, QueueConfig};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::ingest::{self, IngestState};
@@ -93,7 +94,10 @@ impl App {
         };
 
         let budgets = Arc::new(Budgets::default());
-        let metrics = Arc::new(Metrics::new(pipelines.clone(), budgets.clone()));
+        let metrics = Arc::new(Metrics::new(Box::new(Collector::new(
+            pipelines.clone(),
+            budgets.clone(),
+        ))));
         let tokens = Tokens::default();
         let mut workers = Vec::new();
         for p in &pipelines {
@@ -131,16 +135,17 @@ impl App {
                     readiness.clone(),
                 );
                 let router = admin::router(state);
+                let settings = listener::Settings {
+                    max_connections: a.max_connections,
+                    header_read_timeout: a.header_read_timeout,
+                    max_header_bytes: a.max_header_bytes,
+                    tls: None,
+                };
                 let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-                let token = stop.clone();
-                tracker.spawn(async move {
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { token.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
-                });
+                tracker.spawn(
+                    listener::serve(listener, router, settings, stop.clone())
+                        .instrument(tracing::info_span!("admin listener")),
+                );
                 tracing::info!(listen = %addr, "admin api started");
                 (Some(addr), Some((tracker, stop)))
             }

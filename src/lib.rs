@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod api_error;
 pub mod app;
+pub mod collector;
 pub mod config;
 pub mod dead_letter;
 pub mod emulator;
