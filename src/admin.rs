@@ -524,3 +524,147 @@ async fn dead_letter(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// One of each answer. A new variant breaks the match below until it is listed here.
+    fn every_error() -> Vec<AdminError> {
+        let io = || std::io::Error::other("disk gone");
+        let all = vec![
+            AdminError::UnknownPipeline("orders".into()),
+            AdminError::NoSuchRoute,
+            AdminError::MethodNotAllowed,
+            AdminError::Unauthorized,
+            AdminError::ReadScopeOnly {
+                token: "dashboard".into(),
+            },
+            AdminError::NotReady,
+            AdminError::MissingParameter("fromOffset"),
+            AdminError::BadParameter {
+                key: "limit",
+                value: "many".into(),
+                max: MAX_PEEK_ROWS,
+            },
+            AdminError::AboveMaximum {
+                key: "limit",
+                value: 401,
+                max: MAX_PEEK_ROWS,
+            },
+            AdminError::ConfirmRequired,
+            AdminError::StateNotSaved(io()),
+            AdminError::DeadLetterUnreadable(io()),
+            AdminError::Paused,
+            AdminError::ShuttingDown,
+            AdminError::Unsupported("the memory queue keeps no history"),
+            AdminError::OffsetGone(QueueError::OffsetGone {
+                requested: 1,
+                oldest: 2,
+            }),
+            AdminError::OffsetAhead(QueueError::OffsetAhead {
+                requested: 9,
+                next: 3,
+            }),
+            AdminError::QueueFailed(QueueError::Io(io())),
+        ];
+        for e in &all {
+            match e {
+                AdminError::UnknownPipeline(_)
+                | AdminError::NoSuchRoute
+                | AdminError::MethodNotAllowed
+                | AdminError::Unauthorized
+                | AdminError::ReadScopeOnly { .. }
+                | AdminError::NotReady
+                | AdminError::MissingParameter(_)
+                | AdminError::BadParameter { .. }
+                | AdminError::AboveMaximum { .. }
+                | AdminError::ConfirmRequired
+                | AdminError::StateNotSaved(_)
+                | AdminError::DeadLetterUnreadable(_)
+                | AdminError::Paused
+                | AdminError::ShuttingDown
+                | AdminError::Unsupported(_)
+                | AdminError::OffsetGone(_)
+                | AdminError::OffsetAhead(_)
+                | AdminError::QueueFailed(_) => {}
+            }
+        }
+        all
+    }
+
+    /// The rows of the admin error table in README's "Operating it": (status, code, retry).
+    fn readme_table() -> BTreeSet<(u16, String, bool)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md is readable");
+        let section = readme
+            .split("\n## Operating it")
+            .nth(1)
+            .expect("README has an \"Operating it\" section");
+        let table = section
+            .split("\n### Admin errors")
+            .nth(1)
+            .expect("\"Operating it\" has an \"Admin errors\" table");
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                let status = cells.first()?.parse().ok()?;
+                let code = cells.get(1)?.trim_matches('`').to_owned();
+                let retry = cells.get(2)?.contains("Retry-After");
+                Some((status, code, retry))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_admin_error_and_only_those() {
+        let from_enum: BTreeSet<(u16, String, bool)> = every_error()
+            .iter()
+            .map(|e| {
+                let (status, code, retry) = e.parts();
+                (status.as_u16(), code.to_owned(), retry.is_some())
+            })
+            .collect();
+        assert_eq!(from_enum.len(), every_error().len(), "codes are distinct");
+        let from_readme = readme_table();
+        let missing: Vec<_> = from_enum.difference(&from_readme).collect();
+        let stale: Vec<_> = from_readme.difference(&from_enum).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "README lacks {missing:?}; README has no such error {stale:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admin_error_renders_the_shared_shape_with_its_headers() {
+        let resp = AdminError::ShuttingDown.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "shutting_down", "message": "weir is shutting down"})
+        );
+        let resp = AdminError::Unauthorized.into_response();
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_length() {
+        let tokens = vec![AdminToken {
+            name: "operator".into(),
+            token: crate::config::Secret::new("write-token-0123456789"),
+            scope: Scope::Write,
+        }];
+        assert!(find_token(&tokens, "write-token-0123456789").is_some());
+        for wrong in ["", "w", "write-token-012345678", "write-token-01234567890"] {
+            assert!(find_token(&tokens, wrong).is_none(), "{wrong:?}");
+        }
+    }
+}

@@ -464,6 +464,34 @@ pub fn query(database: &Path, sql: &str) -> Result<Vec<Map<String, Value>>, Emul
 mod tests {
     use super::*;
 
+    #[test]
+    fn hooks_need_the_key_on_every_address_but_loopback() {
+        for open in ["127.0.0.1:8900", "127.0.0.2:8900", "[::1]:8900"] {
+            assert!(!hooks_need_key(open.parse().unwrap()), "{open}");
+        }
+        for guarded in [
+            "0.0.0.0:8900",
+            "[::]:8900",
+            "10.0.0.5:8900",
+            "192.168.1.2:80",
+        ] {
+            assert!(hooks_need_key(guarded.parse().unwrap()), "{guarded}");
+        }
+    }
+
+    #[test]
+    fn a_query_result_renders_as_an_aligned_table() {
+        let rows: Vec<Map<String, Value>> = vec![
+            serde_json::from_str(r#"{"id":"1","note":"a\nb"}"#).unwrap(),
+            serde_json::from_str(r#"{"id":"22","note":null}"#).unwrap(),
+        ];
+        assert_eq!(
+            render_table(&rows),
+            "id | note\n---+-----\n1  | a\\nb\n22 | NULL\n(2 rows)\n"
+        );
+        assert_eq!(render_table(&[]), "(0 rows)\n");
+    }
+
     fn job_with_chunk(status: Status, bytes: usize) -> Job {
         let request = RawValue::from_string("{}".to_owned()).unwrap();
         let spec = model::parse_create(br#"{"targetName":"t","type":"DELTA"}"#, "p")

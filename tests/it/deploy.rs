@@ -255,3 +255,44 @@ fn secret_env() -> HashMap<String, String> {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
         .collect()
 }
+
+#[tokio::test]
+async fn emulator_hooks_need_the_key_when_it_listens_beyond_loopback() {
+    // The container's emulator listens on all interfaces; the test only talks to loopback.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let emulator = weir::emulator::Emulator::new(weir::emulator::EmulatorConfig {
+        app_keys: vec!["local-emulator-key".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let served = tokio::spawn(emulator.serve(listener, stop.clone()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (method, path) in [
+        (reqwest::Method::GET, "/emulator/tables/pushCSV"),
+        (reqwest::Method::GET, "/emulator/jobs"),
+        (reqwest::Method::DELETE, "/emulator/faults"),
+        (reqwest::Method::GET, "/emulator/oauth"),
+    ] {
+        let url = format!("{base}{path}");
+        let bare = client.request(method.clone(), &url).send().await.unwrap();
+        assert_eq!(bare.status(), 401, "{method} {path} without the key");
+        let wrong = client
+            .request(method.clone(), &url)
+            .header("authorization", "AppKey another-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{method} {path} with another key");
+        let keyed = client
+            .request(method.clone(), &url)
+            .header("authorization", "AppKey local-emulator-key")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(keyed.status(), 401, "{method} {path} with the key");
+    }
+    stop.cancel();
+    served.await.unwrap().unwrap();
+}
