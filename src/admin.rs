@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -18,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde::Serialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+use tokio_util::io::ReaderStream;
 
 use crate::api_error::ApiError;
 use crate::config::{AdminToken, QueueConfig, Scope};
@@ -26,6 +29,134 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::{QueueError, now_ms};
 use crate::schedule::{ControlError, RunReport, SchedulerHandle};
+
+/// Rows `GET /admin/pipelines/{name}/rows` returns at most per request.
+pub const MAX_PEEK_ROWS: u64 = 400;
+/// Rows one reconcile (`PATCH …/events?pageSize=`) takes at most.
+pub const MAX_RECONCILE_PAGE: u64 = 10_000;
+
+/// Every error answer of the admin API, rendered by one [`IntoResponse`] match as the
+/// `{"error","message"}` body of [`ApiError`]. README's "Operating it" lists them.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no pipeline is named \"{0}\"")]
+    UnknownPipeline(String),
+    #[error("no such admin route")]
+    NoSuchRoute,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
+    #[error("send a valid admin token as Authorization: Bearer <token>")]
+    Unauthorized,
+    #[error("token \"{token}\" has read scope; this route needs write")]
+    ReadScopeOnly { token: String },
+    #[error("weir is starting or shutting down")]
+    NotReady,
+    #[error("query parameter {0} is required")]
+    MissingParameter(&'static str),
+    #[error("query parameter {key}={value:?} must be a whole number up to {max}")]
+    BadParameter {
+        key: &'static str,
+        value: String,
+        max: u64,
+    },
+    #[error(
+        "query parameter {key}={value} is above the maximum of {max}; ask for at most {max} at a time"
+    )]
+    AboveMaximum {
+        key: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("purging deletes every queued row: repeat with ?confirm=true")]
+    ConfirmRequired,
+    #[error("could not persist the pause flag: {0}")]
+    StateNotSaved(#[source] std::io::Error),
+    #[error("cannot read the dead-letter file: {0}")]
+    DeadLetterUnreadable(#[source] std::io::Error),
+    #[error("pipeline is paused: resume it before flushing")]
+    Paused,
+    #[error("weir is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    OffsetGone(QueueError),
+    #[error(transparent)]
+    OffsetAhead(QueueError),
+    #[error(transparent)]
+    QueueFailed(QueueError),
+}
+
+impl AdminError {
+    /// The HTTP status, the stable code, and the `Retry-After` seconds of each answer.
+    pub fn parts(&self) -> (StatusCode, &'static str, Option<u64>) {
+        match self {
+            AdminError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "unknown_pipeline", None),
+            AdminError::NoSuchRoute => (StatusCode::NOT_FOUND, "not_found", None),
+            AdminError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            AdminError::ReadScopeOnly { .. } => (StatusCode::FORBIDDEN, "forbidden", None),
+            AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
+            AdminError::MissingParameter(_) => (StatusCode::BAD_REQUEST, "missing_parameter", None),
+            AdminError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_parameter", None),
+            AdminError::AboveMaximum { .. } => (StatusCode::BAD_REQUEST, "above_maximum", None),
+            AdminError::ConfirmRequired => (StatusCode::BAD_REQUEST, "confirm_required", None),
+            AdminError::StateNotSaved(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved", None)
+            }
+            AdminError::DeadLetterUnreadable(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "dead_letter_unreadable",
+                None,
+            ),
+            AdminError::Paused => (StatusCode::CONFLICT, "paused", None),
+            AdminError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", Some(5)),
+            AdminError::Unsupported(_) => (StatusCode::CONFLICT, "unsupported", None),
+            AdminError::OffsetGone(_) => (StatusCode::CONFLICT, "offset_gone", None),
+            AdminError::OffsetAhead(_) => (StatusCode::BAD_REQUEST, "offset_ahead", None),
+            AdminError::QueueFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "queue_failed", None),
+        }
+    }
+}
+
+impl From<ControlError> for AdminError {
+    fn from(e: ControlError) -> AdminError {
+        match e {
+            ControlError::UnknownPipeline(n) => AdminError::UnknownPipeline(n),
+            ControlError::Paused => AdminError::Paused,
+            ControlError::Stopping => AdminError::ShuttingDown,
+            ControlError::Queue(QueueError::Unsupported(m)) => AdminError::Unsupported(m),
+            ControlError::Queue(q @ QueueError::OffsetGone { .. }) => AdminError::OffsetGone(q),
+            ControlError::Queue(q @ QueueError::OffsetAhead { .. }) => AdminError::OffsetAhead(q),
+            ControlError::Queue(q @ QueueError::Io(_)) => AdminError::QueueFailed(q),
+        }
+    }
+}
+
+impl From<QueueError> for AdminError {
+    fn from(e: QueueError) -> AdminError {
+        AdminError::from(ControlError::Queue(e))
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code, retry_after) = self.parts();
+        let mut error = ApiError::new(status, code, self.to_string());
+        if let Some(secs) = retry_after {
+            error = error.retry_after(secs);
+        }
+        let mut response = error.into_response();
+        if matches!(self, AdminError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
 
 /// Whether weir is ready for traffic: set once start-up finished, cleared when shutdown starts.
 #[derive(Clone, Default)]
@@ -75,14 +206,10 @@ impl AdminState {
         }
     }
 
-    fn pipeline(&self, name: &str) -> Result<&Arc<Pipeline>, ApiError> {
-        self.pipelines.get(name).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_pipeline",
-                format!("no pipeline is named \"{name}\""),
-            )
-        })
+    fn pipeline(&self, name: &str) -> Result<&Arc<Pipeline>, AdminError> {
+        self.pipelines
+            .get(name)
+            .ok_or_else(|| AdminError::UnknownPipeline(name.to_owned()))
     }
 }
 
@@ -107,16 +234,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .merge(read)
         .merge(write)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method",
-            )
-        })
+        .fallback(|| async { AdminError::NoSuchRoute })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .with_state(state)
 }
 
@@ -135,36 +254,15 @@ async fn authorize(s: &AdminState, needed: Scope, req: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // Compare against every token, without stopping early, in constant time per token.
-    let mut found: Option<&AdminToken> = None;
-    if let Some(p) = presented {
-        for t in s.tokens.iter() {
-            if bool::from(t.token.expose().as_bytes().ct_eq(p.as_bytes())) {
-                found = Some(t);
-            }
-        }
-    }
+    let found = presented.and_then(|p| find_token(&s.tokens, p));
     match found {
         None => {
             tracing::warn!(path = %req.uri().path(), "admin request without a valid token");
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send a valid admin token as Authorization: Bearer <token>",
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            resp
+            AdminError::Unauthorized.into_response()
         }
-        Some(t) if t.scope < needed => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token \"{}\" has read scope; this route needs write",
-                t.name
-            ),
-        )
+        Some(t) if t.scope < needed => AdminError::ReadScopeOnly {
+            token: t.name.clone(),
+        }
         .into_response(),
         Some(t) => {
             if needed == Scope::Write {
@@ -175,16 +273,28 @@ async fn authorize(s: &AdminState, needed: Scope, req: Request, next: Next) -> R
     }
 }
 
+/// The configured token equal to `presented`. Both sides are hashed with SHA-256 first, so
+/// the comparison takes the same time whatever the lengths, and every token is compared
+/// without stopping early.
+fn find_token<'a>(tokens: &'a [AdminToken], presented: &str) -> Option<&'a AdminToken> {
+    let presented = Sha256::digest(presented.as_bytes());
+    let mut found = None;
+    for t in tokens {
+        let equal: Choice = Sha256::digest(t.token.expose().as_bytes())
+            .as_slice()
+            .ct_eq(presented.as_slice());
+        if bool::from(equal) {
+            found = Some(t);
+        }
+    }
+    found
+}
+
 async fn readyz(State(s): State<AdminState>) -> Response {
     if s.readiness.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "weir is starting or shutting down",
-        )
-        .into_response()
+        AdminError::NotReady.into_response()
     }
 }
 
@@ -271,7 +381,10 @@ async fn list(State(s): State<AdminState>) -> Response {
     axum::Json(json!({ "pipelines": all })).into_response()
 }
 
-async fn show(State(s): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
     let p = s.pipeline(&name)?;
     Ok(axum::Json(view(&s, p)).into_response())
 }
@@ -279,26 +392,20 @@ async fn show(State(s): State<AdminState>, Path(name): Path<String>) -> Result<R
 async fn pause(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     set_paused(&s, &name, true)
 }
 
 async fn resume(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     set_paused(&s, &name, false)
 }
 
-fn set_paused(s: &AdminState, name: &str, paused: bool) -> Result<Response, ApiError> {
+fn set_paused(s: &AdminState, name: &str, paused: bool) -> Result<Response, AdminError> {
     let p = s.pipeline(name)?;
-    p.set_paused(paused).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "state_not_saved",
-            format!("could not persist the pause flag: {e}"),
-        )
-    })?;
+    p.set_paused(paused).map_err(AdminError::StateNotSaved)?;
     tracing::warn!(pipeline = name, paused, "pipeline pause flag changed");
     Ok(axum::Json(view(s, p)).into_response())
 }
@@ -306,33 +413,28 @@ fn set_paused(s: &AdminState, name: &str, paused: bool) -> Result<Response, ApiE
 async fn flush(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     s.pipeline(&name)?;
-    let report = s.runs.flush(&name).await.map_err(control_error)?;
+    let report = s.runs.flush(&name).await.map_err(AdminError::from)?;
     Ok(axum::Json(LastRun::from(report)).into_response())
 }
 
 fn number(
     params: &HashMap<String, String>,
-    key: &str,
+    key: &'static str,
     default: Option<u64>,
     max: u64,
-) -> Result<u64, ApiError> {
+) -> Result<u64, AdminError> {
     match params.get(key) {
-        None => default.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_parameter",
-                format!("query parameter {key} is required"),
-            )
-        }),
+        None => default.ok_or(AdminError::MissingParameter(key)),
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n <= max => Ok(n),
-            _ => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_parameter",
-                format!("query parameter {key}={v:?} must be a whole number up to {max}"),
-            )),
+            Ok(n) => Err(AdminError::AboveMaximum { key, value: n, max }),
+            Err(_) => Err(AdminError::BadParameter {
+                key,
+                value: v.clone(),
+                max,
+            }),
         },
     }
 }
@@ -341,14 +443,10 @@ async fn peek(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     let p = s.pipeline(&name)?;
-    let limit = number(&params, "limit", Some(50), 1000)? as usize;
-    let rows = p
-        .queue
-        .peek(limit, u64::MAX)
-        .await
-        .map_err(|e| control_error(ControlError::Queue(e)))?;
+    let limit = number(&params, "limit", Some(50), MAX_PEEK_ROWS)? as usize;
+    let rows = p.queue.peek(limit, u64::MAX).await?;
     let rows: Vec<_> = rows
         .into_iter()
         .map(|e| json!({ "offset": e.offset, "received_at": rfc3339(e.received_ms), "row": e.row }))
@@ -360,14 +458,14 @@ async fn reconcile(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     s.pipeline(&name)?;
-    let page_size = number(&params, "pageSize", Some(50), 10_000)? as usize;
+    let page_size = number(&params, "pageSize", Some(50), MAX_RECONCILE_PAGE)? as usize;
     let page = s
         .runs
         .reconcile(&name, page_size)
         .await
-        .map_err(control_error)?;
+        .map_err(AdminError::from)?;
     Ok(axum::Json(page).into_response())
 }
 
@@ -375,10 +473,10 @@ async fn replay(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     s.pipeline(&name)?;
     let from = number(&params, "fromOffset", None, u64::MAX)?;
-    let queued = s.runs.replay(&name, from).await.map_err(control_error)?;
+    let queued = s.runs.replay(&name, from).await.map_err(AdminError::from)?;
     Ok(axum::Json(json!({ "fromOffset": from, "queued": queued })).into_response())
 }
 
@@ -386,37 +484,28 @@ async fn purge(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     s.pipeline(&name)?;
     if params.get("confirm").map(String::as_str) != Some("true") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "confirm_required",
-            "purging deletes every queued row: repeat with ?confirm=true",
-        ));
+        return Err(AdminError::ConfirmRequired);
     }
-    let removed = s.runs.purge(&name).await.map_err(control_error)?;
+    let removed = s.runs.purge(&name).await.map_err(AdminError::from)?;
     Ok(axum::Json(json!({ "removed": removed })).into_response())
 }
 
 async fn dead_letter(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AdminError> {
     let p = s.pipeline(&name)?;
     let path = p.dead_letter_path();
-    let body = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
+    // Streamed from the file in chunks, so a large file never sits in memory whole.
+    let body = match tokio::fs::File::open(&path).await {
+        Ok(file) => Body::from_stream(ReaderStream::new(file)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            b"offset,received_at,reason,row\n".to_vec()
+            Body::from("offset,received_at,reason,row\n")
         }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "dead_letter_unreadable",
-                format!("cannot read the dead-letter file: {e}"),
-            ));
-        }
+        Err(e) => return Err(AdminError::DeadLetterUnreadable(e)),
     };
     let disposition = format!("attachment; filename=\"{name}-dead-letter.csv\"");
     Ok((
@@ -436,33 +525,146 @@ async fn dead_letter(
         .into_response())
 }
 
-fn control_error(e: ControlError) -> ApiError {
-    match e {
-        ControlError::UnknownPipeline(n) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_pipeline",
-            format!("no pipeline is named \"{n}\""),
-        ),
-        ControlError::Paused => ApiError::new(StatusCode::CONFLICT, "paused", e.to_string()),
-        ControlError::Stopping => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            e.to_string(),
-        )
-        .retry_after(5),
-        ControlError::Queue(QueueError::Unsupported(m)) => {
-            ApiError::new(StatusCode::CONFLICT, "unsupported", m)
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// One of each answer. A new variant breaks the match below until it is listed here.
+    fn every_error() -> Vec<AdminError> {
+        let io = || std::io::Error::other("disk gone");
+        let all = vec![
+            AdminError::UnknownPipeline("orders".into()),
+            AdminError::NoSuchRoute,
+            AdminError::MethodNotAllowed,
+            AdminError::Unauthorized,
+            AdminError::ReadScopeOnly {
+                token: "dashboard".into(),
+            },
+            AdminError::NotReady,
+            AdminError::MissingParameter("fromOffset"),
+            AdminError::BadParameter {
+                key: "limit",
+                value: "many".into(),
+                max: MAX_PEEK_ROWS,
+            },
+            AdminError::AboveMaximum {
+                key: "limit",
+                value: 401,
+                max: MAX_PEEK_ROWS,
+            },
+            AdminError::ConfirmRequired,
+            AdminError::StateNotSaved(io()),
+            AdminError::DeadLetterUnreadable(io()),
+            AdminError::Paused,
+            AdminError::ShuttingDown,
+            AdminError::Unsupported("the memory queue keeps no history"),
+            AdminError::OffsetGone(QueueError::OffsetGone {
+                requested: 1,
+                oldest: 2,
+            }),
+            AdminError::OffsetAhead(QueueError::OffsetAhead {
+                requested: 9,
+                next: 3,
+            }),
+            AdminError::QueueFailed(QueueError::Io(io())),
+        ];
+        for e in &all {
+            match e {
+                AdminError::UnknownPipeline(_)
+                | AdminError::NoSuchRoute
+                | AdminError::MethodNotAllowed
+                | AdminError::Unauthorized
+                | AdminError::ReadScopeOnly { .. }
+                | AdminError::NotReady
+                | AdminError::MissingParameter(_)
+                | AdminError::BadParameter { .. }
+                | AdminError::AboveMaximum { .. }
+                | AdminError::ConfirmRequired
+                | AdminError::StateNotSaved(_)
+                | AdminError::DeadLetterUnreadable(_)
+                | AdminError::Paused
+                | AdminError::ShuttingDown
+                | AdminError::Unsupported(_)
+                | AdminError::OffsetGone(_)
+                | AdminError::OffsetAhead(_)
+                | AdminError::QueueFailed(_) => {}
+            }
         }
-        ControlError::Queue(q @ QueueError::OffsetGone { .. }) => {
-            ApiError::new(StatusCode::CONFLICT, "offset_gone", q.to_string())
+        all
+    }
+
+    /// The rows of the admin error table in README's "Operating it": (status, code, retry).
+    fn readme_table() -> BTreeSet<(u16, String, bool)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md is readable");
+        let section = readme
+            .split("\n## Operating it")
+            .nth(1)
+            .expect("README has an \"Operating it\" section");
+        let table = section
+            .split("\n### Admin errors")
+            .nth(1)
+            .expect("\"Operating it\" has an \"Admin errors\" table");
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                let status = cells.first()?.parse().ok()?;
+                let code = cells.get(1)?.trim_matches('`').to_owned();
+                let retry = cells.get(2)?.contains("Retry-After");
+                Some((status, code, retry))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_admin_error_and_only_those() {
+        let from_enum: BTreeSet<(u16, String, bool)> = every_error()
+            .iter()
+            .map(|e| {
+                let (status, code, retry) = e.parts();
+                (status.as_u16(), code.to_owned(), retry.is_some())
+            })
+            .collect();
+        assert_eq!(from_enum.len(), every_error().len(), "codes are distinct");
+        let from_readme = readme_table();
+        let missing: Vec<_> = from_enum.difference(&from_readme).collect();
+        let stale: Vec<_> = from_readme.difference(&from_enum).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "README lacks {missing:?}; README has no such error {stale:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admin_error_renders_the_shared_shape_with_its_headers() {
+        let resp = AdminError::ShuttingDown.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "shutting_down", "message": "weir is shutting down"})
+        );
+        let resp = AdminError::Unauthorized.into_response();
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_length() {
+        let tokens = vec![AdminToken {
+            name: "operator".into(),
+            token: crate::config::Secret::new("write-token-0123456789"),
+            scope: Scope::Write,
+        }];
+        assert!(find_token(&tokens, "write-token-0123456789").is_some());
+        for wrong in ["", "w", "write-token-012345678", "write-token-01234567890"] {
+            assert!(find_token(&tokens, wrong).is_none(), "{wrong:?}");
         }
-        ControlError::Queue(q @ QueueError::OffsetAhead { .. }) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "offset_ahead", q.to_string())
-        }
-        ControlError::Queue(q @ QueueError::Io(_)) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "queue_failed",
-            q.to_string(),
-        ),
     }
 }

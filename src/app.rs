@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState, Readiness};
+use crate::collector::Collector;
 use crate::config::{Config, EmulatorSettings, QueueConfig};
-use crate::emulator::{Emulator, EmulatorConfig};
+use crate::emulator::{self, EmulatorConfig};
 use crate::ingest::{self, IngestState};
 use crate::listener;
 use crate::metrics::Metrics;
@@ -22,6 +21,7 @@ use crate::queue::Queue;
 use crate::queue::disk::{DiskSpool, DiskSpoolConfig};
 use crate::queue::memory::MemoryQueue;
 use crate::schedule::{ControlError, RunReport, Scheduler, SchedulerHandle};
+use crate::shutdown::Stage;
 use crate::sink::Sink;
 use crate::sink::budget::Budgets;
 use crate::sink::oauth::Tokens;
@@ -33,22 +33,16 @@ pub struct App {
     readiness: Readiness,
     metrics: Arc<Metrics>,
     emulator_addr: Option<SocketAddr>,
+    pipelines: Vec<Arc<Pipeline>>,
+    /// The ingest listener. Its token also makes ingest answer 503 `shutting_down`.
+    ingest: Stage,
+    /// The pipeline workers: each finishes the run it is in and exits.
+    workers: Stage,
     /// The in-process emulator; stopped after the deliveries to it.
-    emulator: Option<(TaskTracker, CancellationToken)>,
+    emulator: Stage,
     /// The admin listener; stopped last, so /readyz answers 503 and /metrics stays
     /// scrapeable while weir drains.
-    admin: Option<(TaskTracker, CancellationToken)>,
-    pipelines: Vec<Arc<Pipeline>>,
-    /// Cancelled first at shutdown: ingest answers 503 from then on.
-    stopping: CancellationToken,
-    /// Cancelled once in-flight requests are done: stops the listener tasks.
-    stop_servers: CancellationToken,
-    /// Cancelled after the listeners stopped: workers finish their run and exit.
-    stop_workers: CancellationToken,
-    /// The listener tasks.
-    servers: TaskTracker,
-    /// The pipeline workers.
-    workers: TaskTracker,
+    admin: Stage,
     scheduler: Scheduler,
     runs: SchedulerHandle,
     config: Config,
@@ -78,24 +72,21 @@ impl App {
             }
             pipelines.push(Arc::new(pipeline));
         }
-        let stopping = CancellationToken::new();
-        let stop_servers = CancellationToken::new();
-        let stop_workers = CancellationToken::new();
-        let servers = TaskTracker::new();
-        let workers_tracker = TaskTracker::new();
+        let (ingest, workers, emulator, admin) =
+            (Stage::new(), Stage::new(), Stage::new(), Stage::new());
 
-        let (emulator_addr, emulator) = match &config.emulator {
-            Some(settings) => {
-                let (addr, handle) = start_emulator(settings).await?;
-                (Some(addr), Some(handle))
-            }
-            None => (None, None),
+        let emulator_addr = match &config.emulator {
+            Some(settings) => Some(start_emulator(settings, &emulator).await?),
+            None => None,
         };
 
         let budgets = Arc::new(Budgets::default());
-        let metrics = Arc::new(Metrics::new(pipelines.clone(), budgets.clone()));
+        let metrics = Arc::new(Metrics::new(Box::new(Collector::new(
+            pipelines.clone(),
+            budgets.clone(),
+        ))));
         let tokens = Tokens::default();
-        let mut workers = Vec::new();
+        let mut sinks = Vec::new();
         for p in &pipelines {
             let sink = Sink::new(
                 &p.config,
@@ -105,19 +96,15 @@ impl App {
                 metrics.clone(),
             )
             .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
-            workers.push((p.clone(), Arc::new(sink)));
+            sinks.push((p.clone(), Arc::new(sink)));
         }
-        let (scheduler, runs) = Scheduler::start(
-            workers,
-            metrics.clone(),
-            &workers_tracker,
-            stop_workers.clone(),
-        )
-        .await
-        .context("starting the scheduler")?;
+        let (scheduler, runs) =
+            Scheduler::start(sinks, metrics.clone(), workers.tracker(), workers.token())
+                .await
+                .context("starting the scheduler")?;
 
         let readiness = Readiness::default();
-        let (admin_addr, admin) = match &config.admin {
+        let admin_addr = match &config.admin {
             Some(a) => {
                 let listener = TcpListener::bind(a.listen)
                     .await
@@ -131,20 +118,20 @@ impl App {
                     readiness.clone(),
                 );
                 let router = admin::router(state);
-                let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-                let token = stop.clone();
-                tracker.spawn(async move {
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { token.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
-                });
+                let settings = listener::Settings {
+                    max_connections: a.max_connections,
+                    header_read_timeout: a.header_read_timeout,
+                    max_header_bytes: a.max_header_bytes,
+                    tls: None,
+                };
+                admin.tracker().spawn(
+                    listener::serve(listener, router, settings, admin.token())
+                        .instrument(tracing::info_span!("admin listener")),
+                );
                 tracing::info!(listen = %addr, "admin api started");
-                (Some(addr), Some((tracker, stop)))
+                Some(addr)
             }
-            None => (None, None),
+            None => None,
         };
 
         let listener = TcpListener::bind(config.server.listen)
@@ -155,7 +142,7 @@ impl App {
             &pipelines,
             config.server.max_body_bytes,
             config.server.limits.clone(),
-            stopping.clone(),
+            ingest.token(),
             metrics.clone(),
         );
         let router = ingest::router(state);
@@ -165,8 +152,8 @@ impl App {
         } else {
             "http"
         };
-        servers.spawn(
-            listener::serve(listener, router, settings, stop_servers.clone())
+        ingest.tracker().spawn(
+            listener::serve(listener, router, settings, ingest.token())
                 .instrument(tracing::info_span!("ingest listener")),
         );
         readiness.set(true);
@@ -174,17 +161,14 @@ impl App {
         Ok(App {
             ingest_addr,
             admin_addr,
-            admin,
             readiness,
             metrics,
             emulator_addr,
-            emulator,
             pipelines,
-            stopping,
-            stop_servers,
-            stop_workers,
-            servers,
-            workers: workers_tracker,
+            ingest,
+            workers,
+            emulator,
+            admin,
             scheduler,
             runs,
             config,
@@ -227,47 +211,29 @@ impl App {
         &self.runs
     }
 
-    /// The shutdown protocol: refuse new rows (503), let in-flight requests finish, stop the
-    /// ticks, let a running delivery finish, sync the queues — all within `shutdown_grace`.
+    /// The shutdown protocol (ARCHITECTURE.md): not ready → ingest answers 503 and its
+    /// listener lets in-flight requests finish → ticks stop → workers finish their run →
+    /// the emulator stops → queues are synced → the admin listener stops last. The requests
+    /// and deliveries get `shutdown_grace` together.
     pub async fn shutdown(self) {
         let grace = self.config.server.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         self.readiness.set(false);
-        self.stopping.cancel();
-        self.stop_servers.cancel();
-        self.servers.close();
-        if tokio::time::timeout_at(deadline, self.servers.wait())
-            .await
-            .is_err()
-        {
+        if !self.ingest.stop_within(deadline).await {
             tracing::warn!(grace = ?grace, "requests still running at the end of the grace period");
         }
         self.scheduler.stop().await;
-        self.stop_workers.cancel();
-        self.workers.close();
-        if tokio::time::timeout_at(deadline, self.workers.wait())
-            .await
-            .is_err()
-        {
+        if !self.workers.stop_within(deadline).await {
             tracing::warn!(grace = ?grace, "delivery still running at the end of the grace period");
         }
-        stop_task(self.emulator).await;
+        self.emulator.stop().await;
         for p in &self.pipelines {
             if let Err(e) = p.queue.sync().await {
                 tracing::error!(pipeline = p.name(), error = %e, "queue sync at shutdown failed");
             }
         }
-        stop_task(self.admin).await;
+        self.admin.stop().await;
         tracing::info!("weir stopped");
-    }
-}
-
-/// Stops a listener started with its own tracker and token, and waits for it.
-async fn stop_task(task: Option<(TaskTracker, CancellationToken)>) {
-    if let Some((tracker, stop)) = task {
-        stop.cancel();
-        tracker.close();
-        tracker.wait().await;
     }
 }
 
@@ -305,17 +271,9 @@ async fn open_queue(capacity_rows: u64, cfg: &QueueConfig) -> anyhow::Result<Arc
     }
 }
 
-async fn start_emulator(
-    settings: &EmulatorSettings,
-) -> anyhow::Result<(SocketAddr, (TaskTracker, CancellationToken))> {
-    if let Some(dir) = settings.database.as_ref().and_then(|d| d.parent())
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!("creating the emulator database directory {}", dir.display())
-        })?;
-    }
-    let emulator = Emulator::new(EmulatorConfig {
+/// Starts the in-process emulator of `[emulator]` on `stage`.
+async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::Result<SocketAddr> {
+    let config = EmulatorConfig {
         app_keys: settings
             .app_key
             .iter()
@@ -329,19 +287,8 @@ async fn start_emulator(
             .collect(),
         token_ttl: settings.token_ttl,
         ..EmulatorConfig::default()
-    })
-    .context("starting the emulator")?;
-    let listener = TcpListener::bind(settings.listen)
+    };
+    emulator::start(config, settings.listen, stage.tracker(), stage.token())
         .await
-        .with_context(|| format!("binding emulator.listen {}", settings.listen))?;
-    let addr = listener.local_addr()?;
-    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-    let token = stop.clone();
-    tracker.spawn(async move {
-        if let Err(e) = emulator.serve(listener, token).await {
-            tracing::error!(error = %e, "emulator listener failed");
-        }
-    });
-    tracing::info!(listen = %addr, "data push emulator started");
-    Ok((addr, (tracker, stop)))
+        .context("starting the in-process emulator of [emulator]")
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api_error;
 pub mod app;
 pub mod auth_failure;
+pub mod collector;
 pub mod config;
 pub mod dead_letter;
 pub mod emulator;

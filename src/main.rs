@@ -159,26 +159,16 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        if let Some(dir) = args.database.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let emulator = weir::emulator::Emulator::new(weir::emulator::EmulatorConfig {
+        let config = weir::emulator::EmulatorConfig {
             app_keys: args.app_key.into_iter().collect(),
-            database: Some(args.database.clone()),
+            database: Some(args.database),
             ..Default::default()
-        })
-        .context("starting the emulator")?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, database = %args.database.display(), "data push emulator started");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            weir::shutdown::signal().await;
-            token.cancel();
-        });
-        emulator.serve(listener, stop).await.context("serving the emulator")
+        };
+        let stage = weir::shutdown::Stage::new();
+        weir::emulator::start(config, args.listen, stage.tracker(), stage.token()).await?;
+        weir::shutdown::signal().await;
+        stage.stop().await;
+        Ok(())
     })
 }
 
@@ -192,7 +182,7 @@ fn query(database: &std::path::Path, sql: &str) -> ExitCode {
     }
     match weir::emulator::query(database, sql) {
         Ok(rows) => {
-            print!("{}", render_table(&rows));
+            print!("{}", weir::emulator::render_table(&rows));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -206,60 +196,4 @@ fn query(database: &std::path::Path, sql: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Renders rows as an aligned text table with a row count.
-fn render_table(rows: &[serde_json::Map<String, serde_json::Value>]) -> String {
-    let Some(first) = rows.first() else {
-        return "(0 rows)\n".to_owned();
-    };
-    let headers: Vec<&String> = first.keys().collect();
-    let cell = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.replace('\n', "\\n").replace('\r', "\\r"),
-        serde_json::Value::Null => "NULL".to_owned(),
-        other => other.to_string(),
-    };
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            headers
-                .iter()
-                .map(|h| r.get(*h).map(cell).unwrap_or_default())
-                .collect()
-        })
-        .collect();
-    let widths: Vec<usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([h.chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |values: Vec<&str>| -> String {
-        let padded: Vec<String> = values
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect();
-        format!("{}\n", padded.join(" | ").trim_end())
-    };
-    let mut out = line(headers.iter().map(|h| h.as_str()).collect());
-    out.push_str(&format!(
-        "{}\n",
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("-+-")
-    ));
-    for r in &cells {
-        out.push_str(&line(r.iter().map(|c| c.as_str()).collect()));
-    }
-    out.push_str(&format!("({} rows)\n", rows.len()));
-    out
 }

@@ -2,12 +2,12 @@
 //! text format. Names follow `weir_<subsystem>_<name>_<unit>[_total]`; label values are
 //! bounded (pipeline names from the config, fixed codes, HTTP statuses).
 //!
-//! Counters that the admin API also shows live as atomics in `pipeline::Counters` and are
-//! read at scrape time by [`PipelineCollector`], so each fact is counted once. Events with
-//! a distribution (run durations) or labels not known up front (sink calls) are recorded
-//! when they happen, into the families of [`Metrics`].
-
-use std::sync::Arc;
+//! This module is a leaf: it imports nothing of weir and takes plain values. Events with a
+//! distribution (run durations) or labels not known up front (sink calls) are recorded when
+//! they happen, into the families of [`Metrics`]. Facts the admin API also shows (counters,
+//! queue stats, states, budgets) are read at scrape time by a [`Scrape`] source, which the
+//! application wires in (`collector.rs`), and rendered here as a [`Snapshot`], so each fact
+//! is counted once.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -15,12 +15,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
-
-use crate::auth_failure::Failure;
-use crate::pipeline::{Counters, Pipeline, State};
-use crate::queue::now_ms;
-use crate::sink::budget::Budgets;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PipelineLabels {
@@ -36,6 +31,50 @@ pub struct SinkCallLabels {
     pub status: String,
 }
 
+/// Reads the scrape-time facts. Implemented where pipelines, queues and budgets are known.
+pub trait Scrape: Send + Sync + std::fmt::Debug {
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// The scrape-time facts, as plain values.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    pub pipelines: Vec<PipelineSample>,
+    /// Job submissions left this UTC hour, per team.
+    pub budgets: Vec<(String, u32)>,
+}
+
+/// One pipeline's scrape-time facts.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PipelineSample {
+    pub pipeline: String,
+    /// Rows queued.
+    pub accepted: u64,
+    /// Rows dropped by the schema or filter.
+    pub ignored: u64,
+    /// Rows of requests refused as a whole.
+    pub rejected: u64,
+    /// Rows of replayed deliveries, answered again but not queued twice.
+    pub duplicate: u64,
+    /// Requests refused, by error code.
+    pub refused: Vec<(&'static str, u64)>,
+    /// Failed sender checks by reason; `None` when the pipeline checks no sender.
+    pub auth_failures: Option<Vec<(&'static str, u64)>>,
+    pub delivered: u64,
+    pub runs_ok: u64,
+    pub runs_failed: u64,
+    pub dead_lettered: u64,
+    pub removed: u64,
+    pub queue_rows: u64,
+    pub queue_bytes: u64,
+    pub queue_capacity_rows: u64,
+    pub queue_oldest_age_seconds: f64,
+    /// Every state the pipeline can be in, with `true` for the current one.
+    pub states: Vec<(&'static str, bool)>,
+    /// fsync count and total time, for queues that fsync.
+    pub fsyncs: Option<(u64, f64)>,
+}
+
 /// The metrics recorded as events happen, plus the registry that renders everything.
 pub struct Metrics {
     registry: Registry,
@@ -45,7 +84,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(pipelines: Vec<Arc<Pipeline>>, budgets: Arc<Budgets>) -> Metrics {
+    /// The event families, plus `source` read at every scrape.
+    pub fn new(source: Box<dyn Scrape>) -> Metrics {
         let mut registry = Registry::default();
         let run_duration = Family::<PipelineLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.05, 2.0, 14))
@@ -53,7 +93,7 @@ impl Metrics {
         registry.register_with_unit(
             "weir_delivery_run_duration",
             "Duration of delivery runs that made a job",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             run_duration.clone(),
         );
         let sink_calls = Family::<SinkCallLabels, Counter>::default();
@@ -68,7 +108,7 @@ impl Metrics {
             "Requests to /hooks/{name} for a pipeline that does not exist",
             unknown_pipeline_requests.clone(),
         );
-        registry.register_collector(Box::new(PipelineCollector { pipelines, budgets }));
+        registry.register_collector(Box::new(ScrapeCollector { source }));
         Metrics {
             registry,
             run_duration,
@@ -104,21 +144,20 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Reads queue stats, counters and budgets at scrape time.
+/// Renders a [`Scrape`] source's snapshot at every scrape.
 #[derive(Debug)]
-struct PipelineCollector {
-    pipelines: Vec<Arc<Pipeline>>,
-    budgets: Arc<Budgets>,
+struct ScrapeCollector {
+    source: Box<dyn Scrape>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RowLabels {
+struct OutcomeLabels {
     pipeline: String,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RefusedLabels {
+struct ReasonLabels {
     pipeline: String,
     reason: &'static str,
 }
@@ -139,7 +178,7 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    unit: Option<&prometheus_client::registry::Unit>,
+    unit: Option<&Unit>,
     values: Vec<(L, M)>,
 ) -> Result<(), std::fmt::Error> {
     let Some(first) = values.first() else {
@@ -153,12 +192,29 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
-impl Collector for PipelineCollector {
+impl Collector for ScrapeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let seconds = prometheus_client::registry::Unit::Seconds;
-        let bytes = prometheus_client::registry::Unit::Bytes;
-        let label = |p: &Pipeline| PipelineLabels {
-            pipeline: p.name().to_owned(),
+        let snapshot = self.source.snapshot();
+        let label = |p: &PipelineSample| PipelineLabels {
+            pipeline: p.pipeline.clone(),
+        };
+        let outcome = |p: &PipelineSample, outcome: &'static str, n: u64| {
+            (
+                OutcomeLabels {
+                    pipeline: p.pipeline.clone(),
+                    outcome,
+                },
+                ConstCounter::new(n),
+            )
+        };
+        let reason = |p: &PipelineSample, reason: &'static str, n: u64| {
+            (
+                ReasonLabels {
+                    pipeline: p.pipeline.clone(),
+                    reason,
+                },
+                ConstCounter::new(n),
+            )
         };
         let mut rows = Vec::new();
         let mut refused = Vec::new();
@@ -174,87 +230,38 @@ impl Collector for PipelineCollector {
         let mut fsyncs = Vec::new();
         let mut fsync_secs = Vec::new();
         let mut auth = Vec::new();
-        let now = now_ms();
-        for p in &self.pipelines {
-            let c = &p.counters;
-            let name = p.name().to_owned();
-            for (outcome, counter) in [
-                ("accepted", &c.accepted),
-                ("ignored", &c.ignored),
-                ("rejected", &c.rejected),
-                ("duplicate", &c.duplicate),
-            ] {
-                rows.push((
-                    RowLabels {
-                        pipeline: name.clone(),
-                        outcome,
-                    },
-                    ConstCounter::new(Counters::get(counter)),
-                ));
+        for p in &snapshot.pipelines {
+            rows.push(outcome(p, "accepted", p.accepted));
+            rows.push(outcome(p, "ignored", p.ignored));
+            rows.push(outcome(p, "rejected", p.rejected));
+            rows.push(outcome(p, "duplicate", p.duplicate));
+            for (r, n) in p.auth_failures.iter().flatten() {
+                auth.push(reason(p, r, *n));
             }
-            if p.config.auth.is_some() {
-                for f in Failure::ALL {
-                    auth.push((
-                        RefusedLabels {
-                            pipeline: name.clone(),
-                            reason: f.reason(),
-                        },
-                        ConstCounter::new(c.auth_failures.get(f)),
-                    ));
-                }
+            for (r, n) in &p.refused {
+                refused.push(reason(p, r, *n));
             }
-            for (reason, n) in c.refused() {
-                refused.push((
-                    RefusedLabels {
-                        pipeline: name.clone(),
-                        reason,
-                    },
-                    ConstCounter::new(n),
-                ));
-            }
-            delivered.push((label(p), ConstCounter::new(Counters::get(&c.delivered))));
-            runs.push((
-                RowLabels {
-                    pipeline: name.clone(),
-                    outcome: "ok",
-                },
-                ConstCounter::new(Counters::get(&c.runs_ok)),
-            ));
-            runs.push((
-                RowLabels {
-                    pipeline: name.clone(),
-                    outcome: "failed",
-                },
-                ConstCounter::new(Counters::get(&c.runs_failed)),
-            ));
-            dead.push((label(p), ConstCounter::new(Counters::get(&c.dead_lettered))));
-            removed.push((label(p), ConstCounter::new(Counters::get(&c.removed))));
-            let stats = p.queue.stats();
-            q_rows.push((label(p), ConstGauge::new(stats.rows as i64)));
-            q_bytes.push((label(p), ConstGauge::new(stats.bytes as i64)));
-            q_cap.push((label(p), ConstGauge::new(stats.capacity_rows as i64)));
-            let age = stats
-                .oldest_ms
-                .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
-            q_age.push((label(p), ConstGauge::new(age)));
-            let current = p.state();
-            for s in [
-                State::Active,
-                State::Paused,
-                State::Failing,
-                State::Suspended,
-            ] {
+            delivered.push((label(p), ConstCounter::new(p.delivered)));
+            runs.push(outcome(p, "ok", p.runs_ok));
+            runs.push(outcome(p, "failed", p.runs_failed));
+            dead.push((label(p), ConstCounter::new(p.dead_lettered)));
+            removed.push((label(p), ConstCounter::new(p.removed)));
+            q_rows.push((label(p), ConstGauge::new(p.queue_rows as i64)));
+            q_bytes.push((label(p), ConstGauge::new(p.queue_bytes as i64)));
+            q_cap.push((label(p), ConstGauge::new(p.queue_capacity_rows as i64)));
+            q_age.push((label(p), ConstGauge::new(p.queue_oldest_age_seconds)));
+            for (state, current) in &p.states {
                 states.push((
                     StateLabels {
-                        pipeline: name.clone(),
-                        state: s.as_str(),
+                        pipeline: p.pipeline.clone(),
+                        state,
                     },
-                    ConstGauge::new(i64::from(s == current)),
+                    ConstGauge::new(i64::from(*current)),
                 ));
             }
-            if let Some((count, total)) = p.queue.fsync_stats() {
+            if let Some((count, seconds)) = p.fsyncs {
                 fsyncs.push((label(p), ConstCounter::new(count)));
-                fsync_secs.push((label(p), ConstCounter::new(total.as_secs_f64())));
+                fsync_secs.push((label(p), ConstCounter::new(seconds)));
             }
         }
         family(
@@ -270,6 +277,13 @@ impl Collector for PipelineCollector {
             "Requests refused, by error code",
             None,
             refused,
+        )?;
+        family(
+            &mut e,
+            "weir_ingest_auth_failures",
+            "Requests refused by the sender check, by reason",
+            None,
+            auth,
         )?;
         family(
             &mut e,
@@ -300,7 +314,13 @@ impl Collector for PipelineCollector {
             removed,
         )?;
         family(&mut e, "weir_queue_rows", "Rows queued", None, q_rows)?;
-        family(&mut e, "weir_queue", "Bytes queued", Some(&bytes), q_bytes)?;
+        family(
+            &mut e,
+            "weir_queue",
+            "Bytes queued",
+            Some(&Unit::Bytes),
+            q_bytes,
+        )?;
         family(
             &mut e,
             "weir_queue_capacity_rows",
@@ -312,7 +332,7 @@ impl Collector for PipelineCollector {
             &mut e,
             "weir_queue_oldest_age",
             "Age of the oldest queued row",
-            Some(&seconds),
+            Some(&Unit::Seconds),
             q_age,
         )?;
         family(
@@ -333,12 +353,11 @@ impl Collector for PipelineCollector {
             &mut e,
             "weir_spool_fsync",
             "Time spent in fsync by the disk spool",
-            Some(&seconds),
+            Some(&Unit::Seconds),
             fsync_secs,
         )?;
-        let budgets: Vec<_> = self
+        let budgets: Vec<_> = snapshot
             .budgets
-            .remaining()
             .into_iter()
             .map(|(team, left)| (TeamLabels { team }, ConstGauge::new(i64::from(left))))
             .collect();

@@ -124,7 +124,19 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub tokens: Vec<AdminToken>,
+    /// Open connections at most; more are closed on accept.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Size of the request line and headers at most.
+    pub max_header_bytes: usize,
 }
+
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u64 = 64;
+pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_ADMIN_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// hyper's smallest read buffer.
+const MIN_ADMIN_HEADER_BYTES: u64 = 8192;
 
 #[derive(Debug, Clone)]
 pub struct AdminToken {
@@ -498,7 +510,38 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         if tokens.is_empty() {
             v.error("admin.tokens", "list at least one token: every admin route but /healthz, /readyz and /metrics needs one");
         }
-        AdminConfig { listen, tokens }
+        let max_connections = v.positive(
+            "admin.max_connections",
+            a.max_connections,
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+        );
+        let header_read_timeout = v.duration(
+            "admin.header_read_timeout",
+            a.header_read_timeout.as_deref(),
+            DEFAULT_ADMIN_HEADER_READ_TIMEOUT_SECS,
+        );
+        if header_read_timeout.is_zero() {
+            v.error("admin.header_read_timeout", "must be longer than 0s");
+        }
+        let mut max_header_bytes = v.size(
+            "admin.max_header_bytes",
+            a.max_header_bytes.as_ref(),
+            DEFAULT_ADMIN_MAX_HEADER_BYTES,
+        );
+        if max_header_bytes < MIN_ADMIN_HEADER_BYTES {
+            v.error(
+                "admin.max_header_bytes",
+                format!("{max_header_bytes} is below the minimum of {MIN_ADMIN_HEADER_BYTES}"),
+            );
+            max_header_bytes = MIN_ADMIN_HEADER_BYTES;
+        }
+        AdminConfig {
+            listen,
+            tokens,
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            header_read_timeout,
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        }
     });
     let emulator = raw.emulator.map(|e| EmulatorSettings {
         listen: v.addr("emulator.listen", e.listen.as_deref(), "127.0.0.1:8900"),

@@ -56,6 +56,9 @@ pub struct RawEmulator {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub max_connections: Option<i64>,
+    pub header_read_timeout: Option<String>,
+    pub max_header_bytes: Option<ByteSize>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
 }

@@ -3,6 +3,8 @@
 //! Status table (reference §3.5): 400/409/413/415 carry `FrontendHandledBackendError`, 404 and
 //! 429 a bare JSON string, 401 nothing, 500 an `ExceptionReference`.
 
+use std::sync::atomic::Ordering;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
@@ -45,21 +47,39 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/{pool}/jobs/{id}/chunks", get(list_chunks))
         .route("/{pool}/jobs/{id}/chunks/upserted", post(upload_upserted))
         .route("/{pool}/jobs/{id}/chunks/deleted", post(upload_deleted));
-    let inner = Router::new()
-        .nest("/integration/api/v1/data-push", api.clone())
-        .nest("/data-ingestion/api/v1/data-push", api)
+    let hooks = Router::new()
         .route("/emulator/tables/{name}", get(show_table))
         .route("/emulator/jobs", get(show_jobs))
         .route("/emulator/faults", post(add_fault).delete(clear_faults))
-        .route("/oauth2/token", post(token))
         .route("/emulator/oauth", get(show_oauth))
         .route(
             "/emulator/oauth/tokens",
             axum::routing::delete(revoke_tokens),
         )
+        .route_layer(middleware::from_fn_with_state(
+            emulator.clone(),
+            guard_hooks,
+        ));
+    let inner = Router::new()
+        .nest("/integration/api/v1/data-push", api.clone())
+        .nest("/data-ingestion/api/v1/data-push", api)
+        .route("/oauth2/token", post(token))
+        .merge(hooks)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(emulator);
     Router::new().fallback_service(middleware::from_fn(normalize_path).layer(inner))
+}
+
+/// The `/emulator/` hooks take the data-push routes' key when the emulator listens beyond
+/// loopback (see [`super::hooks_need_key`]).
+async fn guard_hooks(State(emulator): State<Emulator>, request: Request, next: Next) -> Response {
+    if emulator.inner.hooks_need_key.load(Ordering::Relaxed)
+        && let Err(e) = emulator.authorized(request.headers())
+    {
+        warn!(path = %request.uri().path(), "emulator hook without a valid key");
+        return e.into_response();
+    }
+    next.run(request).await
 }
 
 /// Drops trailing slashes and collapses `//`, so `/jobs/`, `/jobs` and `jobs//{id}` route alike.

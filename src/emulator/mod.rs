@@ -13,7 +13,9 @@ mod model;
 mod oauth;
 mod table;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use faults::Faults;
@@ -103,6 +106,16 @@ struct Inner {
     tracker: TaskTracker,
     /// Cancelled when serving stops: delays end early so shutdown is quick.
     stop: CancellationToken,
+    /// Whether the `/emulator/` hooks need the key the data-push routes check: set by
+    /// [`Emulator::serve`] when it listens beyond loopback.
+    hooks_need_key: AtomicBool,
+}
+
+/// Whether an emulator listening on `listen` guards its `/emulator/` hooks (tables, jobs,
+/// faults, OAuth) with its key: on loopback anyone who can reach it is local already; on any
+/// other address (including `0.0.0.0`) the tables and faults would be open to the network.
+pub fn hooks_need_key(listen: SocketAddr) -> bool {
+    !listen.ip().is_loopback()
 }
 
 /// A job's lifecycle status.
@@ -243,6 +256,7 @@ impl Emulator {
                 db: Arc::new(Mutex::new(db)),
                 tracker: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                hooks_need_key: AtomicBool::new(false),
             }),
         })
     }
@@ -260,6 +274,8 @@ impl Emulator {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        let exposed = listener.local_addr().map_or(true, hooks_need_key);
+        self.inner.hooks_need_key.store(exposed, Ordering::Relaxed);
         let stop = self.inner.stop.clone();
         let result = axum::serve(listener, self.router())
             .with_graceful_shutdown(async move {
@@ -291,6 +307,123 @@ impl Emulator {
         let db = Arc::clone(&self.inner.db);
         Ok(tokio::task::spawn_blocking(move || work(&mut lock(&db))).await?)
     }
+}
+
+/// Why an emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating the emulator database directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the emulator")]
+    Emulator(#[from] EmulatorError),
+    #[error("binding {listen}")]
+    Bind {
+        listen: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the database's directory, opens the emulator, binds `listen` and serves on a task
+/// of `tracker` until `stop` is cancelled. Returns the bound address (port 0 picks one).
+/// Used by `weir emulator` and by `weir serve` with `[emulator]`.
+pub async fn start(
+    config: EmulatorConfig,
+    listen: SocketAddr,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<SocketAddr, StartError> {
+    if let Some(dir) = config.database.as_ref().and_then(|d| d.parent())
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let database = config.database.clone();
+    let emulator = Emulator::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind { listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { listen, source })?;
+    tracker.spawn(
+        async move {
+            if let Err(e) = emulator.serve(listener, stop).await {
+                tracing::error!(error = %e, "emulator listener failed");
+            }
+        }
+        .instrument(tracing::info_span!("emulator listener")),
+    );
+    match &database {
+        Some(path) => {
+            tracing::info!(listen = %addr, database = %path.display(), "data push emulator started")
+        }
+        None => tracing::info!(listen = %addr, "data push emulator started"),
+    }
+    Ok(addr)
+}
+
+/// Renders rows as an aligned text table with a row count (`weir emulator query`).
+pub fn render_table(rows: &[Map<String, Value>]) -> String {
+    let Some(first) = rows.first() else {
+        return "(0 rows)\n".to_owned();
+    };
+    let headers: Vec<&String> = first.keys().collect();
+    let cell = |v: &Value| match v {
+        Value::String(s) => s.replace('\n', "\\n").replace('\r', "\\r"),
+        Value::Null => "NULL".to_owned(),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            headers
+                .iter()
+                .map(|h| r.get(*h).map(cell).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| -> String {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        format!("{}\n", padded.join(" | ").trim_end())
+    };
+    let mut out = line(headers.iter().map(|h| h.as_str()).collect());
+    out.push_str(&format!(
+        "{}\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    ));
+    for r in &cells {
+        out.push_str(&line(r.iter().map(|c| c.as_str()).collect()));
+    }
+    out.push_str(&format!("({} rows)\n", rows.len()));
+    out
 }
 
 /// Runs one read-only query against an emulator database file; rows come back as column → value.
@@ -330,6 +463,34 @@ pub fn query(database: &Path, sql: &str) -> Result<Vec<Map<String, Value>>, Emul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hooks_need_the_key_on_every_address_but_loopback() {
+        for open in ["127.0.0.1:8900", "127.0.0.2:8900", "[::1]:8900"] {
+            assert!(!hooks_need_key(open.parse().unwrap()), "{open}");
+        }
+        for guarded in [
+            "0.0.0.0:8900",
+            "[::]:8900",
+            "10.0.0.5:8900",
+            "192.168.1.2:80",
+        ] {
+            assert!(hooks_need_key(guarded.parse().unwrap()), "{guarded}");
+        }
+    }
+
+    #[test]
+    fn a_query_result_renders_as_an_aligned_table() {
+        let rows: Vec<Map<String, Value>> = vec![
+            serde_json::from_str(r#"{"id":"1","note":"a\nb"}"#).unwrap(),
+            serde_json::from_str(r#"{"id":"22","note":null}"#).unwrap(),
+        ];
+        assert_eq!(
+            render_table(&rows),
+            "id | note\n---+-----\n1  | a\\nb\n22 | NULL\n(2 rows)\n"
+        );
+        assert_eq!(render_table(&[]), "(0 rows)\n");
+    }
 
     fn job_with_chunk(status: Status, bytes: usize) -> Job {
         let request = RawValue::from_string("{}".to_owned()).unwrap();

@@ -1,14 +1,18 @@
 //! The admin API: auth and scopes, every route, state transitions, persistence across a
 //! restart, dead letters, and a metrics scrape that matches what the test did.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use weir::emulator::EmulatorConfig;
 use weir::metrics::sample;
 
 use crate::helpers::{
-    ADMIN, READ_TOKEN, TestEmulator, delivery_config, spawn_app, spawn_emulator, status_and_json,
-    wait_until,
+    ADMIN, READ_TOKEN, TestEmulator, WRITE_TOKEN, delivery_config, spawn_app, spawn_emulator,
+    status_and_json, wait_until,
 };
 
 async fn emulator() -> TestEmulator {
@@ -486,4 +490,192 @@ async fn readyz_turns_unavailable_when_shutdown_starts() {
     assert!(!stop.is_finished(), "the delivery is still draining");
     stop.await.unwrap();
     assert!(flush.await.unwrap().is_ok());
+}
+
+/// The `[admin]` table of the listener tests: the test tokens plus `limits`.
+fn admin_with(limits: &str) -> String {
+    ADMIN.replace(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!("listen = \"127.0.0.1:0\"\n{limits}\n"),
+    )
+}
+
+fn listener_config(limits: &str) -> String {
+    format!(
+        "{}\n{}",
+        admin_with(limits),
+        crate::helpers::pipeline_config("127.0.0.1:0", "")
+    )
+}
+
+#[tokio::test]
+async fn a_slow_header_on_the_admin_port_is_cut_off() {
+    let app = spawn_app(&listener_config("header_read_timeout = \"300ms\"")).await;
+    let addr = app.app().admin_addr().unwrap();
+    // Headers that never end: the admin listener closes the connection on its own.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "a slow header on the admin port was not cut off within 5 s"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // A whole request still gets its answer.
+    assert_eq!(app.admin(Method::GET, "/healthz", None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn oversized_headers_on_the_admin_port_get_431() {
+    let app = spawn_app(&listener_config("max_header_bytes = 8192")).await;
+    let resp = app
+        .client
+        .get(app.admin_url("/healthz"))
+        .header("x-big", "a".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+}
+
+#[tokio::test]
+async fn admin_connections_beyond_max_connections_are_refused() {
+    let app = spawn_app(&listener_config(
+        "max_connections = 1\nheader_read_timeout = \"30s\"",
+    ))
+    .await;
+    let addr = app.app().admin_addr().unwrap();
+    let first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the second admin connection is closed: {read:?}"
+    );
+    drop(first);
+    wait_until(5, "an admin connection slot to free up", || async {
+        let resp = app.client.get(app.admin_url("/healthz")).send().await;
+        resp.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_length_token_gets_401() {
+    let app = spawn_app(&listener_config("")).await;
+    let shorter = &WRITE_TOKEN[..WRITE_TOKEN.len() - 1];
+    let longer = format!("{WRITE_TOKEN}0");
+    for token in [shorter, longer.as_str(), "x"] {
+        let resp = app
+            .admin(Method::GET, "/admin/pipelines", Some(token))
+            .await;
+        let (status, body) = status_and_json(resp).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "a token of {} bytes",
+            token.len()
+        );
+    }
+    let (status, _) = app.admin_json(Method::GET, "/admin/pipelines").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn peeking_more_than_400_rows_is_refused_naming_the_maximum() {
+    let app = spawn_app(&listener_config("")).await;
+    let (status, body) = app
+        .admin_json(Method::GET, "/admin/pipelines/orders/rows?limit=400")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .admin_json(Method::GET, "/admin/pipelines/orders/rows?limit=401")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("above_maximum"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("limit=401") && message.contains("maximum of 400"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_dead_letter_download_is_streamed_not_sized_in_memory() {
+    let app = spawn_app(&listener_config("")).await;
+    let path = app.app().pipeline("orders").unwrap().dead_letter_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut csv = String::from("offset,received_at,reason,row\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!(
+            "{i},2026-01-01T00:00:00.000Z,HTTP 500,\"{{\"\"id\"\":\"\"{i}\"\"}}\"\n"
+        ));
+    }
+    std::fs::write(&path, &csv).unwrap();
+    let resp = app
+        .admin(
+            Method::GET,
+            "/admin/pipelines/orders/dead-letter",
+            Some(READ_TOKEN),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    // A body read whole into memory is sent with its length; a streamed one in chunks.
+    assert_eq!(
+        resp.headers()
+            .get("transfer-encoding")
+            .map(|v| v.as_bytes()),
+        Some(&b"chunked"[..])
+    );
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(resp.text().await.unwrap(), csv);
+}
+
+#[tokio::test]
+async fn failed_sender_checks_are_counted_in_metrics_by_reason() {
+    let app = spawn_app(&format!(
+        "{ADMIN}\n{}",
+        crate::helpers::pipeline_config(
+            "127.0.0.1:0",
+            "[pipelines.auth]\nkind = \"token\"\nheader = \"X-Api-Key\"\nsecret = \"the-right-token\"\n",
+        )
+    ))
+    .await;
+    let post = |token: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.url("/hooks/orders"))
+            .header("content-type", "application/json")
+            .body("{\"id\":\"1\"}");
+        if let Some(t) = token {
+            req = req.header("x-api-key", t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(Some("the-wrong-token")).await, 401);
+    assert_eq!(post(Some("the-wrong-token")).await, 401);
+    assert_eq!(post(None).await, 401);
+    assert_eq!(post(Some("the-right-token")).await, 202);
+    let scrape = app.scrape().await;
+    let failures = |reason: &str| {
+        sample(
+            &scrape,
+            &format!(r#"weir_ingest_auth_failures_total{{pipeline="orders",reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!(failures("bad_credentials"), Some(2.0), "{scrape}");
+    assert_eq!(failures("missing_credentials"), Some(1.0));
+    assert_eq!(failures("stale_timestamp"), Some(0.0));
 }

@@ -135,7 +135,11 @@ fn the_kubernetes_manifests_are_consistent_with_their_config() {
 #[test]
 fn the_container_config_loads_and_matches_the_dockerfile() {
     let text = std::fs::read_to_string(root().join("deploy/docker/weir.toml")).unwrap();
-    let config = Config::load(&text, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    let env = HashMap::from([(
+        "WEIR_ADMIN_TOKEN".to_owned(),
+        "a-long-random-admin-token".to_owned(),
+    )]);
+    let config = Config::load(&text, &env).unwrap_or_else(|e| panic!("{e}"));
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let expose = dockerfile
         .lines()
@@ -156,7 +160,7 @@ fn the_container_config_loads_and_matches_the_dockerfile() {
 }
 
 #[test]
-fn the_systemd_unit_checks_the_config_and_outlives_the_grace_period() {
+fn the_systemd_unit_checks_the_config_raises_the_file_limit_and_outlives_the_grace_period() {
     let unit = std::fs::read_to_string(root().join("deploy/systemd/weir.service")).unwrap();
     let value = |key: &str| {
         unit.lines()
@@ -168,9 +172,157 @@ fn the_systemd_unit_checks_the_config_and_outlives_the_grace_period() {
     assert_eq!(value("Restart"), "on-failure");
     assert_eq!(value("ProtectSystem"), "strict");
     assert_eq!(value("NoNewPrivileges"), "yes");
+    assert_eq!(value("LimitNOFILE"), "65536");
     let stop: u64 = value("TimeoutStopSec").parse().unwrap();
     assert!(
         stop > 30,
         "TimeoutStopSec must exceed the default shutdown_grace of 30s"
     );
+}
+
+/// Every config weir ships: `config/*.toml`, the container's, and the ConfigMap's.
+fn shipped_configs() -> Vec<(String, String)> {
+    let mut configs = Vec::new();
+    for dir in ["config", "deploy/docker"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                configs.push((path.display().to_string(), text));
+            }
+        }
+    }
+    let toml = manifests()["ConfigMap"][0]["data"]["weir.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    configs.push(("deploy/kubernetes/configmap.yaml".to_owned(), toml));
+    assert!(configs.len() >= 3, "{configs:?}");
+    configs
+}
+
+/// Whether a config's admin API listens on loopback only (a laptop config).
+fn admin_on_loopback(config: &toml::Table) -> bool {
+    let listen = config["admin"]["listen"].as_str().unwrap();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    addr.ip().is_loopback()
+}
+
+/// The shipped configs whose admin API is reachable beyond the machine (container, Kubernetes).
+fn deployed_configs() -> Vec<(String, String)> {
+    shipped_configs()
+        .into_iter()
+        .filter(|(_, text)| !admin_on_loopback(&toml::from_str(text).unwrap()))
+        .collect()
+}
+
+#[test]
+fn no_deployed_config_falls_back_to_a_default_admin_token() {
+    let deployed = deployed_configs();
+    assert!(deployed.len() >= 2, "{deployed:?}");
+    for (name, text) in deployed {
+        let config = toml::from_str::<toml::Table>(&text).unwrap();
+        let tokens = config["admin"]["tokens"].as_array().unwrap();
+        let write = tokens
+            .iter()
+            .find(|t| t["scope"].as_str() == Some("write"))
+            .unwrap_or_else(|| panic!("{name}: no write token"));
+        assert_eq!(
+            write["token"].as_str(),
+            Some("${WEIR_ADMIN_TOKEN}"),
+            "{name}: the write token must come from WEIR_ADMIN_TOKEN with no default"
+        );
+    }
+}
+
+#[test]
+fn only_a_loopback_admin_api_may_have_a_default_token() {
+    for (name, text) in shipped_configs() {
+        let config = toml::from_str::<toml::Table>(&text).unwrap();
+        if text.contains("${WEIR_ADMIN_TOKEN:-") {
+            assert!(
+                admin_on_loopback(&config),
+                "{name}: a default admin token on a non-loopback listener"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_deployed_config_without_weir_admin_token_fails_weir_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (name, text)) in deployed_configs().into_iter().enumerate() {
+        let path = dir.path().join(format!("{i}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        check.arg("check").arg("-c").arg(&path).env_clear();
+        // The ConfigMap's other variables come from its Secret; only the admin token is absent.
+        for (key, value) in secret_env() {
+            if key != "WEIR_ADMIN_TOKEN" {
+                check.env(key, value);
+            }
+        }
+        let out = check.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{name} passed without WEIR_ADMIN_TOKEN"
+        );
+        assert!(
+            stderr.contains("admin.tokens[0].token")
+                && stderr.contains("environment variable WEIR_ADMIN_TOKEN is not set"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+/// The variables the Kubernetes Secret provides.
+fn secret_env() -> HashMap<String, String> {
+    manifests()["Secret"][0]["stringData"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn emulator_hooks_need_the_key_when_it_listens_beyond_loopback() {
+    // The container's emulator listens on all interfaces; the test only talks to loopback.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let emulator = weir::emulator::Emulator::new(weir::emulator::EmulatorConfig {
+        app_keys: vec!["local-emulator-key".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let served = tokio::spawn(emulator.serve(listener, stop.clone()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (method, path) in [
+        (reqwest::Method::GET, "/emulator/tables/pushCSV"),
+        (reqwest::Method::GET, "/emulator/jobs"),
+        (reqwest::Method::DELETE, "/emulator/faults"),
+        (reqwest::Method::GET, "/emulator/oauth"),
+    ] {
+        let url = format!("{base}{path}");
+        let bare = client.request(method.clone(), &url).send().await.unwrap();
+        assert_eq!(bare.status(), 401, "{method} {path} without the key");
+        let wrong = client
+            .request(method.clone(), &url)
+            .header("authorization", "AppKey another-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{method} {path} with another key");
+        let keyed = client
+            .request(method.clone(), &url)
+            .header("authorization", "AppKey local-emulator-key")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(keyed.status(), 401, "{method} {path} with the key");
+    }
+    stop.cancel();
+    served.await.unwrap().unwrap();
 }
