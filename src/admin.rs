@@ -25,7 +25,7 @@ use crate::config::{AdminToken, QueueConfig, Scope};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::{QueueError, now_ms};
-use crate::schedule::{ControlError, RunReport, SchedulerHandle};
+use crate::schedule::{ControlError, MAX_RECONCILE_PAGE, RunReport, SchedulerHandle};
 
 /// Whether weir is ready for traffic: set once start-up finished, cleared when shutdown starts.
 #[derive(Clone, Default)]
@@ -362,7 +362,7 @@ async fn reconcile(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     s.pipeline(&name)?;
-    let page_size = number(&params, "pageSize", Some(50), 10_000)? as usize;
+    let page_size = number(&params, "pageSize", Some(50), MAX_RECONCILE_PAGE as u64)? as usize;
     let page = s
         .runs
         .reconcile(&name, page_size)
@@ -377,9 +377,9 @@ async fn replay(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     s.pipeline(&name)?;
-    let from = number(&params, "fromOffset", None, u64::MAX)?;
-    let queued = s.runs.replay(&name, from).await.map_err(control_error)?;
-    Ok(axum::Json(json!({ "fromOffset": from, "queued": queued })).into_response())
+    let from = params.contains_key("fromOffset").then(|| number(&params, "fromOffset", None, u64::MAX)).transpose()?;
+    let replayed = s.runs.replay(&name, from).await.map_err(control_error)?;
+    Ok(axum::Json(replayed).into_response())
 }
 
 async fn purge(
