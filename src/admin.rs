@@ -377,7 +377,10 @@ async fn replay(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     s.pipeline(&name)?;
-    let from = params.contains_key("fromOffset").then(|| number(&params, "fromOffset", None, u64::MAX)).transpose()?;
+    let from = params
+        .contains_key("fromOffset")
+        .then(|| number(&params, "fromOffset", None, u64::MAX))
+        .transpose()?;
     let replayed = s.runs.replay(&name, from).await.map_err(control_error)?;
     Ok(axum::Json(replayed).into_response())
 }

@@ -731,7 +731,11 @@ mod tests {
         p.on_success();
         assert_eq!(p.health(), Health::Active);
         p.on_failure(Instant::now(), None);
-        assert_eq!(p.health(), Health::Failing, "a success clears the old clock");
+        assert_eq!(
+            p.health(),
+            Health::Failing,
+            "a success clears the old clock"
+        );
         assert!(policy(10, 60, 3600).resumed(None).failing_since().is_none());
     }
 

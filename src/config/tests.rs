@@ -434,17 +434,15 @@ fn a_short_retry_max_interval_alone_lowers_the_default_first_retry() {
 
 #[test]
 fn a_decimal_separator_equal_to_the_field_separator_is_refused() {
-    let text = format!(
-        "{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \";\"\n"
-    );
+    let text =
+        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \";\"\n");
     assert_eq!(
         errors_of(&text),
         [
             "pipelines[0].sink.csv.decimal_separator: \";\" must differ from the separator: a decimal number would split into two fields"
         ]
     );
-    let text = format!(
-        "{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \",\"\n"
-    );
+    let text =
+        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \",\"\n");
     assert!(Config::load(&text, &env()).is_ok());
 }

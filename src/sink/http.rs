@@ -65,7 +65,9 @@ pub enum HttpFailure {
         #[source]
         source: EvalError,
     },
-    #[error("HTTP {status}: the response body is larger than {limit} bytes, so the success rule cannot judge it")]
+    #[error(
+        "HTTP {status}: the response body is larger than {limit} bytes, so the success rule cannot judge it"
+    )]
     ResponseTooLarge { status: u16, limit: usize },
     #[error("HTTP {status}: not following the redirect to {origin}: it leaves the sink's origin")]
     Redirect { status: u16, origin: String },
@@ -190,16 +192,18 @@ impl HttpClient {
                 let entry = &entries[next];
                 next += 1;
                 let row = std::slice::from_ref(&entry.row);
-                window.push_back(match inner.body(config, std::slice::from_ref(entry), row, true) {
-                    Ok(body) => {
-                        let subject = inner.subject(row, Some(&entry.row));
-                        Slot::Sending(Box::pin(async move { inner.send(&subject, body).await }))
-                    }
-                    Err(e) => {
-                        failed = true;
-                        Slot::Done(Err(e))
-                    }
-                });
+                window.push_back(
+                    match inner.body(config, std::slice::from_ref(entry), row, true) {
+                        Ok(body) => {
+                            let subject = inner.subject(row, Some(&entry.row));
+                            Slot::Sending(Box::pin(async move { inner.send(&subject, body).await }))
+                        }
+                        Err(e) => {
+                            failed = true;
+                            Slot::Done(Err(e))
+                        }
+                    },
+                );
             }
             // Drive every request in the window, oldest first, until the oldest is done.
             std::future::poll_fn(|cx| {
@@ -478,8 +482,8 @@ impl Inner {
                     origin: to.origin().ascii_serialization(),
                 });
             }
-            let text = String::from_utf8_lossy(&read.map(|(b, _)| b).unwrap_or_default())
-                .into_owned();
+            let text =
+                String::from_utf8_lossy(&read.map(|(b, _)| b).unwrap_or_default()).into_owned();
             return Err(HttpFailure::Status {
                 status: status.as_u16(),
                 body: shorten(&text),
