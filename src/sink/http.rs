@@ -187,8 +187,10 @@ impl HttpClient {
         let mut next = 0;
         let mut delivered = 0;
         let mut failed = false;
+        // Config makes it at least 1; an empty window would end the loop with rows unsent.
+        let concurrency = inner.sink.concurrency.max(1);
         loop {
-            while !failed && window.len() < inner.sink.concurrency && next < entries.len() {
+            while !failed && window.len() < concurrency && next < entries.len() {
                 let entry = &entries[next];
                 next += 1;
                 let row = std::slice::from_ref(&entry.row);
