@@ -28,12 +28,10 @@ use crate::config::{AdminToken, QueueConfig, Scope};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::{QueueError, now_ms};
-use crate::schedule::{ControlError, RunReport, SchedulerHandle};
+use crate::schedule::{ControlError, MAX_RECONCILE_PAGE, RunReport, SchedulerHandle};
 
 /// Rows `GET /admin/pipelines/{name}/rows` returns at most per request.
 pub const MAX_PEEK_ROWS: u64 = 400;
-/// Rows one reconcile (`PATCH …/events?pageSize=`) takes at most.
-pub const MAX_RECONCILE_PAGE: u64 = 10_000;
 
 /// Every error answer of the admin API, rendered by one [`IntoResponse`] match as the
 /// `{"error","message"}` body of [`ApiError`]. README's "Operating it" lists them.
@@ -460,7 +458,7 @@ async fn reconcile(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AdminError> {
     s.pipeline(&name)?;
-    let page_size = number(&params, "pageSize", Some(50), MAX_RECONCILE_PAGE)? as usize;
+    let page_size = number(&params, "pageSize", Some(50), MAX_RECONCILE_PAGE as u64)? as usize;
     let page = s
         .runs
         .reconcile(&name, page_size)
@@ -475,9 +473,12 @@ async fn replay(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AdminError> {
     s.pipeline(&name)?;
-    let from = number(&params, "fromOffset", None, u64::MAX)?;
-    let queued = s.runs.replay(&name, from).await.map_err(AdminError::from)?;
-    Ok(axum::Json(json!({ "fromOffset": from, "queued": queued })).into_response())
+    let from = params
+        .contains_key("fromOffset")
+        .then(|| number(&params, "fromOffset", None, u64::MAX))
+        .transpose()?;
+    let replayed = s.runs.replay(&name, from).await.map_err(AdminError::from)?;
+    Ok(axum::Json(replayed).into_response())
 }
 
 async fn purge(

@@ -16,8 +16,12 @@ pub struct Pipeline {
     pub counters: Counters,
     /// When the scheduler will next run this pipeline (ms since the epoch, 0 = unknown).
     next_run_ms: AtomicU64,
+    /// Read without a lock on every tick; written only while `persisted` is held.
     paused: AtomicBool,
     health: Mutex<(Health, Option<u64>)>,
+    /// What `pipeline.json` holds. Held while the file is written, so the flags in memory and
+    /// on disk change together and there is one writer at a time.
+    persisted: Mutex<PersistedState>,
 }
 
 /// Row and run counts since the process started.
@@ -123,6 +127,7 @@ impl Pipeline {
             next_run_ms: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             health: Mutex::new((Health::Active, None)),
+            persisted: Mutex::new(PersistedState::default()),
         }
     }
 
@@ -131,27 +136,69 @@ impl Pipeline {
     }
 
     /// Sets the pause flag and persists it in the pipeline's state directory, so a pause
-    /// survives a restart.
+    /// survives a restart. Concurrent calls are serialised: the last one wins in memory and on
+    /// disk alike.
     pub fn set_paused(&self, paused: bool) -> std::io::Result<()> {
-        write_state(&self.config.state_dir, paused)?;
+        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        let next = PersistedState {
+            paused,
+            ..persisted.clone()
+        };
+        write_state(&self.config.state_dir, &next)?;
+        *persisted = next;
         self.paused.store(paused, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Loads the persisted pause flag (at start).
+    /// Loads the persisted pause flag and, if the pipeline was failing when weir stopped,
+    /// since when (at start; see [`Pipeline::health`]).
     pub fn load_state(&self) -> std::io::Result<()> {
-        let paused = read_state(&self.config.state_dir)?;
-        self.paused.store(paused, Ordering::SeqCst);
+        let state = read_state(&self.config.state_dir)?;
+        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        self.paused.store(state.paused, Ordering::SeqCst);
+        if let Some(since) = state.failing_since_ms {
+            self.set_health_only(Health::Failing, Some(since));
+        }
+        *persisted = state;
         Ok(())
     }
 
-    /// Delivery health and, when failing, since when (ms since the epoch).
+    /// Delivery health and, when failing, since when (ms since the epoch). After a restart
+    /// this is the failure clock restored from `pipeline.json`, until the first run.
     pub fn health(&self) -> (Health, Option<u64>) {
         *self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Publishes the worker's health. While the pipeline keeps failing, the first
+    /// `failing_since_ms` stays; the start and the end of a failure are persisted, so the
+    /// FAILING/SUSPENDED clock survives a restart.
     pub fn set_health(&self, health: Health, failing_since_ms: Option<u64>) {
-        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = (health, failing_since_ms);
+        let since = self.set_health_only(health, failing_since_ms);
+        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        if persisted.failing_since_ms.is_some() == since.is_some() {
+            return;
+        }
+        let next = PersistedState {
+            failing_since_ms: since,
+            ..persisted.clone()
+        };
+        match write_state(&self.config.state_dir, &next) {
+            Ok(()) => *persisted = next,
+            Err(e) => {
+                tracing::warn!(pipeline = self.name(), error = %e, "persisting the failure clock failed; it restarts with weir");
+            }
+        }
+    }
+
+    /// Sets the health in memory; returns the `failing_since_ms` now in effect.
+    fn set_health_only(&self, health: Health, failing_since_ms: Option<u64>) -> Option<u64> {
+        let mut current = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match (current.1, failing_since_ms) {
+            (Some(first), Some(_)) => Some(first),
+            (_, next) => next,
+        };
+        *current = (health, since);
+        since
     }
 
     pub fn state(&self) -> State {
@@ -196,33 +243,156 @@ impl Pipeline {
 
 const STATE_FILE: &str = "pipeline.json";
 
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The version of `pipeline.json` this weir writes. Version 1 (no `version` field) held only
+/// `paused`; version 2 adds `failing_since_ms`.
+const STATE_VERSION: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 struct PersistedState {
+    /// Absent in version 1 files.
+    #[serde(default = "state_v1")]
+    version: u32,
     paused: bool,
+    /// When the current run of failures began (ms since the epoch); absent while delivering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failing_since_ms: Option<u64>,
 }
 
-fn read_state(dir: &std::path::Path) -> std::io::Result<bool> {
+fn state_v1() -> u32 {
+    1
+}
+
+fn read_state(dir: &std::path::Path) -> std::io::Result<PersistedState> {
     match std::fs::read(dir.join(STATE_FILE)) {
         Ok(bytes) => match serde_json::from_slice::<PersistedState>(&bytes) {
-            Ok(s) => Ok(s.paused),
+            Ok(s) => {
+                if s.version > STATE_VERSION {
+                    tracing::warn!(dir = %dir.display(), version = s.version, "pipeline state file is from a newer weir; reading the fields this version knows");
+                }
+                Ok(s)
+            }
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "pipeline state file unreadable; starting unpaused");
-                Ok(false)
+                Ok(PersistedState::default())
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PersistedState::default()),
         Err(e) => Err(e),
     }
 }
 
-/// Writes the state file atomically: temp file, fsync, rename, fsync the directory.
-fn write_state(dir: &std::path::Path, paused: bool) -> std::io::Result<()> {
+/// Writes the state file atomically: temp file, fsync, rename, fsync the directory. The
+/// caller holds `Pipeline::persisted`, so there is one writer of the temp file at a time.
+fn write_state(dir: &std::path::Path, state: &PersistedState) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
+    let state = PersistedState {
+        version: STATE_VERSION,
+        ..state.clone()
+    };
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(&PersistedState { paused }).map_err(std::io::Error::other)?)?;
+    f.write_all(&serde_json::to_vec(&state).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(STATE_FILE))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::queue::memory::MemoryQueue;
+
+    fn pipeline(dir: &std::path::Path) -> Pipeline {
+        let text = format!(
+            r#"data_dir = "{}"
+[server]
+listen = "127.0.0.1:0"
+[[pipelines]]
+name = "orders"
+schedule = "1h"
+[pipelines.sink]
+kind = "http"
+base_url = "http://127.0.0.1:9"
+"#,
+            dir.display()
+        );
+        let config = Config::load(&text, &Default::default()).unwrap();
+        let p = config.pipelines.into_iter().next().unwrap();
+        Pipeline::new(p, Arc::new(MemoryQueue::new(10, u64::MAX)))
+    }
+
+    fn on_disk(p: &Pipeline) -> serde_json::Value {
+        let bytes = std::fs::read(p.config.state_dir.join(STATE_FILE)).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn concurrent_pause_and_resume_leave_the_same_flag_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path());
+        for round in 0..5 {
+            std::thread::scope(|s| {
+                for i in 0..8 {
+                    let p = &p;
+                    s.spawn(move || {
+                        for j in 0..4 {
+                            p.set_paused((i + j + round) % 2 == 0)
+                                .expect("every pause and resume succeeds");
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                on_disk(&p)["paused"],
+                serde_json::Value::Bool(p.is_paused()),
+                "round {round}"
+            );
+        }
+        assert!(!p.config.state_dir.join("pipeline.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_version_1_state_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path());
+        std::fs::create_dir_all(&p.config.state_dir).unwrap();
+        // Written by weir before the file had a version.
+        std::fs::write(p.config.state_dir.join(STATE_FILE), br#"{"paused":true}"#).unwrap();
+        p.load_state().unwrap();
+        assert!(p.is_paused());
+        assert_eq!(p.health(), (Health::Active, None));
+        p.set_paused(false).unwrap();
+        assert_eq!(
+            on_disk(&p),
+            serde_json::json!({ "version": 2, "paused": false })
+        );
+    }
+
+    #[test]
+    fn the_failure_clock_is_persisted_restored_and_cleared_on_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path());
+        p.set_paused(true).unwrap();
+        p.set_health(Health::Failing, Some(1_000));
+        // Later failures do not move the start of the failure.
+        p.set_health(Health::Suspended, Some(1_005));
+        assert_eq!(p.health(), (Health::Suspended, Some(1_000)));
+        assert_eq!(
+            on_disk(&p),
+            serde_json::json!({ "version": 2, "paused": true, "failing_since_ms": 1_000 })
+        );
+
+        let restarted = pipeline(dir.path());
+        restarted.load_state().unwrap();
+        assert!(restarted.is_paused());
+        assert_eq!(restarted.health(), (Health::Failing, Some(1_000)));
+
+        restarted.set_health(Health::Active, None);
+        assert_eq!(
+            on_disk(&restarted),
+            serde_json::json!({ "version": 2, "paused": true })
+        );
+    }
 }

@@ -25,7 +25,7 @@ use crate::dead_letter;
 use crate::metrics::{Metrics, PipelineLabels};
 use crate::pipeline::{Counters, Health, Pipeline};
 use crate::queue::{Entry, Offset, QueueError, now_ms};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// What one run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,6 +105,21 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, max_rows: usize) -> RunReport {
                     Counters::add(&p.counters.delivered, entries.len() as u64);
                 }
                 Err(e) => {
+                    // A sink that delivered a prefix of the batch (the HTTP sink per row):
+                    // commit it, so the retry starts at the first row not delivered.
+                    if let SinkError::Http(h) = &e
+                        && let Some(through) = h.delivered_through()
+                    {
+                        match p.queue.commit(through).await {
+                            Ok(()) => {
+                                let rows = entries.iter().take_while(|e| e.offset <= through);
+                                Counters::add(&p.counters.delivered, rows.count() as u64);
+                            }
+                            Err(e) => {
+                                tracing::error!(pipeline = p.name(), error = %e, "committing delivered rows failed; they may be delivered again");
+                            }
+                        }
+                    }
                     report.outcome = Outcome::Failed;
                     report.retry_after = e.retry_after();
                     report.error = Some(e.to_string());
@@ -155,6 +170,9 @@ pub struct Policy {
     health: Health,
     failures: u32,
     failing_since: Option<Instant>,
+    /// How long the pipeline had been failing before this process started (restored from
+    /// `pipeline.json`), counted towards `suspend_after`.
+    failed_before: Duration,
 }
 
 impl Policy {
@@ -166,7 +184,19 @@ impl Policy {
             health: Health::Active,
             failures: 0,
             failing_since: None,
+            failed_before: Duration::ZERO,
         }
+    }
+
+    /// Continues a failure that began before a restart, at `since_ms` (wall clock, as
+    /// persisted), so `suspend_after` counts across restarts.
+    pub fn resumed(mut self, since_ms: Option<u64>) -> Policy {
+        if let Some(since_ms) = since_ms {
+            self.health = Health::Failing;
+            self.failing_since = Some(Instant::now());
+            self.failed_before = Duration::from_millis(now_ms().saturating_sub(since_ms));
+        }
+        self
     }
 
     pub fn health(&self) -> Health {
@@ -175,6 +205,7 @@ impl Policy {
 
     pub fn failing_since(&self) -> Option<Instant> {
         self.failing_since
+            .map(|t| t.checked_sub(self.failed_before).unwrap_or(t))
     }
 
     /// One successful run (or an empty one) makes the pipeline ACTIVE again.
@@ -182,6 +213,7 @@ impl Policy {
         self.health = Health::Active;
         self.failures = 0;
         self.failing_since = None;
+        self.failed_before = Duration::ZERO;
     }
 
     /// Records a failed run at `now`; returns how long to wait before the next attempt.
@@ -190,7 +222,7 @@ impl Policy {
     pub fn on_failure(&mut self, now: Instant, asked: Option<Duration>) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let since = *self.failing_since.get_or_insert(now);
-        if now.duration_since(since) >= self.suspend_after {
+        if now.duration_since(since) + self.failed_before >= self.suspend_after {
             self.health = Health::Suspended;
             self.max.max(asked.unwrap_or_default())
         } else {
@@ -221,12 +253,17 @@ pub enum ControlError {
     Queue(#[from] QueueError),
 }
 
+/// The most rows one reconcile call takes out (and returns), so one call never loads the
+/// whole queue.
+pub const MAX_RECONCILE_PAGE: usize = 10_000;
+
 /// A page of rows taken out of the queue by reconcile.
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconciled {
+    /// Rows in this page.
     #[serde(rename = "pageSize")]
     pub page_size: usize,
-    /// Rows that were queued before this page was taken.
+    /// Rows still queued after this page was taken.
     pub total: u64,
     pub content: Vec<ReconciledRow>,
 }
@@ -244,7 +281,17 @@ enum Command {
     Flush(Reply<RunReport>),
     Reconcile(usize, Reply<Reconciled>),
     Purge(Reply<u64>),
-    Replay(Offset, Reply<u64>),
+    Replay(Option<Offset>, Reply<Replayed>),
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Replayed {
+    /// The first offset made deliverable again.
+    #[serde(rename = "fromOffset")]
+    pub from_offset: Offset,
+    /// Rows queued now.
+    pub queued: u64,
 }
 
 /// Asks the workers for runs and operator commands. Cheap to clone.
@@ -276,8 +323,8 @@ impl SchedulerHandle {
         self.ask(pipeline, Command::Flush).await
     }
 
-    /// Takes up to `page_size` of the oldest rows out of the queue and returns them; weir
-    /// will not deliver them.
+    /// Takes up to `page_size` (at most [`MAX_RECONCILE_PAGE`]) of the oldest rows out of
+    /// the queue and returns them; weir will not deliver them.
     pub async fn reconcile(
         &self,
         pipeline: &str,
@@ -292,8 +339,13 @@ impl SchedulerHandle {
         self.ask(pipeline, Command::Purge).await
     }
 
-    /// Makes rows from `offset` on deliverable again; returns the rows now queued.
-    pub async fn replay(&self, pipeline: &str, offset: Offset) -> Result<u64, ControlError> {
+    /// Makes rows from `offset` on (from the oldest retained row when `None`) deliverable
+    /// again.
+    pub async fn replay(
+        &self,
+        pipeline: &str,
+        offset: Option<Offset>,
+    ) -> Result<Replayed, ControlError> {
         self.ask(pipeline, |r| Command::Replay(offset, r)).await
     }
 
@@ -338,7 +390,7 @@ impl Scheduler {
             commands.insert(p.name().to_owned(), command_tx);
             last_runs.insert(p.name().to_owned(), last_run.clone());
             let worker = Worker {
-                policy: Policy::new(&p.config),
+                policy: Policy::new(&p.config).resumed(p.health().1),
                 pipeline: p.clone(),
                 sink,
                 metrics: metrics.clone(),
@@ -490,32 +542,24 @@ impl Worker {
                 let _ = reply.send(self.purge().await);
             }
             Command::Replay(offset, reply) => {
-                let result = self
-                    .pipeline
-                    .queue
-                    .replay_from(offset)
-                    .await
-                    .map_err(ControlError::from);
-                if let Ok(rows) = &result {
-                    tracing::info!(from = offset, rows, "replay requested");
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(self.replay(offset).await);
             }
         }
     }
 
     async fn reconcile(&self, page_size: usize) -> Result<Reconciled, ControlError> {
         let q = &self.pipeline.queue;
-        let total = q.stats().rows;
-        let page: Vec<Entry> = q.peek(page_size, u64::MAX).await?;
+        let page: Vec<Entry> = q
+            .peek(page_size.min(MAX_RECONCILE_PAGE), u64::MAX)
+            .await?;
         if let Some(last) = page.last() {
             q.commit(last.offset).await?;
         }
         Counters::add(&self.pipeline.counters.removed, page.len() as u64);
         tracing::info!(rows = page.len(), "rows taken out by reconcile");
         Ok(Reconciled {
-            page_size,
-            total,
+            page_size: page.len(),
+            total: q.stats().rows,
             content: page
                 .into_iter()
                 .map(|e| ReconciledRow {
@@ -524,6 +568,31 @@ impl Worker {
                 })
                 .collect(),
         })
+    }
+
+    /// Rewinds the queue to `from`, or to the oldest retained row.
+    async fn replay(&self, from: Option<Offset>) -> Result<Replayed, ControlError> {
+        let q = &self.pipeline.queue;
+        let mut offset = from.unwrap_or(0);
+        // Without an offset, ask for 0 and take the oldest retained offset the queue names;
+        // the second try covers segments removed between the two calls.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match q.replay_from(offset).await {
+                Ok(queued) => {
+                    tracing::info!(from = offset, rows = queued, "replay requested");
+                    return Ok(Replayed {
+                        from_offset: offset,
+                        queued,
+                    });
+                }
+                Err(QueueError::OffsetGone { oldest, .. }) if from.is_none() && tries < 3 => {
+                    offset = oldest;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn purge(&self) -> Result<u64, ControlError> {
@@ -642,7 +711,34 @@ mod tests {
             health: Health::Active,
             failures: 0,
             failing_since: None,
+            failed_before: Duration::ZERO,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_that_began_before_a_restart_counts_towards_suspend_after() {
+        // Failing for 50 min before the restart, suspended after 1 h.
+        let since_ms = now_ms() - 50 * 60 * 1000;
+        let mut p = policy(10, 60, 3600).resumed(Some(since_ms));
+        assert_eq!(p.health(), Health::Failing);
+        p.on_failure(Instant::now(), None);
+        assert_eq!(p.health(), Health::Failing);
+        tokio::time::advance(Duration::from_secs(11 * 60)).await;
+        p.on_failure(Instant::now(), None);
+        assert_eq!(
+            p.health(),
+            Health::Suspended,
+            "61 min of failure in all, across the restart"
+        );
+        p.on_success();
+        assert_eq!(p.health(), Health::Active);
+        p.on_failure(Instant::now(), None);
+        assert_eq!(
+            p.health(),
+            Health::Failing,
+            "a success clears the old clock"
+        );
+        assert!(policy(10, 60, 3600).resumed(None).failing_since().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -750,16 +750,21 @@ impl Validator<'_> {
             p.max_bytes_per_run.as_ref(),
             MAX_BYTES_PER_RUN,
         );
-        let retry_initial = self.duration(
-            &format!("{path}.retry_initial"),
-            p.retry_initial.as_deref(),
-            5,
-        );
         let retry_max_interval = self.duration(
             &format!("{path}.retry_max_interval"),
             p.retry_max_interval.as_deref(),
             600,
         );
+        // The default first retry follows a shorter cap the user set, so setting only
+        // `retry_max_interval` never fails on a key the user did not write.
+        let retry_initial = match p.retry_initial.as_deref() {
+            None => Duration::from_secs(5).min(retry_max_interval),
+            Some(_) => self.duration(
+                &format!("{path}.retry_initial"),
+                p.retry_initial.as_deref(),
+                5,
+            ),
+        };
         let suspend_after = self.duration(
             &format!("{path}.suspend_after"),
             p.suspend_after.as_deref(),
@@ -1221,6 +1226,15 @@ impl Validator<'_> {
         opts.date_format = c.date_format;
         if opts.separator == opts.quote {
             self.error(format!("{path}.quote"), "must differ from the separator");
+        }
+        if opts.decimal_separator.as_bytes() == [opts.separator] {
+            self.error(
+                format!("{path}.decimal_separator"),
+                format!(
+                    "\"{}\" must differ from the separator: a decimal number would split into two fields",
+                    opts.decimal_separator.escape_default()
+                ),
+            );
         }
         opts
     }

@@ -508,3 +508,38 @@ fn two_pipelines_that_share_a_spool_or_state_directory_are_rejected_naming_both_
     );
     assert!(Config::load(&apart, &env()).is_ok());
 }
+
+#[test]
+fn a_short_retry_max_interval_alone_lowers_the_default_first_retry() {
+    let text = CONTRACT.replace(
+        "max_rows_per_run = 300",
+        "max_rows_per_run = 300\nretry_max_interval = \"1s\"",
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    assert_eq!(c.pipelines[0].retry_max_interval, Duration::from_secs(1));
+    assert_eq!(c.pipelines[0].retry_initial, Duration::from_secs(1));
+    // A first retry the user wrote himself is still checked against the cap.
+    let text = CONTRACT.replace(
+        "max_rows_per_run = 300",
+        "max_rows_per_run = 300\nretry_initial = \"2s\"\nretry_max_interval = \"1s\"",
+    );
+    assert_eq!(
+        errors_of(&text),
+        ["pipelines[0].retry_initial: must not be longer than retry_max_interval"]
+    );
+}
+
+#[test]
+fn a_decimal_separator_equal_to_the_field_separator_is_refused() {
+    let text =
+        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \";\"\n");
+    assert_eq!(
+        errors_of(&text),
+        [
+            "pipelines[0].sink.csv.decimal_separator: \";\" must differ from the separator: a decimal number would split into two fields"
+        ]
+    );
+    let text =
+        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \",\"\n");
+    assert!(Config::load(&text, &env()).is_ok());
+}

@@ -2,10 +2,20 @@
 //! URL, query, headers and body from config text or CEL expressions, and success read from
 //! the status or from a CEL rule over the response.
 //!
-//! A batch is delivered only when every request succeeded; otherwise all of it stays queued
-//! and is sent again on retry (at least once, per row).
+//! Per run, a batch is delivered only when its request succeeded; otherwise all of it stays
+//! queued and is sent again on retry. Per row, requests go out in row order (at most
+//! `concurrency` in flight); when a row fails, the rows before it are reported delivered
+//! ([`HttpFailure::Partial`]) and the retry starts at the failed row. With `concurrency`
+//! above 1, later rows already sent may be sent again (at least once, per row).
+//!
+//! Credentials never follow a redirect to another origin (scheme, host and port), and a
+//! response body is read only up to [`MAX_RESPONSE_BYTES`].
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use cel::Value;
@@ -18,7 +28,7 @@ use crate::config::{
     ApiKeyLocation, BatchPer, BodyMode, HttpAuth, HttpSink, PipelineConfig, Secret, Text,
 };
 use crate::expr::{self, EvalError};
-use crate::queue::Entry;
+use crate::queue::{Entry, Offset};
 use crate::row::Row;
 
 /// Why a batch was not delivered. It stays queued in every case.
@@ -55,8 +65,21 @@ pub enum HttpFailure {
         #[source]
         source: EvalError,
     },
-    #[error("a request task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    #[error(
+        "HTTP {status}: the response body is larger than {limit} bytes, so the success rule cannot judge it"
+    )]
+    ResponseTooLarge { status: u16, limit: usize },
+    #[error("HTTP {status}: not following the redirect to {origin}: it leaves the sink's origin")]
+    Redirect { status: u16, origin: String },
+    /// Per-row delivery: the first `rows` rows (through offset `through`) were delivered,
+    /// then a row failed.
+    #[error("delivered {rows} rows (through offset {through}), then: {source}")]
+    Partial {
+        rows: usize,
+        through: Offset,
+        #[source]
+        source: Box<HttpFailure>,
+    },
 }
 
 impl HttpFailure {
@@ -64,10 +87,26 @@ impl HttpFailure {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpFailure::Status { retry_after, .. } => *retry_after,
+            HttpFailure::Partial { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// The offset through which the rows were delivered before the failure, if any: the
+    /// worker commits through it and retries the rest.
+    pub fn delivered_through(&self) -> Option<Offset> {
+        match self {
+            HttpFailure::Partial { through, .. } => Some(*through),
             _ => None,
         }
     }
 }
+
+/// The most of a response body weir reads (for the success rule and error messages).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Redirects followed at most, within the sink's origin.
+const MAX_REDIRECTS: usize = 10;
 
 /// A client for one pipeline's HTTP sink. Cheap to clone.
 #[derive(Clone)]
@@ -98,7 +137,7 @@ impl HttpClient {
         tokens: Option<Arc<TokenSource>>,
         observe: CallObserver,
     ) -> Result<HttpClient, reqwest::Error> {
-        let http = super::http_client(sink.request_timeout)?;
+        let http = client(sink.request_timeout)?;
         let is_expr = |t: &Text| matches!(t, Text::Expr(_));
         let needs_rows = is_expr(&sink.base_url)
             || is_expr(&sink.path)
@@ -131,33 +170,107 @@ impl HttpClient {
                 let subject = self.inner.subject(&rows, None);
                 self.inner.send(&subject, body).await
             }
-            BatchPer::Row => {
-                let limit = Arc::new(tokio::sync::Semaphore::new(self.inner.sink.concurrency));
-                let mut tasks = tokio::task::JoinSet::new();
-                for (i, row) in rows.into_iter().enumerate() {
-                    let body = self.inner.body(
-                        config,
-                        &entries[i..=i],
-                        std::slice::from_ref(&row),
-                        true,
-                    )?;
-                    let subject = self.inner.subject(std::slice::from_ref(&row), Some(&row));
-                    let inner = self.inner.clone();
-                    let limit = limit.clone();
-                    tasks.spawn(async move {
-                        // The semaphore lives as long as the tasks: it is never closed.
-                        let _permit = limit.acquire_owned().await;
-                        inner.send(&subject, body).await
+            BatchPer::Row => self.deliver_rows(config, entries).await,
+        }
+    }
+
+    /// Sends one request per row: started in row order, at most `concurrency` in flight,
+    /// finished in row order. When a row fails, no further row is started and the rows
+    /// before it are reported as delivered.
+    async fn deliver_rows(
+        &self,
+        config: &PipelineConfig,
+        entries: &[Entry],
+    ) -> Result<(), HttpFailure> {
+        let inner = &*self.inner;
+        let mut window: VecDeque<Slot<'_>> = VecDeque::new();
+        let mut next = 0;
+        let mut delivered = 0;
+        let mut failed = false;
+        // Config makes it at least 1; an empty window would end the loop with rows unsent.
+        let concurrency = inner.sink.concurrency.max(1);
+        loop {
+            while !failed && window.len() < concurrency && next < entries.len() {
+                let entry = &entries[next];
+                next += 1;
+                let row = std::slice::from_ref(&entry.row);
+                window.push_back(
+                    match inner.body(config, std::slice::from_ref(entry), row, true) {
+                        Ok(body) => {
+                            let subject = inner.subject(row, Some(&entry.row));
+                            Slot::Sending(Box::pin(async move { inner.send(&subject, body).await }))
+                        }
+                        Err(e) => {
+                            failed = true;
+                            Slot::Done(Err(e))
+                        }
+                    },
+                );
+            }
+            // Drive every request in the window, oldest first, until the oldest is done.
+            std::future::poll_fn(|cx| {
+                for slot in window.iter_mut() {
+                    if let Slot::Sending(request) = slot
+                        && let Poll::Ready(result) = request.as_mut().poll(cx)
+                    {
+                        failed |= result.is_err();
+                        *slot = Slot::Done(result);
+                    }
+                }
+                match window.front() {
+                    Some(Slot::Sending(_)) => Poll::Pending,
+                    _ => Poll::Ready(()),
+                }
+            })
+            .await;
+            match window.pop_front() {
+                None => return Ok(()),
+                Some(Slot::Done(Ok(()))) => delivered += 1,
+                Some(Slot::Done(Err(e))) => {
+                    return Err(match delivered {
+                        0 => e,
+                        rows => HttpFailure::Partial {
+                            rows,
+                            through: entries[rows - 1].offset,
+                            source: Box::new(e),
+                        },
                     });
                 }
-                // The first failure ends the run; dropping the set aborts the others.
-                while let Some(done) = tasks.join_next().await {
-                    done??;
-                }
-                Ok(())
+                // The poll above returns only once the oldest request is done.
+                Some(Slot::Sending(_)) => unreachable!("the oldest request is done"),
             }
         }
     }
+}
+
+/// One row's request in the per-row window.
+enum Slot<'a> {
+    Sending(Pin<Box<dyn Future<Output = Result<(), HttpFailure>> + Send + 'a>>),
+    Done(Result<(), HttpFailure>),
+}
+
+/// The sink's HTTP client: weir's user agent, the request timeout, and redirects followed
+/// only within the origin of the request, so the API key, bearer token or basic credentials
+/// never reach another host.
+fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .redirect(policy)
+        .build()
 }
 
 /// A request body and its Content-Type.
@@ -352,16 +465,46 @@ impl Inner {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let text = resp.text().await.unwrap_or_default();
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| resp.url().join(v).ok());
+        let read = read_capped(resp, MAX_RESPONSE_BYTES).await;
         let Some(rule) = &self.sink.success else {
             if status.is_success() {
                 return Ok(());
             }
+            if status.is_redirection()
+                && let Some(to) = location
+            {
+                // Only a redirect the client refused to follow ends here.
+                return Err(HttpFailure::Redirect {
+                    status: status.as_u16(),
+                    origin: to.origin().ascii_serialization(),
+                });
+            }
+            let text =
+                String::from_utf8_lossy(&read.map(|(b, _)| b).unwrap_or_default()).into_owned();
             return Err(HttpFailure::Status {
                 status: status.as_u16(),
                 body: shorten(&text),
                 retry_after,
             });
+        };
+        let text = match read {
+            Ok((bytes, true)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok((_, false)) => {
+                return Err(HttpFailure::ResponseTooLarge {
+                    status: status.as_u16(),
+                    limit: MAX_RESPONSE_BYTES,
+                });
+            }
+            Err(source) => {
+                return Err(HttpFailure::Transport {
+                    source: source.without_url(),
+                });
+            }
         };
         let body_value = if is_json || text.trim_start().starts_with(['{', '[']) {
             serde_json::from_str(&text)
@@ -408,6 +551,22 @@ impl Subject {
         v.push(("pipeline", pipeline));
         v
     }
+}
+
+/// Reads a response body, streamed, up to `cap` bytes. Returns the bytes and whether that
+/// was the whole body.
+async fn read_capped(mut resp: Response, cap: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > cap {
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
 }
 
 /// At most 2 KiB of a response body, for logs and run reports.

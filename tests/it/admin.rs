@@ -178,7 +178,7 @@ async fn rows_can_be_peeked_reconciled_and_purged() {
     assert_eq!(status, 200);
     assert_eq!(
         page,
-        json!({"pageSize": 2, "total": 5, "content": [{"offset": 0, "row": {"id": "1"}}, {"offset": 1, "row": {"id": "2"}}]})
+        json!({"pageSize": 2, "total": 3, "content": [{"offset": 0, "row": {"id": "1"}}, {"offset": 1, "row": {"id": "2"}}]})
     );
     let (_, run) = app
         .admin_json(Method::POST, "/admin/pipelines/orders/flush")
@@ -263,13 +263,64 @@ async fn replay_redelivers_from_an_offset_on_the_disk_spool_only() {
         (status, body["error"].as_str()),
         (400, Some("offset_ahead"))
     );
+}
+
+#[tokio::test]
+async fn reconcile_answers_the_rows_taken_as_page_size_and_the_rows_left_as_total() {
+    let emu = emulator().await;
+    let app = spawn_app(&config(&emu, "")).await;
+    let rows: Vec<_> = (1..=5).map(|i| json!({"id": i.to_string()})).collect();
+    app.post_json("orders", &json!(rows).to_string()).await;
+    let (status, page) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/events?pageSize=3")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!((&page["pageSize"], &page["total"]), (&json!(3), &json!(2)));
+    assert_eq!(page["content"].as_array().unwrap().len(), 3);
+    let (status, page) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/events?pageSize=50")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!((&page["pageSize"], &page["total"]), (&json!(2), &json!(0)));
+    assert_eq!(page["content"][1]["row"], json!({"id": "5"}));
     let (status, body) = app
-        .admin_json(Method::PATCH, "/admin/pipelines/orders/replay")
+        .admin_json(
+            Method::PATCH,
+            "/admin/pipelines/orders/events?pageSize=10001",
+        )
         .await;
     assert_eq!(
         (status, body["error"].as_str()),
-        (400, Some("missing_parameter"))
+        (400, Some("above_maximum"))
     );
+    assert!(
+        body["message"].as_str().unwrap().contains("pageSize"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn replay_without_an_offset_starts_at_the_oldest_retained_row() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &emu,
+        &format!(
+            "queue = {{ kind = \"disk\", dir = \"{}\" }}",
+            dir.path().join("spool").display()
+        ),
+    );
+    let app = spawn_app(&text).await;
+    app.post_json("orders", r#"[{"id":"a"},{"id":"b"},{"id":"c"}]"#)
+        .await;
+    let (_, run) = app
+        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+        .await;
+    assert_eq!(run["outcome"], "delivered", "{run}");
+    let (status, body) = app
+        .admin_json(Method::PATCH, "/admin/pipelines/orders/replay")
+        .await;
+    assert_eq!((status, body), (200, json!({"fromOffset": 0, "queued": 3})));
 }
 
 #[tokio::test]

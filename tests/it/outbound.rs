@@ -19,7 +19,9 @@ use weir::emulator::EmulatorConfig;
 use weir::schedule::Outcome;
 use weir::sink::oauth::{FetchToken, OAuthError, Token, TokenSource};
 
-use crate::helpers::{TestEmulator, delivery_config, orders_pipeline, spawn_app, spawn_emulator};
+use crate::helpers::{
+    ADMIN, TestEmulator, delivery_config, orders_pipeline, spawn_app, spawn_emulator,
+};
 
 const DATA_PUSH: &str = "integration.data-pools:data_push";
 
@@ -521,6 +523,189 @@ concurrency = 2"#,
         .map(|i| (format!("/items/r{i}"), format!("{{\"id\":\"r{i}\"}}")))
         .collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn batch_per_row_sends_in_row_order_and_a_retry_starts_at_the_failed_row() {
+    let server = spawn_server().await;
+    let app = spawn_app(&http_config(
+        &server,
+        "",
+        r#"path = { expr = "'/items/' + row.id" }
+batch_per = "row"
+concurrency = 1"#,
+    ))
+    .await;
+    let rows: Vec<Value> = (1..=6).map(|i| json!({"id": format!("r{i}")})).collect();
+    assert_eq!(
+        app.post_json("orders", &json!(rows).to_string())
+            .await
+            .status(),
+        202
+    );
+    server.answer(200, json!({"result": "ok"}));
+    server.answer(200, json!({"result": "ok"}));
+    server.answer(503, json!({"error": "busy"}));
+    let failed = app.app().flush("orders").await.unwrap();
+    assert_eq!(failed.outcome, Outcome::Failed, "{failed:?}");
+    let error = failed.error.unwrap();
+    assert!(
+        error.contains("delivered 2 rows (through offset 1)") && error.contains("HTTP 503"),
+        "{error}"
+    );
+    let left: Vec<u64> = app
+        .queued("orders")
+        .await
+        .iter()
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(left, [2, 3, 4, 5], "the delivered prefix left the queue");
+    let retried = app.app().flush("orders").await.unwrap();
+    assert_eq!(retried.outcome, Outcome::Delivered, "{retried:?}");
+    let uris: Vec<String> = server.received().into_iter().map(|r| r.uri).collect();
+    assert_eq!(
+        uris,
+        [
+            "/items/r1",
+            "/items/r2",
+            "/items/r3",
+            "/items/r3",
+            "/items/r4",
+            "/items/r5",
+            "/items/r6"
+        ],
+        "one at a time, in row order; the retry sends only the rows not delivered"
+    );
+    assert!(app.queued("orders").await.is_empty());
+}
+
+/// A server that answers `/away` with a redirect to `target`, `/here` with a redirect to its
+/// own `/landed`, and records everything else.
+async fn spawn_redirector(target: String) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = ServerState::default();
+    let away = move || async move {
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", format!("{target}/stolen"))],
+        )
+    };
+    let here = || async { (StatusCode::TEMPORARY_REDIRECT, [("location", "/landed")]) };
+    let router = axum::Router::new()
+        .route("/away", axum::routing::any(away))
+        .route("/here", axum::routing::any(here))
+        .fallback(record)
+        .with_state(state.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+    TestServer { base, state, stop }
+}
+
+#[tokio::test]
+async fn the_api_key_never_follows_a_redirect_to_another_port() {
+    let elsewhere = spawn_server().await;
+    let server = spawn_redirector(elsewhere.base.clone()).await;
+    let sink = r#"path = "/away"
+auth = { kind = "api_key", location = "header", name = "x-api-key", value = "k-secret-123" }"#;
+    let app = spawn_app(&http_config(&server, "", sink)).await;
+    assert_eq!(app.post_json("orders", ROWS).await.status(), 202);
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("not following the redirect") && error.contains(&elsewhere.base),
+        "{error}"
+    );
+    assert!(!error.contains("k-secret-123"), "{error}");
+    assert!(
+        elsewhere.received().is_empty(),
+        "nothing, and no key, reached the other port"
+    );
+    assert_eq!(app.queued("orders").await.len(), 2, "rows stay queued");
+
+    // Within the sink's own origin, redirects are followed with the key.
+    let app = spawn_app(&http_config(&server, "", &sink.replace("/away", "/here"))).await;
+    assert_eq!(app.post_json("orders", ROWS).await.status(), 202);
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].uri, "/landed");
+    assert_eq!(got[0].headers["x-api-key"], "k-secret-123");
+}
+
+#[tokio::test]
+async fn a_response_body_over_the_read_limit_fails_the_success_rule_unread() {
+    let server = spawn_server().await;
+    let app = spawn_app(&http_config(
+        &server,
+        "",
+        r#"success = "response.status == 200""#,
+    ))
+    .await;
+    server.answer(200, json!("x".repeat(weir::sink::http::MAX_RESPONSE_BYTES)));
+    assert_eq!(app.post_json("orders", ROWS).await.status(), 202);
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("larger than 1048576 bytes"),
+        "{report:?}"
+    );
+    assert_eq!(app.queued("orders").await.len(), 2, "rows stay queued");
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+}
+
+#[tokio::test]
+async fn the_failure_clock_survives_a_restart_so_suspend_after_counts_across_it() {
+    let server = spawn_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("orders");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let now_ms = weir::queue::now_ms();
+    // Failing for 2 h when weir stopped; it suspends after 1 h.
+    std::fs::write(
+        state_dir.join("pipeline.json"),
+        json!({"version": 2, "paused": false, "failing_since_ms": now_ms - 2 * 3600 * 1000})
+            .to_string(),
+    )
+    .unwrap();
+    let text = format!(
+        "data_dir = \"{}\"\n{ADMIN}\n{}",
+        dir.path().display(),
+        http_config(&server, "suspend_after = \"1h\"", "")
+    );
+    let app = spawn_app(&text).await;
+    assert_eq!(app.pipeline_view("orders").await["state"], "FAILING");
+    server.answer(500, json!({"error": "still down"}));
+    assert_eq!(app.post_json("orders", ROWS).await.status(), 202);
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert_eq!(
+        app.pipeline_view("orders").await["state"],
+        "SUSPENDED",
+        "the first failure after the restart is already past suspend_after"
+    );
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+    assert_eq!(app.pipeline_view("orders").await["state"], "ACTIVE");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("pipeline.json")).unwrap()).unwrap();
+    assert_eq!(
+        on_disk,
+        json!({"version": 2, "paused": false}),
+        "cleared on success"
+    );
 }
 
 #[tokio::test]
