@@ -176,8 +176,15 @@ async fn authorize(s: &AdminState, needed: Scope, req: Request, next: Next) -> R
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.readiness.is_ready() {
+    if s.readiness.is_ready() && s.runs.workers_running() {
         (StatusCode::OK, "ready").into_response()
+    } else if s.readiness.is_ready() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker_stopped",
+            "a pipeline worker stopped: its rows are no longer delivered",
+        )
+        .into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -248,6 +255,8 @@ fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
         "next_run_at": p.next_run_ms().map(rfc3339),
         "failing_since": failing_since.map(rfc3339),
         "last_run": s.runs.last_run(p.name()).map(LastRun::from),
+        "worker": if s.runs.worker_error(p.name()).is_some() { "stopped" } else { "running" },
+        "worker_error": s.runs.worker_error(p.name()),
         "counters": {
             "accepted": Counters::get(&c.accepted),
             "ignored": Counters::get(&c.ignored),

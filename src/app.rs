@@ -92,7 +92,7 @@ impl App {
             None => (None, None),
         };
 
-        let budgets = Arc::new(Budgets::default());
+        let budgets = Arc::new(Budgets::persisted(config.data_dir.join("job-budget")));
         let metrics = Arc::new(Metrics::new(pipelines.clone(), budgets.clone()));
         let tokens = Tokens::default();
         let mut workers = Vec::new();

@@ -178,6 +178,8 @@ pub struct PipelineConfig {
     pub queue: QueueConfig,
     pub schedule: Schedule,
     pub max_rows_per_run: usize,
+    /// Without `columns` or `schema`: the most distinct fields one run's CSV may have.
+    pub max_columns: usize,
     pub retry_initial: Duration,
     pub retry_max_interval: Duration,
     /// After this long of continuous failure the pipeline is SUSPENDED.
@@ -653,6 +655,8 @@ impl Validator<'_> {
             p.max_rows_per_run,
             10_000,
         ) as usize;
+        let max_columns =
+            self.positive(&format!("{path}.max_columns"), p.max_columns, 1000) as usize;
         let retry_initial = self.duration(
             &format!("{path}.retry_initial"),
             p.retry_initial.as_deref(),
@@ -742,6 +746,7 @@ impl Validator<'_> {
             queue,
             schedule,
             max_rows_per_run,
+            max_columns,
             retry_initial,
             retry_max_interval,
             suspend_after,
