@@ -129,8 +129,13 @@ async fn settle_open(p: &Pipeline, sink: &Sink, carry: &mut Carry) -> Result<Set
         let rows = span_rows(&batch);
         let job_id = batch.job_id.clone();
         commit_delivered(p, batch, carry).await?;
-        tracing::info!(pipeline = p.name(), rows, "delivered rows committed on retry");
-        return Ok(Settling { rows: 0, job_id });
+        tracing::info!(
+            pipeline = p.name(),
+            rows,
+            "delivered rows committed on retry"
+        );
+        Counters::add(&p.counters.delivered, rows);
+        return Ok(Settling { rows, job_id });
     }
     let Some(batch) = p.queue.in_flight() else {
         return Ok(Settling::default());
@@ -238,7 +243,13 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, carry: &mut Carry, max_rows: us
 }
 
 /// The push part of a run: peek, deliver, commit.
-async fn push(p: &Pipeline, sink: &Sink, carry: &mut Carry, max_rows: usize, report: &mut RunReport) {
+async fn push(
+    p: &Pipeline,
+    sink: &Sink,
+    carry: &mut Carry,
+    max_rows: usize,
+    report: &mut RunReport,
+) {
     let entries = match p.queue.peek(max_rows).await {
         Err(e) => {
             report.outcome = Outcome::Failed;
@@ -861,6 +872,40 @@ mod tests {
             "backoff starts over after a success: {d:?}"
         );
         assert_eq!(p.health(), Health::Failing);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_panics_is_logged_and_reported_stopped() {
+        let stopped = WorkerError::default();
+        let task = tokio::spawn(async { panic!("boom") });
+        supervise(task, CancellationToken::new(), stopped.clone()).await;
+        let why = stopped
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("recorded as stopped");
+        assert!(why.contains("panicked: boom"), "{why}");
+
+        let ended = WorkerError::default();
+        supervise(
+            tokio::spawn(async {}),
+            CancellationToken::new(),
+            ended.clone(),
+        )
+        .await;
+        assert!(
+            ended.lock().unwrap().is_some(),
+            "an early end is a stop too"
+        );
+
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let at_shutdown = WorkerError::default();
+        supervise(tokio::spawn(async {}), stop, at_shutdown.clone()).await;
+        assert!(
+            at_shutdown.lock().unwrap().is_none(),
+            "shutdown is not a failure"
+        );
     }
 
     #[test]

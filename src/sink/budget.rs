@@ -253,9 +253,11 @@ impl Budgets {
             .entry(team.to_owned())
             .or_insert_with(|| {
                 Arc::new(match &self.dir {
-                    Some(dir) => {
-                        JobBudget::persisted(limits, Arc::new(SystemTime::now), budget_file(dir, team))
-                    }
+                    Some(dir) => JobBudget::persisted(
+                        limits,
+                        Arc::new(SystemTime::now),
+                        budget_file(dir, team),
+                    ),
                     None => JobBudget::new(limits),
                 })
             })
@@ -382,8 +384,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weir-budget-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("team.json");
-        let hour = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 3600;
-        std::fs::write(&file, format!(r#"{{"version":1,"hour":{hour},"used":249}}"#)).unwrap();
+        let hour = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 3600;
+        std::fs::write(
+            &file,
+            format!(r#"{{"version":1,"hour":{hour},"used":249}}"#),
+        )
+        .unwrap();
         let budget = JobBudget::persisted(limits(10, 250), Arc::new(SystemTime::now), file);
         assert_eq!(budget.remaining_this_hour(), 1);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -362,7 +362,8 @@ impl CelonisClient {
                 })
                 .await?;
             for chunk in Chunks::new(layout, entries, &self.sink.csv, self.sink.chunk_bytes) {
-                self.upload(&job_id, axum::body::Bytes::from(chunk?)).await?;
+                self.upload(&job_id, axum::body::Bytes::from(chunk?))
+                    .await?;
             }
             Ok::<_, PushFailure>(())
         }
@@ -503,19 +504,17 @@ impl CelonisClient {
             tokio::time::sleep(poll_delay(i)).await;
             i = i.saturating_add(1);
             match self.get_job(job_id).await {
-                Ok(job) => {
-                    match job.status.as_deref() {
-                        Some("DONE") => return Ok(()),
-                        Some(s @ ("ERROR" | "CANCELED")) => {
-                            return Err(PushFailure::JobFailed {
-                                job_id: job_id.to_owned(),
-                                status: s.to_owned(),
-                                logs: job.logs.unwrap_or_default(),
-                            });
-                        }
-                        _ => {}
+                Ok(job) => match job.status.as_deref() {
+                    Some("DONE") => return Ok(()),
+                    Some(s @ ("ERROR" | "CANCELED")) => {
+                        return Err(PushFailure::JobFailed {
+                            job_id: job_id.to_owned(),
+                            status: s.to_owned(),
+                            logs: job.logs.unwrap_or_default(),
+                        });
                     }
-                }
+                    _ => {}
+                },
                 Err(
                     e @ PushFailure::Http {
                         kind:

@@ -104,8 +104,8 @@ impl ColumnSpec {
     /// schema; without, the longest prefix whose union of field names has at most
     /// `max_columns` names (at least one row: ingest bounds the fields of a row).
     pub fn fitting_rows(&self, entries: &[Entry]) -> usize {
-        let fixed = !self.columns.is_empty()
-            || self.schema.as_ref().is_some_and(|s| !s.fields.is_empty());
+        let fixed =
+            !self.columns.is_empty() || self.schema.as_ref().is_some_and(|s| !s.fields.is_empty());
         if fixed {
             return entries.len();
         }
@@ -444,6 +444,54 @@ mod tests {
         assert!(chunks.iter().all(|c| c.starts_with("n\n")));
         let all: Vec<&str> = chunks.iter().flat_map(|c| c.lines().skip(1)).collect();
         assert_eq!(all, (0..10).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chunks_are_written_one_at_a_time_as_they_are_asked_for() {
+        let entries: Vec<Entry> = (0..10)
+            .map(|i| entry(&[("n", &format!("{i:04}"))]))
+            .collect();
+        let layout = Layout::for_batch(&[], None, &entries);
+        let opts = CsvOptions::default();
+        let mut chunks = Chunks::new(&layout, &entries, &opts, 12);
+        let first = chunks.next().unwrap().unwrap();
+        assert_eq!(String::from_utf8(first).unwrap(), "n\n0000\n0001\n0002\n");
+        assert_eq!(
+            chunks.next, 3,
+            "only the rows of the first chunk were written"
+        );
+        assert_eq!(chunks.count(), 3, "the other chunks follow on demand");
+    }
+
+    #[test]
+    fn without_columns_a_batch_is_cut_to_the_longest_prefix_within_max_columns() {
+        let spec = |max_columns| ColumnSpec {
+            columns: vec![],
+            schema: None,
+            pipeline: "orders".into(),
+            max_columns,
+        };
+        let entries = vec![
+            entry(&[("a", "1"), ("b", "2")]),
+            entry(&[("c", "3"), ("a", "4")]),
+            entry(&[("d", "5"), ("e", "6")]),
+            entry(&[("f", "7")]),
+        ];
+        assert_eq!(spec(3).fitting_rows(&entries), 2);
+        assert_eq!(spec(6).fitting_rows(&entries), 4);
+        assert_eq!(
+            spec(1).fitting_rows(&entries),
+            1,
+            "at least one row per run"
+        );
+        let fixed = ColumnSpec {
+            columns: vec![Column {
+                name: "A".into(),
+                source: ColumnSource::Field("a".into()),
+            }],
+            ..spec(1)
+        };
+        assert_eq!(fixed.fitting_rows(&entries), 4, "columns fix the layout");
     }
 
     #[test]

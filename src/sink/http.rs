@@ -14,9 +14,7 @@ use reqwest::{Response, StatusCode, Url, header};
 use super::CallObserver;
 use super::csv::{ColumnSpec, write_chunks};
 use super::oauth::{OAuthError, TokenSource};
-use crate::config::{
-    ApiKeyLocation, BatchPer, BodyMode, HttpAuth, HttpSink, Secret, Text,
-};
+use crate::config::{ApiKeyLocation, BatchPer, BodyMode, HttpAuth, HttpSink, Secret, Text};
 use crate::expr::{self, EvalError};
 use crate::queue::Entry;
 use crate::row::Row;
@@ -119,11 +117,7 @@ impl HttpClient {
     }
 
     /// Delivers the batch: one request, or one per row with at most `concurrency` at once.
-    pub async fn deliver(
-        &self,
-        config: &ColumnSpec,
-        entries: &[Entry],
-    ) -> Result<(), HttpFailure> {
+    pub async fn deliver(&self, config: &ColumnSpec, entries: &[Entry]) -> Result<(), HttpFailure> {
         let rows: Vec<Row> = entries.iter().map(|e| e.row.clone()).collect();
         match self.inner.sink.batch_per {
             BatchPer::Run => {

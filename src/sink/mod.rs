@@ -303,8 +303,16 @@ mod tests {
             Some(Duration::ZERO),
             "a date in the past means no wait"
         );
-        for huge in ["18446744073709551615", "99999999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"] {
-            assert_eq!(parse_retry_after(huge, now), Some(MAX_RETRY_AFTER), "{huge}");
+        for huge in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(huge, now),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
         }
         for bad in ["", "soon", "-5", "1.5"] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad}");
