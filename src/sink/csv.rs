@@ -455,12 +455,12 @@ mod tests {
         let opts = CsvOptions::default();
         let mut chunks = Chunks::new(&layout, &entries, &opts, 12);
         let first = chunks.next().unwrap().unwrap();
-        assert_eq!(String::from_utf8(first).unwrap(), "n\n0000\n0001\n0002\n");
+        assert_eq!(String::from_utf8(first).unwrap(), "n\n0000\n0001\n");
         assert_eq!(
-            chunks.next, 3,
+            chunks.next, 2,
             "only the rows of the first chunk were written"
         );
-        assert_eq!(chunks.count(), 3, "the other chunks follow on demand");
+        assert_eq!(chunks.count(), 4, "the other chunks follow on demand");
     }
 
     #[test]
