@@ -287,6 +287,7 @@ async fn push(
         }
         Err(e) => {
             report.outcome = Outcome::Failed;
+            report.rows += entries.len();
             report.retry_after = e.retry_after();
             report.error = Some(e.to_string());
             match e.fate() {

@@ -295,4 +295,25 @@ mod tests {
         );
         assert_eq!(refresh_margin(Duration::ZERO), Duration::ZERO);
     }
+
+    struct Forever;
+
+    impl FetchToken for Forever {
+        fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, OAuthError>> + Send + '_>> {
+            Box::pin(async {
+                Ok(Token {
+                    access_token: Secret::new("t".to_owned()),
+                    expires_in: Duration::MAX,
+                })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_expires_in_never_overflows_the_clock_and_is_cached_at_most_a_day() {
+        let source = TokenSource::new(Box::new(Forever));
+        assert_eq!(source.token().await.unwrap().expose(), "t");
+        let refresh_at = source.cached.lock().await.as_ref().unwrap().refresh_at;
+        assert!(refresh_at <= Instant::now() + MAX_EXPIRES_IN);
+    }
 }
