@@ -146,6 +146,15 @@ impl JobBudget {
         s.not_before = Some(s.not_before.map_or(at, |t| t.max(at)));
     }
 
+    /// Whether the team asked to wait and the wait is not over.
+    pub fn deferred(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .not_before
+            .is_some_and(|at| at > Instant::now())
+    }
+
     /// Waits until calls to the team are allowed again.
     pub async fn ready(&self) {
         let at = self
@@ -407,9 +416,11 @@ mod tests {
             budget.try_acquire().unwrap().unwrap_err(),
             Duration::from_secs(30)
         );
+        assert!(budget.deferred());
         let start = Instant::now();
         budget.ready().await;
         assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(!budget.deferred());
         assert!(budget.try_acquire().unwrap().is_ok());
         // A huge wait does not overflow the clock.
         budget.defer(Duration::MAX);

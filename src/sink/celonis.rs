@@ -536,7 +536,16 @@ impl CelonisClient {
         }
     }
 
+    /// Deletes a job known to be NEW. While the team asked to wait, the job is left alone
+    /// instead: a NEW job never runs, and a run must not stall for the wait.
     async fn delete(&self, job_id: &str) {
+        if self.budget.deferred() {
+            tracing::info!(
+                job = job_id,
+                "team asked to wait; unexecuted job left undeleted"
+            );
+            return;
+        }
         let url = format!("{}/{job_id}", self.jobs_url);
         match self
             .send_authorized(Step::Delete, || self.http.delete(&url))
