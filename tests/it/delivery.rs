@@ -287,6 +287,11 @@ async fn an_unknown_outcome_is_never_a_second_push(
     let jobs = emu.jobs().await;
     assert_eq!(jobs.len(), 1, "the rows made one job: {jobs:?}");
     assert_eq!(jobs[0]["status"], "DONE");
+    assert_eq!(
+        jobs[0]["chunks"].as_array().map(Vec::len),
+        Some(1),
+        "the job's chunk was uploaded once"
+    );
     assert!(app.queued("orders").await.is_empty());
     assert!(
         pipeline.queue.in_flight().is_none(),
@@ -300,6 +305,16 @@ async fn an_execute_that_answers_500_but_runs_is_not_pushed_a_second_time() {
         json!({"status": 500, "endpoint": "execute", "handled": true}),
         "",
         "HTTP 500",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_execute_without_an_answer_executes_the_same_job_again_without_a_new_upload() {
+    an_unknown_outcome_is_never_a_second_push(
+        json!({"delay_ms": 1500, "endpoint": "execute"}),
+        "request_timeout = \"300ms\"",
+        "execute job",
     )
     .await;
 }
