@@ -289,8 +289,15 @@ fn find_token<'a>(tokens: &'a [AdminToken], presented: &str) -> Option<&'a Admin
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.readiness.is_ready() {
+    if s.readiness.is_ready() && s.runs.workers_running() {
         (StatusCode::OK, "ready").into_response()
+    } else if s.readiness.is_ready() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker_stopped",
+            "a pipeline worker stopped: its rows are no longer delivered",
+        )
+        .into_response()
     } else {
         AdminError::NotReady.into_response()
     }
@@ -356,6 +363,8 @@ fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
         "next_run_at": p.next_run_ms().map(rfc3339),
         "failing_since": failing_since.map(rfc3339),
         "last_run": s.runs.last_run(p.name()).map(LastRun::from),
+        "worker": if s.runs.worker_error(p.name()).is_some() { "stopped" } else { "running" },
+        "worker_error": s.runs.worker_error(p.name()),
         "counters": {
             "accepted": Counters::get(&c.accepted),
             "ignored": Counters::get(&c.ignored),

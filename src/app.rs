@@ -80,7 +80,7 @@ impl App {
             None => None,
         };
 
-        let budgets = Arc::new(Budgets::default());
+        let budgets = Arc::new(Budgets::persisted(config.data_dir.join("job-budget")));
         let metrics = Arc::new(Metrics::new(Box::new(Collector::new(
             pipelines.clone(),
             budgets.clone(),

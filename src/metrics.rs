@@ -80,6 +80,7 @@ pub struct Metrics {
     registry: Registry,
     pub run_duration: Family<PipelineLabels, Histogram>,
     pub sink_calls: Family<SinkCallLabels, Counter>,
+    pub batches_cut: Family<PipelineLabels, Counter>,
     pub unknown_pipeline_requests: Counter,
 }
 
@@ -102,6 +103,12 @@ impl Metrics {
             "HTTP calls to the sink (Data Push API) by endpoint and status",
             sink_calls.clone(),
         );
+        let batches_cut = Family::<PipelineLabels, Counter>::default();
+        registry.register(
+            "weir_delivery_batches_cut",
+            "Runs that delivered only a prefix of their batch because it had more than max_columns distinct fields",
+            batches_cut.clone(),
+        );
         let unknown_pipeline_requests = Counter::default();
         registry.register(
             "weir_ingest_unknown_pipeline_requests",
@@ -113,6 +120,7 @@ impl Metrics {
             registry,
             run_duration,
             sink_calls,
+            batches_cut,
             unknown_pipeline_requests,
         }
     }
@@ -133,6 +141,17 @@ impl Metrics {
                 pipeline: pipeline.to_owned(),
                 endpoint,
                 status: status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
+            })
+            .inc();
+    }
+}
+
+impl Metrics {
+    /// Counts a run whose batch was cut to fit `max_columns`.
+    pub fn batch_cut(&self, pipeline: &str) {
+        self.batches_cut
+            .get_or_create(&PipelineLabels {
+                pipeline: pipeline.to_owned(),
             })
             .inc();
     }

@@ -24,8 +24,8 @@ use crate::config::{PipelineConfig, Schedule};
 use crate::dead_letter;
 use crate::metrics::{Metrics, PipelineLabels};
 use crate::pipeline::{Counters, Health, Pipeline};
-use crate::queue::{Entry, Offset, QueueError, now_ms};
-use crate::sink::{Sink, SinkError};
+use crate::queue::{Entry, InFlight, Offset, QueueError, now_ms};
+use crate::sink::{Fate, InFlightRecorder, Settled, Sink, SinkError};
 
 /// What one run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +51,17 @@ pub struct RunReport {
     /// Server-requested wait before the next attempt, if any (not serialized).
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// The batch was cut (too many distinct fields): run again right away for the rest.
+    #[serde(skip)]
+    pub cut: bool,
+}
+
+/// What one pipeline's runs carry from one to the next (owned by its worker).
+#[derive(Debug, Default)]
+pub struct Carry {
+    /// A delivered batch whose commit did not reach the disk: committed again before the
+    /// next push; its in-flight record stays until then.
+    pub uncommitted: Option<InFlight>,
 }
 
 /// The delay before retry number `failures` (1-based): `initial · 2^(failures-1)`, capped at
@@ -70,8 +81,108 @@ pub fn backoff(
     delay.max(asked.unwrap_or(Duration::ZERO))
 }
 
-/// Takes up to `max_rows` rows, delivers them, and commits them on success.
-pub async fn run_once(p: &Pipeline, sink: &Sink, max_rows: usize) -> RunReport {
+/// Rows a batch in flight spans.
+fn span_rows(batch: &InFlight) -> u64 {
+    batch.last.saturating_sub(batch.first).saturating_add(1)
+}
+
+/// Clears the in-flight record once its batch's fate is known and persisted.
+async fn clear_in_flight(p: &Pipeline) {
+    if let Err(e) = p.queue.set_in_flight(None).await {
+        tracing::warn!(pipeline = p.name(), error = %e, "clearing the in-flight record failed");
+    }
+}
+
+/// Commits a delivered batch; on failure keeps its in-flight record and remembers it, so
+/// the commit is retried before the next push.
+async fn commit_delivered(p: &Pipeline, batch: InFlight, carry: &mut Carry) -> Result<(), String> {
+    match p.queue.commit(batch.last).await {
+        Ok(()) => {
+            carry.uncommitted = None;
+            clear_in_flight(p).await;
+            Ok(())
+        }
+        Err(e) => {
+            let error = format!(
+                "committing delivered rows through offset {} failed: {e}; they stay in flight until the cursor is on disk",
+                batch.last
+            );
+            carry.uncommitted = Some(batch);
+            Err(error)
+        }
+    }
+}
+
+/// What settling the previous run's batch did, before a new push.
+#[derive(Debug, Default)]
+struct Settling {
+    /// Rows of a batch found delivered (and now committed).
+    rows: u64,
+    job_id: Option<String>,
+}
+
+/// Settles what the previous run (or process) left open, before anything new is pushed:
+/// retries a commit that did not persist, then asks the sink about a batch in flight.
+/// `Err` means the pipeline must not push yet.
+async fn settle_open(p: &Pipeline, sink: &Sink, carry: &mut Carry) -> Result<Settling, String> {
+    if let Some(batch) = carry.uncommitted.clone() {
+        let rows = span_rows(&batch);
+        let job_id = batch.job_id.clone();
+        commit_delivered(p, batch, carry).await?;
+        tracing::info!(
+            pipeline = p.name(),
+            rows,
+            "delivered rows committed on retry"
+        );
+        Counters::add(&p.counters.delivered, rows);
+        return Ok(Settling { rows, job_id });
+    }
+    let Some(batch) = p.queue.in_flight() else {
+        return Ok(Settling::default());
+    };
+    let job = batch.job_id.clone();
+    match sink.settle(&batch).await {
+        Ok(Settled::Delivered) => {
+            tracing::info!(
+                pipeline = p.name(),
+                first = batch.first,
+                last = batch.last,
+                job = job.as_deref().unwrap_or("-"),
+                "batch in flight was delivered; committing it"
+            );
+            let rows = span_rows(&batch);
+            commit_delivered(p, batch, carry).await?;
+            Counters::add(&p.counters.delivered, rows);
+            Ok(Settling { rows, job_id: job })
+        }
+        Ok(Settled::NotDelivered) => {
+            tracing::info!(
+                pipeline = p.name(),
+                first = batch.first,
+                last = batch.last,
+                "batch in flight was not delivered; it will be"
+            );
+            clear_in_flight(p).await;
+            Ok(Settling::default())
+        }
+        Err(e) => {
+            if e.fate() == Fate::NotDelivered {
+                clear_in_flight(p).await;
+            }
+            Err(format!(
+                "settling job {} of the batch in flight (offsets {}..={}): {e}",
+                job.as_deref().unwrap_or("-"),
+                batch.first,
+                batch.last
+            ))
+        }
+    }
+}
+
+/// Settles what was left open, then takes up to `max_rows` rows, delivers them, and
+/// commits them on success. A batch whose outcome is unknown keeps its in-flight record
+/// and is settled before the next push: it is never pushed a second time blindly.
+pub async fn run_once(p: &Pipeline, sink: &Sink, carry: &mut Carry, max_rows: usize) -> RunReport {
     let started = Instant::now();
     let at_ms = now_ms();
     let mut report = RunReport {
@@ -82,49 +193,20 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, max_rows: usize) -> RunReport {
         error: None,
         duration_ms: 0,
         retry_after: None,
+        cut: false,
     };
-    match p.queue.peek(max_rows, p.config.max_bytes_per_run).await {
+    match settle_open(p, sink, carry).await {
         Err(e) => {
             report.outcome = Outcome::Failed;
-            report.error = Some(format!("reading the queue: {e}"));
+            report.error = Some(e);
         }
-        Ok(entries) if entries.is_empty() => {}
-        Ok(entries) => {
-            report.rows = entries.len();
-            let last = entries[entries.len() - 1].offset;
-            match sink.deliver(&p.config, &entries, p.queue.as_ref()).await {
-                Ok(job) => {
-                    report.job_id = job;
-                    report.outcome = Outcome::Delivered;
-                    if let Err(e) = p.queue.commit(last).await {
-                        tracing::error!(pipeline = p.name(), error = %e, "committing delivered rows failed; they may be delivered again");
-                    }
-                    if let Err(e) = p.queue.set_in_flight(None).await {
-                        tracing::warn!(pipeline = p.name(), error = %e, "clearing the in-flight record failed");
-                    }
-                    Counters::add(&p.counters.delivered, entries.len() as u64);
-                }
-                Err(e) => {
-                    // A sink that delivered a prefix of the batch (the HTTP sink per row):
-                    // commit it, so the retry starts at the first row not delivered.
-                    if let SinkError::Http(h) = &e
-                        && let Some(through) = h.delivered_through()
-                    {
-                        match p.queue.commit(through).await {
-                            Ok(()) => {
-                                let rows = entries.iter().take_while(|e| e.offset <= through);
-                                Counters::add(&p.counters.delivered, rows.count() as u64);
-                            }
-                            Err(e) => {
-                                tracing::error!(pipeline = p.name(), error = %e, "committing delivered rows failed; they may be delivered again");
-                            }
-                        }
-                    }
-                    report.outcome = Outcome::Failed;
-                    report.retry_after = e.retry_after();
-                    report.error = Some(e.to_string());
-                }
+        Ok(settled) => {
+            if settled.rows > 0 {
+                report.rows = settled.rows as usize;
+                report.job_id = settled.job_id;
+                report.outcome = Outcome::Delivered;
             }
+            push(p, sink, carry, max_rows, &mut report).await;
         }
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -158,6 +240,83 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, max_rows: usize) -> RunReport {
         }
     }
     report
+}
+
+/// The push part of a run: peek, deliver, commit.
+async fn push(
+    p: &Pipeline,
+    sink: &Sink,
+    carry: &mut Carry,
+    max_rows: usize,
+    report: &mut RunReport,
+) {
+    let entries = match p.queue.peek(max_rows, p.config.max_bytes_per_run).await {
+        Err(e) => {
+            report.outcome = Outcome::Failed;
+            report.error = Some(format!("reading the queue: {e}"));
+            return;
+        }
+        Ok(entries) if entries.is_empty() => return,
+        Ok(entries) => entries,
+    };
+    match sink
+        .deliver(&entries, InFlightRecorder::new(p.queue.as_ref()))
+        .await
+    {
+        Ok(delivered) => {
+            let rows = delivered.rows.clamp(1, entries.len());
+            let batch = InFlight {
+                first: entries[0].offset,
+                last: entries[rows - 1].offset,
+                job_id: delivered.job_id.clone(),
+            };
+            report.job_id = delivered.job_id;
+            report.rows += rows;
+            if let Err(e) = commit_delivered(p, batch, carry).await {
+                report.outcome = Outcome::Failed;
+                report.error = Some(e);
+                return;
+            }
+            Counters::add(&p.counters.delivered, rows as u64);
+            report.outcome = Outcome::Delivered;
+            if let Some(cut) = delivered.cut {
+                tracing::warn!(pipeline = p.name(), rows, queued = entries.len(), error = %cut, "batch cut to max_columns");
+                report.error = Some(cut);
+                report.cut = true;
+            }
+        }
+        Err(e) => {
+            // A sink that delivered a prefix of the batch (the HTTP sink per row): commit it,
+            // so the retry starts at the first row not delivered.
+            if let SinkError::Http(h) = &e
+                && let Some(through) = h.delivered_through()
+            {
+                let batch = InFlight {
+                    first: entries[0].offset,
+                    last: through,
+                    job_id: None,
+                };
+                match commit_delivered(p, batch, carry).await {
+                    Ok(()) => {
+                        let rows = entries.iter().take_while(|e| e.offset <= through);
+                        Counters::add(&p.counters.delivered, rows.count() as u64);
+                    }
+                    Err(error) => tracing::error!(pipeline = p.name(), error, "committing the delivered prefix failed; it is retried before the next push"),
+                }
+            }
+            report.outcome = Outcome::Failed;
+            report.rows += entries.len();
+            report.retry_after = e.retry_after();
+            report.error = Some(e.to_string());
+            match e.fate() {
+                Fate::NotDelivered => clear_in_flight(p).await,
+                Fate::Unknown => tracing::warn!(
+                    pipeline = p.name(),
+                    "outcome of the job unknown; it is settled before the next push"
+                ),
+            }
+        }
+    }
 }
 
 /// The failure policy of one pipeline, as a pure state machine over `tokio::time::Instant`
@@ -299,6 +458,36 @@ pub struct Replayed {
 pub struct SchedulerHandle {
     commands: Arc<HashMap<String, mpsc::Sender<Command>>>,
     last_runs: Arc<HashMap<String, Arc<Mutex<Option<RunReport>>>>>,
+    /// Why a pipeline's worker stopped, once it did (other than at shutdown).
+    worker_errors: Arc<HashMap<String, WorkerError>>,
+}
+
+/// Set when a worker ended for any reason but shutdown.
+type WorkerError = Arc<Mutex<Option<String>>>;
+
+/// Watches a worker task: if it ends for any reason other than shutdown (a panic included),
+/// logs it at error and records why, which turns `/readyz` 503 and shows in the admin API.
+async fn supervise(
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    stopped: WorkerError,
+) {
+    let why = match task.await {
+        Ok(()) if stop.is_cancelled() => return,
+        Ok(()) => "the worker ended before shutdown".to_owned(),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            format!("the worker panicked: {message}")
+        }
+        Err(e) => format!("the worker was cancelled: {e}"),
+    };
+    tracing::error!(error = %why, "pipeline worker stopped; its rows are no longer delivered");
+    *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
 }
 
 impl SchedulerHandle {
@@ -349,6 +538,19 @@ impl SchedulerHandle {
         self.ask(pipeline, |r| Command::Replay(offset, r)).await
     }
 
+    /// Why the pipeline's worker stopped, if it did (not at shutdown).
+    pub fn worker_error(&self, pipeline: &str) -> Option<String> {
+        let slot = self.worker_errors.get(pipeline)?;
+        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether every pipeline's worker is still running.
+    pub fn workers_running(&self) -> bool {
+        self.worker_errors
+            .values()
+            .all(|s| s.lock().unwrap_or_else(|e| e.into_inner()).is_none())
+    }
+
     /// The report of the pipeline's last run.
     pub fn last_run(&self, pipeline: &str) -> Option<RunReport> {
         let slot = self.last_runs.get(pipeline)?;
@@ -372,6 +574,7 @@ impl Scheduler {
         let cron = JobScheduler::new().await?;
         let mut commands = HashMap::new();
         let mut last_runs = HashMap::new();
+        let mut worker_errors = HashMap::new();
         for (p, sink) in pipelines {
             let (tick_tx, tick_rx) = mpsc::channel::<()>(1);
             let (command_tx, command_rx) = mpsc::channel(16);
@@ -398,13 +601,17 @@ impl Scheduler {
                 job_id,
                 last_run,
                 retry_at: None,
+                carry: Carry::default(),
             };
+            let stopped = Arc::new(Mutex::new(None));
+            worker_errors.insert(p.name().to_owned(), stopped.clone());
             let span = tracing::info_span!("pipeline", pipeline = p.name());
-            tracker.spawn(
+            let task = tokio::spawn(
                 worker
                     .run(tick_rx, command_rx, stop.clone())
-                    .instrument(span),
+                    .instrument(span.clone()),
             );
+            tracker.spawn(supervise(task, stop.clone(), stopped).instrument(span));
         }
         cron.start().await?;
         Ok((
@@ -412,6 +619,7 @@ impl Scheduler {
             SchedulerHandle {
                 commands: Arc::new(commands),
                 last_runs: Arc::new(last_runs),
+                worker_errors: Arc::new(worker_errors),
             },
         ))
     }
@@ -434,6 +642,7 @@ struct Worker {
     last_run: Arc<Mutex<Option<RunReport>>>,
     /// When the next retry or probe is due, while FAILING or SUSPENDED.
     retry_at: Option<Instant>,
+    carry: Carry,
 }
 
 impl Worker {
@@ -443,7 +652,9 @@ impl Worker {
         mut commands: mpsc::Receiver<Command>,
         stop: CancellationToken,
     ) {
-        settle_in_flight(&self.pipeline, &self.sink).await;
+        if let Err(e) = settle_open(&self.pipeline, &self.sink, &mut self.carry).await {
+            tracing::warn!(error = %e, "batch in flight at the last stop not settled yet; settled before the next push");
+        }
         self.note_next_tick().await;
         loop {
             tokio::select! {
@@ -470,6 +681,7 @@ impl Worker {
             let report = run_once(
                 &self.pipeline,
                 &self.sink,
+                &mut self.carry,
                 self.pipeline.config.max_rows_per_run,
             )
             .await;
@@ -492,6 +704,7 @@ impl Worker {
         let report = run_once(
             &self.pipeline,
             &self.sink,
+            &mut self.carry,
             self.policy.batch_size(cfg.max_rows_per_run),
         )
         .await;
@@ -506,11 +719,14 @@ impl Worker {
         let before = self.policy.health();
         if report.outcome == Outcome::Failed {
             let delay = self.policy.on_failure(Instant::now(), report.retry_after);
-            self.retry_at = Some(Instant::now() + delay);
+            let now = Instant::now();
+            // A delay comes partly from the network: never let it overflow the clock.
+            self.retry_at = Some(now.checked_add(delay).unwrap_or(now + self.policy.max));
             tracing::info!(state = ?self.policy.health(), retry_in_ms = delay.as_millis() as u64, "delivery will be retried");
         } else {
             self.policy.on_success();
-            self.retry_at = None;
+            // A cut batch: the rest is delivered in the next run, right away.
+            self.retry_at = report.cut.then(Instant::now);
         }
         let after = self.policy.health();
         if before != after {
@@ -643,40 +859,6 @@ impl Worker {
     }
 }
 
-/// After a restart: a batch recorded as in flight may already be in the sink. Ask the sink;
-/// commit the batch if it arrived, so it is not pushed twice.
-async fn settle_in_flight(p: &Pipeline, sink: &Sink) {
-    let Some(batch) = p.queue.in_flight() else {
-        return;
-    };
-    match sink.settle(&batch).await {
-        Ok(true) => {
-            tracing::info!(
-                first = batch.first,
-                last = batch.last,
-                job = batch.job_id.as_deref().unwrap_or("-"),
-                "batch in flight at the last stop was delivered; committing it"
-            );
-            if let Err(e) = p.queue.commit(batch.last).await {
-                tracing::error!(error = %e, "committing the settled batch failed; it may be delivered again");
-            }
-        }
-        Ok(false) => {
-            tracing::info!(
-                first = batch.first,
-                last = batch.last,
-                "batch in flight at the last stop was not delivered; it will be"
-            );
-        }
-        Err(e) => {
-            tracing::warn!(first = batch.first, last = batch.last, error = %e, "cannot tell whether the batch in flight at the last stop was delivered; delivering it again");
-        }
-    }
-    if let Err(e) = p.queue.set_in_flight(None).await {
-        tracing::warn!(error = %e, "clearing the in-flight record failed");
-    }
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -790,6 +972,40 @@ mod tests {
             "backoff starts over after a success: {d:?}"
         );
         assert_eq!(p.health(), Health::Failing);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_panics_is_logged_and_reported_stopped() {
+        let stopped = WorkerError::default();
+        let task = tokio::spawn(async { panic!("boom") });
+        supervise(task, CancellationToken::new(), stopped.clone()).await;
+        let why = stopped
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("recorded as stopped");
+        assert!(why.contains("panicked: boom"), "{why}");
+
+        let ended = WorkerError::default();
+        supervise(
+            tokio::spawn(async {}),
+            CancellationToken::new(),
+            ended.clone(),
+        )
+        .await;
+        assert!(
+            ended.lock().unwrap().is_some(),
+            "an early end is a stop too"
+        );
+
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let at_shutdown = WorkerError::default();
+        supervise(tokio::spawn(async {}), stop, at_shutdown.clone()).await;
+        assert!(
+            at_shutdown.lock().unwrap().is_none(),
+            "shutdown is not a failure"
+        );
     }
 
     #[test]

@@ -192,6 +192,8 @@ pub struct PipelineConfig {
     pub max_rows_per_run: usize,
     /// Row data (`Row::encoded_len`) one run takes at most; a run always takes one row.
     pub max_bytes_per_run: u64,
+    /// Without `columns` or `schema`: the most distinct fields one run's CSV may have.
+    pub max_columns: usize,
     pub retry_initial: Duration,
     pub retry_max_interval: Duration,
     /// After this long of continuous failure the pipeline is SUSPENDED.
@@ -750,6 +752,8 @@ impl Validator<'_> {
             p.max_bytes_per_run.as_ref(),
             MAX_BYTES_PER_RUN,
         );
+        let max_columns =
+            self.positive(&format!("{path}.max_columns"), p.max_columns, 1000) as usize;
         let retry_max_interval = self.duration(
             &format!("{path}.retry_max_interval"),
             p.retry_max_interval.as_deref(),
@@ -845,6 +849,7 @@ impl Validator<'_> {
             schedule,
             max_rows_per_run,
             max_bytes_per_run,
+            max_columns,
             retry_initial,
             retry_max_interval,
             suspend_after,

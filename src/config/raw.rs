@@ -88,6 +88,7 @@ pub struct RawPipeline {
     pub schedule: Option<String>,
     pub max_rows_per_run: Option<i64>,
     pub max_bytes_per_run: Option<ByteSize>,
+    pub max_columns: Option<i64>,
     pub retry_initial: Option<String>,
     pub retry_max_interval: Option<String>,
     pub suspend_after: Option<String>,

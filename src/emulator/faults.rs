@@ -3,6 +3,9 @@
 //! `POST /emulator/faults` adds one entry, e.g. `{"status": 500, "count": 3}`,
 //! `{"delay_ms": 2000}`, `{"job_status": "CANCELED"}`, optionally with `"endpoint"` and, for
 //! 429, `"retry_after"`. Entries are consulted in the order they were added.
+//! `"handled": true` lets the request be carried out and only then answers with the status
+//! (an execute that answers 500 but whose job runs); `"pad_bytes": n` (get only) answers
+//! the job padded with `n` bytes, as a broken or hostile server might.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,6 +29,17 @@ pub struct RequestFault {
     pub delay: Duration,
     pub status: Option<u16>,
     pub retry_after: Option<u64>,
+    /// The request is carried out first; then the status replaces its answer.
+    pub handled: bool,
+    /// The answer is padded with this many bytes.
+    pub pad_bytes: Option<usize>,
+}
+
+impl RequestFault {
+    /// Whether the fault applies after the request was carried out.
+    pub fn after(&self) -> bool {
+        self.handled || self.pad_bytes.is_some()
+    }
 }
 
 /// The status an executed job is forced to end in.
@@ -75,10 +89,23 @@ impl Faults {
         self.queue.len()
     }
 
-    /// Takes one use of the first request fault that applies to `endpoint`.
+    /// Takes one use of the first request fault that applies to `endpoint` before it is
+    /// carried out.
     pub fn take_request(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
+        self.take_matching(endpoint, false)
+    }
+
+    /// Takes one use of the first fault that applies to `endpoint` after it was carried out.
+    pub fn take_after(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
+        self.take_matching(endpoint, true)
+    }
+
+    fn take_matching(&mut self, endpoint: Endpoint, after: bool) -> Option<RequestFault> {
         let position = self.queue.iter().position(|q| match &q.fault {
-            Fault::Request { endpoint: only, .. } => only.is_none() || *only == Some(endpoint),
+            Fault::Request {
+                endpoint: only,
+                fault,
+            } => (only.is_none() || *only == Some(endpoint)) && fault.after() == after,
             Fault::JobEnd(_) => false,
         })?;
         match &self.take_at(position) {
@@ -119,6 +146,8 @@ struct FaultBody {
     retry_after: Option<u64>,
     count: Option<u32>,
     endpoint: Option<String>,
+    handled: Option<bool>,
+    pad_bytes: Option<usize>,
 }
 
 /// Parses a `POST /emulator/faults` body into a fault and how many times it fires.
@@ -163,8 +192,15 @@ pub fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
     {
         return Err(format!("status must be between 400 and 599, got {status}"));
     }
-    if body.status.is_none() && body.delay_ms.is_none() {
-        return Err("a fault needs status, delay_ms or job_status".into());
+    let handled = body.handled.unwrap_or(false);
+    if handled && body.status.is_none() {
+        return Err("handled needs a status".into());
+    }
+    if body.pad_bytes.is_some() && (endpoint != Some(Endpoint::Get) || body.status.is_some()) {
+        return Err("pad_bytes applies to endpoint get, without status".into());
+    }
+    if body.status.is_none() && body.delay_ms.is_none() && body.pad_bytes.is_none() {
+        return Err("a fault needs status, delay_ms, pad_bytes or job_status".into());
     }
     if body.retry_after.is_some() && body.status != Some(429) {
         return Err("retry_after only applies to status 429".into());
@@ -176,6 +212,8 @@ pub fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
                 delay: Duration::from_millis(body.delay_ms.unwrap_or(0)),
                 status: body.status,
                 retry_after: body.retry_after,
+                handled,
+                pad_bytes: body.pad_bytes,
             },
         },
         count,
@@ -216,6 +254,26 @@ mod tests {
             faults.take_request(Endpoint::Execute).unwrap().status,
             Some(503)
         );
+    }
+
+    #[test]
+    fn handled_and_padding_faults_apply_only_after_the_request() {
+        let mut faults = Faults::default();
+        add(
+            &mut faults,
+            r#"{"status": 500, "endpoint": "execute", "handled": true}"#,
+        );
+        add(&mut faults, r#"{"endpoint": "get", "pad_bytes": 10}"#);
+        assert!(faults.take_request(Endpoint::Execute).is_none());
+        assert!(faults.take_request(Endpoint::Get).is_none());
+        assert_eq!(
+            faults.take_after(Endpoint::Get).unwrap().pad_bytes,
+            Some(10)
+        );
+        let handled = faults.take_after(Endpoint::Execute).unwrap();
+        assert_eq!((handled.status, handled.handled), (Some(500), true));
+        assert!(parse_fault(br#"{"handled": true, "delay_ms": 5}"#).is_err());
+        assert!(parse_fault(br#"{"pad_bytes": 5, "endpoint": "execute"}"#).is_err());
     }
 
     #[test]

@@ -287,6 +287,13 @@ impl Emulator {
         Ok(())
     }
 
+    /// After a request was carried out: the first pending fault that replaces its answer.
+    fn after(&self, endpoint: Endpoint) -> Option<super::faults::RequestFault> {
+        let fault = lock(&self.inner.faults).take_after(endpoint)?;
+        info!(?endpoint, status = ?fault.status, pad_bytes = ?fault.pad_bytes, "emulator fault injected after the request");
+        Some(fault)
+    }
+
     /// Runs `f` on the live (not deleted) job `id` of `pool`, or answers 404.
     fn with_job<T>(
         &self,
@@ -388,7 +395,11 @@ async fn get_job(
     emulator.admit(&headers, Endpoint::Get).await?;
     let pool_key = pool_key(&pool)?;
     let id = job_id(&id)?;
-    emulator.with_job(&pool_key, id, |job| Ok(Json(job.to_json(&pool))))
+    let mut view = emulator.with_job(&pool_key, id, |job| Ok(job.to_json(&pool)))?;
+    if let Some(n) = emulator.after(Endpoint::Get).and_then(|f| f.pad_bytes) {
+        view["padding"] = Value::from("x".repeat(n));
+    }
+    Ok(Json(view))
 }
 
 async fn delete_job(
@@ -583,6 +594,14 @@ async fn execute_job(
         .inner
         .tracker
         .spawn(task.instrument(info_span!("emulator_job", job = %id)));
+    if let Some(fault) = emulator.after(Endpoint::Execute)
+        && let Some(status) = fault.status
+    {
+        return Err(ApiError::Injected {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            retry_after: fault.retry_after,
+        });
+    }
     Ok(StatusCode::OK)
 }
 

@@ -1,11 +1,17 @@
 //! The Data Push job budget of one Celonis team: at most N job submissions per second and M
 //! per UTC clock hour, shared by every pipeline that pushes to that team. When the budget is
-//! spent, runs wait for it instead of failing.
+//! spent, runs wait for it instead of failing. The hour's count is persisted (a small
+//! versioned JSON file per team in the data directory, written before each job is created),
+//! so a restart mid-hour never allows more than M. The budget also holds the team's "not
+//! before" instant: after a 429 with `Retry-After`, no call of any kind goes to the team
+//! until it has passed.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::CelonisLimits;
@@ -13,9 +19,14 @@ use crate::config::CelonisLimits;
 /// The wall clock, injectable so the hour window can be tested.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// The version of the budget file this weir writes.
+const FILE_VERSION: u32 = 1;
+
 pub struct JobBudget {
     limits: CelonisLimits,
     clock: Clock,
+    /// Where the hour's count is persisted; `None` keeps it in memory only.
+    file: Option<PathBuf>,
     state: Mutex<State>,
 }
 
@@ -26,6 +37,16 @@ struct State {
     /// The UTC hour (hours since the epoch) `used_this_hour` counts for.
     hour: u64,
     used_this_hour: u32,
+    /// No call goes to the team before this instant (a server-requested wait).
+    not_before: Option<Instant>,
+}
+
+/// The persisted hour count.
+#[derive(Debug, Serialize, Deserialize)]
+struct BudgetFile {
+    version: u32,
+    hour: u64,
+    used: u32,
 }
 
 impl JobBudget {
@@ -37,15 +58,26 @@ impl JobBudget {
         JobBudget {
             limits,
             clock,
+            file: None,
             state: Mutex::new(State::default()),
         }
     }
 
-    /// Takes one job submission from the budget, waiting until one is available.
-    pub async fn acquire(&self) {
+    /// A budget whose hour count lives in `file` (created on the first job). Every budget
+    /// opened on the same file shares the count.
+    pub fn persisted(limits: CelonisLimits, clock: Clock, file: PathBuf) -> JobBudget {
+        JobBudget {
+            file: Some(file),
+            ..JobBudget::with_clock(limits, clock)
+        }
+    }
+
+    /// Takes one job submission from the budget, waiting until one is available. Fails only
+    /// when the count cannot be persisted: then no job may be created.
+    pub async fn acquire(&self) -> std::io::Result<()> {
         loop {
-            match self.try_acquire() {
-                Ok(()) => return,
+            match self.try_acquire()? {
+                Ok(()) => return Ok(()),
                 Err(wait) => {
                     tracing::info!(
                         wait_ms = wait.as_millis() as u64,
@@ -58,22 +90,30 @@ impl JobBudget {
     }
 
     /// Takes one submission now, or says how long to wait for one.
-    pub fn try_acquire(&self) -> Result<(), Duration> {
+    pub fn try_acquire(&self) -> std::io::Result<Result<(), Duration>> {
         let wall = (self.clock)()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let hour = wall.as_secs() / 3600;
         let now = Instant::now();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = s.not_before
+            && at > now
+        {
+            return Ok(Err(at - now));
+        }
         if s.hour != hour {
             s.hour = hour;
             s.used_this_hour = 0;
         }
+        if let Some(file) = &self.file {
+            s.used_this_hour = s.used_this_hour.max(used_on_disk(file, hour, &self.limits));
+        }
         if s.used_this_hour >= self.limits.jobs_per_hour {
-            let next_hour = Duration::from_secs((hour + 1) * 3600);
-            return Err(next_hour
+            let next_hour = Duration::from_secs(hour.saturating_add(1).saturating_mul(3600));
+            return Ok(Err(next_hour
                 .saturating_sub(wall)
-                .max(Duration::from_millis(10)));
+                .max(Duration::from_millis(10))));
         }
         while s
             .recent
@@ -84,11 +124,53 @@ impl JobBudget {
         }
         if s.recent.len() as u32 >= self.limits.jobs_per_second {
             let oldest = *s.recent.front().expect("non-empty: len >= limit > 0");
-            return Err((oldest + Duration::from_secs(1)).saturating_duration_since(now));
+            return Ok(Err(
+                (oldest + Duration::from_secs(1)).saturating_duration_since(now)
+            ));
+        }
+        let used = s.used_this_hour + 1;
+        if let Some(file) = &self.file {
+            write_file(file, hour, used)?;
         }
         s.recent.push_back(now);
-        s.used_this_hour += 1;
-        Ok(())
+        s.used_this_hour = used;
+        Ok(Ok(()))
+    }
+
+    /// Holds every call to the team for `wait` (longer waits already set are kept).
+    pub fn defer(&self, wait: Duration) {
+        let now = Instant::now();
+        let wait = wait.min(super::MAX_RETRY_AFTER);
+        let at = now.checked_add(wait).unwrap_or(now);
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.not_before = Some(s.not_before.map_or(at, |t| t.max(at)));
+    }
+
+    /// Whether the team asked to wait and the wait is not over.
+    pub fn deferred(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .not_before
+            .is_some_and(|at| at > Instant::now())
+    }
+
+    /// Waits until calls to the team are allowed again.
+    pub async fn ready(&self) {
+        let at = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .not_before;
+        if let Some(at) = at
+            && at > Instant::now()
+        {
+            tracing::info!(
+                wait_ms = (at - Instant::now()).as_millis() as u64,
+                "team asked to wait, holding calls"
+            );
+            tokio::time::sleep_until(at).await;
+        }
     }
 
     /// Submissions left in the current UTC hour.
@@ -99,26 +181,95 @@ impl JobBudget {
             .as_secs()
             / 3600;
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.hour == hour {
-            self.limits.jobs_per_hour.saturating_sub(s.used_this_hour)
-        } else {
-            self.limits.jobs_per_hour
+        let used = if s.hour == hour { s.used_this_hour } else { 0 };
+        let used = match &self.file {
+            Some(file) => used.max(used_on_disk(file, hour, &self.limits)),
+            None => used,
+        };
+        self.limits.jobs_per_hour.saturating_sub(used)
+    }
+}
+
+/// Jobs the file says were created in `hour`. A file that cannot be read or is of an
+/// unknown version counts as a spent hour: the budget must never be exceeded.
+fn used_on_disk(file: &Path, hour: u64, limits: &CelonisLimits) -> u32 {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "job budget file unreadable; treating this hour as spent");
+            return limits.jobs_per_hour;
+        }
+    };
+    match serde_json::from_slice::<BudgetFile>(&bytes) {
+        Ok(f) if f.version == FILE_VERSION => {
+            if f.hour == hour {
+                f.used
+            } else {
+                0
+            }
+        }
+        Ok(f) => {
+            tracing::warn!(file = %file.display(), version = f.version, "job budget file of an unknown version; treating this hour as spent");
+            limits.jobs_per_hour
+        }
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "job budget file unreadable; treating this hour as spent");
+            limits.jobs_per_hour
         }
     }
+}
+
+/// Writes the count atomically: temp file, fsync, rename, fsync the directory.
+fn write_file(file: &Path, hour: u64, used: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension("json.tmp");
+    let body = serde_json::to_vec(&BudgetFile {
+        version: FILE_VERSION,
+        hour,
+        used,
+    })
+    .map_err(std::io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// One budget per team, created on first use.
 #[derive(Default, Debug)]
 pub struct Budgets {
     teams: Mutex<HashMap<String, Arc<JobBudget>>>,
+    /// Where each team's hour count is persisted; `None` keeps counts in memory.
+    dir: Option<PathBuf>,
 }
 
 impl Budgets {
+    /// Budgets whose hour counts persist in `dir` (one file per team).
+    pub fn persisted(dir: PathBuf) -> Budgets {
+        Budgets {
+            teams: Mutex::default(),
+            dir: Some(dir),
+        }
+    }
+
     pub fn for_team(&self, team: &str, limits: CelonisLimits) -> Arc<JobBudget> {
         let mut teams = self.teams.lock().unwrap_or_else(|e| e.into_inner());
         teams
             .entry(team.to_owned())
-            .or_insert_with(|| Arc::new(JobBudget::new(limits)))
+            .or_insert_with(|| {
+                Arc::new(match &self.dir {
+                    Some(dir) => JobBudget::persisted(
+                        limits,
+                        Arc::new(SystemTime::now),
+                        budget_file(dir, team),
+                    ),
+                    None => JobBudget::new(limits),
+                })
+            })
             .clone()
     }
 
@@ -132,6 +283,15 @@ impl Budgets {
         out.sort();
         out
     }
+}
+
+/// The file of a team's budget: its key with every character but letters and digits replaced.
+pub fn budget_file(dir: &Path, team: &str) -> PathBuf {
+    let name: String = team
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    dir.join(format!("{name}.json"))
 }
 
 impl std::fmt::Debug for JobBudget {
@@ -161,7 +321,7 @@ mod tests {
         let start = Instant::now();
         let mut starts = Vec::new();
         for _ in 0..7 {
-            budget.acquire().await;
+            budget.acquire().await.unwrap();
             starts.push(start.elapsed());
         }
         for w in starts.windows(4) {
@@ -181,10 +341,10 @@ mod tests {
         let clock: Clock =
             Arc::new(move || UNIX_EPOCH + Duration::from_secs(w.load(Ordering::SeqCst)));
         let budget = JobBudget::with_clock(limits(10, 2), clock);
-        assert!(budget.try_acquire().is_ok());
-        assert!(budget.try_acquire().is_ok());
+        assert!(budget.try_acquire().unwrap().is_ok());
+        assert!(budget.try_acquire().unwrap().is_ok());
         assert_eq!(budget.remaining_this_hour(), 0);
-        let wait = budget.try_acquire().unwrap_err();
+        let wait = budget.try_acquire().unwrap().unwrap_err();
         assert_eq!(
             wait,
             Duration::from_secs(1),
@@ -192,7 +352,7 @@ mod tests {
         );
         wall.fetch_add(1, Ordering::SeqCst);
         assert_eq!(budget.remaining_this_hour(), 2);
-        assert!(budget.try_acquire().is_ok());
+        assert!(budget.try_acquire().unwrap().is_ok());
     }
 
     #[test]
@@ -201,8 +361,68 @@ mod tests {
         let a = budgets.for_team("acme:443", limits(10, 1));
         let b = budgets.for_team("acme:443", limits(10, 1));
         let c = budgets.for_team("other:443", limits(10, 1));
-        assert!(a.try_acquire().is_ok());
-        assert!(b.try_acquire().is_err());
-        assert!(c.try_acquire().is_ok());
+        assert!(a.try_acquire().unwrap().is_ok());
+        assert!(b.try_acquire().unwrap().is_err());
+        assert!(c.try_acquire().unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_mid_hour_never_allows_more_jobs_than_the_hour_budget() {
+        let dir = std::env::temp_dir().join(format!("weir-budget-{}", uuid::Uuid::new_v4()));
+        let file = budget_file(&dir, "acme.celonis.cloud:443");
+        let clock: Clock = Arc::new(SystemTime::now);
+        let before = JobBudget::persisted(limits(10, 3), clock.clone(), file.clone());
+        assert!(before.try_acquire().unwrap().is_ok());
+        assert!(before.try_acquire().unwrap().is_ok());
+        // A second budget opened on the same file: a restarted weir.
+        let after = JobBudget::persisted(limits(10, 3), clock, file.clone());
+        assert_eq!(after.remaining_this_hour(), 1);
+        assert!(after.try_acquire().unwrap().is_ok());
+        assert!(
+            after.try_acquire().unwrap().is_err(),
+            "the restarted budget counts the jobs made before the restart"
+        );
+        assert!(before.try_acquire().unwrap().is_err());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("\"version\":1"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_budget_file_written_by_version_1_is_read() {
+        let dir = std::env::temp_dir().join(format!("weir-budget-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("team.json");
+        let hour = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 3600;
+        std::fs::write(
+            &file,
+            format!(r#"{{"version":1,"hour":{hour},"used":249}}"#),
+        )
+        .unwrap();
+        let budget = JobBudget::persisted(limits(10, 250), Arc::new(SystemTime::now), file);
+        assert_eq!(budget.remaining_this_hour(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_team_gets_no_job_and_no_call_before_the_wait_is_over() {
+        let budget = JobBudget::new(limits(10, 100));
+        budget.defer(Duration::from_secs(30));
+        assert_eq!(
+            budget.try_acquire().unwrap().unwrap_err(),
+            Duration::from_secs(30)
+        );
+        assert!(budget.deferred());
+        let start = Instant::now();
+        budget.ready().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(!budget.deferred());
+        assert!(budget.try_acquire().unwrap().is_ok());
+        // A huge wait does not overflow the clock.
+        budget.defer(Duration::MAX);
     }
 }

@@ -1,18 +1,29 @@
 //! The Celonis Data Push client: one run's batch becomes one job — create, upload CSV chunks,
 //! execute, poll until DONE. Follows ../shared/reference/celonis-data-push.md (§4, §5, §8).
+//!
+//! Once a job may have been executed, its outcome is settled, never guessed: the job is
+//! polled until it is terminal before the pipeline pushes again, and a job is deleted only
+//! when it is known to be NEW and will not be executed again.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode, header};
 use serde::Deserialize;
 
-use super::CallObserver;
 use super::budget::JobBudget;
+use super::csv::{Chunks, Layout};
 use super::oauth::{OAuthError, TokenSource};
+use super::{CallObserver, Fate, InFlightRecorder, Settled};
 use crate::config::{CelonisAuth, CelonisSink, Secret};
-use crate::queue::{InFlight, Offset, Queue, QueueError};
+use crate::queue::{Entry, InFlight, QueueError};
+
+/// The most bytes of a job's JSON weir reads.
+const MAX_JOB_BODY: usize = 1 << 20;
+/// The most bytes of an error body weir reads (and keeps 2 KiB of).
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Which call of the sequence failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +89,10 @@ pub enum PushFailure {
     PollTimeout { job_id: String, timeout: Duration },
     #[error("recording the batch in flight: {0}")]
     Queue(#[from] QueueError),
+    #[error("writing CSV: {0}")]
+    Csv(#[from] ::csv::Error),
+    #[error("persisting the job budget: {0}")]
+    Budget(#[source] std::io::Error),
     #[error("{step}: no OAuth token: {source}")]
     Token {
         step: Step,
@@ -92,6 +107,34 @@ impl PushFailure {
         match self {
             PushFailure::Http { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// Whether the job may have run. Before execute nothing ran; an execute refused with a
+    /// 4xx other than 409 and 429 did not run. Everything after a sent execute is unknown
+    /// until a poll says otherwise (a 429 keeps the job to execute it again).
+    pub fn fate(&self) -> Fate {
+        match self {
+            PushFailure::JobFailed { .. }
+            | PushFailure::Queue(_)
+            | PushFailure::Csv(_)
+            | PushFailure::Budget(_) => Fate::NotDelivered,
+            PushFailure::PollTimeout { .. } => Fate::Unknown,
+            PushFailure::Http { step, status, .. } => match step {
+                Step::Execute if matches!(status, 409 | 429) || *status >= 500 => Fate::Unknown,
+                Step::Poll => Fate::Unknown,
+                _ => Fate::NotDelivered,
+            },
+            PushFailure::Transport { step, .. } | PushFailure::BadResponse { step, .. } => {
+                match step {
+                    Step::Execute | Step::Poll => Fate::Unknown,
+                    _ => Fate::NotDelivered,
+                }
+            }
+            PushFailure::Token { step, .. } => match step {
+                Step::Poll => Fate::Unknown,
+                _ => Fate::NotDelivered,
+            },
         }
     }
 }
@@ -163,6 +206,9 @@ pub struct CelonisClient {
     /// With `auth = { kind = "oauth2" }`: the shared token cache.
     tokens: Option<Arc<TokenSource>>,
     observe: CallObserver,
+    /// Jobs of this process whose every chunk was uploaded: a NEW one among them may be
+    /// executed again; any other NEW job is deleted.
+    uploaded: Mutex<HashSet<String>>,
 }
 
 impl CelonisClient {
@@ -185,11 +231,20 @@ impl CelonisClient {
             budget,
             tokens,
             observe,
+            uploaded: Mutex::default(),
         })
     }
 
     pub fn budget(&self) -> &JobBudget {
         &self.budget
+    }
+
+    pub fn observe(&self) -> &CallObserver {
+        &self.observe
+    }
+
+    fn uploaded(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.uploaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current OAuth token, when the sink uses OAuth.
@@ -226,6 +281,7 @@ impl CelonisClient {
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Response, PushFailure> {
         let token = self.token(step).await?;
+        self.budget.ready().await;
         let sent = self.auth(make(), token.as_ref()).send().await;
         let resp = self.observed(step, sent)?;
         match (&self.tokens, token) {
@@ -233,6 +289,7 @@ impl CelonisClient {
                 tracing::info!(%step, "oauth token refused, fetching a new one");
                 tokens.reject(&old).await;
                 let token = self.token(step).await?;
+                self.budget.ready().await;
                 let sent = self.auth(make(), token.as_ref()).send().await;
                 self.observed(step, sent)
             }
@@ -271,76 +328,130 @@ impl CelonisClient {
         body
     }
 
-    /// Pushes one batch as one job and waits for it to finish. `first..=last` are the batch's
-    /// queue offsets, recorded as in flight before the upload starts. Returns the job id.
+    /// Pushes one batch as one job and waits for it to finish. The batch's offsets are
+    /// recorded as in flight before the job is created, then with the job's id. The CSV
+    /// chunks are written one at a time, each just before its upload. Returns the job id.
     pub async fn push(
         &self,
-        chunks: Vec<Vec<u8>>,
-        first: Offset,
-        last: Offset,
-        queue: &dyn Queue,
+        layout: &Layout,
+        entries: &[Entry],
+        recorder: InFlightRecorder<'_>,
     ) -> Result<String, PushFailure> {
-        self.budget.acquire().await;
-        queue
-            .set_in_flight(Some(InFlight {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Err(PushFailure::BadResponse {
+                step: Step::Create,
+                detail: "an empty batch makes no job".into(),
+            });
+        };
+        let (first, last) = (first.offset, last.offset);
+        self.budget.acquire().await.map_err(PushFailure::Budget)?;
+        recorder
+            .set(InFlight {
                 first,
                 last,
                 job_id: None,
-            }))
+            })
             .await?;
         let job_id = self.create().await?;
-        queue
-            .set_in_flight(Some(InFlight {
-                first,
-                last,
-                job_id: Some(job_id.clone()),
-            }))
-            .await?;
-        let executed = async {
-            for chunk in chunks {
-                self.upload(&job_id, axum::body::Bytes::from(chunk)).await?;
+        let staged = async {
+            recorder
+                .set(InFlight {
+                    first,
+                    last,
+                    job_id: Some(job_id.clone()),
+                })
+                .await?;
+            for chunk in Chunks::new(layout, entries, &self.sink.csv, self.sink.chunk_bytes) {
+                self.upload(&job_id, axum::body::Bytes::from(chunk?))
+                    .await?;
             }
-            self.execute(&job_id).await
+            Ok::<_, PushFailure>(())
         }
         .await;
-        if let Err(e) = executed {
-            // The job never ran: remove it and its staged chunks.
+        if let Err(e) = staged {
+            // The job was never executed: remove it and its staged chunks.
             self.delete(&job_id).await;
             return Err(e);
         }
-        self.wait_done(&job_id).await?;
+        self.uploaded().insert(job_id.clone());
+        self.run(&job_id).await?;
         Ok(job_id)
     }
 
-    /// Settles a batch that was in flight when weir last stopped. `Ok(true)`: the job
-    /// reached DONE, so the batch is in Celonis and must not be pushed again. `Ok(false)`:
-    /// it never ran (or failed), so the batch is still to be delivered.
-    pub async fn settle(&self, batch: &InFlight) -> Result<bool, PushFailure> {
+    /// Executes an uploaded job and waits for it. A failure that leaves the job known not
+    /// executed deletes it; any other leaves it to be settled.
+    async fn run(&self, job_id: &str) -> Result<(), PushFailure> {
+        if let Err(e) = self.execute(job_id).await {
+            if e.fate() == Fate::NotDelivered {
+                self.uploaded().remove(job_id);
+                self.delete(job_id).await;
+            }
+            return Err(e);
+        }
+        let done = self.wait_done(job_id).await;
+        if !matches!(done, Err(ref e) if e.fate() == Fate::Unknown) {
+            self.uploaded().remove(job_id);
+        }
+        done
+    }
+
+    /// Settles a batch that was in flight: at the last stop, or when a run of this process
+    /// ended with an unknown outcome. Polls the recorded job until it is terminal: DONE is
+    /// `Delivered` (the batch must not be pushed again); ERROR, CANCELED or no such job is
+    /// `NotDelivered`; a NEW job this process uploaded completely is executed again (no new
+    /// upload), any other NEW job is deleted. An error leaves the outcome unknown.
+    pub async fn settle(&self, batch: &InFlight) -> Result<Settled, PushFailure> {
         let Some(job_id) = &batch.job_id else {
-            return Ok(false);
+            return Ok(Settled::NotDelivered);
         };
-        let url = format!("{}/{job_id}", self.jobs_url);
-        let job: JobView = match self.send(Step::Poll, || self.http.get(&url)).await {
-            Ok(resp) => resp.json().await.map_err(|e| PushFailure::BadResponse {
-                step: Step::Poll,
-                detail: format!("body is not a job: {e}"),
-            })?,
-            Err(PushFailure::Http { status: 404, .. }) => return Ok(false),
+        let job = match self.get_job(job_id).await {
+            Ok(job) => job,
+            Err(PushFailure::Http { status: 404, .. }) => {
+                self.uploaded().remove(job_id);
+                return Ok(Settled::NotDelivered);
+            }
             Err(e) => return Err(e),
         };
+        let finished = |done: Result<(), PushFailure>| match done {
+            Ok(()) => Ok(Settled::Delivered),
+            Err(PushFailure::JobFailed { .. }) => Ok(Settled::NotDelivered),
+            Err(e) => Err(e),
+        };
         match job.status.as_deref() {
-            Some("DONE") => Ok(true),
-            Some("QUEUED" | "RUNNING") => match self.wait_done(job_id).await {
-                Ok(()) => Ok(true),
-                Err(PushFailure::JobFailed { .. }) => Ok(false),
-                Err(e) => Err(e),
-            },
+            Some("DONE") => {
+                self.uploaded().remove(job_id);
+                Ok(Settled::Delivered)
+            }
+            Some("ERROR" | "CANCELED") => {
+                self.uploaded().remove(job_id);
+                Ok(Settled::NotDelivered)
+            }
+            Some("QUEUED" | "RUNNING") => {
+                let done = self.wait_done(job_id).await;
+                if !matches!(done, Err(ref e) if e.fate() == Fate::Unknown) {
+                    self.uploaded().remove(job_id);
+                }
+                finished(done)
+            }
+            Some("NEW") if self.uploaded().contains(job_id) => {
+                tracing::info!(job = %job_id, "executing the uploaded job again");
+                finished(self.run(job_id).await)
+            }
             Some("NEW") => {
                 self.delete(job_id).await;
-                Ok(false)
+                Ok(Settled::NotDelivered)
             }
-            _ => Ok(false),
+            other => Err(PushFailure::BadResponse {
+                step: Step::Poll,
+                detail: format!("job status {other:?} is not a Data Push status"),
+            }),
         }
+    }
+
+    async fn get_job(&self, job_id: &str) -> Result<JobView, PushFailure> {
+        let url = format!("{}/{job_id}", self.jobs_url);
+        let resp = self.send(Step::Poll, || self.http.get(&url)).await?;
+        read_job(Step::Poll, resp).await
     }
 
     async fn create(&self) -> Result<String, PushFailure> {
@@ -349,10 +460,7 @@ impl CelonisClient {
         let resp = self
             .send(Step::Create, || self.http.post(&url).json(&body))
             .await?;
-        let job: JobView = resp.json().await.map_err(|e| PushFailure::BadResponse {
-            step: Step::Create,
-            detail: format!("body is not a job: {e}"),
-        })?;
+        let job = read_job(Step::Create, resp).await?;
         job.id
             .filter(|id| !id.is_empty())
             .ok_or_else(|| PushFailure::BadResponse {
@@ -389,30 +497,24 @@ impl CelonisClient {
     /// Polls until DONE (Ok), ERROR or CANCELED (JobFailed), or the poll timeout. Passing
     /// failures of a poll (5xx, 429, network) do not end the wait: the job is already running.
     async fn wait_done(&self, job_id: &str) -> Result<(), PushFailure> {
-        let deadline = tokio::time::Instant::now() + self.sink.poll_timeout;
-        let url = format!("{}/{job_id}", self.jobs_url);
+        let start = tokio::time::Instant::now();
+        let deadline = start.checked_add(self.sink.poll_timeout).unwrap_or(start);
         let mut i = 0;
         loop {
             tokio::time::sleep(poll_delay(i)).await;
             i = i.saturating_add(1);
-            match self.send(Step::Poll, || self.http.get(&url)).await {
-                Ok(resp) => {
-                    let job: JobView = resp.json().await.map_err(|e| PushFailure::BadResponse {
-                        step: Step::Poll,
-                        detail: format!("body is not a job: {e}"),
-                    })?;
-                    match job.status.as_deref() {
-                        Some("DONE") => return Ok(()),
-                        Some(s @ ("ERROR" | "CANCELED")) => {
-                            return Err(PushFailure::JobFailed {
-                                job_id: job_id.to_owned(),
-                                status: s.to_owned(),
-                                logs: job.logs.unwrap_or_default(),
-                            });
-                        }
-                        _ => {}
+            match self.get_job(job_id).await {
+                Ok(job) => match job.status.as_deref() {
+                    Some("DONE") => return Ok(()),
+                    Some(s @ ("ERROR" | "CANCELED")) => {
+                        return Err(PushFailure::JobFailed {
+                            job_id: job_id.to_owned(),
+                            status: s.to_owned(),
+                            logs: job.logs.unwrap_or_default(),
+                        });
                     }
-                }
+                    _ => {}
+                },
                 Err(
                     e @ PushFailure::Http {
                         kind:
@@ -422,6 +524,7 @@ impl CelonisClient {
                 ) => {
                     return Err(e);
                 }
+                Err(e @ PushFailure::BadResponse { .. }) => return Err(e),
                 Err(e) => tracing::warn!(job = job_id, error = %e, "job poll failed, polling on"),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -433,7 +536,16 @@ impl CelonisClient {
         }
     }
 
+    /// Deletes a job known to be NEW. While the team asked to wait, the job is left alone
+    /// instead: a NEW job never runs, and a run must not stall for the wait.
     async fn delete(&self, job_id: &str) {
+        if self.budget.deferred() {
+            tracing::info!(
+                job = job_id,
+                "team asked to wait; unexecuted job left undeleted"
+            );
+            return;
+        }
         let url = format!("{}/{job_id}", self.jobs_url);
         match self
             .send_authorized(Step::Delete, || self.http.delete(&url))
@@ -460,13 +572,17 @@ impl CelonisClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let mut body = resp.text().await.unwrap_or_default();
+        let retry_after = super::retry_after(resp.headers());
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // No call of any kind goes to the team before the wait is over.
+            self.budget
+                .defer(retry_after.unwrap_or(Duration::from_secs(1)));
+        }
+        let mut resp = resp;
+        let (bytes, _) = super::read_limited(&mut resp, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        let mut body = String::from_utf8_lossy(&bytes).into_owned();
         if body.len() > 2048 {
             let cut = (0..=2048)
                 .rev()
@@ -483,6 +599,23 @@ impl CelonisClient {
             retry_after,
         })
     }
+}
+
+/// Reads a job's JSON, at most [`MAX_JOB_BODY`] bytes of it.
+async fn read_job(step: Step, mut resp: Response) -> Result<JobView, PushFailure> {
+    let (bytes, more) = super::read_limited(&mut resp, MAX_JOB_BODY)
+        .await
+        .map_err(|source| PushFailure::Transport { step, source })?;
+    if more {
+        return Err(PushFailure::BadResponse {
+            step,
+            detail: format!("the body is larger than {} KiB", MAX_JOB_BODY >> 10),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| PushFailure::BadResponse {
+        step,
+        detail: format!("body is not a job: {e}"),
+    })
 }
 
 #[cfg(test)]

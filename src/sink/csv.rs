@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{Column, ColumnSource, CsvOptions, LineEnding, Schema};
+use crate::config::{Column, ColumnSource, CsvOptions, LineEnding, PipelineConfig, Schema};
 use crate::expr::{self, Expr};
 use crate::queue::Entry;
 
@@ -75,6 +75,53 @@ impl Layout {
     }
 }
 
+/// Where a pipeline's CSV columns come from, owned by its sink: `columns`, else `schema`,
+/// else the union of the batch's field names (then at most `max_columns` of them).
+#[derive(Debug, Clone)]
+pub struct ColumnSpec {
+    pub columns: Vec<Column>,
+    pub schema: Option<Schema>,
+    pub pipeline: String,
+    pub max_columns: usize,
+}
+
+impl ColumnSpec {
+    pub fn of(config: &PipelineConfig) -> ColumnSpec {
+        ColumnSpec {
+            columns: config.columns.clone(),
+            schema: config.schema.clone(),
+            pipeline: config.name.clone(),
+            max_columns: config.max_columns,
+        }
+    }
+
+    /// The layout of a batch.
+    pub fn layout(&self, entries: &[Entry]) -> Layout {
+        Layout::for_batch(&self.columns, self.schema.as_ref(), entries).named(&self.pipeline)
+    }
+
+    /// How many of the batch's first rows fit in one CSV: all of them with `columns` or a
+    /// schema; without, the longest prefix whose union of field names has at most
+    /// `max_columns` names (at least one row: ingest bounds the fields of a row).
+    pub fn fitting_rows(&self, entries: &[Entry]) -> usize {
+        let fixed =
+            !self.columns.is_empty() || self.schema.as_ref().is_some_and(|s| !s.fields.is_empty());
+        if fixed {
+            return entries.len();
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (i, e) in entries.iter().enumerate() {
+            for f in e.row.fields() {
+                seen.insert(f.name);
+            }
+            if seen.len() > self.max_columns {
+                return i.max(1);
+            }
+        }
+        entries.len()
+    }
+}
+
 /// Builds a configured `csv::Writer` over a buffer.
 fn writer(opts: &CsvOptions, buf: Vec<u8>) -> csv::Writer<Vec<u8>> {
     let terminator = match opts.line_ending {
@@ -104,62 +151,108 @@ pub fn write_chunks(
     opts: &CsvOptions,
     chunk_bytes: u64,
 ) -> Result<Vec<Vec<u8>>, csv::Error> {
-    let index: HashMap<&[u8], usize> = layout
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_bytes(), i))
-        .collect();
-    let mut chunks = Vec::new();
-    let mut w = writer(opts, Vec::new());
-    w.write_record(&layout.headers)?;
-    let mut records_in_chunk = 0usize;
-    let pipeline = expr::pipeline_value(&layout.pipeline);
-    // One cell buffer for the whole batch. Cells are bytes: the rows' text is valid UTF-8
-    // already and the csv crate writes bytes, so the hot loop does not check UTF-8 again
-    // (`Row::byte_fields`).
-    let mut cells: Vec<&[u8]> = vec![b""; layout.sources.len()];
-    for e in entries {
-        cells.fill(b"");
-        for (pos, f) in e.row.byte_fields().enumerate() {
-            // Rows usually list their fields in column order: try that slot first.
-            let slot = match layout.sources.get(pos) {
-                Some(s) if s.as_bytes() == f.name => Some(pos),
-                _ => index.get(f.name).copied(),
-            };
-            if let Some(i) = slot.filter(|&i| !layout.sources[i].is_empty()) {
-                cells[i] = f.text;
-            }
-        }
-        if layout.exprs.is_empty() {
-            w.write_record(&cells)?;
-        } else {
-            let computed = computed_cells(layout, &pipeline, e);
-            let mut with_computed = cells.clone();
-            for (i, text) in &computed {
-                with_computed[*i] = text.as_bytes();
-            }
-            w.write_record(&with_computed)?;
-        }
-        records_in_chunk += 1;
-        // At most WRITER_BUFFER bytes sit in the writer, so the chunk can only have reached
-        // chunk_bytes when this holds; flushing after every record instead cost a copy each.
-        if (w.get_ref().len() + WRITER_BUFFER) as u64 >= chunk_bytes {
-            w.flush()?;
-        }
-        if w.get_ref().len() as u64 >= chunk_bytes {
-            let full = std::mem::replace(&mut w, writer(opts, Vec::new()));
-            chunks.push(full.into_inner().map_err(|e| e.into_error())?);
-            w.write_record(&layout.headers)?;
-            records_in_chunk = 0;
+    Chunks::new(layout, entries, opts, chunk_bytes).collect()
+}
+
+/// The batch's CSV chunks, written one at a time as they are asked for, so a sink holds
+/// only the chunk it is uploading.
+pub struct Chunks<'a> {
+    layout: &'a Layout,
+    entries: &'a [Entry],
+    opts: &'a CsvOptions,
+    chunk_bytes: u64,
+    index: HashMap<&'a [u8], usize>,
+    pipeline: cel::Value,
+    /// The next entry to write.
+    next: usize,
+    /// Whether a chunk was returned (an empty batch still gives one, the header row).
+    emitted: bool,
+}
+
+impl<'a> Chunks<'a> {
+    pub fn new(
+        layout: &'a Layout,
+        entries: &'a [Entry],
+        opts: &'a CsvOptions,
+        chunk_bytes: u64,
+    ) -> Chunks<'a> {
+        Chunks {
+            layout,
+            entries,
+            opts,
+            chunk_bytes,
+            index: layout
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.as_bytes(), i))
+                .collect(),
+            pipeline: expr::pipeline_value(&layout.pipeline),
+            next: 0,
+            emitted: false,
         }
     }
-    w.flush()?;
-    let last = w.into_inner().map_err(|e| e.into_error())?;
-    if records_in_chunk > 0 || chunks.is_empty() {
-        chunks.push(last);
+
+    fn chunk(&mut self) -> Result<Vec<u8>, csv::Error> {
+        let layout = self.layout;
+        let mut w = writer(self.opts, Vec::new());
+        w.write_record(&layout.headers)?;
+        // One cell buffer for the chunk. Cells are bytes: the rows' text is valid UTF-8
+        // already and the csv crate writes bytes, so the hot loop does not check UTF-8 again
+        // (`Row::byte_fields`).
+        let mut cells: Vec<&[u8]> = vec![b""; layout.sources.len()];
+        while let Some(e) = self.entries.get(self.next) {
+            self.next += 1;
+            cells.fill(b"");
+            for (pos, f) in e.row.byte_fields().enumerate() {
+                // Rows usually list their fields in column order: try that slot first.
+                let slot = match layout.sources.get(pos) {
+                    Some(s) if s.as_bytes() == f.name => Some(pos),
+                    _ => self.index.get(f.name).copied(),
+                };
+                if let Some(i) = slot.filter(|&i| !layout.sources[i].is_empty()) {
+                    cells[i] = f.text;
+                }
+            }
+            if layout.exprs.is_empty() {
+                w.write_record(&cells)?;
+            } else {
+                let computed = computed_cells(layout, &self.pipeline, e);
+                let mut with_computed = cells.clone();
+                for (i, text) in &computed {
+                    with_computed[*i] = text.as_bytes();
+                }
+                w.write_record(&with_computed)?;
+            }
+            // At most WRITER_BUFFER bytes sit in the writer, so the chunk can only have reached
+            // chunk_bytes when this holds; flushing after every record instead cost a copy each.
+            if (w.get_ref().len() + WRITER_BUFFER) as u64 >= self.chunk_bytes {
+                w.flush()?;
+            }
+            if w.get_ref().len() as u64 >= self.chunk_bytes {
+                break;
+            }
+        }
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error().into())
     }
-    Ok(chunks)
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Result<Vec<u8>, csv::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.emitted && self.next >= self.entries.len() {
+            return None;
+        }
+        self.emitted = true;
+        let chunk = self.chunk();
+        if chunk.is_err() {
+            // A write error ends the batch.
+            self.next = self.entries.len();
+        }
+        Some(chunk)
+    }
 }
 
 /// The expression columns' values for one row. An expression that fails on a row (a field
@@ -351,6 +444,54 @@ mod tests {
         assert!(chunks.iter().all(|c| c.starts_with("n\n")));
         let all: Vec<&str> = chunks.iter().flat_map(|c| c.lines().skip(1)).collect();
         assert_eq!(all, (0..10).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chunks_are_written_one_at_a_time_as_they_are_asked_for() {
+        let entries: Vec<Entry> = (0..10)
+            .map(|i| entry(&[("n", &format!("{i:04}"))]))
+            .collect();
+        let layout = Layout::for_batch(&[], None, &entries);
+        let opts = CsvOptions::default();
+        let mut chunks = Chunks::new(&layout, &entries, &opts, 12);
+        let first = chunks.next().unwrap().unwrap();
+        assert_eq!(String::from_utf8(first).unwrap(), "n\n0000\n0001\n");
+        assert_eq!(
+            chunks.next, 2,
+            "only the rows of the first chunk were written"
+        );
+        assert_eq!(chunks.count(), 4, "the other chunks follow on demand");
+    }
+
+    #[test]
+    fn without_columns_a_batch_is_cut_to_the_longest_prefix_within_max_columns() {
+        let spec = |max_columns| ColumnSpec {
+            columns: vec![],
+            schema: None,
+            pipeline: "orders".into(),
+            max_columns,
+        };
+        let entries = vec![
+            entry(&[("a", "1"), ("b", "2")]),
+            entry(&[("c", "3"), ("a", "4")]),
+            entry(&[("d", "5"), ("e", "6")]),
+            entry(&[("f", "7")]),
+        ];
+        assert_eq!(spec(3).fitting_rows(&entries), 2);
+        assert_eq!(spec(6).fitting_rows(&entries), 4);
+        assert_eq!(
+            spec(1).fitting_rows(&entries),
+            1,
+            "at least one row per run"
+        );
+        let fixed = ColumnSpec {
+            columns: vec![Column {
+                name: "A".into(),
+                source: ColumnSource::Field("a".into()),
+            }],
+            ..spec(1)
+        };
+        assert_eq!(fixed.fitting_rows(&entries), 4, "columns fix the layout");
     }
 
     #[test]

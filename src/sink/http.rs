@@ -22,11 +22,9 @@ use cel::Value;
 use reqwest::{Response, StatusCode, Url, header};
 
 use super::CallObserver;
-use super::csv::{Layout, write_chunks};
+use super::csv::{ColumnSpec, write_chunks};
 use super::oauth::{OAuthError, TokenSource};
-use crate::config::{
-    ApiKeyLocation, BatchPer, BodyMode, HttpAuth, HttpSink, PipelineConfig, Secret, Text,
-};
+use crate::config::{ApiKeyLocation, BatchPer, BodyMode, HttpAuth, HttpSink, Secret, Text};
 use crate::expr::{self, EvalError};
 use crate::queue::{Entry, Offset};
 use crate::row::Row;
@@ -83,7 +81,7 @@ pub enum HttpFailure {
 }
 
 impl HttpFailure {
-    /// How long the server asked us to wait (`Retry-After` in seconds).
+    /// How long the server asked us to wait (`Retry-After`, clamped).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpFailure::Status { retry_after, .. } => *retry_after,
@@ -158,11 +156,7 @@ impl HttpClient {
     }
 
     /// Delivers the batch: one request, or one per row with at most `concurrency` at once.
-    pub async fn deliver(
-        &self,
-        config: &PipelineConfig,
-        entries: &[Entry],
-    ) -> Result<(), HttpFailure> {
+    pub async fn deliver(&self, config: &ColumnSpec, entries: &[Entry]) -> Result<(), HttpFailure> {
         let rows: Vec<Row> = entries.iter().map(|e| e.row.clone()).collect();
         match self.inner.sink.batch_per {
             BatchPer::Run => {
@@ -179,7 +173,7 @@ impl HttpClient {
     /// before it are reported as delivered.
     async fn deliver_rows(
         &self,
-        config: &PipelineConfig,
+        config: &ColumnSpec,
         entries: &[Entry],
     ) -> Result<(), HttpFailure> {
         let inner = &*self.inner;
@@ -291,7 +285,7 @@ impl Inner {
 
     fn body(
         &self,
-        config: &PipelineConfig,
+        config: &ColumnSpec,
         entries: &[Entry],
         rows: &[Row],
         single: bool,
@@ -315,8 +309,7 @@ impl Inner {
                 (out, "application/x-ndjson")
             }
             BodyMode::Csv => {
-                let layout = Layout::for_batch(&config.columns, config.schema.as_ref(), entries)
-                    .named(&config.name);
+                let layout = config.layout(entries);
                 let mut chunks = write_chunks(&layout, entries, &self.sink.csv, u64::MAX)?;
                 (chunks.pop().unwrap_or_default(), "text/csv; charset=utf-8")
             }
@@ -444,12 +437,7 @@ impl Inner {
 
     async fn judge(&self, subject: &Subject, resp: Response) -> Result<(), HttpFailure> {
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::retry_after(resp.headers());
         let headers: Vec<(String, Value)> = resp
             .headers()
             .iter()

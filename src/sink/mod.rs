@@ -1,8 +1,9 @@
-//! Sinks: where a run's batch goes. Today the Celonis Data Push API; every sink takes a batch
-//! of queued entries and either delivers all of it or fails, leaving it queued.
+//! Sinks: where a run's batch goes. Today the Celonis Data Push API and any HTTP API; every
+//! sink takes a batch of queued entries and either delivers it or fails, leaving it queued.
 //!
-//! Architecture Invariant: sinks never remove rows from a queue; the scheduler commits a
-//! batch only after its sink said it was delivered.
+//! Architecture Invariant: sinks never remove rows from a queue. A sink gets only an
+//! [`InFlightRecorder`], which can record and clear the batch in flight and nothing else; the
+//! scheduler commits a batch only after its sink said it was delivered.
 
 pub mod budget;
 pub mod celonis;
@@ -11,21 +12,78 @@ pub mod http;
 pub mod oauth;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::config::{CelonisAuth, CelonisLimits, HttpAuth, PipelineConfig, SinkConfig};
 use crate::metrics::Metrics;
-use crate::queue::{Entry, InFlight, Queue};
+use crate::queue::{Entry, InFlight, Queue, QueueError};
 use budget::Budgets;
 use celonis::{CelonisClient, PushFailure};
+use csv::ColumnSpec;
 use http::{HttpClient, HttpFailure};
 use oauth::Tokens;
+
+/// The longest wait a server's `Retry-After` can impose on weir.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` header: delay-seconds or an HTTP date, clamped to [`MAX_RETRY_AFTER`].
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, SystemTime::now())
+}
+
+/// Parses a `Retry-After` value at wall-clock time `now`: seconds (`120`) or an
+/// IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`; a date in the past means no wait). Every
+/// result is at most [`MAX_RETRY_AFTER`], so no server can make weir's clock overflow.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        // All digits: a number too large for u64 is still a (very long) wait.
+        value
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .unwrap_or(MAX_RETRY_AFTER)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// Reads at most `limit` bytes of a response body. `Ok((bytes, true))`: the body was longer
+/// and the rest was not read.
+pub async fn read_limited(
+    resp: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
+}
+
+/// Whether weir knows what became of a batch whose delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Nothing reached the sink, or its job is known not to have run (and will not): the
+    /// batch is pushed again as a new job.
+    NotDelivered,
+    /// The job may have run, or it was kept to be executed again (a 429 on execute): the
+    /// in-flight record stays, and the job is settled before the pipeline's next push.
+    Unknown,
+}
 
 /// Why a batch was not delivered. The batch stays queued in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("writing CSV: {0}")]
-    Csv(#[from] ::csv::Error),
     #[error(transparent)]
     Celonis(#[from] PushFailure),
     #[error(transparent)]
@@ -38,9 +96,58 @@ impl SinkError {
         match self {
             SinkError::Celonis(p) => p.retry_after(),
             SinkError::Http(h) => h.retry_after(),
-            SinkError::Csv(_) => None,
         }
     }
+
+    /// Whether the batch's fate is known. The HTTP sink records nothing in flight: a failed
+    /// request is sent again (at least once).
+    pub fn fate(&self) -> Fate {
+        match self {
+            SinkError::Celonis(p) => p.fate(),
+            SinkError::Http(_) => Fate::NotDelivered,
+        }
+    }
+}
+
+/// What a sink may do to its pipeline's queue: record the batch it is delivering (and clear
+/// the record). It cannot read or remove rows.
+#[derive(Clone, Copy)]
+pub struct InFlightRecorder<'a> {
+    queue: &'a dyn Queue,
+}
+
+impl<'a> InFlightRecorder<'a> {
+    pub fn new(queue: &'a dyn Queue) -> InFlightRecorder<'a> {
+        InFlightRecorder { queue }
+    }
+
+    pub async fn set(&self, batch: InFlight) -> Result<(), QueueError> {
+        self.queue.set_in_flight(Some(batch)).await
+    }
+
+    pub async fn clear(&self) -> Result<(), QueueError> {
+        self.queue.set_in_flight(None).await
+    }
+}
+
+/// A delivered run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The sink's job id, if any.
+    pub job_id: Option<String>,
+    /// How many of the batch's first rows were delivered (all, unless the batch was cut).
+    pub rows: usize,
+    /// Why the batch was cut, if it was: the rest goes in later runs.
+    pub cut: Option<String>,
+}
+
+/// What became of a batch that was in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// It reached the sink: commit it, push nothing for it.
+    Delivered,
+    /// It did not (and will not): push it again.
+    NotDelivered,
 }
 
 /// The HTTP client every sink sends with: weir's user agent and the sink's request timeout.
@@ -61,12 +168,17 @@ impl CallObserver {
     pub fn call(&self, endpoint: &'static str, status: Option<u16>) {
         self.metrics.sink_call(&self.pipeline, endpoint, status);
     }
+
+    /// Counts a batch cut because it had more than `max_columns` distinct columns.
+    pub fn columns_cut(&self) {
+        self.metrics.batch_cut(&self.pipeline);
+    }
 }
 
-/// A pipeline's sink, ready to deliver.
+/// A pipeline's sink, ready to deliver. Each owns what it needs of the pipeline's config.
 pub enum Sink {
-    Celonis(Box<CelonisClient>),
-    Http(HttpClient),
+    Celonis(Box<CelonisClient>, ColumnSpec),
+    Http(HttpClient, ColumnSpec),
 }
 
 impl Sink {
@@ -79,6 +191,7 @@ impl Sink {
         tokens: &Tokens,
         metrics: Arc<Metrics>,
     ) -> Result<Sink, reqwest::Error> {
+        let columns = ColumnSpec::of(config);
         match &config.sink {
             SinkConfig::Celonis(c) => {
                 let budget = budgets.for_team(&c.team_key(), limits);
@@ -90,12 +203,10 @@ impl Sink {
                     CelonisAuth::OAuth2(o) => Some(tokens.source(o, c.request_timeout)?),
                     _ => None,
                 };
-                Ok(Sink::Celonis(Box::new(CelonisClient::new(
-                    c.clone(),
-                    budget,
-                    source,
-                    observe,
-                )?)))
+                Ok(Sink::Celonis(
+                    Box::new(CelonisClient::new(c.clone(), budget, source, observe)?),
+                    columns,
+                ))
             }
             SinkConfig::Http(h) => {
                 let source = match &h.auth {
@@ -106,53 +217,105 @@ impl Sink {
                     pipeline: config.name.clone(),
                     metrics,
                 };
-                Ok(Sink::Http(HttpClient::new(
-                    h.clone(),
-                    &config.name,
-                    source,
-                    observe,
-                )?))
+                Ok(Sink::Http(
+                    HttpClient::new(h.clone(), &config.name, source, observe)?,
+                    columns,
+                ))
             }
         }
     }
 
-    /// Finds out whether a batch in flight at the last stop reached the sink (`true`).
-    pub async fn settle(&self, batch: &InFlight) -> Result<bool, SinkError> {
+    /// Finds out what became of a batch that was in flight (at the last stop, or when a
+    /// run ended with an unknown outcome). An error leaves it unknown.
+    pub async fn settle(&self, batch: &InFlight) -> Result<Settled, SinkError> {
         match self {
-            Sink::Celonis(client) => Ok(client.settle(batch).await?),
+            Sink::Celonis(client, _) => Ok(client.settle(batch).await?),
             // An HTTP API has no job to look up: the batch is delivered again.
-            Sink::Http(_) => Ok(false),
+            Sink::Http(..) => Ok(Settled::NotDelivered),
         }
     }
 
-    /// Delivers the batch (non-empty, oldest first). Returns the sink's job id, if any.
+    /// Delivers the batch (non-empty, oldest first), or its longest prefix that fits the
+    /// pipeline's limits.
     pub async fn deliver(
         &self,
-        config: &PipelineConfig,
         entries: &[Entry],
-        queue: &dyn Queue,
-    ) -> Result<Option<String>, SinkError> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(None);
-        };
+        recorder: InFlightRecorder<'_>,
+    ) -> Result<Delivered, SinkError> {
+        if entries.is_empty() {
+            return Ok(Delivered {
+                job_id: None,
+                rows: 0,
+                cut: None,
+            });
+        }
         match self {
-            Sink::Celonis(client) => {
-                let SinkConfig::Celonis(c) = &config.sink else {
-                    unreachable!("Sink::new builds a Celonis client only for a Celonis sink")
-                };
-                let layout =
-                    csv::Layout::for_batch(&config.columns, config.schema.as_ref(), entries)
-                        .named(&config.name);
-                let chunks = csv::write_chunks(&layout, entries, &c.csv, c.chunk_bytes)?;
-                let job = client
-                    .push(chunks, first.offset, last.offset, queue)
-                    .await?;
-                Ok(Some(job))
+            Sink::Celonis(client, columns) => {
+                let fit = columns.fitting_rows(entries);
+                let cut = (fit < entries.len()).then(|| {
+                    client.observe().columns_cut();
+                    format!(
+                        "pipeline {}: the batch has more than max_columns = {} distinct fields; \
+                         delivered its first {fit} of {} rows, the rest go in the next runs",
+                        columns.pipeline,
+                        columns.max_columns,
+                        entries.len()
+                    )
+                });
+                let entries = &entries[..fit];
+                let layout = columns.layout(entries);
+                let job = client.push(&layout, entries, recorder).await?;
+                Ok(Delivered {
+                    job_id: Some(job),
+                    rows: entries.len(),
+                    cut,
+                })
             }
-            Sink::Http(client) => {
-                client.deliver(config, entries).await?;
-                Ok(None)
+            Sink::Http(client, columns) => {
+                client.deliver(columns, entries).await?;
+                Ok(Delivered {
+                    job_id: None,
+                    rows: entries.len(),
+                    cut: None,
+                })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date_and_clamped() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:29:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means no wait"
+        );
+        for huge in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(huge, now),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
+        for bad in ["", "soon", "-5", "1.5"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
         }
     }
 }

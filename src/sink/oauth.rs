@@ -51,6 +51,12 @@ pub trait FetchToken: Send + Sync {
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, OAuthError>> + Send + '_>>;
 }
 
+/// The longest a token is cached, whatever its `expires_in` says.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
+
+/// The most bytes of a token response weir reads.
+const MAX_TOKEN_BODY: usize = 64 << 10;
+
 /// How long before its expiry a token is replaced: 60 s (as pycelonis does), or half its
 /// lifetime for short-lived tokens.
 pub fn refresh_margin(expires_in: Duration) -> Duration {
@@ -87,7 +93,12 @@ impl TokenSource {
         }
         *slot = None;
         let t = self.fetcher.fetch().await?;
-        let refresh_at = Instant::now() + t.expires_in.saturating_sub(refresh_margin(t.expires_in));
+        // The fetcher clamps `expires_in`; a fake one may not, so the sum is checked too.
+        let lifetime = t.expires_in.min(MAX_EXPIRES_IN);
+        let now = Instant::now();
+        let refresh_at = now
+            .checked_add(lifetime.saturating_sub(refresh_margin(lifetime)))
+            .unwrap_or(now);
         *slot = Some(Cached {
             token: t.access_token.clone(),
             refresh_at,
@@ -194,7 +205,17 @@ impl HttpFetcher {
                 source: source.without_url(),
             })?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let mut resp = resp;
+        let (bytes, more) = super::read_limited(&mut resp, MAX_TOKEN_BODY)
+            .await
+            .unwrap_or_default();
+        if more && status.is_success() {
+            return Err(OAuthError::BadResponse {
+                url,
+                detail: format!("the body is larger than {} KiB", MAX_TOKEN_BODY >> 10),
+            });
+        }
+        let text = String::from_utf8_lossy(&bytes);
         if !status.is_success() {
             // Only the OAuth error fields are kept: a body could echo what was sent.
             let detail = match serde_json::from_str::<ErrorResponse>(&text) {
@@ -243,6 +264,7 @@ impl HttpFetcher {
                 .map_err(|_| bad("expires_in is not a whole number of seconds"))?,
             Some(_) => return Err(bad("expires_in is not a number")),
         };
+        let expires_in = expires_in.min(MAX_EXPIRES_IN);
         tracing::debug!(token_url = %url, expires_in_s = expires_in.as_secs(), "oauth token fetched");
         Ok(Token {
             access_token: Secret::new(access_token),
@@ -272,5 +294,26 @@ mod tests {
             Duration::from_secs(30)
         );
         assert_eq!(refresh_margin(Duration::ZERO), Duration::ZERO);
+    }
+
+    struct Forever;
+
+    impl FetchToken for Forever {
+        fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, OAuthError>> + Send + '_>> {
+            Box::pin(async {
+                Ok(Token {
+                    access_token: Secret::new("t".to_owned()),
+                    expires_in: Duration::MAX,
+                })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_expires_in_never_overflows_the_clock_and_is_cached_at_most_a_day() {
+        let source = TokenSource::new(Box::new(Forever));
+        assert_eq!(source.token().await.unwrap().expose(), "t");
+        let refresh_at = source.cached.lock().await.as_ref().unwrap().refresh_at;
+        assert!(refresh_at <= Instant::now() + MAX_EXPIRES_IN);
     }
 }

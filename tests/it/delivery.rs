@@ -1,11 +1,18 @@
 //! Scheduled delivery to the real emulator over loopback HTTP: job body, CSV bytes, table
 //! contents, batching, modes, failures and the job budget.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use serde_json::json;
 use weir::emulator::EmulatorConfig;
-use weir::schedule::Outcome;
+use weir::queue::memory::MemoryQueue;
+use weir::queue::{BoxFuture, Entry, InFlight, Offset, Queue, QueueError, QueueStats};
+use weir::row::{Kind, Row};
+use weir::schedule::{Carry, Outcome, run_once};
 
-use crate::helpers::{delivery_config, spawn_app, spawn_emulator, wait_until};
+use crate::helpers::{ADMIN, TestEmulator, delivery_config, spawn_app, spawn_emulator, wait_until};
 
 fn emulator() -> EmulatorConfig {
     EmulatorConfig {
@@ -226,6 +233,339 @@ async fn a_rate_limited_execute_leaves_every_row_queued() {
         "HTTP 429",
     )
     .await;
+}
+
+/// Waits until the emulator runs no job.
+async fn no_job_running(emu: &TestEmulator) {
+    wait_until(10, "no job still running", || async {
+        emu.jobs()
+            .await
+            .iter()
+            .all(|j| !matches!(j["status"].as_str(), Some("QUEUED" | "RUNNING")))
+    })
+    .await;
+}
+
+/// DELTA without keys appends: a second push of the same rows would double them. Posts ids
+/// 1..=4, makes the first run end with an unknown outcome through `fault`, and checks that
+/// the next run settles the same job instead of pushing the rows again.
+async fn an_unknown_outcome_is_never_a_second_push(
+    fault: serde_json::Value,
+    sink_extra: &str,
+    expect_in_error: &str,
+) {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(&emu.base, "", sink_extra)).await;
+    app.post_json("orders", r#"[{"id":"1"},{"id":"2"},{"id":"3"},{"id":"4"}]"#)
+        .await;
+    emu.fault(fault).await;
+    let failed = app.app().flush("orders").await.unwrap();
+    assert_eq!(failed.outcome, Outcome::Failed, "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains(expect_in_error),
+        "{error:?} should mention {expect_in_error:?}"
+    );
+    let pipeline = app.app().pipeline("orders").unwrap().clone();
+    assert!(
+        pipeline
+            .queue
+            .in_flight()
+            .is_some_and(|b| b.job_id.is_some()),
+        "the job of an unknown outcome stays recorded in flight"
+    );
+    emu.clear_faults().await;
+    let settled = app.app().flush("orders").await.unwrap();
+    assert_eq!(settled.outcome, Outcome::Delivered, "{settled:?}");
+    assert_eq!(settled.rows, 4);
+    no_job_running(&emu).await;
+    assert_eq!(
+        emu.column("orders", "id").await,
+        ["1", "2", "3", "4"],
+        "no row twice"
+    );
+    let jobs = emu.jobs().await;
+    assert_eq!(jobs.len(), 1, "the rows made one job: {jobs:?}");
+    assert_eq!(jobs[0]["status"], "DONE");
+    assert_eq!(
+        jobs[0]["chunks"].as_array().map(Vec::len),
+        Some(1),
+        "the job's chunk was uploaded once"
+    );
+    assert!(app.queued("orders").await.is_empty());
+    assert!(
+        pipeline.queue.in_flight().is_none(),
+        "settled, the record is cleared"
+    );
+}
+
+#[tokio::test]
+async fn an_execute_that_answers_500_but_runs_is_not_pushed_a_second_time() {
+    an_unknown_outcome_is_never_a_second_push(
+        json!({"status": 500, "endpoint": "execute", "handled": true}),
+        "",
+        "HTTP 500",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_execute_without_an_answer_executes_the_same_job_again_without_a_new_upload() {
+    an_unknown_outcome_is_never_a_second_push(
+        json!({"delay_ms": 1500, "endpoint": "execute"}),
+        "request_timeout = \"300ms\"",
+        "execute job",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_poll_that_keeps_failing_leaves_the_job_to_be_settled_not_pushed_again() {
+    an_unknown_outcome_is_never_a_second_push(
+        json!({"status": 500, "endpoint": "get", "count": 1000}),
+        "poll_timeout = \"1s\"",
+        "was not finished",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_poll_answer_larger_than_a_mebibyte_is_refused_and_the_job_settled_later() {
+    an_unknown_outcome_is_never_a_second_push(
+        json!({"endpoint": "get", "pad_bytes": 2_000_000}),
+        "",
+        "larger than 1024 KiB",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_execute_runs_the_same_job_again_after_retry_after() {
+    an_unknown_outcome_is_never_a_second_push(
+        json!({"status": 429, "endpoint": "execute", "retry_after": 1}),
+        "",
+        "HTTP 429",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_never_kills_the_worker() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&format!("{ADMIN}\n{}", delivery_config(&emu.base, "", ""))).await;
+    app.get("/hooks/orders?id=1").await;
+    emu.fault(json!({"status": 429, "endpoint": "create", "retry_after": u64::MAX}))
+        .await;
+    let failed = app
+        .app()
+        .flush("orders")
+        .await
+        .expect("the worker answers: it did not die on the wait");
+    assert_eq!(failed.outcome, Outcome::Failed);
+    assert!(
+        failed.retry_after.unwrap() <= std::time::Duration::from_secs(3600),
+        "the wait is clamped: {failed:?}"
+    );
+    assert_eq!(
+        app.app().runs().purge("orders").await.unwrap(),
+        1,
+        "the worker still carries out commands"
+    );
+    let ready = app
+        .client
+        .get(app.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(app.pipeline_view("orders").await["worker"], "running");
+}
+
+#[tokio::test]
+async fn a_batch_with_more_fields_than_max_columns_is_delivered_in_smaller_runs() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, "max_columns = 3", "")
+    ))
+    .await;
+    app.post_json(
+        "orders",
+        r#"[{"a":"1","b":"1"},{"c":"2","a":"2"},{"d":"3","e":"3"},{"f":"4"}]"#,
+    )
+    .await;
+    let first = app.app().flush("orders").await.unwrap();
+    assert_eq!(first.outcome, Outcome::Delivered, "{first:?}");
+    assert_eq!(first.rows, 2, "the longest prefix within 3 columns");
+    let error = first.error.unwrap_or_default();
+    assert!(
+        error.contains("pipeline orders") && error.contains("max_columns = 3"),
+        "{error}"
+    );
+    wait_until(10, "the rest to be delivered right away", || async {
+        app.queued("orders").await.is_empty()
+    })
+    .await;
+    let jobs = emu.jobs().await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        let header = job["chunks"][0]["content"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(header.split(',').count() <= 3, "{header}");
+    }
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains("weir_delivery_batches_cut_total{pipeline=\"orders\"} 1"),
+        "{scrape}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_mid_hour_never_exceeds_the_job_budget() {
+    let emu = spawn_emulator(emulator()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "data_dir = \"{}\"\n[celonis]\njobs_per_hour = 1\n{}",
+        dir.path().display(),
+        delivery_config(&emu.base, "", "")
+    );
+    let before = spawn_app(&config).await;
+    before.get("/hooks/orders?id=1").await;
+    assert_eq!(
+        before.app().flush("orders").await.unwrap().outcome,
+        Outcome::Delivered
+    );
+    before.shutdown().await;
+    let after = spawn_app(&config).await;
+    after.get("/hooks/orders?id=2").await;
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(800),
+        after.app().flush("orders"),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "the restarted weir waits for the next hour"
+    );
+    assert_eq!(emu.jobs().await.len(), 1);
+}
+
+/// A memory queue whose first `failing` commits advance the cursor in memory but fail to
+/// persist it, as a disk whose cursor file cannot be written.
+struct FailingCommits {
+    inner: MemoryQueue,
+    failing: AtomicU32,
+    commits: AtomicU32,
+}
+
+impl Queue for FailingCommits {
+    fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), weir::queue::PushError>> {
+        self.inner.push(rows)
+    }
+    fn peek(&self, max: usize, max_bytes: u64) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
+        self.inner.peek(max, max_bytes)
+    }
+    fn commit(&self, through: Offset) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            self.inner.commit(through).await?;
+            let failing = self.failing.load(Ordering::SeqCst);
+            if failing > 0 {
+                self.failing.store(failing - 1, Ordering::SeqCst);
+                return Err(QueueError::Io(std::io::Error::other(
+                    "cursor file not written",
+                )));
+            }
+            Ok(())
+        })
+    }
+    fn stats(&self) -> QueueStats {
+        self.inner.stats()
+    }
+    fn set_in_flight(&self, batch: Option<InFlight>) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.inner.set_in_flight(batch)
+    }
+    fn in_flight(&self) -> Option<InFlight> {
+        self.inner.in_flight()
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_to_persist_is_not_reported_delivered_and_is_retried_first() {
+    let emu = spawn_emulator(emulator()).await;
+    let config = weir::config::Config::load(
+        &format!(
+            "data_dir = \"/nonexistent\"\n{}",
+            delivery_config(&emu.base, "", "")
+        ),
+        &HashMap::new(),
+    )
+    .unwrap();
+    let pc = config.pipelines[0].clone();
+    let queue = Arc::new(FailingCommits {
+        inner: MemoryQueue::new(100, u64::MAX),
+        failing: AtomicU32::new(2),
+        commits: AtomicU32::new(0),
+    });
+    let rows = (1..=2)
+        .map(|i| {
+            let mut b = Row::builder();
+            b.push("id", Kind::String, &i.to_string()).unwrap();
+            b.finish()
+        })
+        .collect();
+    queue.push(rows).await.unwrap();
+    let budgets = weir::sink::budget::Budgets::default();
+    let metrics = Arc::new(weir::metrics::Metrics::new(Box::new(
+        weir::collector::Collector::new(vec![], Arc::new(Default::default())),
+    )));
+    let sink = weir::sink::Sink::new(
+        &pc,
+        config.celonis,
+        &budgets,
+        &weir::sink::oauth::Tokens::default(),
+        metrics,
+    )
+    .unwrap();
+    let p = weir::pipeline::Pipeline::new(pc, queue.clone());
+    let mut carry = Carry::default();
+
+    let first = run_once(&p, &sink, &mut carry, 100).await;
+    assert_eq!(first.outcome, Outcome::Failed, "{first:?}");
+    assert!(first.error.unwrap().contains("committing delivered rows"));
+    assert!(
+        p.queue.in_flight().is_some(),
+        "kept in flight until the cursor is on disk"
+    );
+
+    let second = run_once(&p, &sink, &mut carry, 100).await;
+    assert_eq!(
+        second.outcome,
+        Outcome::Failed,
+        "the retried commit failed again"
+    );
+    assert!(p.queue.in_flight().is_some());
+
+    let third = run_once(&p, &sink, &mut carry, 100).await;
+    assert_eq!(third.outcome, Outcome::Delivered, "{third:?}");
+    assert_eq!(third.rows, 2);
+    assert!(
+        p.queue.in_flight().is_none(),
+        "cleared once the commit persisted"
+    );
+    assert_eq!(
+        queue.commits.load(Ordering::SeqCst),
+        3,
+        "each run retried the commit first"
+    );
+    no_job_running(&emu).await;
+    assert_eq!(emu.jobs().await.len(), 1, "no second push");
+    assert_eq!(emu.column("orders", "id").await, ["1", "2"]);
 }
 
 #[tokio::test]
