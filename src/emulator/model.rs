@@ -89,7 +89,9 @@ impl CsvOptions {
                 format.decimal_separator.clone_from(&own.decimal_separator);
             }
             if own.thousand_separator.is_some() {
-                format.thousand_separator.clone_from(&own.thousand_separator);
+                format
+                    .thousand_separator
+                    .clone_from(&own.thousand_separator);
             }
         }
         format
@@ -364,7 +366,9 @@ fn table_schema(
     let mut defs: Vec<ColumnDef> = Vec::with_capacity(columns.len());
     for (i, column) in columns.iter().enumerate() {
         let Value::Object(column) = column else {
-            return Err(invalid(format!("tableSchema.columns[{i}] must be an object")));
+            return Err(invalid(format!(
+                "tableSchema.columns[{i}] must be an object"
+            )));
         };
         let name = match string_field(column, "columnName")? {
             Some(name) if !name.is_empty() => name,
@@ -413,9 +417,7 @@ fn table_schema(
             .iter()
             .any(|d| d.name.to_lowercase() == def.name.to_lowercase())
         {
-            return Err(invalid(format!(
-                "tableSchema lists column {name} twice"
-            )));
+            return Err(invalid(format!("tableSchema lists column {name} twice")));
         }
         defs.push(def);
     }
@@ -526,7 +528,10 @@ mod tests {
         assert_eq!(spec.connection_id.as_deref(), Some("conn-1"));
         assert_eq!(spec.fallback_varchar_length, 80);
         let described: Vec<String> = spec.table_schema.iter().map(ColumnDef::describe).collect();
-        assert_eq!(described, ["INTEGER", "STRING(400)", "STRING(80)", "FLOAT(2)"]);
+        assert_eq!(
+            described,
+            ["INTEGER", "STRING(400)", "STRING(80)", "FLOAT(2)"]
+        );
         assert!(spec.table_schema[0].pk);
         let at = spec.csv.format_of("at");
         assert_eq!(at.date_format.as_deref(), Some("yyyy"));

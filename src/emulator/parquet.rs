@@ -5,10 +5,10 @@
 //! FLOAT/DOUBLE/DECIMAL → FLOAT, BOOLEAN, UTF8 → STRING, DATE, TIME, and TIMESTAMP in millis,
 //! micros or nanos as well as the INT96 timestamps pyarrow writes for pycelonis → DATETIME.
 
-use axum::body::Bytes;
 use ::parquet::basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType};
 use ::parquet::file::reader::{FileReader, SerializedFileReader};
 use ::parquet::record::Field;
+use axum::body::Bytes;
 
 use super::types::{Cell, ColumnType};
 
@@ -78,7 +78,8 @@ pub fn read_parquet(bytes: Bytes) -> Result<ParquetChunk, String> {
         .get_row_iter(None)
         .map_err(|e| format!("the Parquet file cannot be read: {e}"))?;
     for (index, row) in iter.enumerate() {
-        let row = row.map_err(|e| format!("row {}: the Parquet file cannot be read: {e}", index + 1))?;
+        let row =
+            row.map_err(|e| format!("row {}: the Parquet file cannot be read: {e}", index + 1))?;
         let mut cells = Vec::with_capacity(headers.len());
         for (position, (name, field)) in row.get_column_iter().enumerate() {
             let cell = cell(field, types[position], divisors[position]).ok_or_else(|| {

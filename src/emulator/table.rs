@@ -202,7 +202,9 @@ pub fn dump_json(dump: TableDump) -> serde_json::Value {
                         SqlValue::Integer(i) => Value::from(i),
                         SqlValue::Real(f) => Value::from(f),
                         SqlValue::Text(t) => Value::String(t),
-                        SqlValue::Blob(b) => Value::String(String::from_utf8_lossy(&b).into_owned()),
+                        SqlValue::Blob(b) => {
+                            Value::String(String::from_utf8_lossy(&b).into_owned())
+                        }
                     };
                     (column.name.clone(), value)
                 })
@@ -359,7 +361,9 @@ pub fn apply_job(
             return def;
         }
         match implied {
-            Some(ColumnType::String) | None => ColumnDef::string(name, spec.fallback_varchar_length),
+            Some(ColumnType::String) | None => {
+                ColumnDef::string(name, spec.fallback_varchar_length)
+            }
             Some(kind) => ColumnDef::of(name, kind),
         }
     };
@@ -419,7 +423,13 @@ pub fn apply_job(
     let mut cropped: Vec<(String, usize, usize)> = Vec::new();
     let mut typed = Vec::with_capacity(decoded.len());
     for (index, chunk) in decoded.into_iter().enumerate() {
-        typed.push(convert_chunk(index + 1, chunk, &columns, spec, &mut cropped)?);
+        typed.push(convert_chunk(
+            index + 1,
+            chunk,
+            &columns,
+            spec,
+            &mut cropped,
+        )?);
     }
     for (column, length, count) in cropped {
         applied.warnings.push(format!(
@@ -926,7 +936,10 @@ mod tests {
         let mut unset = spec(JobType::Delta, &[]);
         unset.file_type = None;
         let err = apply_job(&mut conn, &unset, &[(Upsert, b"id\n1\n")]).unwrap_err();
-        assert!(err.to_string().contains("not a valid Parquet file"), "{err}");
+        assert!(
+            err.to_string().contains("not a valid Parquet file"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -938,10 +951,7 @@ mod tests {
         // A later job without a schema still parses id as INTEGER.
         let plain = spec(JobType::Delta, &["id"]);
         let err = apply_job(&mut conn, &plain, &[(Upsert, b"id\nx\n")]).unwrap_err();
-        assert!(
-            err.to_string().contains("row 1, column id"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("row 1, column id"), "{err}");
         typed.table_schema = vec![ColumnDef::string("id", 80)];
         let err = apply_job(&mut conn, &typed, &[(Upsert, b"id\n2\n")]).unwrap_err();
         assert!(matches!(err, JobFailure::TypeConflict { .. }), "{err}");

@@ -252,10 +252,17 @@ pub fn convert(def: &ColumnDef, cell: Cell, format: &TextFormat) -> Result<Conve
 /// Removes thousands separators and makes the decimal separator a point.
 fn normalise_number(text: &str, format: &TextFormat) -> String {
     let mut text = text.trim().to_owned();
-    if let Some(thousands) = format.thousand_separator.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(thousands) = format
+        .thousand_separator
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         text = text.replace(thousands, "");
     }
-    if let Some(decimal) = format.decimal_separator.as_deref().filter(|s| !s.is_empty())
+    if let Some(decimal) = format
+        .decimal_separator
+        .as_deref()
+        .filter(|s| !s.is_empty())
         && decimal != "."
     {
         text = text.replace(decimal, ".");
@@ -408,7 +415,11 @@ fn parse_with(tokens: &[Token], text: &str) -> Option<i64> {
                     (_, 1) => 2,
                     (_, w) => w,
                 };
-                let digits = rest.chars().take(max).take_while(char::is_ascii_digit).count();
+                let digits = rest
+                    .chars()
+                    .take(max)
+                    .take_while(char::is_ascii_digit)
+                    .count();
                 if digits == 0 || (*width > 1 && digits != max) {
                     return None;
                 }
@@ -444,7 +455,10 @@ fn parse_with(tokens: &[Token], text: &str) -> Option<i64> {
                 if colon {
                     rest = rest.strip_prefix(':')?;
                 }
-                let minutes = if *letter == 'X' && *width == 1 && !rest.starts_with(|c: char| c.is_ascii_digit()) {
+                let minutes = if *letter == 'X'
+                    && *width == 1
+                    && !rest.starts_with(|c: char| c.is_ascii_digit())
+                {
                     0
                 } else {
                     let m: i64 = rest.get(..2)?.parse().ok()?;
@@ -463,9 +477,7 @@ fn parse_with(tokens: &[Token], text: &str) -> Option<i64> {
     if civil_from_days(days) != (year, month, day) {
         return None;
     }
-    Some(
-        days * DAY_MS + ((hour * 60 + minute - offset_minutes) * 60 + second) * 1000 + millis,
-    )
+    Some(days * DAY_MS + ((hour * 60 + minute - offset_minutes) * 60 + second) * 1000 + millis)
 }
 
 #[cfg(test)]
@@ -509,12 +521,19 @@ mod tests {
         assert!(moment("2024-03-01", Some("dd.MM.yyyy")).is_err());
         assert!(moment("31.02.2024", Some("dd.MM.yyyy")).is_err());
         assert!(moment("01.03.2024 extra", Some("dd.MM.yyyy")).is_err());
-        assert!(moment("x", Some("EEE")).unwrap_err().contains("does not support"));
+        assert!(
+            moment("x", Some("EEE"))
+                .unwrap_err()
+                .contains("does not support")
+        );
     }
 
     #[test]
     fn without_a_pattern_iso_8601_is_accepted() {
-        assert_eq!(moment("2024-03-01", None).unwrap(), "2024-03-01T00:00:00.000Z");
+        assert_eq!(
+            moment("2024-03-01", None).unwrap(),
+            "2024-03-01T00:00:00.000Z"
+        );
         assert_eq!(
             moment("2024-03-01T10:00:00-05:00", None).unwrap(),
             "2024-03-01T15:00:00.000Z"

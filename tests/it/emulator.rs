@@ -914,7 +914,13 @@ async fn executes_over_the_per_second_limit_get_429_for_about_a_second() {
 }
 
 /// A CSV job for `target` with a `tableSchema` of (name, type, fieldLength) columns and extra fields.
-fn typed_job(target: &str, kind: &str, keys: Option<&[&str]>, columns: &[(&str, &str, u64)], extra: Value) -> Value {
+fn typed_job(
+    target: &str,
+    kind: &str,
+    keys: Option<&[&str]>,
+    columns: &[(&str, &str, u64)],
+    extra: Value,
+) -> Value {
     let columns: Vec<Value> = columns
         .iter()
         .map(|(name, kind, length)| {
@@ -1051,7 +1057,10 @@ async fn a_long_string_without_a_schema_is_cropped_to_80_characters_with_a_log_l
         "{finished}"
     );
     let table = emulator.table("people").await;
-    assert_eq!(schema_of(&table)[1], ("Name".into(), "STRING".into(), json!(80)));
+    assert_eq!(
+        schema_of(&table)[1],
+        ("Name".into(), "STRING".into(), json!(80))
+    );
     assert_eq!(rows(&table)[0][1], json!("ä".repeat(80)));
     assert_eq!(rows(&table)[2][1], json!("short"));
     emulator.stop().await;
@@ -1061,20 +1070,35 @@ async fn a_long_string_without_a_schema_is_cropped_to_80_characters_with_a_log_l
 async fn a_300_character_string_survives_in_a_string_column_of_length_400() {
     let emulator = spawn_emulator(config()).await;
     let long = "x".repeat(300);
-    let job = typed_job("Notes", "REPLACE", None, &[("text", "STRING", 400)], json!({}));
+    let job = typed_job(
+        "Notes",
+        "REPLACE",
+        None,
+        &[("text", "STRING", 400)],
+        json!({}),
+    );
     let finished = emulator
         .push(&job, &[("upserted", &format!("text\n{long}\n"))])
         .await;
     assert_eq!(finished["status"], "DONE", "{finished}");
     assert_eq!(finished["logs"].as_array().unwrap().len(), 1, "{finished}");
-    assert_eq!(rows(&emulator.table("notes").await), vec![vec![json!(long)]]);
+    assert_eq!(
+        rows(&emulator.table("notes").await),
+        vec![vec![json!(long)]]
+    );
     emulator.stop().await;
 }
 
 #[tokio::test]
 async fn a_value_that_does_not_parse_ends_the_job_in_error_naming_the_row_and_the_column() {
     let emulator = spawn_emulator(config()).await;
-    let job = typed_job("Sales", "REPLACE", None, &[("qty", "INTEGER", 0)], json!({}));
+    let job = typed_job(
+        "Sales",
+        "REPLACE",
+        None,
+        &[("qty", "INTEGER", 0)],
+        json!({}),
+    );
     let finished = emulator
         .push(&job, &[("upserted", "id,qty\n1,3\n2,three\n")])
         .await;
@@ -1096,19 +1120,37 @@ async fn a_value_that_does_not_parse_ends_the_job_in_error_naming_the_row_and_th
 #[tokio::test]
 async fn a_delta_job_whose_schema_contradicts_the_table_ends_in_error() {
     let emulator = spawn_emulator(config()).await;
-    let first = typed_job("Stock", "REPLACE", None, &[("qty", "INTEGER", 0)], json!({}));
-    assert_eq!(emulator.push(&first, &[("upserted", "qty\n1\n")]).await["status"], "DONE");
+    let first = typed_job(
+        "Stock",
+        "REPLACE",
+        None,
+        &[("qty", "INTEGER", 0)],
+        json!({}),
+    );
+    assert_eq!(
+        emulator.push(&first, &[("upserted", "qty\n1\n")]).await["status"],
+        "DONE"
+    );
     let later = typed_job("stock", "DELTA", None, &[("qty", "STRING", 80)], json!({}));
     let finished = emulator.push(&later, &[("upserted", "qty\n2\n")]).await;
     assert_eq!(finished["status"], "ERROR");
     let log = finished["logs"][0].as_str().unwrap();
-    assert!(log.contains("column qty of table Stock is INTEGER"), "{log}");
+    assert!(
+        log.contains("column qty of table Stock is INTEGER"),
+        "{log}"
+    );
     // A DELTA job without a schema keeps the INTEGER type.
     let plain = emulator
-        .push(&csv_job("stock", "DELTA", None), &[("upserted", "qty\n5\n")])
+        .push(
+            &csv_job("stock", "DELTA", None),
+            &[("upserted", "qty\n5\n")],
+        )
         .await;
     assert_eq!(plain["status"], "DONE", "{plain}");
-    assert_eq!(rows(&emulator.table("stock").await), vec![vec![json!(1)], vec![json!(5)]]);
+    assert_eq!(
+        rows(&emulator.table("stock").await),
+        vec![vec![json!(1)], vec![json!(5)]]
+    );
     emulator.stop().await;
 }
 
@@ -1127,9 +1169,19 @@ async fn tables_are_identified_by_connection_and_case_insensitive_target_name() 
             .await;
         assert_eq!(finished["status"], "DONE", "{finished}");
     }
-    let a: Value = emulator.table_in("conn-a", "orders").await.json().await.unwrap();
+    let a: Value = emulator
+        .table_in("conn-a", "orders")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rows(&a), strings(&[&["a1"], &["a2"]]));
-    let b: Value = emulator.table_in("Conn-B", "ORDERS").await.json().await.unwrap();
+    let b: Value = emulator
+        .table_in("Conn-B", "ORDERS")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rows(&b), strings(&[&["b1"]]));
     // The pool's global schema has no such table.
     let global = emulator
@@ -1145,17 +1197,35 @@ async fn tables_are_identified_by_connection_and_case_insensitive_target_name() 
 #[tokio::test]
 async fn a_delete_chunk_removes_the_rows_its_typed_keys_name() {
     let emulator = spawn_emulator(config()).await;
-    let job = typed_job("Cases", "DELTA", Some(&["id"]), &[("id", "INTEGER", 0)], json!({}));
+    let job = typed_job(
+        "Cases",
+        "DELTA",
+        Some(&["id"]),
+        &[("id", "INTEGER", 0)],
+        json!({}),
+    );
     emulator
         .push(&job, &[("upserted", "id,v\n1,a\n2,b\n3,c\n")])
         .await;
     // "01" is the INTEGER 1: typed keys match by value, not by text.
     let finished = emulator
-        .push(&csv_job("cases", "DELTA", Some(&["id"])), &[("deleted", "id\n01\n3\n9\n")])
+        .push(
+            &csv_job("cases", "DELTA", Some(&["id"])),
+            &[("deleted", "id\n01\n3\n9\n")],
+        )
         .await;
     assert_eq!(finished["status"], "DONE", "{finished}");
-    assert!(finished["logs"][0].as_str().unwrap().contains("2 rows deleted"), "{finished}");
-    assert_eq!(rows(&emulator.table("cases").await), vec![vec![json!(2), json!("b")]]);
+    assert!(
+        finished["logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("2 rows deleted"),
+        "{finished}"
+    );
+    assert_eq!(
+        rows(&emulator.table("cases").await),
+        vec![vec![json!(2), json!("b")]]
+    );
     emulator.stop().await;
 }
 
@@ -1190,11 +1260,18 @@ async fn nullification_replaces_whole_rows_and_unchanged_metadata_merges_the_sup
     nullify["upsertStrategy"] = json!("UPSERT_WITH_NULLIFICATION");
     let mut merge = csv_job("merge", "DELTA", Some(&["id"]));
     merge["upsertStrategy"] = json!("UPSERT_WITH_UNCHANGED_METADATA");
-    emulator.push(&nullify, &[("upserted", "id,a\n1,new\n")]).await;
-    emulator.push(&merge, &[("upserted", "id,a\n2,new\n")]).await;
+    emulator
+        .push(&nullify, &[("upserted", "id,a\n1,new\n")])
+        .await;
+    emulator
+        .push(&merge, &[("upserted", "id,a\n2,new\n")])
+        .await;
     // No strategy behaves as UNCHANGED_METADATA (the emulator's assumption).
     emulator
-        .push(&csv_job("merge", "DELTA", Some(&["id"])), &[("upserted", "id,b\n2,z\n")])
+        .push(
+            &csv_job("merge", "DELTA", Some(&["id"])),
+            &[("upserted", "id,b\n2,z\n")],
+        )
         .await;
     assert_eq!(
         rows(&emulator.table("merge").await),
@@ -1207,9 +1284,16 @@ async fn nullification_replaces_whole_rows_and_unchanged_metadata_merges_the_sup
 }
 
 #[tokio::test]
-async fn duplicate_removal_column_keeps_the_greatest_numeric_value_across_chunks_and_without_it_the_last_row_wins() {
+async fn duplicate_removal_column_keeps_the_greatest_numeric_value_across_chunks_and_without_it_the_last_row_wins()
+ {
     let emulator = spawn_emulator(config()).await;
-    let job = typed_job("Events", "DELTA", Some(&["id"]), &[("seq", "INTEGER", 0)], json!({}));
+    let job = typed_job(
+        "Events",
+        "DELTA",
+        Some(&["id"]),
+        &[("seq", "INTEGER", 0)],
+        json!({}),
+    );
     let finished = emulator
         .push_bytes(
             &job,
@@ -1231,11 +1315,17 @@ async fn duplicate_removal_column_keeps_the_greatest_numeric_value_across_chunks
     let finished = emulator
         .push(
             &csv_job("events", "DELTA", Some(&["id"])),
-            &[("upserted", "id,seq,v\n3,5,first\n"), ("upserted", "id,seq,v\n3,1,last\n")],
+            &[
+                ("upserted", "id,seq,v\n3,5,first\n"),
+                ("upserted", "id,seq,v\n3,1,last\n"),
+            ],
         )
         .await;
     assert_eq!(finished["status"], "DONE", "{finished}");
-    assert_eq!(rows(&emulator.table("events").await)[2], vec![json!("3"), json!(1), json!("last")]);
+    assert_eq!(
+        rows(&emulator.table("events").await)[2],
+        vec![json!("3"), json!(1), json!("last")]
+    );
     emulator.stop().await;
 }
 
@@ -1280,10 +1370,18 @@ fn parquet_file() -> Vec<u8> {
     while let Some(mut column) = group.next_column().unwrap() {
         match index {
             0 => column.typed::<Int64Type>().write_batch(&[7, 2], None, None),
-            1 => column.typed::<DoubleType>().write_batch(&[1234.5, 0.25], None, None),
-            2 => column.typed::<BoolType>().write_batch(&[true, false], None, None),
-            3 => column.typed::<Int32Type>().write_batch(&[19_783, 0], None, None),
-            4 => column.typed::<Int96Type>().write_batch(&[at.clone(), at.clone()], None, None),
+            1 => column
+                .typed::<DoubleType>()
+                .write_batch(&[1234.5, 0.25], None, None),
+            2 => column
+                .typed::<BoolType>()
+                .write_batch(&[true, false], None, None),
+            3 => column
+                .typed::<Int32Type>()
+                .write_batch(&[19_783, 0], None, None),
+            4 => column
+                .typed::<Int96Type>()
+                .write_batch(&[at.clone(), at.clone()], None, None),
             _ => column.typed::<ByteArrayType>().write_batch(
                 &[ByteArray::from("Ann"), ByteArray::from("Bob")],
                 None,
