@@ -138,15 +138,13 @@ pub fn find_table(conn: &Connection, name: &str) -> rusqlite::Result<Option<Stri
 /// A table's columns with their types, from their SQLite declared types.
 fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<ColumnDef>> {
     let mut stmt = conn.prepare("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")?;
-    let columns = stmt
-        .query_map([table], |row| {
-            Ok(ColumnDef::from_declared(
-                &row.get::<_, String>(0)?,
-                &row.get::<_, String>(1)?,
-            ))
-        })?
-        .collect();
-    columns
+    stmt.query_map([table], |row| {
+        Ok(ColumnDef::from_declared(
+            &row.get::<_, String>(0)?,
+            &row.get::<_, String>(1)?,
+        ))
+    })?
+    .collect()
 }
 
 /// Reads a table in rowid order.
@@ -573,7 +571,8 @@ fn position(headers: &[String], name: &str) -> Option<usize> {
 /// value, at the place of the key's first row; on a tie the later row wins.
 fn remove_duplicates(chunks: &mut [Typed], keys: &[String], order: &str, numeric: bool) {
     // (chunk, row) of the first row per key, and (chunk, row) of the best one.
-    let mut first: HashMap<String, ((usize, usize), (usize, usize))> = HashMap::new();
+    type Place = (usize, usize);
+    let mut first: HashMap<String, (Place, Place)> = HashMap::new();
     for (c, chunk) in chunks.iter().enumerate() {
         if chunk.kind != ChunkKind::Upsert {
             continue;

@@ -1381,7 +1381,7 @@ fn parquet_file() -> Vec<u8> {
                 .write_batch(&[19_783, 0], None, None),
             4 => column
                 .typed::<Int96Type>()
-                .write_batch(&[at.clone(), at.clone()], None, None),
+                .write_batch(&[at, at], None, None),
             _ => column.typed::<ByteArrayType>().write_batch(
                 &[ByteArray::from("Ann"), ByteArray::from("Bob")],
                 None,
