@@ -25,7 +25,11 @@ pub fn read_parquet(bytes: Bytes) -> Result<ParquetChunk, String> {
     let reader = SerializedFileReader::new(bytes)
         .map_err(|e| format!("the chunk is not a valid Parquet file: {e}"))?;
     let schema = reader.metadata().file_metadata().schema_descr();
-    if schema.root_schema().get_fields().len() != schema.num_columns()
+    if !schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .all(|f| f.is_primitive())
         || schema.columns().iter().any(|c| c.max_rep_level() > 0)
     {
         return Err(
@@ -135,4 +139,96 @@ fn cell(field: &Field, kind: ColumnType, divisor: i64) -> Option<Cell> {
         Field::TimestampMicros(us) => Cell::Timestamp(us.div_euclid(1_000)),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ::parquet::data_type::{Int32Type, Int64Type};
+    use ::parquet::file::properties::WriterProperties;
+    use ::parquet::file::writer::SerializedFileWriter;
+    use ::parquet::schema::parser::parse_message_type;
+
+    use super::*;
+
+    /// Writes one row group of INT64 columns (and one INT32 column) under `schema`.
+    fn file(schema: &str, longs: &[i64], int: Option<i32>) -> Bytes {
+        let schema = Arc::new(parse_message_type(schema).unwrap());
+        let mut bytes = Vec::new();
+        let mut writer = SerializedFileWriter::new(
+            &mut bytes,
+            schema,
+            Arc::new(WriterProperties::builder().build()),
+        )
+        .unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let mut longs = longs.iter();
+        while let Some(mut column) = group.next_column().unwrap() {
+            match column.untyped() {
+                ::parquet::column::writer::ColumnWriter::Int32ColumnWriter(_) => column
+                    .typed::<Int32Type>()
+                    .write_batch(&[int.unwrap()], None, None),
+                _ => column
+                    .typed::<Int64Type>()
+                    .write_batch(&[*longs.next().unwrap()], None, None),
+            }
+            .unwrap();
+            column.close().unwrap();
+        }
+        group.close().unwrap();
+        writer.close().unwrap();
+        Bytes::from(bytes)
+    }
+
+    #[test]
+    fn timestamps_in_millis_micros_and_nanos_all_become_milliseconds() {
+        let ms = 1_709_293_500_250i64;
+        let chunk = read_parquet(file(
+            "message m {
+                REQUIRED INT64 a (TIMESTAMP(MILLIS, true));
+                REQUIRED INT64 b (TIMESTAMP(MICROS, true));
+                REQUIRED INT64 c (TIMESTAMP(NANOS, false));
+                REQUIRED INT64 n;
+                REQUIRED INT32 d (DATE);
+            }",
+            &[ms, ms * 1_000, ms * 1_000_000, 42],
+            Some(19_783),
+        ))
+        .unwrap();
+        assert_eq!(chunk.headers, ["a", "b", "c", "n", "d"]);
+        assert_eq!(
+            chunk.types,
+            [
+                ColumnType::DateTime,
+                ColumnType::DateTime,
+                ColumnType::DateTime,
+                ColumnType::Integer,
+                ColumnType::Date
+            ]
+        );
+        assert_eq!(
+            chunk.rows,
+            vec![vec![
+                Cell::Timestamp(ms),
+                Cell::Timestamp(ms),
+                Cell::Timestamp(ms),
+                Cell::Int(42),
+                Cell::Date(19_783)
+            ]]
+        );
+    }
+
+    #[test]
+    fn nested_columns_and_garbage_are_refused_with_a_reason() {
+        let nested = read_parquet(file(
+            "message m { REQUIRED group g { REQUIRED INT64 x; } }",
+            &[1],
+            None,
+        ))
+        .unwrap_err();
+        assert!(nested.contains("only primitive types"), "{nested}");
+        let garbage = read_parquet(Bytes::from_static(b"id\n1\n")).unwrap_err();
+        assert!(garbage.contains("not a valid Parquet file"), "{garbage}");
+    }
 }
