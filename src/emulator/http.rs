@@ -532,6 +532,7 @@ async fn execute_job(
                 && other.pool == pool_key
                 && matches!(other.status, Status::Queued | Status::Running)
                 && other.spec.target_name.to_lowercase() == target
+                && other.spec.connection_id == job.spec.connection_id
         });
         if busy {
             return Err(ApiError::conflict(

@@ -213,7 +213,7 @@ pub fn convert(def: &ColumnDef, cell: Cell, format: &TextFormat) -> Result<Conve
                 let parsed = number
                     .parse::<f64>()
                     .ok()
-                    .filter(|f| f.is_finite() && !number.contains(char::is_alphabetic))
+                    .filter(|f: &f64| f.is_finite())
                     .ok_or_else(|| "is not a FLOAT".to_owned())?;
                 SqlValue::Real(parsed)
             }
@@ -556,6 +556,8 @@ mod tests {
         let int = ColumnDef::of("i", ColumnType::Integer);
         assert!(convert(&int, Cell::Text("12a".into()), &german).is_err());
         assert!(convert(&float, Cell::Text("NaN".into()), &TextFormat::default()).is_err());
+        assert!(convert(&float, Cell::Text("inf".into()), &TextFormat::default()).is_err());
+        assert!(convert(&float, Cell::Text("1.5e3".into()), &TextFormat::default()).is_ok());
     }
 
     #[test]

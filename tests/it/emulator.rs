@@ -611,6 +611,12 @@ async fn a_second_job_for_a_busy_table_conflicts_until_the_first_finishes() {
         StatusCode::CONFLICT
     );
     assert_eq!(emulator.execute(other).await.status(), StatusCode::OK);
+    // The same target name in a data connection is another table.
+    let mut elsewhere = csv_job("busy", "DELTA", None);
+    elsewhere["connectionId"] = json!("conn-a");
+    let elsewhere = emulator.create(&elsewhere).await;
+    let elsewhere = elsewhere["id"].as_str().unwrap();
+    assert_eq!(emulator.execute(elsewhere).await.status(), StatusCode::OK);
     assert_eq!(emulator.job(second).await["status"], "NEW");
     emulator.wait_until_finished(first).await;
     assert_eq!(emulator.execute(second).await.status(), StatusCode::OK);
@@ -1442,6 +1448,52 @@ async fn parquet_and_csv_of_the_same_rows_give_the_same_table() {
             json!("2024-03-01"),
             json!("2024-03-01T11:45:00.250Z"),
             json!("Ann")
+        ]
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_written_before_typed_columns_keeps_its_rows_and_takes_new_jobs() {
+    // The layout an older emulator wrote: one table per target, every column TEXT.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emulator.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE \"Orders\" (\"id\" TEXT, \"note\" TEXT);
+             INSERT INTO \"Orders\" VALUES ('1', 'kept');
+             INSERT INTO \"Orders\" VALUES ('2', '{}');",
+            "l".repeat(100)
+        ))
+        .unwrap();
+    }
+    let emulator = spawn_emulator(EmulatorConfig {
+        database: Some(path),
+        ..config()
+    })
+    .await;
+    let finished = emulator
+        .push(
+            &csv_job("orders", "DELTA", Some(&["id"])),
+            &[("upserted", "id,extra\n2,new\n")],
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    let table = emulator.table("ORDERS").await;
+    assert_eq!(
+        schema_of(&table),
+        vec![
+            ("id".into(), "STRING".into(), Value::Null),
+            ("note".into(), "STRING".into(), Value::Null),
+            ("extra".into(), "STRING".into(), json!(80)),
+        ]
+    );
+    assert_eq!(
+        rows(&table),
+        vec![
+            vec![json!("1"), json!("kept"), Value::Null],
+            vec![json!("2"), json!("l".repeat(100)), json!("new")],
         ]
     );
     emulator.stop().await;
