@@ -1029,9 +1029,10 @@ async fn a_table_schema_gives_typed_sqlite_columns_and_values() {
     );
     emulator.stop().await;
 
+    let database = path.clone();
     let stored = tokio::task::spawn_blocking(move || {
         weir::emulator::query(
-            &path,
+            &database,
             "SELECT typeof(id) AS id, typeof(amount) AS amount, typeof(paid) AS paid, paid AS p, typeof(day) AS day FROM Orders ORDER BY rowid LIMIT 1",
         )
     })
@@ -1043,6 +1044,27 @@ async fn a_table_schema_gives_typed_sqlite_columns_and_values() {
     assert_eq!(stored[0]["paid"], "integer");
     assert_eq!(stored[0]["p"], 1);
     assert_eq!(stored[0]["day"], "text");
+    let declared = tokio::task::spawn_blocking(move || {
+        weir::emulator::query(&path, "SELECT name, type FROM pragma_table_info('Orders')")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let declared: Vec<(&str, &str)> = declared
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            ("id", "INTEGER"),
+            ("amount", "FLOAT"),
+            ("paid", "BOOLEAN"),
+            ("day", "DATE"),
+            ("at", "DATETIME"),
+            ("name", "VARCHAR(20)")
+        ]
+    );
 }
 
 #[tokio::test]
