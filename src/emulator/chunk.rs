@@ -83,6 +83,7 @@ mod tests {
             quote: Some(quote.into()),
             escape: Some(escape.into()),
             line_ending: None,
+            ..CsvOptions::default()
         }
     }
 

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, middleware};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tower::Layer;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
@@ -563,6 +563,7 @@ async fn execute_job(
                 && other.pool == pool_key
                 && matches!(other.status, Status::Queued | Status::Running)
                 && other.spec.target_name.to_lowercase() == target
+                && other.spec.connection_id == job.spec.connection_id
         });
         if busy {
             return Err(ApiError::conflict(
@@ -622,6 +623,7 @@ async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
         return;
     };
     emulator.pause(step).await;
+    let mut warnings = Vec::new();
     let (status, log) = match forced {
         Some(ForcedEnd::Error) => (
             Status::Error,
@@ -641,6 +643,7 @@ async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
                 .await;
             match applied {
                 Ok(Ok(applied)) => {
+                    warnings = applied.warnings;
                     info!(
                         rows_upserted = applied.rows_upserted,
                         rows_deleted = applied.rows_deleted,
@@ -666,39 +669,34 @@ async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
         }
     };
     emulator.update_job(id, |job| {
+        job.logs.append(&mut warnings);
         job.logs.push(log);
         job.set_status(status);
     });
 }
 
+/// `?connectionId=` names a data connection's table; without it, the pool's global schema.
+#[derive(Debug, Deserialize)]
+struct TableQuery {
+    #[serde(rename = "connectionId")]
+    connection_id: Option<String>,
+}
+
 async fn show_table(
     State(emulator): State<Emulator>,
     Path(name): Path<String>,
+    Query(query): Query<TableQuery>,
 ) -> ApiResult<Json<Value>> {
+    let name = table::storage_name(
+        query.connection_id.filter(|c| !c.is_empty()).as_deref(),
+        &name,
+    );
     let dump = emulator
         .with_db(move |conn| table::read_table(conn, &name))
         .await?
         .map_err(EmulatorError::from)?
         .ok_or(ApiError::NotFound("table not found"))?;
-    let rows: Vec<Value> = dump
-        .rows
-        .into_iter()
-        .map(|row| {
-            let object: Map<String, Value> = dump
-                .columns
-                .iter()
-                .cloned()
-                .zip(
-                    row.into_iter()
-                        .map(|v| v.map_or(Value::Null, Value::String)),
-                )
-                .collect();
-            Value::Object(object)
-        })
-        .collect();
-    Ok(Json(
-        json!({"table": dump.name, "columns": dump.columns, "rows": rows}),
-    ))
+    Ok(Json(table::dump_json(dump)))
 }
 
 #[derive(Serialize)]

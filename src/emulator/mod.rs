@@ -11,7 +11,9 @@ mod http;
 mod limiter;
 mod model;
 mod oauth;
+mod parquet;
 mod table;
+mod types;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

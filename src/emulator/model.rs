@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use super::types::{ColumnDef, ColumnType, TextFormat};
+
 /// Fields of the `DataPushJob` model (new and old `/integration` variants); only these are echoed.
 pub const KNOWN_FIELDS: &[&str] = &[
     "id",
@@ -65,12 +67,46 @@ pub struct CsvOptions {
     pub quote: Option<String>,
     pub escape: Option<String>,
     pub line_ending: Option<String>,
+    /// `dateFormat`, `decimalSeparator` and `thousandSeparator` for every column.
+    pub values: TextFormat,
+    /// `additionalColumnOptions`: per column, over `values`.
+    pub columns: Vec<(String, TextFormat)>,
 }
+
+impl CsvOptions {
+    /// How the values of `column` are read.
+    pub fn format_of(&self, column: &str) -> TextFormat {
+        let mut format = self.values.clone();
+        if let Some((_, own)) = self
+            .columns
+            .iter()
+            .find(|(name, _)| name.to_lowercase() == column.to_lowercase())
+        {
+            if own.date_format.is_some() {
+                format.date_format.clone_from(&own.date_format);
+            }
+            if own.decimal_separator.is_some() {
+                format.decimal_separator.clone_from(&own.decimal_separator);
+            }
+            if own.thousand_separator.is_some() {
+                format
+                    .thousand_separator
+                    .clone_from(&own.thousand_separator);
+            }
+        }
+        format
+    }
+}
+
+/// STRING length for columns without a schema when the job sends no `fallbackVarcharLength`, as Celonis.
+pub const DEFAULT_VARCHAR_LENGTH: usize = 80;
 
 /// What execution needs to know about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
     pub target_name: String,
+    /// The data connection (schema); `None` is the pool's global schema.
+    pub connection_id: Option<String>,
     pub job_type: JobType,
     /// `None` when the client sent none: the server default, Parquet.
     pub file_type: Option<FileType>,
@@ -78,6 +114,10 @@ pub struct JobSpec {
     pub keys: Vec<String>,
     pub upsert_strategy: Option<UpsertStrategy>,
     pub csv: CsvOptions,
+    /// STRING length of columns the `tableSchema` does not list.
+    pub fallback_varchar_length: usize,
+    /// The `tableSchema` columns, empty when the job sent none.
+    pub table_schema: Vec<ColumnDef>,
     /// The execute call's `duplicateRemovalColumn`: among a chunk's rows with one key, the greatest value wins.
     pub duplicate_removal_column: Option<String>,
 }
@@ -174,6 +214,24 @@ pub fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Invalid> {
     }
     let keys = keys_field(&object)?;
     let csv = csv_options(&object)?;
+    let connection_id = string_field(&object, "connectionId")?
+        .filter(|c| !c.is_empty())
+        .map(str::to_lowercase);
+    let fallback_varchar_length = match object.get("fallbackVarcharLength") {
+        None | Some(Value::Null) => DEFAULT_VARCHAR_LENGTH,
+        Some(value) => match value.as_u64() {
+            // 0 is what Java clients send for "unset".
+            Some(0) => DEFAULT_VARCHAR_LENGTH,
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => {
+                return Err(Invalid::new(
+                    "INVALID_FIELD",
+                    "fallbackVarcharLength must be a positive integer",
+                ));
+            }
+        },
+    };
+    let table_schema = table_schema(&object, fallback_varchar_length)?;
 
     let echo = object
         .into_iter()
@@ -183,11 +241,14 @@ pub fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Invalid> {
         echo,
         spec: JobSpec {
             target_name,
+            connection_id,
             job_type,
             file_type,
             keys,
             upsert_strategy,
             csv,
+            fallback_varchar_length,
+            table_schema,
             duplicate_removal_column: None,
         },
     })
@@ -239,12 +300,128 @@ fn csv_options(object: &Map<String, Value>) -> Result<CsvOptions, Invalid> {
             .filter(|s| !s.is_empty())
             .map(str::to_owned))
     };
+    let values = TextFormat {
+        date_format: field("dateFormat")?,
+        decimal_separator: field("decimalSeparator")?,
+        thousand_separator: field("thousandSeparator")?,
+    };
+    let invalid = || {
+        Invalid::new(
+            "INVALID_CSV_PARSING_OPTIONS",
+            "additionalColumnOptions must be an array of objects with a columnName",
+        )
+    };
+    let mut columns = Vec::new();
+    match options.get("additionalColumnOptions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                let Value::Object(item) = item else {
+                    return Err(invalid());
+                };
+                let own = |name: &str| -> Result<Option<String>, Invalid> {
+                    Ok(string_field(item, name)?
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned))
+                };
+                let name = own("columnName")?.ok_or_else(invalid)?;
+                columns.push((
+                    name,
+                    TextFormat {
+                        date_format: own("dateFormat")?,
+                        decimal_separator: own("decimalSeparator")?,
+                        // Plural here, singular in csvParsingOptions (reference §3.3).
+                        thousand_separator: own("thousandsSeparator")?,
+                    },
+                ));
+            }
+        }
+        Some(_) => return Err(invalid()),
+    }
     Ok(CsvOptions {
         separator: field("separatorSequence")?,
         quote: field("quoteSequence")?,
         escape: field("escapeSequence")?,
         line_ending: field("lineEnding")?,
+        values,
+        columns,
     })
+}
+
+/// The `tableSchema.columns`; a STRING with no (or 0) `fieldLength` gets the fallback length.
+fn table_schema(
+    object: &Map<String, Value>,
+    fallback_length: usize,
+) -> Result<Vec<ColumnDef>, Invalid> {
+    let invalid = |info: String| Invalid::new("INVALID_TABLE_SCHEMA", info);
+    let columns = match object.get("tableSchema") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(schema)) => match schema.get("columns") {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(columns)) => columns,
+            Some(_) => return Err(invalid("tableSchema.columns must be an array".into())),
+        },
+        Some(_) => return Err(invalid("tableSchema must be an object".into())),
+    };
+    let mut defs: Vec<ColumnDef> = Vec::with_capacity(columns.len());
+    for (i, column) in columns.iter().enumerate() {
+        let Value::Object(column) = column else {
+            return Err(invalid(format!(
+                "tableSchema.columns[{i}] must be an object"
+            )));
+        };
+        let name = match string_field(column, "columnName")? {
+            Some(name) if !name.is_empty() => name,
+            _ => {
+                return Err(invalid(format!(
+                    "tableSchema.columns[{i}].columnName is required"
+                )));
+            }
+        };
+        let kind = match string_field(column, "columnType")? {
+            Some(kind) => ColumnType::parse(kind).ok_or_else(|| {
+                invalid(format!(
+                    "tableSchema.columns[{i}].columnType must be one of INTEGER, DATE, TIME, DATETIME, FLOAT, BOOLEAN, STRING, got {kind:?}"
+                ))
+            })?,
+            None => {
+                return Err(invalid(format!(
+                    "tableSchema.columns[{i}].columnType is required"
+                )));
+            }
+        };
+        let number = |field: &str| -> Result<Option<u64>, Invalid> {
+            match column.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+                    invalid(format!(
+                        "tableSchema.columns[{i}].{field} must be a non-negative integer"
+                    ))
+                }),
+            }
+        };
+        let mut def = ColumnDef::of(name, kind);
+        if kind == ColumnType::String {
+            let length = number("fieldLength")?.filter(|&n| n > 0);
+            def.length = Some(length.map_or(fallback_length, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }));
+        }
+        if kind == ColumnType::Float {
+            def.decimals = number("decimals")?
+                .filter(|&n| n > 0)
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        }
+        def.pk = matches!(column.get("pkField"), Some(Value::Bool(true)));
+        if defs
+            .iter()
+            .any(|d| d.name.to_lowercase() == def.name.to_lowercase())
+        {
+            return Err(invalid(format!("tableSchema lists column {name} twice")));
+        }
+        defs.push(def);
+    }
+    Ok(defs)
 }
 
 #[cfg(test)]
@@ -329,8 +506,51 @@ mod tests {
                 quote: None,
                 escape: None,
                 line_ending: Some("\n".into()),
+                ..CsvOptions::default()
             }
         );
+    }
+
+    #[test]
+    fn a_table_schema_and_value_formats_are_read() {
+        let request = parse(
+            r#"{"targetName":"t","type":"DELTA","connectionId":"Conn-1","fallbackVarcharLength":0,
+                "tableSchema":{"tableName":"t","columns":[
+                    {"columnName":"id","columnType":"INTEGER","pkField":true},
+                    {"columnName":"name","columnType":"STRING","fieldLength":400},
+                    {"columnName":"note","columnType":"STRING","fieldLength":0},
+                    {"columnName":"amount","columnType":"FLOAT","decimals":2}]},
+                "csvParsingOptions":{"dateFormat":"dd.MM.yyyy","decimalSeparator":",",
+                    "additionalColumnOptions":[{"columnName":"At","dateFormat":"yyyy","thousandsSeparator":"."}]}}"#,
+        )
+        .unwrap();
+        let spec = request.spec;
+        assert_eq!(spec.connection_id.as_deref(), Some("conn-1"));
+        assert_eq!(spec.fallback_varchar_length, 80);
+        let described: Vec<String> = spec.table_schema.iter().map(ColumnDef::describe).collect();
+        assert_eq!(
+            described,
+            ["INTEGER", "STRING(400)", "STRING(80)", "FLOAT(2)"]
+        );
+        assert!(spec.table_schema[0].pk);
+        let at = spec.csv.format_of("at");
+        assert_eq!(at.date_format.as_deref(), Some("yyyy"));
+        assert_eq!(at.decimal_separator.as_deref(), Some(","));
+        assert_eq!(at.thousand_separator.as_deref(), Some("."));
+        assert_eq!(
+            spec.csv.format_of("other").date_format.as_deref(),
+            Some("dd.MM.yyyy")
+        );
+    }
+
+    #[test]
+    fn a_bad_table_schema_is_rejected_naming_the_column() {
+        let err = parse(
+            r#"{"targetName":"t","type":"DELTA","tableSchema":{"columns":[{"columnName":"x","columnType":"MONEY"}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "INVALID_TABLE_SCHEMA");
+        assert!(err.info.contains("columns[0].columnType"), "{}", err.info);
     }
 
     #[test]

@@ -107,6 +107,43 @@ impl TestEmulator {
             .expect("upload sent")
     }
 
+    async fn upload_bytes(&self, id: &str, kind: &str, bytes: Vec<u8>) {
+        let form = Form::new().part("file", Part::bytes(bytes).file_name("file"));
+        let response = self
+            .post(&format!("{}/chunks/{kind}", self.job_url(id)))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload sent");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// Create, upload binary chunks, execute with an optional query and wait: the finished job.
+    async fn push_bytes(&self, job: &Value, chunks: Vec<(&str, Vec<u8>)>, query: &str) -> Value {
+        let created = self.create(job).await;
+        let id = created["id"].as_str().expect("id").to_owned();
+        for (kind, bytes) in chunks {
+            self.upload_bytes(&id, kind, bytes).await;
+        }
+        let response = self
+            .post(&format!("{}{query}", self.job_url(&id)))
+            .send()
+            .await
+            .expect("execute sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        self.wait_until_finished(&id).await
+    }
+
+    async fn table_in(&self, connection: &str, name: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!(
+                "/emulator/tables/{name}?connectionId={connection}"
+            )))
+            .send()
+            .await
+            .expect("table sent")
+    }
+
     async fn upload(&self, id: &str, kind: &str, csv: &str) {
         let response = self
             .upload_to(format!("{}/chunks/{kind}", self.job_url(id)), csv)
@@ -417,6 +454,7 @@ async fn jobs_that_cannot_be_applied_end_in_error_with_a_log_line() {
     assert_eq!(delete_on_replace["status"], "ERROR");
     assert!(!delete_on_replace["logs"].as_array().unwrap().is_empty());
 
+    // PARQUET is also the file type of a job that names none: CSV bytes are not a Parquet file.
     for file_type in [json!("PARQUET"), Value::Null] {
         let job = json!({"targetName": "t", "type": "DELTA", "fileType": file_type});
         let finished = emulator.push(&job, &[("upserted", "id\n1\n")]).await;
@@ -425,7 +463,7 @@ async fn jobs_that_cannot_be_applied_end_in_error_with_a_log_line() {
             finished["logs"][0]
                 .as_str()
                 .unwrap()
-                .contains("only CSV is supported by the emulator"),
+                .contains("not a valid Parquet file"),
             "{finished}"
         );
     }
@@ -573,6 +611,12 @@ async fn a_second_job_for_a_busy_table_conflicts_until_the_first_finishes() {
         StatusCode::CONFLICT
     );
     assert_eq!(emulator.execute(other).await.status(), StatusCode::OK);
+    // The same target name in a data connection is another table.
+    let mut elsewhere = csv_job("busy", "DELTA", None);
+    elsewhere["connectionId"] = json!("conn-a");
+    let elsewhere = emulator.create(&elsewhere).await;
+    let elsewhere = elsewhere["id"].as_str().unwrap();
+    assert_eq!(emulator.execute(elsewhere).await.status(), StatusCode::OK);
     assert_eq!(emulator.job(second).await["status"], "NEW");
     emulator.wait_until_finished(first).await;
     assert_eq!(emulator.execute(second).await.status(), StatusCode::OK);
@@ -872,5 +916,607 @@ async fn executes_over_the_per_second_limit_get_429_for_about_a_second() {
     let limited = emulator.execute(second).await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.headers()["retry-after"], "1");
+    emulator.stop().await;
+}
+
+/// A CSV job for `target` with a `tableSchema` of (name, type, fieldLength) columns and extra fields.
+fn typed_job(
+    target: &str,
+    kind: &str,
+    keys: Option<&[&str]>,
+    columns: &[(&str, &str, u64)],
+    extra: Value,
+) -> Value {
+    let columns: Vec<Value> = columns
+        .iter()
+        .map(|(name, kind, length)| {
+            json!({"columnName": name, "columnType": kind, "fieldLength": length, "decimals": 0, "pkField": false})
+        })
+        .collect();
+    let mut job = csv_job(target, kind, keys);
+    job["tableSchema"] = json!({"tableName": target, "columns": columns});
+    if let Value::Object(extra) = extra {
+        for (name, value) in extra {
+            job[name] = value;
+        }
+    }
+    job
+}
+
+fn schema_of(table: &Value) -> Vec<(String, String, Value)> {
+    table["schema"]
+        .as_array()
+        .expect("schema")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["type"].as_str().unwrap().to_owned(),
+                c["length"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_table_schema_gives_typed_sqlite_columns_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emulator.db");
+    let emulator = spawn_emulator(EmulatorConfig {
+        database: Some(path.clone()),
+        ..config()
+    })
+    .await;
+    let job = typed_job(
+        "Orders",
+        "REPLACE",
+        None,
+        &[
+            ("id", "INTEGER", 0),
+            ("amount", "FLOAT", 0),
+            ("paid", "BOOLEAN", 0),
+            ("day", "DATE", 0),
+            ("at", "DATETIME", 0),
+            ("name", "STRING", 20),
+        ],
+        json!({"csvParsingOptions": {
+            "separatorSequence": ";", "decimalSeparator": ",", "thousandSeparator": ".",
+            "dateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSXXX",
+            "additionalColumnOptions": [{"columnName": "day", "dateFormat": "dd.MM.yyyy"}]}}),
+    );
+    let finished = emulator
+        .push(
+            &job,
+            &[(
+                "upserted",
+                "id;amount;paid;day;at;name\n007;1.234,5;true;01.03.2024;2024-03-01T13:45:00.250+02:00;Ann\n2;;false;;;\n",
+            )],
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    let table = emulator.table("orders").await;
+    assert_eq!(
+        schema_of(&table),
+        vec![
+            ("id".into(), "INTEGER".into(), Value::Null),
+            ("amount".into(), "FLOAT".into(), Value::Null),
+            ("paid".into(), "BOOLEAN".into(), Value::Null),
+            ("day".into(), "DATE".into(), Value::Null),
+            ("at".into(), "DATETIME".into(), Value::Null),
+            ("name".into(), "STRING".into(), json!(20)),
+        ]
+    );
+    assert_eq!(
+        rows(&table),
+        vec![
+            vec![
+                json!(7),
+                json!(1234.5),
+                json!(true),
+                json!("2024-03-01"),
+                json!("2024-03-01T11:45:00.250Z"),
+                json!("Ann")
+            ],
+            vec![
+                json!(2),
+                Value::Null,
+                json!(false),
+                Value::Null,
+                Value::Null,
+                json!("")
+            ],
+        ]
+    );
+    emulator.stop().await;
+
+    let database = path.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        weir::emulator::query(
+            &database,
+            "SELECT typeof(id) AS id, typeof(amount) AS amount, typeof(paid) AS paid, paid AS p, typeof(day) AS day FROM Orders ORDER BY rowid LIMIT 1",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stored[0]["id"], "integer");
+    assert_eq!(stored[0]["amount"], "real");
+    assert_eq!(stored[0]["paid"], "integer");
+    assert_eq!(stored[0]["p"], 1);
+    assert_eq!(stored[0]["day"], "text");
+    let declared = tokio::task::spawn_blocking(move || {
+        weir::emulator::query(&path, "SELECT name, type FROM pragma_table_info('Orders')")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let declared: Vec<(&str, &str)> = declared
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            ("id", "INTEGER"),
+            ("amount", "FLOAT"),
+            ("paid", "BOOLEAN"),
+            ("day", "DATE"),
+            ("at", "DATETIME"),
+            ("name", "VARCHAR(20)")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_long_string_without_a_schema_is_cropped_to_80_characters_with_a_log_line() {
+    let emulator = spawn_emulator(config()).await;
+    let long: String = "ä".repeat(199) + "z";
+    let csv = format!("id,Name\n1,{long}\n2,{long}\n3,short\n");
+    let finished = emulator
+        .push(&csv_job("People", "REPLACE", None), &[("upserted", &csv)])
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    let logs = finished["logs"].as_array().unwrap();
+    assert!(
+        logs.iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("value cropped to 80 characters in column Name (2 values)")),
+        "{finished}"
+    );
+    let table = emulator.table("people").await;
+    assert_eq!(
+        schema_of(&table)[1],
+        ("Name".into(), "STRING".into(), json!(80))
+    );
+    assert_eq!(rows(&table)[0][1], json!("ä".repeat(80)));
+    assert_eq!(rows(&table)[2][1], json!("short"));
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_300_character_string_survives_in_a_string_column_of_length_400() {
+    let emulator = spawn_emulator(config()).await;
+    let long = "x".repeat(300);
+    let job = typed_job(
+        "Notes",
+        "REPLACE",
+        None,
+        &[("text", "STRING", 400)],
+        json!({}),
+    );
+    let finished = emulator
+        .push(&job, &[("upserted", &format!("text\n{long}\n"))])
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    assert_eq!(finished["logs"].as_array().unwrap().len(), 1, "{finished}");
+    assert_eq!(
+        rows(&emulator.table("notes").await),
+        vec![vec![json!(long)]]
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_parse_ends_the_job_in_error_naming_the_row_and_the_column() {
+    let emulator = spawn_emulator(config()).await;
+    let job = typed_job(
+        "Sales",
+        "REPLACE",
+        None,
+        &[("qty", "INTEGER", 0)],
+        json!({}),
+    );
+    let finished = emulator
+        .push(&job, &[("upserted", "id,qty\n1,3\n2,three\n")])
+        .await;
+    assert_eq!(finished["status"], "ERROR");
+    let log = finished["logs"][0].as_str().unwrap();
+    assert!(log.contains("chunk 1, row 2, column qty"), "{log}");
+    assert!(log.contains("INTEGER"), "{log}");
+    // Nothing of the failed job is applied.
+    let response = emulator
+        .client
+        .get(emulator.url("/emulator/tables/sales"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_delta_job_whose_schema_contradicts_the_table_ends_in_error() {
+    let emulator = spawn_emulator(config()).await;
+    let first = typed_job(
+        "Stock",
+        "REPLACE",
+        None,
+        &[("qty", "INTEGER", 0)],
+        json!({}),
+    );
+    assert_eq!(
+        emulator.push(&first, &[("upserted", "qty\n1\n")]).await["status"],
+        "DONE"
+    );
+    let later = typed_job("stock", "DELTA", None, &[("qty", "STRING", 80)], json!({}));
+    let finished = emulator.push(&later, &[("upserted", "qty\n2\n")]).await;
+    assert_eq!(finished["status"], "ERROR");
+    let log = finished["logs"][0].as_str().unwrap();
+    assert!(
+        log.contains("column qty of table Stock is INTEGER"),
+        "{log}"
+    );
+    // A DELTA job without a schema keeps the INTEGER type.
+    let plain = emulator
+        .push(
+            &csv_job("stock", "DELTA", None),
+            &[("upserted", "qty\n5\n")],
+        )
+        .await;
+    assert_eq!(plain["status"], "DONE", "{plain}");
+    assert_eq!(
+        rows(&emulator.table("stock").await),
+        vec![vec![json!(1)], vec![json!(5)]]
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn tables_are_identified_by_connection_and_case_insensitive_target_name() {
+    let emulator = spawn_emulator(config()).await;
+    let mut in_a = csv_job("Orders", "DELTA", None);
+    in_a["connectionId"] = json!("conn-a");
+    let mut in_a_upper = csv_job("ORDERS", "DELTA", None);
+    in_a_upper["connectionId"] = json!("CONN-A");
+    let mut in_b = csv_job("orders", "DELTA", None);
+    in_b["connectionId"] = json!("conn-b");
+    for (job, value) in [(&in_a, "a1"), (&in_a_upper, "a2"), (&in_b, "b1")] {
+        let finished = emulator
+            .push(job, &[("upserted", &format!("v\n{value}\n"))])
+            .await;
+        assert_eq!(finished["status"], "DONE", "{finished}");
+    }
+    let a: Value = emulator
+        .table_in("conn-a", "orders")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows(&a), strings(&[&["a1"], &["a2"]]));
+    let b: Value = emulator
+        .table_in("Conn-B", "ORDERS")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows(&b), strings(&[&["b1"]]));
+    // The pool's global schema has no such table.
+    let global = emulator
+        .client
+        .get(emulator.url("/emulator/tables/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(global.status(), StatusCode::NOT_FOUND);
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_delete_chunk_removes_the_rows_its_typed_keys_name() {
+    let emulator = spawn_emulator(config()).await;
+    let job = typed_job(
+        "Cases",
+        "DELTA",
+        Some(&["id"]),
+        &[("id", "INTEGER", 0)],
+        json!({}),
+    );
+    emulator
+        .push(&job, &[("upserted", "id,v\n1,a\n2,b\n3,c\n")])
+        .await;
+    // "01" is the INTEGER 1: typed keys match by value, not by text.
+    let finished = emulator
+        .push(
+            &csv_job("cases", "DELTA", Some(&["id"])),
+            &[("deleted", "id\n01\n3\n9\n")],
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    assert!(
+        finished["logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("2 rows deleted"),
+        "{finished}"
+    );
+    assert_eq!(
+        rows(&emulator.table("cases").await),
+        vec![vec![json!(2), json!("b")]]
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_replace_job_with_a_delete_chunk_ends_in_error_with_delete_only_possible_for_delta() {
+    let emulator = spawn_emulator(config()).await;
+    let finished = emulator
+        .push(
+            &csv_job("t", "REPLACE", Some(&["id"])),
+            &[("upserted", "id\n1\n"), ("deleted", "id\n1\n")],
+        )
+        .await;
+    assert_eq!(finished["status"], "ERROR");
+    assert!(
+        finished["logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("DELETE_ONLY_POSSIBLE_FOR_DELTA"),
+        "{finished}"
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn nullification_replaces_whole_rows_and_unchanged_metadata_merges_the_supplied_columns() {
+    let emulator = spawn_emulator(config()).await;
+    let base = "id,a,b\n1,x,y\n2,x,y\n";
+    emulator
+        .push(&csv_job("Merge", "REPLACE", None), &[("upserted", base)])
+        .await;
+    let mut nullify = csv_job("merge", "DELTA", Some(&["id"]));
+    nullify["upsertStrategy"] = json!("UPSERT_WITH_NULLIFICATION");
+    let mut merge = csv_job("merge", "DELTA", Some(&["id"]));
+    merge["upsertStrategy"] = json!("UPSERT_WITH_UNCHANGED_METADATA");
+    emulator
+        .push(&nullify, &[("upserted", "id,a\n1,new\n")])
+        .await;
+    emulator
+        .push(&merge, &[("upserted", "id,a\n2,new\n")])
+        .await;
+    // No strategy behaves as UNCHANGED_METADATA (the emulator's assumption).
+    emulator
+        .push(
+            &csv_job("merge", "DELTA", Some(&["id"])),
+            &[("upserted", "id,b\n2,z\n")],
+        )
+        .await;
+    assert_eq!(
+        rows(&emulator.table("merge").await),
+        vec![
+            vec![json!("1"), json!("new"), Value::Null],
+            vec![json!("2"), json!("new"), json!("z")],
+        ]
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_removal_column_keeps_the_greatest_numeric_value_across_chunks_and_without_it_the_last_row_wins()
+ {
+    let emulator = spawn_emulator(config()).await;
+    let job = typed_job(
+        "Events",
+        "DELTA",
+        Some(&["id"]),
+        &[("seq", "INTEGER", 0)],
+        json!({}),
+    );
+    let finished = emulator
+        .push_bytes(
+            &job,
+            vec![
+                ("upserted", b"id,seq,v\n1,9,nine\n2,1,b\n".to_vec()),
+                ("upserted", b"id,seq,v\n1,10,ten\n1,2,two\n".to_vec()),
+            ],
+            "?duplicateRemovalColumn=seq",
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    assert_eq!(
+        rows(&emulator.table("events").await),
+        vec![
+            vec![json!("1"), json!(10), json!("ten")],
+            vec![json!("2"), json!(1), json!("b")]
+        ]
+    );
+    let finished = emulator
+        .push(
+            &csv_job("events", "DELTA", Some(&["id"])),
+            &[
+                ("upserted", "id,seq,v\n3,5,first\n"),
+                ("upserted", "id,seq,v\n3,1,last\n"),
+            ],
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    assert_eq!(
+        rows(&emulator.table("events").await)[2],
+        vec![json!("3"), json!(1), json!("last")]
+    );
+    emulator.stop().await;
+}
+
+/// A Parquet file as pyarrow writes it for pycelonis: snappy, INT96 timestamps.
+fn parquet_file() -> Vec<u8> {
+    use std::sync::Arc;
+
+    use parquet::basic::Compression;
+    use parquet::data_type::{
+        BoolType, ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type, Int96, Int96Type,
+    };
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    let schema = Arc::new(
+        parse_message_type(
+            "message schema {
+                REQUIRED INT64 id;
+                REQUIRED DOUBLE amount;
+                REQUIRED BOOLEAN paid;
+                REQUIRED INT32 day (DATE);
+                REQUIRED INT96 at;
+                REQUIRED BYTE_ARRAY name (UTF8);
+            }",
+        )
+        .unwrap(),
+    );
+    let properties = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    // 2024-03-01T11:45:00.250Z: Julian day 2460371, nanoseconds of the day.
+    let nanos: u64 = (11 * 3600 + 45 * 60) * 1_000_000_000 + 250_000_000;
+    let mut at = Int96::new();
+    at.set_data(nanos as u32, (nanos >> 32) as u32, 2_460_371);
+    let mut bytes = Vec::new();
+    let mut writer = SerializedFileWriter::new(&mut bytes, schema, properties).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut index = 0;
+    while let Some(mut column) = group.next_column().unwrap() {
+        match index {
+            0 => column.typed::<Int64Type>().write_batch(&[7, 2], None, None),
+            1 => column
+                .typed::<DoubleType>()
+                .write_batch(&[1234.5, 0.25], None, None),
+            2 => column
+                .typed::<BoolType>()
+                .write_batch(&[true, false], None, None),
+            3 => column
+                .typed::<Int32Type>()
+                .write_batch(&[19_783, 0], None, None),
+            4 => column
+                .typed::<Int96Type>()
+                .write_batch(&[at, at], None, None),
+            _ => column.typed::<ByteArrayType>().write_batch(
+                &[ByteArray::from("Ann"), ByteArray::from("Bob")],
+                None,
+                None,
+            ),
+        }
+        .unwrap();
+        column.close().unwrap();
+        index += 1;
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn parquet_and_csv_of_the_same_rows_give_the_same_table() {
+    let emulator = spawn_emulator(config()).await;
+    let parquet_job = json!({"targetName": "FromParquet", "type": "REPLACE", "dataPoolId": POOL});
+    let finished = emulator
+        .push_bytes(&parquet_job, vec![("upserted", parquet_file())], "")
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    let csv = typed_job(
+        "FromCsv",
+        "REPLACE",
+        None,
+        &[
+            ("id", "INTEGER", 0),
+            ("amount", "FLOAT", 0),
+            ("paid", "BOOLEAN", 0),
+            ("day", "DATE", 0),
+            ("at", "DATETIME", 0),
+            ("name", "STRING", 80),
+        ],
+        json!({}),
+    );
+    let finished = emulator
+        .push(
+            &csv,
+            &[(
+                "upserted",
+                "id,amount,paid,day,at,name\n7,1234.5,true,2024-03-01,2024-03-01T13:45:00.250+02:00,Ann\n2,0.25,false,1970-01-01,2024-03-01T11:45:00.250Z,Bob\n",
+            )],
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    let from_parquet = emulator.table("fromparquet").await;
+    let from_csv = emulator.table("fromcsv").await;
+    assert_eq!(from_parquet["schema"], from_csv["schema"]);
+    assert_eq!(from_parquet["rows"], from_csv["rows"]);
+    assert_eq!(
+        rows(&from_parquet)[0],
+        vec![
+            json!(7),
+            json!(1234.5),
+            json!(true),
+            json!("2024-03-01"),
+            json!("2024-03-01T11:45:00.250Z"),
+            json!("Ann")
+        ]
+    );
+    emulator.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_written_before_typed_columns_keeps_its_rows_and_takes_new_jobs() {
+    // The layout an older emulator wrote: one table per target, every column TEXT.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emulator.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE \"Orders\" (\"id\" TEXT, \"note\" TEXT);
+             INSERT INTO \"Orders\" VALUES ('1', 'kept');
+             INSERT INTO \"Orders\" VALUES ('2', '{}');",
+            "l".repeat(100)
+        ))
+        .unwrap();
+    }
+    let emulator = spawn_emulator(EmulatorConfig {
+        database: Some(path),
+        ..config()
+    })
+    .await;
+    let finished = emulator
+        .push(
+            &csv_job("orders", "DELTA", Some(&["id"])),
+            &[("upserted", "id,extra\n2,new\n")],
+        )
+        .await;
+    assert_eq!(finished["status"], "DONE", "{finished}");
+    let table = emulator.table("ORDERS").await;
+    assert_eq!(
+        schema_of(&table),
+        vec![
+            ("id".into(), "STRING".into(), Value::Null),
+            ("note".into(), "STRING".into(), Value::Null),
+            ("extra".into(), "STRING".into(), json!(80)),
+        ]
+    );
+    assert_eq!(
+        rows(&table),
+        vec![
+            vec![json!("1"), json!("kept"), Value::Null],
+            vec![json!("2"), json!("l".repeat(100)), json!("new")],
+        ]
+    );
     emulator.stop().await;
 }
