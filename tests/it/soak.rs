@@ -318,8 +318,7 @@ fn log_lines(logs: &[Arc<Mutex<Vec<String>>>], needle: &str, max: usize) -> Vec<
     for (generation, lines) in logs.iter().enumerate() {
         for line in lines.lock().unwrap().iter() {
             if line.contains(needle) && out.len() < max {
-                let short: String = line.chars().take(500).collect();
-                out.push(format!("    [weir #{generation}] {short}"));
+                out.push(format!("    [weir #{generation}] {}", compact(line)));
             }
         }
     }
@@ -350,10 +349,15 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
 
     let plans: Vec<Vec<Range<usize>>> = (0..SENDERS).map(|_| plan(size.rows, &mut rng)).collect();
     let total_requests: usize = plans.iter().map(Vec::len).sum();
-    // Each round's kill moment, as the random steps that lead to it.
-    let rounds: Vec<Vec<Duration>> = (0..size.kills)
-        .map(|_| {
-            let mut left = rng.random_range(200..=2500u64);
+    let mut faulty: Vec<bool> = (0..size.kills).map(|i| i % 2 == 0).collect();
+    faulty.shuffle(&mut rng);
+    // Each round's kill moment, as the random steps that lead to it. A faulty round may last
+    // long enough for a poll timeout and the retries after it (poll_timeout is 2 s).
+    let rounds: Vec<Vec<Duration>> = faulty
+        .iter()
+        .map(|&faulty| {
+            let longest = if faulty { 6000 } else { 2500 };
+            let mut left = rng.random_range(200..=longest);
             let mut steps = Vec::new();
             while left > 0 {
                 let step = rng.random_range(25..=100u64).min(left);
@@ -363,8 +367,6 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
             steps
         })
         .collect();
-    let mut faulty: Vec<bool> = (0..size.kills).map(|i| i % 2 == 0).collect();
-    faulty.shuffle(&mut rng);
     // Intake is spread evenly over the steps of every round, then the rest goes at the end.
     let total_steps = rounds.iter().map(Vec::len).sum::<usize>().max(1);
     let released = |step: usize| step * total_requests / total_steps;
@@ -507,13 +509,20 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
         assert!(settled, "the table and the queue settled");
         return;
     }
+    // The evidence: for a few example rows, the emulator jobs that carry them and what weir
+    // logged about those jobs (each set of jobs once).
     let mut text = String::new();
+    let mut shown = HashSet::new();
     for problem in &report.problems {
         text.push_str(&format!("\n- {}\n", problem.what));
         for id in problem.ids.iter().take(3) {
-            text.push_str(&format!("  row {id}: in jobs {:?}\n", jobs_with(&jobs, id)));
-            for (job, _) in jobs_with(&jobs, id).iter().take(3) {
-                for line in log_lines(&logs, job, 6) {
+            let carriers = jobs_with(&jobs, id);
+            text.push_str(&format!("  row {id} is in the jobs {carriers:?}\n"));
+            if !shown.insert(carriers.clone()) {
+                continue;
+            }
+            for (job, _) in carriers.iter().take(3) {
+                for line in log_lines(&logs, job, 8) {
                     text.push_str(&line);
                     text.push('\n');
                 }
@@ -669,7 +678,7 @@ fn analyse(attempts: &[Attempt], plans: &[Vec<Range<usize>>], table: &[Stored]) 
         }
     }
     push(
-        "senders' rows are out of their order in the table (shown: the first pair out of order per sender)",
+        "senders' rows are out of their order in the table (the first pair out of order per sender; a batch delivered twice shows here too)",
         disorder,
     );
 
@@ -694,6 +703,26 @@ fn analyse(attempts: &[Attempt], plans: &[Vec<Range<usize>>], table: &[Stored]) 
         lost_delivered,
         sender_duplicate_rows,
     }
+}
+
+/// A JSON log line as `time level message key=value...`.
+fn compact(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return line.chars().take(400).collect();
+    };
+    let mut out = format!(
+        "{} {} {}",
+        v["timestamp"].as_str().unwrap_or_default(),
+        v["level"].as_str().unwrap_or_default(),
+        v["fields"]["message"].as_str().unwrap_or_default()
+    );
+    if let Some(fields) = v["fields"].as_object() {
+        for (k, value) in fields.iter().filter(|(k, _)| *k != "message") {
+            let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            out.push_str(&format!(" {k}={}", text.chars().take(200).collect::<String>()));
+        }
+    }
+    out
 }
 
 /// weir's WARN and ERROR messages over all its processes, most frequent first.
