@@ -590,7 +590,9 @@ async fn run_job(
     let Some((spec, chunks)) = work else {
         return;
     };
-    emulator.pause(step + extra_running.unwrap_or_default()).await;
+    emulator
+        .pause(step + extra_running.unwrap_or_default())
+        .await;
     let (status, log) = match forced {
         Some(ForcedEnd::Error) => (
             Status::Error,

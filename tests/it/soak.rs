@@ -439,7 +439,10 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
     // The last start: no faults, every request may go, and it all must arrive.
     let weir = start(config.clone()).await;
     logs.push(weir.logs.clone());
-    let admin = weir.admin.clone().expect("the config has an admin listener");
+    let admin = weir
+        .admin
+        .clone()
+        .expect("the config has an admin listener");
     current.send_replace(Some((generation, weir.base.clone())));
     permits.add_permits(total_requests);
     let final_secs = 60 + (SENDERS * size.rows / 1000) as u64;
@@ -516,7 +519,8 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
     for problem in &report.problems {
         text.push_str(&format!("\n- {}\n", problem.what));
         for id in problem.ids.iter().take(3) {
-            let carriers = jobs_with(&jobs, id);
+            let mut carriers = jobs_with(&jobs, id);
+            carriers.sort_by_key(|(_, status)| status != "DONE");
             text.push_str(&format!("  row {id} is in the jobs {carriers:?}\n"));
             if !shown.insert(carriers.clone()) {
                 continue;
@@ -583,14 +587,17 @@ fn analyse(attempts: &[Attempt], plans: &[Vec<Range<usize>>], table: &[Stored]) 
         let twice = ids.iter().zip(&counts).filter(|(_, n)| **n > 1);
         match a.answer {
             Answer::Accepted => {
-                missing.extend(ids.iter().zip(&counts).filter(|(_, n)| **n == 0).map(
-                    |(id, _)| {
-                        (
-                            id.clone(),
-                            format!("{id} (accepted by weir #{})", a.generation),
-                        )
-                    },
-                ));
+                missing.extend(
+                    ids.iter()
+                        .zip(&counts)
+                        .filter(|(_, n)| **n == 0)
+                        .map(|(id, _)| {
+                            (
+                                id.clone(),
+                                format!("{id} (accepted by weir #{})", a.generation),
+                            )
+                        }),
+                );
                 twice_accepted.extend(twice.map(|(id, n)| (id.clone(), format!("{id} x{n}"))));
             }
             Answer::Refused(status) => {
@@ -674,7 +681,10 @@ fn analyse(attempts: &[Attempt], plans: &[Vec<Range<usize>>], table: &[Stored]) 
             .map(|r| (r, (requests[r.seq], r.attempt, r.seq)))
             .collect();
         if let Some(w) = mine.windows(2).find(|w| w[0].1 >= w[1].1) {
-            disorder.push((w[1].0.id.clone(), format!("{} then {}", w[0].0.id, w[1].0.id)));
+            disorder.push((
+                w[1].0.id.clone(),
+                format!("{} then {}", w[0].0.id, w[1].0.id),
+            ));
         }
     }
     push(
@@ -718,8 +728,13 @@ fn compact(line: &str) -> String {
     );
     if let Some(fields) = v["fields"].as_object() {
         for (k, value) in fields.iter().filter(|(k, _)| *k != "message") {
-            let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
-            out.push_str(&format!(" {k}={}", text.chars().take(200).collect::<String>()));
+            let text = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            out.push_str(&format!(
+                " {k}={}",
+                text.chars().take(200).collect::<String>()
+            ));
         }
     }
     out
