@@ -218,21 +218,41 @@ async fn sender(
     Ok(())
 }
 
-/// One of the sink faults a faulty round injects, drawn at random.
-fn draw_fault(rng: &mut StdRng) -> Value {
+/// One of the sink faults a faulty round injects, drawn at random, and whether it makes a
+/// run outlast poll_timeout (2 s), so the job's outcome is unknown to weir.
+fn draw_fault(rng: &mut StdRng) -> (Value, bool) {
     let count = rng.random_range(1..=4);
     match rng.random_range(0..8) {
-        0 => json!({"status": 500, "endpoint": "execute", "count": count}),
-        1 => json!({"status": 500, "endpoint": "create", "count": count}),
-        2 => json!({"status": 503, "endpoint": "upload", "count": count}),
-        // Slow polls: each poll outlasts request_timeout (1 s), the run outlasts poll_timeout.
-        3 => json!({"delay_ms": 1500, "endpoint": "get", "count": count}),
-        // A job that stays RUNNING past poll_timeout (2 s).
-        4 => json!({"job_running_ms": 3000, "count": count}),
-        5 => json!({"job_status": "ERROR", "count": count}),
+        0 => (
+            json!({"status": 500, "endpoint": "execute", "count": count}),
+            false,
+        ),
+        1 => (
+            json!({"status": 500, "endpoint": "create", "count": count}),
+            false,
+        ),
+        2 => (
+            json!({"status": 503, "endpoint": "upload", "count": count}),
+            false,
+        ),
+        // Slow polls: each poll outlasts request_timeout (1 s); two make the run outlast
+        // poll_timeout while the job is DONE.
+        3 => (
+            json!({"delay_ms": 1500, "endpoint": "get", "count": count.max(2)}),
+            true,
+        ),
+        // A job that stays RUNNING past poll_timeout, and past the polls of a restart's settle.
+        4 => (json!({"job_running_ms": 5000, "count": count}), true),
+        5 => (json!({"job_status": "ERROR", "count": count}), false),
         // An execute whose answer is lost: the client gives up after request_timeout.
-        6 => json!({"delay_ms": 1500, "endpoint": "execute", "count": 1}),
-        _ => json!({"status": 429, "retry_after": 1, "count": count}),
+        6 => (
+            json!({"delay_ms": 1500, "endpoint": "execute", "count": 1}),
+            false,
+        ),
+        _ => (
+            json!({"status": 429, "retry_after": 1, "count": count}),
+            false,
+        ),
     }
 }
 
@@ -351,24 +371,37 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
     let total_requests: usize = plans.iter().map(Vec::len).sum();
     let mut faulty: Vec<bool> = (0..size.kills).map(|i| i % 2 == 0).collect();
     faulty.shuffle(&mut rng);
-    // Each round's kill moment, as the random steps that lead to it. A faulty round may last
-    // long enough for a poll timeout and the retries after it (poll_timeout is 2 s).
-    let rounds: Vec<Vec<Duration>> = faulty
+    // Each round's faults and kill moment, the latter as the random steps that lead to it. A
+    // round with a fault that outlasts poll_timeout may last long enough for the retries
+    // after it (about 3 s with slow polls, 6 s with a long RUNNING job).
+    let rounds: Vec<(Vec<Value>, Vec<Duration>)> = faulty
         .iter()
         .map(|&faulty| {
-            let longest = if faulty { 6000 } else { 2500 };
-            let mut left = rng.random_range(200..=longest);
+            let mut faults = Vec::new();
+            let mut slow = false;
+            if faulty {
+                for _ in 0..rng.random_range(1..=2) {
+                    let (fault, outlasts) = draw_fault(&mut rng);
+                    faults.push(fault);
+                    slow |= outlasts;
+                }
+            }
+            let mut left = match (faulty, slow) {
+                (_, true) => rng.random_range(2000..=8000u64),
+                (true, false) => rng.random_range(200..=4000u64),
+                (false, _) => rng.random_range(200..=2500u64),
+            };
             let mut steps = Vec::new();
             while left > 0 {
                 let step = rng.random_range(25..=100u64).min(left);
                 steps.push(Duration::from_millis(step));
                 left -= step;
             }
-            steps
+            (faults, steps)
         })
         .collect();
     // Intake is spread evenly over the steps of every round, then the rest goes at the end.
-    let total_steps = rounds.iter().map(Vec::len).sum::<usize>().max(1);
+    let total_steps = rounds.iter().map(|(_, s)| s.len()).sum::<usize>().max(1);
     let released = |step: usize| step * total_requests / total_steps;
     let mut step_no = 0;
 
@@ -396,18 +429,14 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
             .await
             .unwrap()
     };
-    for (kill, steps) in rounds.iter().enumerate() {
+    for (kill, (faults, steps)) in rounds.iter().enumerate() {
         let weir = start(config.clone()).await;
         logs.push(weir.logs.clone());
         current.send_replace(Some((generation, weir.base.clone())));
-        let mut faults = Vec::new();
-        if faulty[kill] {
-            for _ in 0..rng.random_range(1..=2) {
-                let fault = draw_fault(&mut rng);
-                emu.fault(fault.clone()).await;
-                faults.push(fault.to_string());
-            }
+        for fault in faults {
+            emu.fault(fault.clone()).await;
         }
+        let faults: Vec<String> = faults.iter().map(Value::to_string).collect();
         for step in steps {
             // The random delay before a SIGKILL is what the soak is about: the kill lands at an
             // arbitrary moment of intake, delivery or recovery. Intake is paced by the same steps.
@@ -533,10 +562,18 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
             }
         }
     }
+    // Every line weir logged, one file per process, for a closer look.
+    let saved = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{}", size.seed));
+    std::fs::create_dir_all(&saved).unwrap();
+    for (generation, lines) in logs.iter().enumerate() {
+        let lines = lines.lock().unwrap().join("\n");
+        std::fs::write(saved.join(format!("weir-{generation:02}.log")), lines).unwrap();
+    }
     panic!(
-        "the soak with seed {} found {} kinds of problem (settled: {settled}):{text}",
+        "the soak with seed {} found {} kinds of problem (settled: {settled}; weir's logs are in {}):{text}",
         size.seed,
-        report.problems.len()
+        report.problems.len(),
+        saved.display()
     );
 }
 
