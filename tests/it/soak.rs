@@ -423,7 +423,6 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
         .collect();
 
     let mut logs = Vec::new();
-    let mut generation = 0;
     let start = |config: std::path::PathBuf| async move {
         tokio::task::spawn_blocking(move || Weir::start(&config))
             .await
@@ -432,7 +431,7 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
     for (kill, (faults, steps)) in rounds.iter().enumerate() {
         let weir = start(config.clone()).await;
         logs.push(weir.logs.clone());
-        current.send_replace(Some((generation, weir.base.clone())));
+        current.send_replace(Some((kill, weir.base.clone())));
         for fault in faults {
             emu.fault(fault.clone()).await;
         }
@@ -462,7 +461,6 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
             steps.iter().sum::<Duration>(),
             faults.join(", "),
         );
-        generation += 1;
     }
 
     // The last start: no faults, every request may go, and it all must arrive.
@@ -472,7 +470,7 @@ async fn acknowledged_rows_reach_an_append_table_once_and_in_order_through_rando
         .admin
         .clone()
         .expect("the config has an admin listener");
-    current.send_replace(Some((generation, weir.base.clone())));
+    current.send_replace(Some((size.kills, weir.base.clone())));
     permits.add_permits(total_requests);
     let final_secs = 60 + (SENDERS * size.rows / 1000) as u64;
     for (s, task) in senders.into_iter().enumerate() {
