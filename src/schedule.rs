@@ -301,7 +301,11 @@ async fn push(
                         let rows = entries.iter().take_while(|e| e.offset <= through);
                         Counters::add(&p.counters.delivered, rows.count() as u64);
                     }
-                    Err(error) => tracing::error!(pipeline = p.name(), error, "committing the delivered prefix failed; it is retried before the next push"),
+                    Err(error) => tracing::error!(
+                        pipeline = p.name(),
+                        error,
+                        "committing the delivered prefix failed; it is retried before the next push"
+                    ),
                 }
             }
             report.outcome = Outcome::Failed;
@@ -765,9 +769,7 @@ impl Worker {
 
     async fn reconcile(&self, page_size: usize) -> Result<Reconciled, ControlError> {
         let q = &self.pipeline.queue;
-        let page: Vec<Entry> = q
-            .peek(page_size.min(MAX_RECONCILE_PAGE), u64::MAX)
-            .await?;
+        let page: Vec<Entry> = q.peek(page_size.min(MAX_RECONCILE_PAGE), u64::MAX).await?;
         if let Some(last) = page.last() {
             q.commit(last.offset).await?;
         }

@@ -2,7 +2,8 @@
 //!
 //! `POST /emulator/faults` adds one entry, e.g. `{"status": 500, "count": 3}`,
 //! `{"delay_ms": 2000}`, `{"job_status": "CANCELED"}`, optionally with `"endpoint"` and, for
-//! 429, `"retry_after"`. Entries are consulted in the order they were added.
+//! 429, `"retry_after"`. `{"job_running_ms": 3000}` keeps the next executed job RUNNING that much longer.
+//! Entries are consulted in the order they were added.
 //! `"handled": true` lets the request be carried out and only then answers with the status
 //! (an execute that answers 500 but whose job runs); `"pad_bytes": n` (get only) answers
 //! the job padded with `n` bytes, as a broken or hostile server might.
@@ -57,6 +58,8 @@ pub enum Fault {
         fault: RequestFault,
     },
     JobEnd(ForcedEnd),
+    /// The executed job stays RUNNING this much longer before it ends.
+    JobRunning(Duration),
 }
 
 #[derive(Debug)]
@@ -106,11 +109,11 @@ impl Faults {
                 endpoint: only,
                 fault,
             } => (only.is_none() || *only == Some(endpoint)) && fault.after() == after,
-            Fault::JobEnd(_) => false,
+            Fault::JobEnd(_) | Fault::JobRunning(_) => false,
         })?;
         match &self.take_at(position) {
             Fault::Request { fault, .. } => Some(fault.clone()),
-            Fault::JobEnd(_) => None,
+            Fault::JobEnd(_) | Fault::JobRunning(_) => None,
         }
     }
 
@@ -122,7 +125,19 @@ impl Faults {
             .position(|q| matches!(q.fault, Fault::JobEnd(_)))?;
         match self.take_at(position) {
             Fault::JobEnd(end) => Some(end),
-            Fault::Request { .. } => None,
+            Fault::Request { .. } | Fault::JobRunning(_) => None,
+        }
+    }
+
+    /// Takes one use of the first job-running fault: how much longer the job stays RUNNING.
+    pub fn take_job_running(&mut self) -> Option<Duration> {
+        let position = self
+            .queue
+            .iter()
+            .position(|q| matches!(q.fault, Fault::JobRunning(_)))?;
+        match self.take_at(position) {
+            Fault::JobRunning(extra) => Some(extra),
+            Fault::Request { .. } | Fault::JobEnd(_) => None,
         }
     }
 
@@ -143,6 +158,7 @@ struct FaultBody {
     status: Option<u16>,
     delay_ms: Option<u64>,
     job_status: Option<String>,
+    job_running_ms: Option<u64>,
     retry_after: Option<u64>,
     count: Option<u32>,
     endpoint: Option<String>,
@@ -170,6 +186,17 @@ pub fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
             ));
         }
     };
+    if let Some(ms) = body.job_running_ms {
+        if body.status.is_some()
+            || body.delay_ms.is_some()
+            || body.retry_after.is_some()
+            || body.job_status.is_some()
+            || body.endpoint.is_some()
+        {
+            return Err("job_running_ms cannot be combined with other fault fields".into());
+        }
+        return Ok((Fault::JobRunning(Duration::from_millis(ms)), count));
+    }
     if let Some(job_status) = body.job_status {
         if body.status.is_some() || body.delay_ms.is_some() || body.retry_after.is_some() {
             return Err(
@@ -200,7 +227,9 @@ pub fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
         return Err("pad_bytes applies to endpoint get, without status".into());
     }
     if body.status.is_none() && body.delay_ms.is_none() && body.pad_bytes.is_none() {
-        return Err("a fault needs status, delay_ms, pad_bytes or job_status".into());
+        return Err(
+            "a fault needs status, delay_ms, pad_bytes, job_status or job_running_ms".into(),
+        );
     }
     if body.retry_after.is_some() && body.status != Some(429) {
         return Err("retry_after only applies to status 429".into());
@@ -283,6 +312,25 @@ mod tests {
         assert!(faults.take_request(Endpoint::Execute).is_none());
         assert_eq!(faults.take_job_end(), Some(ForcedEnd::Canceled));
         assert_eq!(faults.take_job_end(), None);
+    }
+
+    #[test]
+    fn a_job_running_fault_is_taken_only_by_executed_jobs_and_stands_alone() {
+        let mut faults = Faults::default();
+        add(&mut faults, r#"{"job_running_ms": 1500, "count": 2}"#);
+        add(&mut faults, r#"{"job_status": "ERROR"}"#);
+        assert!(faults.take_request(Endpoint::Get).is_none());
+        assert_eq!(faults.take_job_end(), Some(ForcedEnd::Error));
+        assert_eq!(faults.take_job_running(), Some(Duration::from_millis(1500)));
+        assert_eq!(faults.take_job_running(), Some(Duration::from_millis(1500)));
+        assert_eq!(faults.take_job_running(), None);
+        for body in [
+            r#"{"job_running_ms": 10, "status": 500}"#,
+            r#"{"job_running_ms": 10, "job_status": "ERROR"}"#,
+            r#"{"job_running_ms": 10, "endpoint": "get"}"#,
+        ] {
+            assert!(parse_fault(body.as_bytes()).is_err(), "{body}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! 429 a bare JSON string, 401 nothing, 500 an `ExceptionReference`.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -587,7 +588,8 @@ async fn execute_job(
             query.duplicate_removal_column.filter(|c| !c.is_empty());
         job.set_status(Status::Queued);
         job.executed_ms = Some(now_ms());
-        lock(&emulator.inner.faults).take_job_end()
+        let mut faults = lock(&emulator.inner.faults);
+        (faults.take_job_end(), faults.take_job_running())
     };
     info!(job = %id, "emulator job submitted");
     let task = run_job(emulator.clone(), id, forced);
@@ -606,8 +608,13 @@ async fn execute_job(
     Ok(StatusCode::OK)
 }
 
-/// QUEUED → RUNNING → DONE/ERROR (or the forced end), waiting `step_delay` in each of the first two.
-async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
+/// QUEUED → RUNNING → DONE/ERROR (or the forced end), waiting `step_delay` in each of the
+/// first two, plus an injected extra time in RUNNING.
+async fn run_job(
+    emulator: Emulator,
+    id: Uuid,
+    (forced, extra_running): (Option<ForcedEnd>, Option<Duration>),
+) {
     let step = emulator.inner.config.step_delay;
     emulator.pause(step).await;
     let work = emulator.update_job(id, |job| {
@@ -622,7 +629,9 @@ async fn run_job(emulator: Emulator, id: Uuid, forced: Option<ForcedEnd>) {
     let Some((spec, chunks)) = work else {
         return;
     };
-    emulator.pause(step).await;
+    emulator
+        .pause(step + extra_running.unwrap_or_default())
+        .await;
     let mut warnings = Vec::new();
     let (status, log) = match forced {
         Some(ForcedEnd::Error) => (

@@ -11,14 +11,18 @@ use weir::emulator::EmulatorConfig;
 
 use crate::helpers::{TestEmulator, spawn_emulator, wait_until};
 
-/// The real `weir serve`, with the address it bound read from its JSON log.
-struct Weir {
+/// The real `weir serve`, with the addresses it bound read from its JSON log.
+pub(crate) struct Weir {
     child: Child,
-    base: String,
+    pub base: String,
+    /// The admin listener, when the config has one.
+    pub admin: Option<String>,
+    /// Every log line it wrote, in order.
+    pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Weir {
-    fn start(config: &std::path::Path) -> Weir {
+    pub fn start(config: &std::path::Path) -> Weir {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["--log-format", "json", "serve", "-c"])
             .arg(config)
@@ -29,32 +33,36 @@ impl Weir {
             .expect("weir starts");
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let lines = logs.clone();
         std::thread::spawn(move || {
+            let mut admin = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if v["fields"]["message"] == "weir started" {
-                    let _ = tx.send(
-                        v["fields"]["listen"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let listen = v["fields"]["listen"].as_str().unwrap_or_default();
+                    if v["fields"]["message"] == "admin api started" {
+                        admin = Some(listen.to_owned());
+                    }
+                    if v["fields"]["message"] == "weir started" {
+                        let _ = tx.send((listen.to_owned(), admin.clone()));
+                    }
                 }
+                lines.lock().unwrap().push(line);
             }
         });
-        let listen = rx
+        let (listen, admin) = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("weir logged its address");
         Weir {
             child,
             base: format!("http://{listen}"),
+            admin: admin.map(|a| format!("http://{a}")),
+            logs,
         }
     }
 
     /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -64,7 +72,8 @@ impl Weir {
         self.child.wait().unwrap()
     }
 
-    fn kill(mut self) {
+    /// SIGKILL, then waits for the process to be gone.
+    pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL sent");
         self.child.wait().unwrap();
     }

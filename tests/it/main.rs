@@ -11,4 +11,5 @@ mod helpers;
 mod ingest;
 mod outbound;
 mod security;
+mod soak;
 mod spool;
