@@ -3,6 +3,11 @@
 //! the csv crate for CSV writing — and writes the ratios to BENCHMARKS.md.
 //!
 //! Built only with `--features bench`, so `cargo test` and CI never compile it.
+
+// The harness reports progress and results on stdout.
+#![allow(clippy::print_stdout)]
+// A binary crate: `pub` marks what its modules share with each other.
+#![allow(unreachable_pub)]
 // clippy.toml bans std's Instant so weir's code uses tokio's (paused time in tests). The
 // harness measures real wall time and never runs under paused time.
 #![allow(clippy::disallowed_types)]

@@ -342,7 +342,7 @@ impl From<RunReport> for LastRun {
 }
 
 fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
-    let stats = p.queue.stats();
+    let stats = p.queue().stats();
     let c = &p.counters;
     let now = now_ms();
     let (_, failing_since) = p.health();
@@ -453,7 +453,7 @@ async fn peek(
 ) -> Result<Response, AdminError> {
     let p = s.pipeline(&name)?;
     let limit = number(&params, "limit", Some(50), MAX_PEEK_ROWS)? as usize;
-    let rows = p.queue.peek(limit, u64::MAX).await?;
+    let rows = p.queue().peek(limit, u64::MAX).await?;
     let rows: Vec<_> = rows
         .into_iter()
         .map(|e| json!({ "offset": e.offset, "received_at": rfc3339(e.received_ms), "row": e.row }))

@@ -228,7 +228,7 @@ impl App {
         }
         self.emulator.stop().await;
         for p in &self.pipelines {
-            if let Err(e) = p.queue.sync().await {
+            if let Err(e) = p.queue().sync().await {
                 tracing::error!(pipeline = p.name(), error = %e, "queue sync at shutdown failed");
             }
         }

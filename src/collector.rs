@@ -36,7 +36,7 @@ impl Scrape for Collector {
 
 fn sample(p: &Pipeline, now: u64) -> PipelineSample {
     let c = &p.counters;
-    let stats = p.queue.stats();
+    let stats = p.queue().stats();
     let current = p.state();
     PipelineSample {
         pipeline: p.name().to_owned(),
@@ -72,7 +72,7 @@ fn sample(p: &Pipeline, now: u64) -> PipelineSample {
         .map(|s| (s.as_str(), s == current))
         .collect(),
         fsyncs: p
-            .queue
+            .queue()
             .fsync_stats()
             .map(|(count, total)| (count, total.as_secs_f64())),
     }

@@ -19,11 +19,11 @@ pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
     let cutoff = now_ms().saturating_sub(retention_ms);
     let mut moved = 0u64;
     loop {
-        let stats = p.queue.stats();
+        let stats = p.queue().stats();
         if stats.oldest_ms.is_none_or(|t| t >= cutoff) {
             break;
         }
-        let page = p.queue.peek(SWEEP_PAGE, u64::MAX).await?;
+        let page = p.queue().peek(SWEEP_PAGE, u64::MAX).await?;
         let expired: Vec<Entry> = page
             .iter()
             .take_while(|e| e.received_ms < cutoff)
@@ -38,7 +38,7 @@ pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
         tokio::task::spawn_blocking(move || append(&path, &expired, &reason))
             .await
             .map_err(std::io::Error::other)??;
-        p.queue.commit(last).await?;
+        p.queue().commit(last).await?;
         Counters::add(&p.counters.dead_lettered, n);
         moved += n;
         if (n as usize) < page.len() {

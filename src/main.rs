@@ -1,6 +1,9 @@
 //! The `weir` command: parse the CLI, load the config, set up logging, run, map errors to
 //! exit codes.
 
+// The CLI is the one place that writes to stdout (`weir check`, `weir emulator query`).
+#![allow(clippy::print_stdout)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

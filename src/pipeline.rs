@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 use crate::auth_failure::AuthFailures;
 use crate::config::{PipelineConfig, Schedule};
 use crate::queue::{Queue, now_ms};
+use crate::sync::lock;
 
 pub struct Pipeline {
     pub config: PipelineConfig,
-    pub queue: Arc<dyn Queue>,
+    /// Behind [`Pipeline::push`] for ingest and [`Pipeline::queue`] for the worker and the
+    /// admin API; `tests/it/tidy.rs` checks that ingest never takes the whole queue.
+    queue: Arc<dyn Queue>,
     pub counters: Counters,
     /// When the scheduler will next run this pipeline (ms since the epoch, 0 = unknown).
     next_run_ms: AtomicU64,
@@ -62,17 +65,12 @@ impl Counters {
 
     /// Counts a refused request under its error code.
     pub fn refuse(&self, code: &'static str) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(code)
-            .or_default() += 1;
+        *lock(&self.refused).entry(code).or_default() += 1;
     }
 
     /// Refused requests by error code.
     pub fn refused(&self) -> Vec<(&'static str, u64)> {
-        let map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(&self.refused);
         map.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }
@@ -131,6 +129,17 @@ impl Pipeline {
         }
     }
 
+    /// Queues all rows of a request or none (what ingest may do with the queue).
+    pub async fn push(&self, rows: Vec<crate::row::Row>) -> Result<(), crate::queue::PushError> {
+        self.queue.push(rows).await
+    }
+
+    /// The whole queue: for the worker (peek, commit, in flight), the admin API and the
+    /// collector. Ingest uses [`Pipeline::push`] only.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.queue
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
@@ -139,7 +148,7 @@ impl Pipeline {
     /// survives a restart. Concurrent calls are serialised: the last one wins in memory and on
     /// disk alike.
     pub fn set_paused(&self, paused: bool) -> std::io::Result<()> {
-        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut persisted = lock(&self.persisted);
         let next = PersistedState {
             paused,
             ..persisted.clone()
@@ -154,7 +163,7 @@ impl Pipeline {
     /// since when (at start; see [`Pipeline::health`]).
     pub fn load_state(&self) -> std::io::Result<()> {
         let state = read_state(&self.config.state_dir)?;
-        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut persisted = lock(&self.persisted);
         self.paused.store(state.paused, Ordering::SeqCst);
         if let Some(since) = state.failing_since_ms {
             self.set_health_only(Health::Failing, Some(since));
@@ -166,7 +175,7 @@ impl Pipeline {
     /// Delivery health and, when failing, since when (ms since the epoch). After a restart
     /// this is the failure clock restored from `pipeline.json`, until the first run.
     pub fn health(&self) -> (Health, Option<u64>) {
-        *self.health.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.health)
     }
 
     /// Publishes the worker's health. While the pipeline keeps failing, the first
@@ -174,7 +183,7 @@ impl Pipeline {
     /// FAILING/SUSPENDED clock survives a restart.
     pub fn set_health(&self, health: Health, failing_since_ms: Option<u64>) {
         let since = self.set_health_only(health, failing_since_ms);
-        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut persisted = lock(&self.persisted);
         if persisted.failing_since_ms.is_some() == since.is_some() {
             return;
         }
@@ -192,7 +201,7 @@ impl Pipeline {
 
     /// Sets the health in memory; returns the `failing_since_ms` now in effect.
     fn set_health_only(&self, health: Health, failing_since_ms: Option<u64>) -> Option<u64> {
-        let mut current = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.health);
         let since = match (current.1, failing_since_ms) {
             (Some(first), Some(_)) => Some(first),
             (_, next) => next,

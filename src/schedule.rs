@@ -26,6 +26,7 @@ use crate::metrics::{Metrics, PipelineLabels};
 use crate::pipeline::{Counters, Health, Pipeline};
 use crate::queue::{Entry, InFlight, Offset, QueueError, now_ms};
 use crate::sink::{Fate, InFlightRecorder, Settled, Sink, SinkError};
+use crate::sync::lock;
 
 /// What one run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,7 +89,7 @@ fn span_rows(batch: &InFlight) -> u64 {
 
 /// Clears the in-flight record once its batch's fate is known and persisted.
 async fn clear_in_flight(p: &Pipeline) {
-    if let Err(e) = p.queue.set_in_flight(None).await {
+    if let Err(e) = p.queue().set_in_flight(None).await {
         tracing::warn!(pipeline = p.name(), error = %e, "clearing the in-flight record failed");
     }
 }
@@ -96,7 +97,7 @@ async fn clear_in_flight(p: &Pipeline) {
 /// Commits a delivered batch; on failure keeps its in-flight record and remembers it, so
 /// the commit is retried before the next push.
 async fn commit_delivered(p: &Pipeline, batch: InFlight, carry: &mut Carry) -> Result<(), String> {
-    match p.queue.commit(batch.last).await {
+    match p.queue().commit(batch.last).await {
         Ok(()) => {
             carry.uncommitted = None;
             clear_in_flight(p).await;
@@ -137,7 +138,7 @@ async fn settle_open(p: &Pipeline, sink: &Sink, carry: &mut Carry) -> Result<Set
         Counters::add(&p.counters.delivered, rows);
         return Ok(Settling { rows, job_id });
     }
-    let Some(batch) = p.queue.in_flight() else {
+    let Some(batch) = p.queue().in_flight() else {
         return Ok(Settling::default());
     };
     let job = batch.job_id.clone();
@@ -250,7 +251,7 @@ async fn push(
     max_rows: usize,
     report: &mut RunReport,
 ) {
-    let entries = match p.queue.peek(max_rows, p.config.max_bytes_per_run).await {
+    let entries = match p.queue().peek(max_rows, p.config.max_bytes_per_run).await {
         Err(e) => {
             report.outcome = Outcome::Failed;
             report.error = Some(format!("reading the queue: {e}"));
@@ -260,7 +261,7 @@ async fn push(
         Ok(entries) => entries,
     };
     match sink
-        .deliver(&entries, InFlightRecorder::new(p.queue.as_ref()))
+        .deliver(&entries, InFlightRecorder::new(p.queue().as_ref()))
         .await
     {
         Ok(delivered) => {
@@ -491,7 +492,7 @@ async fn supervise(
         Err(e) => format!("the worker was cancelled: {e}"),
     };
     tracing::error!(error = %why, "pipeline worker stopped; its rows are no longer delivered");
-    *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    *lock(&stopped) = Some(why);
 }
 
 impl SchedulerHandle {
@@ -545,20 +546,18 @@ impl SchedulerHandle {
     /// Why the pipeline's worker stopped, if it did (not at shutdown).
     pub fn worker_error(&self, pipeline: &str) -> Option<String> {
         let slot = self.worker_errors.get(pipeline)?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(slot).clone()
     }
 
     /// Whether every pipeline's worker is still running.
     pub fn workers_running(&self) -> bool {
-        self.worker_errors
-            .values()
-            .all(|s| s.lock().unwrap_or_else(|e| e.into_inner()).is_none())
+        self.worker_errors.values().all(|s| lock(s).is_none())
     }
 
     /// The report of the pipeline's last run.
     pub fn last_run(&self, pipeline: &str) -> Option<RunReport> {
         let slot = self.last_runs.get(pipeline)?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(slot).clone()
     }
 }
 
@@ -689,7 +688,7 @@ impl Worker {
                 self.pipeline.config.max_rows_per_run,
             )
             .await;
-            let left = self.pipeline.queue.stats().rows;
+            let left = self.pipeline.queue().stats().rows;
             if left > 0 {
                 tracing::warn!(
                     rows = left,
@@ -740,7 +739,7 @@ impl Worker {
             now_ms().saturating_sub(Instant::now().saturating_duration_since(t).as_millis() as u64)
         });
         self.pipeline.set_health(after, since_ms);
-        *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        *lock(&self.last_run) = Some(report.clone());
         report
     }
 
@@ -768,7 +767,7 @@ impl Worker {
     }
 
     async fn reconcile(&self, page_size: usize) -> Result<Reconciled, ControlError> {
-        let q = &self.pipeline.queue;
+        let q = &self.pipeline.queue();
         let page: Vec<Entry> = q.peek(page_size.min(MAX_RECONCILE_PAGE), u64::MAX).await?;
         if let Some(last) = page.last() {
             q.commit(last.offset).await?;
@@ -790,7 +789,7 @@ impl Worker {
 
     /// Rewinds the queue to `from`, or to the oldest retained row.
     async fn replay(&self, from: Option<Offset>) -> Result<Replayed, ControlError> {
-        let q = &self.pipeline.queue;
+        let q = &self.pipeline.queue();
         let mut offset = from.unwrap_or(0);
         // Without an offset, ask for 0 and take the oldest retained offset the queue names;
         // the second try covers segments removed between the two calls.
@@ -814,7 +813,7 @@ impl Worker {
     }
 
     async fn purge(&self) -> Result<u64, ControlError> {
-        let q = &self.pipeline.queue;
+        let q = &self.pipeline.queue();
         let stats = q.stats();
         if stats.rows > 0 {
             q.commit(stats.next_offset.saturating_sub(1)).await?;
@@ -826,12 +825,7 @@ impl Worker {
 
     /// Moves rows past retention to the dead-letter file.
     async fn sweep(&self) {
-        let reason = match self
-            .last_run
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        let reason = match lock(&self.last_run).as_ref() {
             Some(RunReport { error: Some(e), .. }) => {
                 format!("not delivered within retention; last error: {e}")
             }

@@ -8,7 +8,7 @@ use super::ConfigError;
 /// Replaces `${NAME}` in every string value of `value` from `env`; `${NAME:-text}` uses
 /// `text` when NAME is unset or empty. `$${` writes a literal `${`. Every missing variable
 /// is reported with the key path it appears at.
-pub fn substitute(
+pub(super) fn substitute(
     value: &mut toml::Value,
     path: &str,
     env: &HashMap<String, String>,

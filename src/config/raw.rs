@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     pub data_dir: Option<String>,
     pub server: Option<RawServer>,
     pub emulator: Option<RawEmulator>,
@@ -16,7 +16,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(super) struct RawServer {
     pub listen: Option<String>,
     pub max_body_bytes: Option<ByteSize>,
     pub shutdown_grace: Option<String>,
@@ -36,14 +36,14 @@ pub struct RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(super) struct RawTls {
     pub cert: String,
     pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEmulator {
+pub(super) struct RawEmulator {
     pub listen: Option<String>,
     pub database: Option<String>,
     pub app_key: Option<String>,
@@ -54,7 +54,7 @@ pub struct RawEmulator {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     pub listen: Option<String>,
     pub max_connections: Option<i64>,
     pub header_read_timeout: Option<String>,
@@ -65,7 +65,7 @@ pub struct RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawToken {
+pub(super) struct RawToken {
     pub token: String,
     pub scope: String,
     pub name: Option<String>,
@@ -73,14 +73,14 @@ pub struct RawToken {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCelonis {
+pub(super) struct RawCelonis {
     pub jobs_per_hour: Option<i64>,
     pub jobs_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPipeline {
+pub(super) struct RawPipeline {
     pub name: String,
     pub allow_ips: Option<Vec<String>>,
     pub queue_capacity: Option<i64>,
@@ -107,7 +107,7 @@ pub struct RawPipeline {
 /// reports keys that do not apply.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSenderAuth {
+pub(super) struct RawSenderAuth {
     pub kind: String,
     pub header: Option<String>,
     pub query: Option<String>,
@@ -126,7 +126,7 @@ pub struct RawSenderAuth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawQueue {
+pub(super) struct RawQueue {
     pub kind: String,
     pub dir: Option<String>,
     pub max_bytes: Option<ByteSize>,
@@ -136,7 +136,7 @@ pub struct RawQueue {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSchema {
+pub(super) struct RawSchema {
     pub on_mismatch: Option<String>,
     #[serde(default)]
     pub required: Vec<String>,
@@ -147,7 +147,7 @@ pub struct RawSchema {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawColumn {
+pub(super) struct RawColumn {
     pub name: String,
     pub from: Option<String>,
     pub expr: Option<String>,
@@ -155,7 +155,7 @@ pub struct RawColumn {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSink {
+pub(super) struct RawSink {
     pub kind: String,
     pub url: Option<String>,
     pub team: Option<String>,
@@ -190,20 +190,20 @@ pub struct RawSink {
 /// A value that is either literal text or `{ expr = "CEL" }`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum RawText {
+pub(super) enum RawText {
     Literal(String),
     Expr(RawExpr),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawExpr {
+pub(super) struct RawExpr {
     pub expr: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
+pub(super) struct RawAuth {
     pub kind: String,
     // api_key
     pub location: Option<String>,
@@ -224,7 +224,7 @@ pub struct RawAuth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCsv {
+pub(super) struct RawCsv {
     pub separator: Option<String>,
     pub quote: Option<String>,
     pub escape: Option<String>,
@@ -237,7 +237,7 @@ pub struct RawCsv {
 /// A size: a plain number of bytes or a string like "64MiB", "1GB", "512k".
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum ByteSize {
+pub(super) enum ByteSize {
     Bytes(i64),
     Text(String),
 }

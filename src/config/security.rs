@@ -177,16 +177,16 @@ impl ForwardedHeader {
     }
 }
 
-pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
-pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
-pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
-pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
-pub const DEFAULT_MAX_ROWS_PER_REQUEST: u64 = 10_000;
-pub const DEFAULT_MAX_FIELDS_PER_ROW: u64 = 1_000;
-pub const DEFAULT_MAX_FIELD_NAME_BYTES: u64 = 256;
-pub const DEFAULT_MAX_DEPTH: u64 = 32;
-pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
-pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+pub(super) const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+pub(super) const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub(super) const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
+pub(super) const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+pub(super) const DEFAULT_MAX_ROWS_PER_REQUEST: u64 = 10_000;
+pub(super) const DEFAULT_MAX_FIELDS_PER_ROW: u64 = 1_000;
+pub(super) const DEFAULT_MAX_FIELD_NAME_BYTES: u64 = 256;
+pub(super) const DEFAULT_MAX_DEPTH: u64 = 32;
+pub(super) const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 256 * 1024 * 1024;
+pub(super) const DEFAULT_TOLERANCE_SECS: u64 = 300;
 /// hyper refuses read buffers below this.
 const MIN_HEADER_BYTES: u64 = 8192;
 

@@ -7,14 +7,14 @@ use super::model::CsvOptions;
 
 /// A parsed chunk: the header row and the data rows, each as wide as the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CsvTable {
+pub(super) struct CsvTable {
     pub headers: Vec<String>,
     pub rows: Vec<Vec<String>>,
 }
 
 /// Why a chunk could not be parsed.
 #[derive(Debug, thiserror::Error)]
-pub enum CsvError {
+pub(super) enum CsvError {
     #[error("{option} must be a single ASCII character for the emulator, got {value:?}")]
     UnsupportedOption { option: &'static str, value: String },
     #[error("the chunk has no header row")]
@@ -24,7 +24,7 @@ pub enum CsvError {
 }
 
 /// Parses `bytes` as CSV with a header row; defaults are `,` `"` `"` and any of CR, LF, CRLF.
-pub fn parse_csv(bytes: &[u8], options: &CsvOptions) -> Result<CsvTable, CsvError> {
+pub(super) fn parse_csv(bytes: &[u8], options: &CsvOptions) -> Result<CsvTable, CsvError> {
     let mut builder = csv::ReaderBuilder::new();
     builder.has_headers(true).flexible(false);
     if let Some(separator) = &options.separator {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 /// Which data-push operation a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(super) enum Endpoint {
     Create,
     Upload,
     Execute,
@@ -26,7 +26,7 @@ pub enum Endpoint {
 
 /// What a request fault does: stall, then (optionally) answer with a status instead of handling the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestFault {
+pub(super) struct RequestFault {
     pub delay: Duration,
     pub status: Option<u16>,
     pub retry_after: Option<u64>,
@@ -38,20 +38,20 @@ pub struct RequestFault {
 
 impl RequestFault {
     /// Whether the fault applies after the request was carried out.
-    pub fn after(&self) -> bool {
+    pub(super) fn after(&self) -> bool {
         self.handled || self.pad_bytes.is_some()
     }
 }
 
 /// The status an executed job is forced to end in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForcedEnd {
+pub(super) enum ForcedEnd {
     Error,
     Canceled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
+pub(super) enum Fault {
     Request {
         /// `None` hits any data-push request.
         endpoint: Option<Endpoint>,
@@ -70,12 +70,12 @@ struct Queued {
 
 /// The pending faults, in the order they were added.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(super) struct Faults {
     queue: VecDeque<Queued>,
 }
 
 impl Faults {
-    pub fn push(&mut self, fault: Fault, count: u32) {
+    pub(super) fn push(&mut self, fault: Fault, count: u32) {
         if count > 0 {
             self.queue.push_back(Queued {
                 fault,
@@ -84,22 +84,22 @@ impl Faults {
         }
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.queue.clear();
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.queue.len()
     }
 
     /// Takes one use of the first request fault that applies to `endpoint` before it is
     /// carried out.
-    pub fn take_request(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
+    pub(super) fn take_request(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
         self.take_matching(endpoint, false)
     }
 
     /// Takes one use of the first fault that applies to `endpoint` after it was carried out.
-    pub fn take_after(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
+    pub(super) fn take_after(&mut self, endpoint: Endpoint) -> Option<RequestFault> {
         self.take_matching(endpoint, true)
     }
 
@@ -118,7 +118,7 @@ impl Faults {
     }
 
     /// Takes one use of the first job-end fault.
-    pub fn take_job_end(&mut self) -> Option<ForcedEnd> {
+    pub(super) fn take_job_end(&mut self) -> Option<ForcedEnd> {
         let position = self
             .queue
             .iter()
@@ -130,7 +130,7 @@ impl Faults {
     }
 
     /// Takes one use of the first job-running fault: how much longer the job stays RUNNING.
-    pub fn take_job_running(&mut self) -> Option<Duration> {
+    pub(super) fn take_job_running(&mut self) -> Option<Duration> {
         let position = self
             .queue
             .iter()
@@ -167,7 +167,7 @@ struct FaultBody {
 }
 
 /// Parses a `POST /emulator/faults` body into a fault and how many times it fires.
-pub fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
+pub(super) fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
     let body: FaultBody =
         serde_json::from_slice(body).map_err(|e| format!("malformed fault: {e}"))?;
     let count = body.count.unwrap_or(1);

@@ -38,7 +38,7 @@ use super::{
 const MAX_BODY: usize = 1 << 30;
 
 /// The router, with paths normalised (trailing and doubled slashes) before routing.
-pub fn router(emulator: Emulator) -> Router {
+pub(super) fn router(emulator: Emulator) -> Router {
     let api = Router::new()
         .route("/{pool}/jobs", get(list_jobs).post(create_job))
         .route(

@@ -10,7 +10,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 /// Counts job submissions; a limit of 0 means unlimited.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(super) struct RateLimiter {
     per_second: u32,
     per_hour: u32,
     recent: VecDeque<Instant>,
@@ -19,7 +19,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(per_second: u32, per_hour: u32) -> RateLimiter {
+    pub(super) fn new(per_second: u32, per_hour: u32) -> RateLimiter {
         RateLimiter {
             per_second,
             per_hour,
@@ -30,7 +30,7 @@ impl RateLimiter {
     }
 
     /// Records one submission at `now` (wall clock `unix_ms`), or says how long until one would fit.
-    pub fn try_acquire(&mut self, now: Instant, unix_ms: u64) -> Result<(), Duration> {
+    pub(super) fn try_acquire(&mut self, now: Instant, unix_ms: u64) -> Result<(), Duration> {
         while let Some(&oldest) = self.recent.front() {
             if now.saturating_duration_since(oldest) >= SECOND {
                 self.recent.pop_front();
@@ -60,7 +60,7 @@ impl RateLimiter {
 }
 
 /// A wait as a `Retry-After` value: whole seconds, rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(super) fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::types::{ColumnDef, ColumnType, TextFormat};
 
 /// Fields of the `DataPushJob` model (new and old `/integration` variants); only these are echoed.
-pub const KNOWN_FIELDS: &[&str] = &[
+pub(super) const KNOWN_FIELDS: &[&str] = &[
     "id",
     "targetName",
     "dataPoolId",
@@ -39,21 +39,21 @@ pub const KNOWN_FIELDS: &[&str] = &[
 
 /// `REPLACE` or `DELTA`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobType {
+pub(super) enum JobType {
     Replace,
     Delta,
 }
 
 /// `CSV` or `PARQUET`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileType {
+pub(super) enum FileType {
     Csv,
     Parquet,
 }
 
 /// What a keyed upsert does with columns a chunk does not carry (semantics assumed, reference §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpsertStrategy {
+pub(super) enum UpsertStrategy {
     /// Columns missing from the chunk keep their old values.
     UnchangedMetadata,
     /// Columns missing from the chunk become NULL.
@@ -62,7 +62,7 @@ pub enum UpsertStrategy {
 
 /// The `csvParsingOptions` the emulator honours; `None` means "use the default".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CsvOptions {
+pub(super) struct CsvOptions {
     pub separator: Option<String>,
     pub quote: Option<String>,
     pub escape: Option<String>,
@@ -75,7 +75,7 @@ pub struct CsvOptions {
 
 impl CsvOptions {
     /// How the values of `column` are read.
-    pub fn format_of(&self, column: &str) -> TextFormat {
+    pub(super) fn format_of(&self, column: &str) -> TextFormat {
         let mut format = self.values.clone();
         if let Some((_, own)) = self
             .columns
@@ -99,11 +99,11 @@ impl CsvOptions {
 }
 
 /// STRING length for columns without a schema when the job sends no `fallbackVarcharLength`, as Celonis.
-pub const DEFAULT_VARCHAR_LENGTH: usize = 80;
+pub(super) const DEFAULT_VARCHAR_LENGTH: usize = 80;
 
 /// What execution needs to know about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobSpec {
+pub(super) struct JobSpec {
     pub target_name: String,
     /// The data connection (schema); `None` is the pool's global schema.
     pub connection_id: Option<String>,
@@ -125,7 +125,7 @@ pub struct JobSpec {
 /// A create body the real service would reject with 400 `FrontendHandledBackendError`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{info}")]
-pub struct Invalid {
+pub(super) struct Invalid {
     /// The `frontendErrorKey`.
     pub key: &'static str,
     /// The `errorInformation`.
@@ -143,14 +143,14 @@ impl Invalid {
 
 /// An accepted create body.
 #[derive(Debug, Clone)]
-pub struct CreateRequest {
+pub(super) struct CreateRequest {
     /// The known fields the client sent, to echo back.
     pub echo: Map<String, Value>,
     pub spec: JobSpec,
 }
 
 /// Validates a create body sent to the pool `pool`.
-pub fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Invalid> {
+pub(super) fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Invalid> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Invalid::new("INVALID_JSON", format!("the body is not valid JSON: {e}")))?;
     let Value::Object(object) = value else {

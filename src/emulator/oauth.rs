@@ -19,18 +19,18 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 /// Scopes that grant the Data Push API.
-pub const DATA_PUSH_SCOPES: [&str; 2] =
+pub(super) const DATA_PUSH_SCOPES: [&str; 2] =
     ["integration.data-pools:data_push", "integration.data-pools"];
 
 /// A token the endpoint issued.
-pub struct Issued {
+pub(super) struct Issued {
     pub expires: Instant,
     pub scopes: Vec<String>,
 }
 
 /// What a Bearer value is worth.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     /// An unexpired token with a data-push scope.
     Valid,
     /// An unexpired token without a data-push scope (403).
@@ -41,14 +41,14 @@ pub enum Verdict {
 
 /// Tokens issued so far, by token value.
 #[derive(Default)]
-pub struct TokenStore {
+pub(super) struct TokenStore {
     tokens: HashMap<String, Issued>,
     /// Every token ever issued, for tests that count token requests.
     pub issued: u64,
 }
 
 impl TokenStore {
-    pub fn issue(&mut self, ttl: Duration, scopes: Vec<String>) -> String {
+    pub(super) fn issue(&mut self, ttl: Duration, scopes: Vec<String>) -> String {
         let now = Instant::now();
         self.tokens.retain(|_, t| t.expires > now);
         let token = format!("emu-{}", Uuid::new_v4().simple());
@@ -63,7 +63,7 @@ impl TokenStore {
         token
     }
 
-    pub fn check(&self, token: &str) -> Verdict {
+    pub(super) fn check(&self, token: &str) -> Verdict {
         match self.tokens.get(token) {
             Some(t) if t.expires > Instant::now() => {
                 if t.scopes
@@ -80,13 +80,13 @@ impl TokenStore {
     }
 
     /// Forgets every token, as if they had all expired.
-    pub fn revoke_all(&mut self) {
+    pub(super) fn revoke_all(&mut self) {
         self.tokens.clear();
     }
 }
 
 /// An OAuth error answer (RFC 6749 §5.2).
-pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+pub(super) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let mut resp = (
         status,
         Json(json!({"error": error, "error_description": description})),
@@ -101,7 +101,7 @@ pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Respon
 }
 
 /// The token request's parameters from query, form or multipart body (later ones win).
-pub async fn parameters(request: Request) -> Result<HashMap<String, String>, Response> {
+pub(super) async fn parameters(request: Request) -> Result<HashMap<String, String>, Response> {
     let mut params: HashMap<String, String> = request
         .uri()
         .query()
@@ -160,7 +160,7 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
 }
 
 /// The client's id and secret: HTTP Basic (`client_secret_basic`) or form fields.
-pub fn client_credentials(
+pub(super) fn client_credentials(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Option<(String, String)> {

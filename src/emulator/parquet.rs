@@ -14,14 +14,14 @@ use super::types::{Cell, ColumnType};
 
 /// A parsed Parquet chunk: names, the type each column's Parquet schema implies, and the rows.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParquetChunk {
+pub(super) struct ParquetChunk {
     pub headers: Vec<String>,
     pub types: Vec<ColumnType>,
     pub rows: Vec<Vec<Cell>>,
 }
 
 /// Reads a whole Parquet file; the error text becomes the job's log line.
-pub fn read_parquet(bytes: Bytes) -> Result<ParquetChunk, String> {
+pub(super) fn read_parquet(bytes: Bytes) -> Result<ParquetChunk, String> {
     let reader = SerializedFileReader::new(bytes)
         .map_err(|e| format!("the chunk is not a valid Parquet file: {e}"))?;
     let schema = reader.metadata().file_metadata().schema_descr();

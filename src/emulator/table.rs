@@ -25,14 +25,14 @@ use super::types::{Cell, ColumnDef, ColumnType, Converted, convert};
 
 /// Which endpoint a chunk arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkKind {
+pub(super) enum ChunkKind {
     Upsert,
     Delete,
 }
 
 impl ChunkKind {
     /// The `DataPushChunk.type` value.
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             ChunkKind::Upsert => "UPSERT",
             ChunkKind::Delete => "DELETE",
@@ -42,7 +42,7 @@ impl ChunkKind {
 
 /// Why a job ends in ERROR; the display text becomes the job's log line.
 #[derive(Debug, thiserror::Error)]
-pub enum JobFailure {
+pub(super) enum JobFailure {
     #[error("delete chunks are only possible for DELTA jobs (DELETE_ONLY_POSSIBLE_FOR_DELTA)")]
     DeleteOnReplace,
     #[error("delete chunks need keys on the job")]
@@ -86,7 +86,7 @@ pub enum JobFailure {
 
 /// What an applied job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
+pub(super) struct Applied {
     /// The table's name as stored.
     pub table: String,
     pub rows_upserted: usize,
@@ -97,14 +97,14 @@ pub struct Applied {
 
 /// A table read back for inspection.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TableDump {
+pub(super) struct TableDump {
     pub name: String,
     pub columns: Vec<ColumnDef>,
     pub rows: Vec<Vec<SqlValue>>,
 }
 
 /// Quotes an SQL identifier; names come from users.
-pub fn quote_ident(name: &str) -> String {
+pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -113,7 +113,7 @@ fn same_name(a: &str, b: &str) -> bool {
 }
 
 /// The SQLite name of a target in a connection (`None`: the pool's global schema).
-pub fn storage_name(connection_id: Option<&str>, target_name: &str) -> String {
+pub(super) fn storage_name(connection_id: Option<&str>, target_name: &str) -> String {
     match connection_id {
         Some(connection) => format!("{connection}/{target_name}"),
         None => target_name.to_owned(),
@@ -121,7 +121,7 @@ pub fn storage_name(connection_id: Option<&str>, target_name: &str) -> String {
 }
 
 /// The stored name of the table whose identity is `name`, if it exists.
-pub fn find_table(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+pub(super) fn find_table(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
     )?;
@@ -148,7 +148,7 @@ fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<ColumnD
 }
 
 /// Reads a table in rowid order.
-pub fn read_table(conn: &Connection, name: &str) -> rusqlite::Result<Option<TableDump>> {
+pub(super) fn read_table(conn: &Connection, name: &str) -> rusqlite::Result<Option<TableDump>> {
     let Some(stored) = find_table(conn, name)? else {
         return Ok(None);
     };
@@ -174,7 +174,7 @@ pub fn read_table(conn: &Connection, name: &str) -> rusqlite::Result<Option<Tabl
 
 /// A table as JSON: its name, its columns as Celonis would show them, and typed rows
 /// (BOOLEAN as `true`/`false`, numbers as numbers, dates and strings as text).
-pub fn dump_json(dump: TableDump) -> serde_json::Value {
+pub(super) fn dump_json(dump: TableDump) -> serde_json::Value {
     use serde_json::{Map, Value, json};
     let schema: Vec<Value> = dump
         .columns
@@ -215,7 +215,7 @@ pub fn dump_json(dump: TableDump) -> serde_json::Value {
 }
 
 /// A stored value as text.
-pub fn value_text(value: rusqlite::types::ValueRef<'_>) -> Option<String> {
+pub(super) fn value_text(value: rusqlite::types::ValueRef<'_>) -> Option<String> {
     use rusqlite::types::ValueRef;
     match value {
         ValueRef::Null => None,
@@ -279,7 +279,7 @@ struct Typed {
 }
 
 /// Applies a job's chunks, in upload order, in one transaction: either all of it or none.
-pub fn apply_job(
+pub(super) fn apply_job(
     conn: &mut Connection,
     spec: &JobSpec,
     chunks: &[(ChunkKind, &[u8])],

@@ -12,7 +12,7 @@ use rusqlite::types::Value as SqlValue;
 
 /// The `ColumnTransport.columnType` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
+pub(super) enum ColumnType {
     String,
     Integer,
     Float,
@@ -23,7 +23,7 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
-    pub fn parse(name: &str) -> Option<ColumnType> {
+    pub(super) fn parse(name: &str) -> Option<ColumnType> {
         Some(match name {
             "STRING" => ColumnType::String,
             "INTEGER" => ColumnType::Integer,
@@ -36,7 +36,7 @@ impl ColumnType {
         })
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             ColumnType::String => "STRING",
             ColumnType::Integer => "INTEGER",
@@ -51,7 +51,7 @@ impl ColumnType {
 
 /// One column of a table: its name, type, STRING length and FLOAT decimals.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColumnDef {
+pub(super) struct ColumnDef {
     pub name: String,
     pub kind: ColumnType,
     /// STRING length in characters; `None` only for columns of a pre-typed database.
@@ -61,7 +61,7 @@ pub struct ColumnDef {
 }
 
 impl ColumnDef {
-    pub fn string(name: &str, length: usize) -> ColumnDef {
+    pub(super) fn string(name: &str, length: usize) -> ColumnDef {
         ColumnDef {
             name: name.to_owned(),
             kind: ColumnType::String,
@@ -71,7 +71,7 @@ impl ColumnDef {
         }
     }
 
-    pub fn of(name: &str, kind: ColumnType) -> ColumnDef {
+    pub(super) fn of(name: &str, kind: ColumnType) -> ColumnDef {
         ColumnDef {
             name: name.to_owned(),
             kind,
@@ -82,7 +82,7 @@ impl ColumnDef {
     }
 
     /// The SQLite declared type.
-    pub fn declared(&self) -> String {
+    pub(super) fn declared(&self) -> String {
         match (self.kind, self.length, self.decimals) {
             (ColumnType::String, Some(length), _) => format!("VARCHAR({length})"),
             (ColumnType::String, None, _) => "TEXT".to_owned(),
@@ -92,7 +92,7 @@ impl ColumnDef {
     }
 
     /// Reads a declared type back; anything unknown is an unbounded STRING.
-    pub fn from_declared(name: &str, declared: &str) -> ColumnDef {
+    pub(super) fn from_declared(name: &str, declared: &str) -> ColumnDef {
         let declared = declared.trim().to_ascii_uppercase();
         let (base, argument) = match declared.split_once('(') {
             Some((base, rest)) => (
@@ -118,12 +118,12 @@ impl ColumnDef {
     }
 
     /// Same type as `other` (names aside); a STRING of another length is another type.
-    pub fn same_type(&self, other: &ColumnDef) -> bool {
+    pub(super) fn same_type(&self, other: &ColumnDef) -> bool {
         self.kind == other.kind && (self.kind != ColumnType::String || self.length == other.length)
     }
 
     /// `STRING(80)`, `INTEGER`, `FLOAT(2)` as Celonis would show it.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match (self.kind, self.length, self.decimals) {
             (ColumnType::String, Some(length), _) => format!("STRING({length})"),
             (ColumnType::Float, _, Some(decimals)) => format!("FLOAT({decimals})"),
@@ -134,7 +134,7 @@ impl ColumnDef {
 
 /// How a CSV column's text is read: the job's options with the column's `additionalColumnOptions` over them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TextFormat {
+pub(super) struct TextFormat {
     pub date_format: Option<String>,
     pub decimal_separator: Option<String>,
     pub thousand_separator: Option<String>,
@@ -142,7 +142,7 @@ pub struct TextFormat {
 
 /// A value as a chunk brought it, before the column's type is applied.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
+pub(super) enum Cell {
     Null,
     /// CSV text, parsed with the column's [`TextFormat`].
     Text(String),
@@ -158,14 +158,18 @@ pub enum Cell {
 }
 
 /// The value after the type: stored, or why it does not fit.
-pub enum Converted {
+pub(super) enum Converted {
     Value(SqlValue),
     /// A STRING value longer than its length, cropped to it.
     Cropped(SqlValue),
 }
 
 /// Converts one cell to its column's SQLite value; the error says why, without the value.
-pub fn convert(def: &ColumnDef, cell: Cell, format: &TextFormat) -> Result<Converted, String> {
+pub(super) fn convert(
+    def: &ColumnDef,
+    cell: Cell,
+    format: &TextFormat,
+) -> Result<Converted, String> {
     if let Cell::Text(text) = &cell
         && text.is_empty()
         && def.kind != ColumnType::String
@@ -273,7 +277,7 @@ fn normalise_number(text: &str, format: &TextFormat) -> String {
 const DAY_MS: i64 = 86_400_000;
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub(super) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
     let yoe = year - era * 400;
@@ -284,7 +288,7 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// The date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -296,12 +300,12 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-pub fn format_date(days: i32) -> String {
+pub(super) fn format_date(days: i32) -> String {
     let (y, m, d) = civil_from_days(i64::from(days));
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-pub fn format_datetime(ms: i64) -> String {
+pub(super) fn format_datetime(ms: i64) -> String {
     let days = ms.div_euclid(DAY_MS);
     format!(
         "{}T{}Z",
@@ -310,7 +314,7 @@ pub fn format_datetime(ms: i64) -> String {
     )
 }
 
-pub fn format_time(ms: i64) -> String {
+pub(super) fn format_time(ms: i64) -> String {
     let (s, ms) = (ms / 1000, ms % 1000);
     format!("{:02}:{:02}:{:02}.{ms:03}", s / 3600, s / 60 % 60, s % 60)
 }

@@ -13,7 +13,6 @@ pub mod schema;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -250,7 +249,7 @@ async fn accept(
     if let (Some(replays), Some(auth)) = (&entry.replays, signed)
         && let Some(id) = replay::delivery_id(auth, headers, &body.decoded)
     {
-        match replays.check(&id, unix_now()) {
+        match replays.check(&id, crate::clock::unix_secs()) {
             replay::Check::New(r) => reservation = Some(r),
             replay::Check::Done(answer) => {
                 tracing::info!(pipeline = name, client = %client, "replayed delivery answered again");
@@ -294,7 +293,7 @@ async fn accept(
     };
     let accepted = rows.len();
     if accepted > 0 {
-        pipeline.queue.push(rows).await.map_err(|e| {
+        pipeline.push(rows).await.map_err(|e| {
             Counters::add(&pipeline.counters.rejected, accepted as u64);
             push_error(pipeline, e)
         })?;
@@ -302,7 +301,10 @@ async fn accept(
     Counters::add(&pipeline.counters.accepted, accepted as u64);
     Counters::add(&pipeline.counters.ignored, ignored as u64);
     if let Some(r) = reservation {
-        r.accepted(replay::Answer { accepted, ignored }, unix_now());
+        r.accepted(
+            replay::Answer { accepted, ignored },
+            crate::clock::unix_secs(),
+        );
     }
     Ok(Accepted { accepted, ignored })
 }
@@ -371,19 +373,13 @@ fn sender_check(
         headers,
         query,
         bodies,
-        now: unix_now(),
+        now: crate::clock::unix_secs(),
     };
     auth::check(auth, &request).map_err(|failure| {
         pipeline.counters.auth_failures.count(failure);
         tracing::warn!(pipeline = pipeline.name(), client = %client, reason = failure.reason(), "sender check failed");
         IngestError::Unauthorized
     })
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A request body: what the parsers read and, for signatures, the bytes as sent.

@@ -15,6 +15,7 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, AuthMethod, HmacPreset};
+use crate::sync::lock;
 
 /// Ids remembered per pipeline at most.
 pub const MAX_REMEMBERED: usize = 100_000;
@@ -145,7 +146,7 @@ impl Replays {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 }
 

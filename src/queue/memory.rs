@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, now_ms};
 use crate::row::Row;
+use crate::sync::lock;
 
 /// The memory queue's byte bound unless configured otherwise: 100 000 rows of up to 1 MiB
 /// each would otherwise be allowed to take 100 GB.
@@ -41,7 +42,7 @@ impl MemoryQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the deque half-updated (every
         // mutation is a single push/pop), so a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     fn push_now(&self, rows: Vec<Row>) -> Result<(), PushError> {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::CelonisLimits;
+use crate::sync::lock;
 
 /// The wall clock, injectable so the hour window can be tested.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -96,7 +97,7 @@ impl JobBudget {
             .unwrap_or_default();
         let hour = wall.as_secs() / 3600;
         let now = Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         if let Some(at) = s.not_before
             && at > now
         {
@@ -142,26 +143,20 @@ impl JobBudget {
         let now = Instant::now();
         let wait = wait.min(super::MAX_RETRY_AFTER);
         let at = now.checked_add(wait).unwrap_or(now);
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         s.not_before = Some(s.not_before.map_or(at, |t| t.max(at)));
     }
 
     /// Whether the team asked to wait and the wait is not over.
     pub fn deferred(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
             .not_before
             .is_some_and(|at| at > Instant::now())
     }
 
     /// Waits until calls to the team are allowed again.
     pub async fn ready(&self) {
-        let at = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .not_before;
+        let at = lock(&self.state).not_before;
         if let Some(at) = at
             && at > Instant::now()
         {
@@ -180,7 +175,7 @@ impl JobBudget {
             .unwrap_or_default()
             .as_secs()
             / 3600;
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = lock(&self.state);
         let used = if s.hour == hour { s.used_this_hour } else { 0 };
         let used = match &self.file {
             Some(file) => used.max(used_on_disk(file, hour, &self.limits)),
@@ -257,7 +252,7 @@ impl Budgets {
     }
 
     pub fn for_team(&self, team: &str, limits: CelonisLimits) -> Arc<JobBudget> {
-        let mut teams = self.teams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut teams = lock(&self.teams);
         teams
             .entry(team.to_owned())
             .or_insert_with(|| {
@@ -275,7 +270,7 @@ impl Budgets {
 
     /// Submissions left this UTC hour, per team.
     pub fn remaining(&self) -> Vec<(String, u32)> {
-        let teams = self.teams.lock().unwrap_or_else(|e| e.into_inner());
+        let teams = lock(&self.teams);
         let mut out: Vec<_> = teams
             .iter()
             .map(|(t, b)| (t.clone(), b.remaining_this_hour()))

@@ -19,6 +19,7 @@ use super::oauth::{OAuthError, TokenSource};
 use super::{CallObserver, Fate, InFlightRecorder, Settled};
 use crate::config::{CelonisAuth, CelonisSink, Secret};
 use crate::queue::{Entry, InFlight, QueueError};
+use crate::sync::lock;
 
 /// The most bytes of a job's JSON weir reads.
 const MAX_JOB_BODY: usize = 1 << 20;
@@ -244,7 +245,7 @@ impl CelonisClient {
     }
 
     fn uploaded(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.uploaded.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.uploaded)
     }
 
     /// The current OAuth token, when the sink uses OAuth.

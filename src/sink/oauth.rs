@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::{ClientAuth, OAuth2Config, Secret};
+use crate::sync::lock;
 
 /// An access token and how long it is valid.
 #[derive(Debug, Clone)]
@@ -137,7 +138,7 @@ impl Tokens {
             config.client_id.clone(),
             config.scopes.clone(),
         );
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sources = lock(&self.sources);
         if let Some(s) = sources.get(&key) {
             return Ok(s.clone());
         }

@@ -525,7 +525,7 @@ async fn readyz_turns_unavailable_when_shutdown_starts() {
     let flush = tokio::spawn(async move { runs.flush("orders").await });
     let pipeline = app.app().pipeline("orders").unwrap().clone();
     wait_until(5, "the run to start", || async {
-        pipeline.queue.in_flight().is_some()
+        pipeline.queue().in_flight().is_some()
     })
     .await;
     let stop = tokio::spawn(app.shutdown());

@@ -269,7 +269,7 @@ async fn an_unknown_outcome_is_never_a_second_push(
     let pipeline = app.app().pipeline("orders").unwrap().clone();
     assert!(
         pipeline
-            .queue
+            .queue()
             .in_flight()
             .is_some_and(|b| b.job_id.is_some()),
         "the job of an unknown outcome stays recorded in flight"
@@ -294,7 +294,7 @@ async fn an_unknown_outcome_is_never_a_second_push(
     );
     assert!(app.queued("orders").await.is_empty());
     assert!(
-        pipeline.queue.in_flight().is_none(),
+        pipeline.queue().in_flight().is_none(),
         "settled, the record is cleared"
     );
 }
@@ -539,7 +539,7 @@ async fn a_commit_that_fails_to_persist_is_not_reported_delivered_and_is_retried
     assert_eq!(first.outcome, Outcome::Failed, "{first:?}");
     assert!(first.error.unwrap().contains("committing delivered rows"));
     assert!(
-        p.queue.in_flight().is_some(),
+        p.queue().in_flight().is_some(),
         "kept in flight until the cursor is on disk"
     );
 
@@ -549,13 +549,13 @@ async fn a_commit_that_fails_to_persist_is_not_reported_delivered_and_is_retried
         Outcome::Failed,
         "the retried commit failed again"
     );
-    assert!(p.queue.in_flight().is_some());
+    assert!(p.queue().in_flight().is_some());
 
     let third = run_once(&p, &sink, &mut carry, 100).await;
     assert_eq!(third.outcome, Outcome::Delivered, "{third:?}");
     assert_eq!(third.rows, 2);
     assert!(
-        p.queue.in_flight().is_none(),
+        p.queue().in_flight().is_none(),
         "cleared once the commit persisted"
     );
     assert_eq!(
@@ -729,7 +729,7 @@ async fn shutdown_lets_a_running_delivery_finish_first() {
     let flush = tokio::spawn(async move { runs.flush("orders").await });
     let pipeline = app.app().pipeline("orders").unwrap().clone();
     wait_until(5, "the run to start", || async {
-        pipeline.queue.in_flight().is_some()
+        pipeline.queue().in_flight().is_some()
     })
     .await;
     app.shutdown().await;
@@ -739,7 +739,14 @@ async fn shutdown_lets_a_running_delivery_finish_first() {
         "the run finished before weir stopped"
     );
     assert_eq!(flush.await.unwrap().unwrap().outcome, Outcome::Delivered);
-    assert!(pipeline.queue.peek(10, u64::MAX).await.unwrap().is_empty());
+    assert!(
+        pipeline
+            .queue()
+            .peek(10, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

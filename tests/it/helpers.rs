@@ -117,7 +117,7 @@ impl TestApp {
     /// Every row queued in a pipeline, oldest first.
     pub async fn queued(&self, pipeline: &str) -> Vec<Entry> {
         let p = self.app().pipeline(pipeline).expect("pipeline exists");
-        p.queue
+        p.queue()
             .peek(usize::MAX, u64::MAX)
             .await
             .expect("queue readable")

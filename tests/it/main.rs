@@ -1,6 +1,11 @@
 //! weir's integration tests: one binary, every test starts the real app (or the real
 //! emulator) on port 0 and talks HTTP to it over loopback.
 
+// Tests may print what they found (seeds, evidence) for the person reading a failure.
+#![allow(clippy::print_stdout)]
+// A binary crate: `pub` marks what its modules share with each other.
+#![allow(unreachable_pub)]
+
 mod admin;
 mod check;
 mod crash;
@@ -13,3 +18,4 @@ mod outbound;
 mod security;
 mod soak;
 mod spool;
+mod tidy;

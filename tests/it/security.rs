@@ -519,7 +519,7 @@ async fn a_delivery_whose_push_failed_is_taken_when_the_sender_retries() {
     let second = standard_webhook(&key, "msg_2", now(), BODY);
     let (status, json) = app.post_signed(&second, BODY).await;
     assert_eq!((status, json["error"].as_str()), (503, Some("queue_full")));
-    let queue = &app.app().pipeline("orders").unwrap().queue;
+    let queue = &app.app().pipeline("orders").unwrap().queue();
     let queued = queue.peek(10, u64::MAX).await.unwrap();
     queue.commit(queued[0].offset).await.unwrap();
     assert_eq!(

@@ -92,6 +92,7 @@ use self::recover::{Recovered, recover};
 use self::writer::{PushRequest, Request, Writer};
 use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, now_ms};
 use crate::row::Row;
+use crate::sync::lock;
 
 /// Segments roll at this size unless configured otherwise.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -546,12 +547,6 @@ fn due(last: &mut Option<Instant>, now: Instant) -> bool {
     } else {
         false
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent before it can panic, so a poisoned
-    // lock is still safe to use.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A place in the log: a segment (by first offset) and a byte position in it.
