@@ -66,3 +66,21 @@ fn ingest_only_pushes_to_a_queue_and_never_takes_or_commits_rows() {
         }
     }
 }
+
+#[test]
+fn the_emulator_depends_on_no_other_weir_module() {
+    let files = rust_files(&root().join("src/emulator"));
+    assert!(files.len() >= 8, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let uses_weir = line.contains("crate::") && !line.contains("crate::emulator");
+            assert!(
+                !uses_weir,
+                "{}:{}: the emulator must stay its own crate in all but name: {line}",
+                file.display(),
+                i + 1
+            );
+        }
+    }
+}
