@@ -179,14 +179,11 @@ async fn accept(
         &limits.trusted_proxies,
         limits.forwarded_header,
     );
-    let client = match (forwarded, &pipeline.config.allow_ips) {
-        (Ok(client), _) => client,
-        (Err(client::Unreadable), Some(_)) => {
-            tracing::warn!(pipeline = name, proxy = %peer.ip(), "forwarded client address unreadable");
-            return Err(IngestError::UnknownClient);
-        }
-        // Without an allowlist the address is only logged: the proxy's stands in.
-        (Err(client::Unreadable), None) => client::canonical(peer.ip()),
+    // A hop the trusted proxy could not name (`unknown`, an obfuscated `_name`) is refused,
+    // never replaced by the proxy's own address: that address may be allowlisted.
+    let Ok(client) = forwarded else {
+        tracing::warn!(pipeline = name, proxy = %peer.ip(), "forwarded client address unreadable");
+        return Err(IngestError::UnknownClient);
     };
     if let Some(allowed) = &pipeline.config.allow_ips
         && !allowed.iter().any(|net| net.contains(&client))

@@ -781,8 +781,15 @@ async fn an_unknown_or_obfuscated_forwarded_client_is_refused_not_replaced_by_th
         xff_app.post_with("/hooks/orders", &unknown, BODY).await,
         403
     );
+    // Without an allowlist too: the address is logged and counted, so it is never guessed.
+    let open_app = spawn_app(&config(r#"trusted_proxies = ["127.0.0.0/8"]"#, "")).await;
+    assert_eq!(
+        open_app.post_with("/hooks/orders", &unknown, BODY).await,
+        403
+    );
     assert!(app.queued("orders").await.is_empty());
     assert!(xff_app.queued("orders").await.is_empty());
+    assert!(open_app.queued("orders").await.is_empty());
 }
 
 #[tokio::test]
