@@ -5,6 +5,7 @@ mod admin;
 mod check;
 mod crash;
 mod delivery;
+mod delta;
 mod deploy;
 mod emulator;
 mod helpers;
