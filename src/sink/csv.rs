@@ -560,6 +560,24 @@ mod tests {
     }
 
     #[test]
+    fn known_columns_count_toward_max_columns_and_lead_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = KnownColumns::load(dir.path()).unwrap();
+        known.extend(&["a".to_owned(), "b".to_owned()]).unwrap();
+        let spec = ColumnSpec {
+            columns: vec![],
+            schema: None,
+            pipeline: "orders".into(),
+            max_columns: 3,
+            known: Some(Arc::new(known)),
+        };
+        let entries = vec![entry(&[("c", "1"), ("a", "2")]), entry(&[("d", "3")])];
+        assert_eq!(spec.fitting_rows(&entries), 1, "a, b, c fit; d does not");
+        let layout = spec.layout_known(&entries[..1]).unwrap();
+        assert_eq!(layout.headers, ["a", "b", "c"]);
+    }
+
+    #[test]
     fn an_empty_batch_is_just_a_header() {
         let layout = Layout {
             headers: vec!["a".into()],
