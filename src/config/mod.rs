@@ -356,11 +356,44 @@ pub struct CelonisSink {
     pub target_name: String,
     pub mode: PushMode,
     pub keys: Vec<String>,
+    /// With `keys`: who keeps the latest row of a key within a batch.
+    pub dedupe: Dedupe,
+    /// With `keys`: rows for which this is true delete their key (`row` is the row).
+    pub delete_when: Option<Expr>,
+    /// With `keys`: the create body's `upsertStrategy`.
+    pub upsert_strategy: Option<UpsertStrategy>,
     pub auth: CelonisAuth,
     pub chunk_bytes: u64,
     pub poll_timeout: Duration,
     pub request_timeout: Duration,
     pub csv: CsvOptions,
+}
+
+/// Which row of a key a batch keeps when it holds several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dedupe {
+    /// weir sends only the last row of each key (arrival order).
+    #[default]
+    Client,
+    /// weir sends every row with a `weir_seq` column (the queue offset) and asks Celonis to
+    /// keep the greatest (`duplicateRemovalColumn`).
+    Server,
+}
+
+/// The create body's `upsertStrategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertStrategy {
+    WithNullification,
+    WithUnchangedMetadata,
+}
+
+impl UpsertStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpsertStrategy::WithNullification => "UPSERT_WITH_NULLIFICATION",
+            UpsertStrategy::WithUnchangedMetadata => "UPSERT_WITH_UNCHANGED_METADATA",
+        }
+    }
 }
 
 impl CelonisSink {
@@ -1109,6 +1142,55 @@ impl Validator<'_> {
                 "keys only apply to mode = \"DELTA\"",
             );
         }
+        let dedupe = match s.dedupe.as_deref() {
+            None | Some("client") => Dedupe::Client,
+            Some("server") => Dedupe::Server,
+            Some(other) => {
+                self.error(
+                    format!("{path}.dedupe"),
+                    format!("\"{other}\" is not \"client\" or \"server\""),
+                );
+                Dedupe::Client
+            }
+        };
+        let delete_when = s
+            .delete_when
+            .as_deref()
+            .and_then(|src| self.expr(&format!("{path}.delete_when"), src, &["row"]));
+        let upsert_strategy = match s.upsert_strategy.as_deref() {
+            None => None,
+            Some("UPSERT_WITH_NULLIFICATION") => Some(UpsertStrategy::WithNullification),
+            Some("UPSERT_WITH_UNCHANGED_METADATA") => Some(UpsertStrategy::WithUnchangedMetadata),
+            Some(other) => {
+                self.error(
+                    format!("{path}.upsert_strategy"),
+                    format!(
+                        "\"{other}\" is not \"UPSERT_WITH_NULLIFICATION\" or \"UPSERT_WITH_UNCHANGED_METADATA\""
+                    ),
+                );
+                None
+            }
+        };
+        for (key, set) in [
+            ("dedupe", s.dedupe.is_some()),
+            ("delete_when", s.delete_when.is_some()),
+            ("upsert_strategy", s.upsert_strategy.is_some()),
+        ] {
+            if !set {
+                continue;
+            }
+            if mode == PushMode::Replace {
+                self.error(
+                    format!("{path}.{key}"),
+                    "only applies to mode = \"DELTA\" with keys",
+                );
+            } else if keys.is_empty() {
+                self.error(
+                    format!("{path}.{key}"),
+                    "needs keys: it works per key (set keys = [\"...\"])",
+                );
+            }
+        }
         let auth = match (s.app_key, s.api_key, s.auth) {
             (Some(k), None, None) => CelonisAuth::AppKey(Secret::new(k)),
             (None, Some(k), None) => CelonisAuth::ApiKey(Secret::new(k)),
@@ -1162,6 +1244,9 @@ impl Validator<'_> {
             target_name,
             mode,
             keys,
+            dedupe,
+            delete_when,
+            upsert_strategy,
             auth,
             chunk_bytes,
             poll_timeout,

@@ -13,11 +13,12 @@ use std::time::Duration;
 use reqwest::{Response, StatusCode, header};
 use serde::Deserialize;
 
+use super::batch::{self, ColumnsError};
 use super::budget::JobBudget;
 use super::csv::{Chunks, Layout};
 use super::oauth::{OAuthError, TokenSource};
 use super::{CallObserver, Fate, InFlightRecorder, Settled};
-use crate::config::{CelonisAuth, CelonisSink, Secret};
+use crate::config::{CelonisAuth, CelonisSink, Dedupe, Secret};
 use crate::queue::{Entry, InFlight, QueueError};
 use crate::sync::lock;
 
@@ -94,6 +95,8 @@ pub enum PushFailure {
     Csv(#[from] ::csv::Error),
     #[error("persisting the job budget: {0}")]
     Budget(#[source] std::io::Error),
+    #[error("persisting the table's columns: {0}")]
+    Columns(#[source] ColumnsError),
     #[error("{step}: no OAuth token: {source}")]
     Token {
         step: Step,
@@ -119,7 +122,8 @@ impl PushFailure {
             PushFailure::JobFailed { .. }
             | PushFailure::Queue(_)
             | PushFailure::Csv(_)
-            | PushFailure::Budget(_) => Fate::NotDelivered,
+            | PushFailure::Budget(_)
+            | PushFailure::Columns(_) => Fate::NotDelivered,
             PushFailure::PollTimeout { .. } => Fate::Unknown,
             PushFailure::Http { step, status, .. } => match step {
                 Step::Execute if matches!(status, 409 | 429) || *status >= 500 => Fate::Unknown,
@@ -136,6 +140,22 @@ impl PushFailure {
                 Step::Poll => Fate::Unknown,
                 _ => Fate::NotDelivered,
             },
+        }
+    }
+}
+
+/// Which rows a chunk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Upserted,
+    Deleted,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Upserted => "upserted",
+            Kind::Deleted => "deleted",
         }
     }
 }
@@ -323,6 +343,9 @@ impl CelonisClient {
         if !self.sink.keys.is_empty() {
             body["keys"] = self.sink.keys.clone().into();
         }
+        if let Some(u) = self.sink.upsert_strategy {
+            body["upsertStrategy"] = u.as_str().into();
+        }
         if let Some(c) = &self.sink.connection_id {
             body["connectionId"] = c.clone().into();
         }
@@ -330,8 +353,10 @@ impl CelonisClient {
     }
 
     /// Pushes one batch as one job and waits for it to finish. The batch's offsets are
-    /// recorded as in flight before the job is created, then with the job's id. The CSV
-    /// chunks are written one at a time, each just before its upload. Returns the job id.
+    /// recorded as in flight before the job is created, then with the job's id. With keys,
+    /// only the latest row of each key is sent (`batch::split`): as an upsert, or in the
+    /// deleted chunk (key columns only) when it matches `delete_when`. The CSV chunks are
+    /// written one at a time, each just before its upload. Returns the job id.
     pub async fn push(
         &self,
         layout: &Layout,
@@ -345,6 +370,20 @@ impl CelonisClient {
             });
         };
         let (first, last) = (first.offset, last.offset);
+        let split = batch::split(
+            layout,
+            &self.sink.keys,
+            self.sink.delete_when.as_ref(),
+            self.sink.dedupe,
+            entries,
+        );
+        let server_dedupe = self.server_dedupe();
+        let upsert_layout = if server_dedupe {
+            layout.clone().with_seq(batch::SEQ_COLUMN)
+        } else {
+            layout.clone()
+        };
+        let delete_layout = layout.only(&self.sink.keys);
         self.budget.acquire().await.map_err(PushFailure::Budget)?;
         recorder
             .set(InFlight {
@@ -362,9 +401,29 @@ impl CelonisClient {
                     job_id: Some(job_id.clone()),
                 })
                 .await?;
-            for chunk in Chunks::new(layout, entries, &self.sink.csv, self.sink.chunk_bytes) {
-                self.upload(&job_id, axum::body::Bytes::from(chunk?))
-                    .await?;
+            if !split.upserts.is_empty() || split.deletes.is_empty() {
+                let chunks = Chunks::new(
+                    &upsert_layout,
+                    &split.upserts,
+                    &self.sink.csv,
+                    self.sink.chunk_bytes,
+                );
+                for chunk in chunks {
+                    self.upload(&job_id, Kind::Upserted, axum::body::Bytes::from(chunk?))
+                        .await?;
+                }
+            }
+            if !split.deletes.is_empty() {
+                let chunks = Chunks::new(
+                    &delete_layout,
+                    &split.deletes,
+                    &self.sink.csv,
+                    self.sink.chunk_bytes,
+                );
+                for chunk in chunks {
+                    self.upload(&job_id, Kind::Deleted, axum::body::Bytes::from(chunk?))
+                        .await?;
+                }
             }
             Ok::<_, PushFailure>(())
         }
@@ -377,6 +436,11 @@ impl CelonisClient {
         self.uploaded().insert(job_id.clone());
         self.run(&job_id).await?;
         Ok(job_id)
+    }
+
+    /// Whether Celonis removes a key's duplicates (by `weir_seq`), not weir.
+    fn server_dedupe(&self) -> bool {
+        !self.sink.keys.is_empty() && self.sink.dedupe == Dedupe::Server
     }
 
     /// Executes an uploaded job and waits for it. A failure that leaves the job known not
@@ -471,8 +535,13 @@ impl CelonisClient {
     }
 
     /// Uploads one CSV chunk. The chunk is shared, not copied, by each attempt's body.
-    async fn upload(&self, job_id: &str, chunk: axum::body::Bytes) -> Result<(), PushFailure> {
-        let url = format!("{}/{job_id}/chunks/upserted", self.jobs_url);
+    async fn upload(
+        &self,
+        job_id: &str,
+        kind: Kind,
+        chunk: axum::body::Bytes,
+    ) -> Result<(), PushFailure> {
+        let url = format!("{}/{job_id}/chunks/{}", self.jobs_url, kind.as_str());
         let file_name = format!("{}.csv", self.sink.target_name);
         let part = || {
             reqwest::multipart::Part::stream_with_length(chunk.clone(), chunk.len() as u64)
@@ -490,9 +559,23 @@ impl CelonisClient {
     }
 
     async fn execute(&self, job_id: &str) -> Result<(), PushFailure> {
-        let url = format!("{}/{job_id}", self.jobs_url);
+        let url = self.execute_url(job_id);
         self.send(Step::Execute, || self.http.post(&url)).await?;
         Ok(())
+    }
+
+    /// The execute call: `POST …/jobs/{id}`, with `?duplicateRemovalColumn=weir_seq` when
+    /// Celonis removes a key's duplicates.
+    pub fn execute_url(&self, job_id: &str) -> String {
+        if self.server_dedupe() {
+            format!(
+                "{}/{job_id}?duplicateRemovalColumn={}",
+                self.jobs_url,
+                batch::SEQ_COLUMN
+            )
+        } else {
+            format!("{}/{job_id}", self.jobs_url)
+        }
     }
 
     /// Polls until DONE (Ok), ERROR or CANCELED (JobFailed), or the poll timeout. Passing

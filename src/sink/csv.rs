@@ -3,6 +3,9 @@
 //! header, as Data Push clients do.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::batch::{ColumnsError, KnownColumns};
 
 use crate::config::{Column, ColumnSource, CsvOptions, LineEnding, PipelineConfig, Schema};
 use crate::expr::{self, Expr};
@@ -18,6 +21,8 @@ pub struct Layout {
     pub exprs: Vec<(usize, Expr)>,
     /// The pipeline's name, for the expressions' `pipeline` variable.
     pub pipeline: String,
+    /// The column that holds each row's queue offset (`dedupe = "server"`).
+    pub seq: Option<usize>,
 }
 
 impl Layout {
@@ -42,6 +47,7 @@ impl Layout {
                 sources,
                 exprs,
                 pipeline: String::new(),
+                seq: None,
             };
         }
         if let Some(schema) = schema.filter(|s| !s.fields.is_empty()) {
@@ -73,6 +79,32 @@ impl Layout {
         pipeline.clone_into(&mut self.pipeline);
         self
     }
+
+    /// Adds the column `name` holding each row's queue offset, last.
+    pub fn with_seq(mut self, name: &str) -> Layout {
+        self.seq = Some(self.headers.len());
+        self.headers.push(name.to_owned());
+        self.sources.push(String::new());
+        self
+    }
+
+    /// Only the columns named in `names`, in that order (a deleted chunk's key columns).
+    pub fn only(&self, names: &[String]) -> Layout {
+        let mut out = Layout {
+            pipeline: self.pipeline.clone(),
+            ..Layout::default()
+        };
+        for name in names {
+            let i = self.headers.iter().position(|h| h == name);
+            out.headers.push(name.clone());
+            out.sources
+                .push(i.map_or_else(|| name.clone(), |i| self.sources[i].clone()));
+            if let Some((_, x)) = i.and_then(|i| self.exprs.iter().find(|(j, _)| *j == i)) {
+                out.exprs.push((out.headers.len() - 1, x.clone()));
+            }
+        }
+        out
+    }
 }
 
 /// Where a pipeline's CSV columns come from, owned by its sink: `columns`, else `schema`,
@@ -83,6 +115,8 @@ pub struct ColumnSpec {
     pub schema: Option<Schema>,
     pub pipeline: String,
     pub max_columns: usize,
+    /// Without `columns` and schema, the columns sent so far (Celonis sink only).
+    pub known: Option<Arc<KnownColumns>>,
 }
 
 impl ColumnSpec {
@@ -92,6 +126,30 @@ impl ColumnSpec {
             schema: config.schema.clone(),
             pipeline: config.name.clone(),
             max_columns: config.max_columns,
+            known: None,
+        }
+    }
+
+    /// Whether `columns` or a schema fix the layout.
+    fn fixed(&self) -> bool {
+        !self.columns.is_empty() || self.schema.as_ref().is_some_and(|s| !s.fields.is_empty())
+    }
+
+    /// The layout of a batch. Without `columns` and schema but with known columns, the
+    /// header is the known columns then the batch's new names, and the state is written
+    /// before this returns.
+    pub fn layout_known(&self, entries: &[Entry]) -> Result<Layout, ColumnsError> {
+        let layout = self.layout(entries);
+        match &self.known {
+            Some(known) if !self.fixed() => {
+                let names = known.extend(&layout.headers)?;
+                Ok(Layout {
+                    headers: names.clone(),
+                    sources: names,
+                    ..layout
+                })
+            }
+            _ => Ok(layout),
         }
     }
 
@@ -104,12 +162,15 @@ impl ColumnSpec {
     /// schema; without, the longest prefix whose union of field names has at most
     /// `max_columns` names (at least one row: ingest bounds the fields of a row).
     pub fn fitting_rows(&self, entries: &[Entry]) -> usize {
-        let fixed =
-            !self.columns.is_empty() || self.schema.as_ref().is_some_and(|s| !s.fields.is_empty());
-        if fixed {
+        if self.fixed() {
             return entries.len();
         }
-        let mut seen: HashSet<&str> = HashSet::new();
+        let known = self
+            .known
+            .as_ref()
+            .map(|k| k.snapshot())
+            .unwrap_or_default();
+        let mut seen: HashSet<&str> = known.iter().map(String::as_str).collect();
         for (i, e) in entries.iter().enumerate() {
             for f in e.row.fields() {
                 seen.insert(f.name);
@@ -214,10 +275,13 @@ impl<'a> Chunks<'a> {
                     cells[i] = f.text;
                 }
             }
-            if layout.exprs.is_empty() {
+            if layout.exprs.is_empty() && layout.seq.is_none() {
                 w.write_record(&cells)?;
             } else {
-                let computed = computed_cells(layout, &self.pipeline, e);
+                let mut computed = computed_cells(layout, &self.pipeline, e);
+                if let Some(i) = layout.seq {
+                    computed.push((i, e.offset.to_string()));
+                }
                 let mut with_computed = cells.clone();
                 for (i, text) in &computed {
                     with_computed[*i] = text.as_bytes();
@@ -470,6 +534,7 @@ mod tests {
             schema: None,
             pipeline: "orders".into(),
             max_columns,
+            known: None,
         };
         let entries = vec![
             entry(&[("a", "1"), ("b", "2")]),
@@ -492,6 +557,24 @@ mod tests {
             ..spec(1)
         };
         assert_eq!(fixed.fitting_rows(&entries), 4, "columns fix the layout");
+    }
+
+    #[test]
+    fn known_columns_count_toward_max_columns_and_lead_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = KnownColumns::load(dir.path()).unwrap();
+        known.extend(&["a".to_owned(), "b".to_owned()]).unwrap();
+        let spec = ColumnSpec {
+            columns: vec![],
+            schema: None,
+            pipeline: "orders".into(),
+            max_columns: 3,
+            known: Some(Arc::new(known)),
+        };
+        let entries = vec![entry(&[("c", "1"), ("a", "2")]), entry(&[("d", "3")])];
+        assert_eq!(spec.fitting_rows(&entries), 1, "a, b, c fit; d does not");
+        let layout = spec.layout_known(&entries[..1]).unwrap();
+        assert_eq!(layout.headers, ["a", "b", "c"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`InFlightRecorder`], which can record and clear the batch in flight and nothing else; the
 //! scheduler commits a batch only after its sink said it was delivered.
 
+pub mod batch;
 pub mod budget;
 pub mod celonis;
 pub mod csv;
@@ -175,6 +176,15 @@ impl CallObserver {
     }
 }
 
+/// Why a pipeline's sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("reading the table's columns: {0}")]
+    Columns(#[from] batch::ColumnsError),
+}
+
 /// A pipeline's sink, ready to deliver. Each owns what it needs of the pipeline's config.
 pub enum Sink {
     Celonis(Box<CelonisClient>, ColumnSpec),
@@ -190,8 +200,8 @@ impl Sink {
         budgets: &Budgets,
         tokens: &Tokens,
         metrics: Arc<Metrics>,
-    ) -> Result<Sink, reqwest::Error> {
-        let columns = ColumnSpec::of(config);
+    ) -> Result<Sink, BuildError> {
+        let mut columns = ColumnSpec::of(config);
         match &config.sink {
             SinkConfig::Celonis(c) => {
                 let budget = budgets.for_team(&c.team_key(), limits);
@@ -203,6 +213,11 @@ impl Sink {
                     CelonisAuth::OAuth2(o) => Some(tokens.source(o, c.request_timeout)?),
                     _ => None,
                 };
+                if columns.columns.is_empty()
+                    && columns.schema.as_ref().is_none_or(|s| s.fields.is_empty())
+                {
+                    columns.known = Some(Arc::new(batch::KnownColumns::load(&config.state_dir)?));
+                }
                 Ok(Sink::Celonis(
                     Box::new(CelonisClient::new(c.clone(), budget, source, observe)?),
                     columns,
@@ -263,7 +278,9 @@ impl Sink {
                     )
                 });
                 let entries = &entries[..fit];
-                let layout = columns.layout(entries);
+                let layout = columns
+                    .layout_known(entries)
+                    .map_err(PushFailure::Columns)?;
                 let job = client.push(&layout, entries, recorder).await?;
                 Ok(Delivered {
                     job_id: Some(job),

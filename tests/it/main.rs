@@ -10,6 +10,7 @@ mod admin;
 mod check;
 mod crash;
 mod delivery;
+mod delta;
 mod deploy;
 mod emulator;
 mod helpers;
