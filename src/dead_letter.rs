@@ -51,6 +51,17 @@ pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
     Ok(moved)
 }
 
+/// Appends rows that failed alone with a permanent error to the dead-letter file (fsynced)
+/// with the service's reason. The caller commits them out of the queue afterwards: a crash
+/// between the two leaves them in both (delivered again, and dead-lettered twice if they
+/// fail again), never in neither.
+pub async fn record(p: &Pipeline, rows: Vec<Entry>, reason: String) -> std::io::Result<()> {
+    let path = p.dead_letter_path();
+    tokio::task::spawn_blocking(move || append(&path, &rows, &reason))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// Appends rows as CSV records `offset,received_at,reason,row` (row as JSON). Writes the
 /// header when the file is new. The file is fsynced before the rows leave the queue.
 fn append(path: &Path, rows: &[Entry], reason: &str) -> std::io::Result<()> {
