@@ -600,6 +600,8 @@ pub enum ControlError {
     Stopping,
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Requeue(#[from] dead_letter::RequeueError),
 }
 
 /// The most rows one reconcile call takes out (and returns), so one call never loads the
@@ -631,6 +633,7 @@ enum Command {
     Reconcile(usize, Reply<Reconciled>),
     Purge(Reply<u64>),
     Replay(Option<Offset>, Reply<Replayed>),
+    Requeue(Option<Vec<Offset>>, Reply<u64>),
 }
 
 /// What a replay did.
@@ -726,6 +729,16 @@ impl SchedulerHandle {
         offset: Option<Offset>,
     ) -> Result<Replayed, ControlError> {
         self.ask(pipeline, |r| Command::Replay(offset, r)).await
+    }
+
+    /// Queues dead-lettered rows again (all, or those with the given offsets); returns how
+    /// many. Runs in the worker, so it never races a run writing the file.
+    pub async fn requeue(
+        &self,
+        pipeline: &str,
+        offsets: Option<Vec<Offset>>,
+    ) -> Result<u64, ControlError> {
+        self.ask(pipeline, |r| Command::Requeue(offsets, r)).await
     }
 
     /// Why the pipeline's worker stopped, if it did (not at shutdown).
@@ -949,6 +962,10 @@ impl Worker {
             }
             Command::Replay(offset, reply) => {
                 let _ = reply.send(self.replay(offset).await);
+            }
+            Command::Requeue(offsets, reply) => {
+                let requeued = dead_letter::requeue(&self.pipeline, offsets).await;
+                let _ = reply.send(requeued.map_err(ControlError::from));
             }
         }
     }

@@ -729,8 +729,7 @@ mod tests {
             logs: logs.iter().map(|l| (*l).to_owned()).collect(),
         };
         assert_eq!(
-            failed(&["chunk 1, row 3, column Price: the value \"x\" could not be parsed"])
-                .class(),
+            failed(&["chunk 1, row 3, column Price: the value \"x\" could not be parsed"]).class(),
             ErrorClass::BadData
         );
         assert_eq!(
@@ -741,8 +740,7 @@ mod tests {
             step,
             status,
             kind: classify(StatusCode::from_u16(status).unwrap()),
-            body: r#"{"frontendErrorKey":"INVALID_CHUNK","errors":[{"error":"bad row 3"}]}"#
-                .into(),
+            body: r#"{"frontendErrorKey":"INVALID_CHUNK","errors":[{"error":"bad row 3"}]}"#.into(),
             retry_after: None,
         };
         assert_eq!(http(Step::Upload, 400).class(), ErrorClass::BadData);
