@@ -642,6 +642,7 @@ mod tests {
                 | AdminError::ConfirmRequired
                 | AdminError::StateNotSaved(_)
                 | AdminError::DeadLetterUnreadable(_)
+                | AdminError::RequeueFailed(_)
                 | AdminError::Paused
                 | AdminError::ShuttingDown
                 | AdminError::Unsupported(_)
