@@ -71,6 +71,8 @@ pub enum AdminError {
     StateNotSaved(#[source] std::io::Error),
     #[error("cannot read the dead-letter file: {0}")]
     DeadLetterUnreadable(#[source] std::io::Error),
+    #[error("cannot queue the dead-lettered rows again: {0}")]
+    RequeueFailed(#[source] crate::dead_letter::RequeueError),
     #[error("pipeline is paused: resume it before flushing")]
     Paused,
     #[error("weir is shutting down")]
@@ -109,6 +111,12 @@ impl AdminError {
                 "dead_letter_unreadable",
                 None,
             ),
+            AdminError::RequeueFailed(crate::dead_letter::RequeueError::Queue(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "requeue_failed", Some(5))
+            }
+            AdminError::RequeueFailed(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "requeue_failed", None)
+            }
             AdminError::Paused => (StatusCode::CONFLICT, "paused", None),
             AdminError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", Some(5)),
             AdminError::Unsupported(_) => (StatusCode::CONFLICT, "unsupported", None),
@@ -129,6 +137,7 @@ impl From<ControlError> for AdminError {
             ControlError::Queue(q @ QueueError::OffsetGone { .. }) => AdminError::OffsetGone(q),
             ControlError::Queue(q @ QueueError::OffsetAhead { .. }) => AdminError::OffsetAhead(q),
             ControlError::Queue(q @ QueueError::Io(_)) => AdminError::QueueFailed(q),
+            ControlError::Requeue(r) => AdminError::RequeueFailed(r),
         }
     }
 }
@@ -225,6 +234,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/pipelines/{name}/events", patch(reconcile))
         .route("/admin/pipelines/{name}/replay", patch(replay))
         .route("/admin/pipelines/{name}/rows", axum::routing::delete(purge))
+        .route("/admin/pipelines/{name}/dead-letter/requeue", post(requeue))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_write));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -503,6 +513,36 @@ async fn purge(
     Ok(axum::Json(json!({ "removed": removed })).into_response())
 }
 
+async fn requeue(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    s.pipeline(&name)?;
+    let offsets = params
+        .get("offsets")
+        .map(|list| {
+            list.split(',')
+                .map(|o| {
+                    o.trim()
+                        .parse::<u64>()
+                        .map_err(|_| AdminError::BadParameter {
+                            key: "offsets",
+                            value: list.clone(),
+                            max: u64::MAX,
+                        })
+                })
+                .collect::<Result<Vec<u64>, _>>()
+        })
+        .transpose()?;
+    let requeued = s
+        .runs
+        .requeue(&name, offsets)
+        .await
+        .map_err(AdminError::from)?;
+    Ok(axum::Json(json!({ "requeued": requeued })).into_response())
+}
+
 async fn dead_letter(
     State(s): State<AdminState>,
     Path(name): Path<String>,
@@ -567,6 +607,14 @@ mod tests {
             AdminError::ConfirmRequired,
             AdminError::StateNotSaved(io()),
             AdminError::DeadLetterUnreadable(io()),
+            AdminError::RequeueFailed(crate::dead_letter::RequeueError::File(io())),
+            AdminError::RequeueFailed(crate::dead_letter::RequeueError::Queue(
+                crate::queue::PushError::FullRows {
+                    queued: 1,
+                    capacity: 1,
+                    incoming: 1,
+                },
+            )),
             AdminError::Paused,
             AdminError::ShuttingDown,
             AdminError::Unsupported("the memory queue keeps no history"),
@@ -594,6 +642,7 @@ mod tests {
                 | AdminError::ConfirmRequired
                 | AdminError::StateNotSaved(_)
                 | AdminError::DeadLetterUnreadable(_)
+                | AdminError::RequeueFailed(_)
                 | AdminError::Paused
                 | AdminError::ShuttingDown
                 | AdminError::Unsupported(_)

@@ -55,6 +55,8 @@ fn sample(p: &Pipeline, now: u64) -> PipelineSample {
         runs_ok: Counters::get(&c.runs_ok),
         runs_failed: Counters::get(&c.runs_failed),
         dead_lettered: Counters::get(&c.dead_lettered),
+        rows_isolated: Counters::get(&c.isolated),
+        isolation_jobs: Counters::get(&c.isolation_jobs),
         removed: Counters::get(&c.removed),
         queue_rows: stats.rows,
         queue_bytes: stats.bytes,

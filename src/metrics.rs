@@ -64,6 +64,10 @@ pub struct PipelineSample {
     pub runs_ok: u64,
     pub runs_failed: u64,
     pub dead_lettered: u64,
+    /// Rows isolated by bisection after a permanent error (and dead-lettered).
+    pub rows_isolated: u64,
+    /// Extra jobs spent isolating bad rows.
+    pub isolation_jobs: u64,
     pub removed: u64,
     pub queue_rows: u64,
     pub queue_bytes: u64,
@@ -240,6 +244,8 @@ impl Collector for ScrapeCollector {
         let mut delivered = Vec::new();
         let mut runs = Vec::new();
         let mut dead = Vec::new();
+        let mut isolated = Vec::new();
+        let mut isolation_jobs = Vec::new();
         let mut removed = Vec::new();
         let mut q_rows = Vec::new();
         let mut q_bytes = Vec::new();
@@ -264,6 +270,8 @@ impl Collector for ScrapeCollector {
             runs.push(outcome(p, "ok", p.runs_ok));
             runs.push(outcome(p, "failed", p.runs_failed));
             dead.push((label(p), ConstCounter::new(p.dead_lettered)));
+            isolated.push((label(p), ConstCounter::new(p.rows_isolated)));
+            isolation_jobs.push((label(p), ConstCounter::new(p.isolation_jobs)));
             removed.push((label(p), ConstCounter::new(p.removed)));
             q_rows.push((label(p), ConstGauge::new(p.queue_rows as i64)));
             q_bytes.push((label(p), ConstGauge::new(p.queue_bytes as i64)));
@@ -324,6 +332,20 @@ impl Collector for ScrapeCollector {
             "Rows moved to the dead-letter file after retention",
             None,
             dead,
+        )?;
+        family(
+            &mut e,
+            "weir_delivery_rows_isolated",
+            "Rows that failed alone with a permanent error, moved to the dead-letter file",
+            None,
+            isolated,
+        )?;
+        family(
+            &mut e,
+            "weir_delivery_isolation_jobs",
+            "Extra jobs spent isolating bad rows by bisection",
+            None,
+            isolation_jobs,
         )?;
         family(
             &mut e,

@@ -44,6 +44,10 @@ pub struct Counters {
     pub runs_failed: AtomicU64,
     /// Rows moved to the dead-letter file after `retention`.
     pub dead_lettered: AtomicU64,
+    /// Rows that failed alone with a permanent error and were moved to the dead-letter file.
+    pub isolated: AtomicU64,
+    /// Extra jobs spent isolating bad rows (each half pushed).
+    pub isolation_jobs: AtomicU64,
     /// Rows taken out by reconcile or purge.
     pub removed: AtomicU64,
     /// Requests refused, by error code (a small, fixed set of codes).

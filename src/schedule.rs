@@ -286,6 +286,15 @@ async fn push(
                 report.cut = true;
             }
         }
+        Err(e) if e.bad_data().is_some() => {
+            if e.fate() == Fate::NotDelivered {
+                clear_in_flight(p).await;
+            }
+            let fit = sink.fitting_rows(&entries).clamp(1, entries.len());
+            let reason = e.bad_data().unwrap_or_default();
+            tracing::warn!(pipeline = p.name(), rows = fit, error = %reason, "batch refused for its data; isolating the bad rows");
+            isolate(p, sink, carry, &entries[..fit], reason, report).await;
+        }
         Err(e) => {
             // A sink that delivered a prefix of the batch (the HTTP sink per row): commit it,
             // so the retry starts at the first row not delivered.
@@ -320,6 +329,183 @@ async fn push(
                     "outcome of the job unknown; it is settled before the next push"
                 ),
             }
+        }
+    }
+}
+
+/// The most extra jobs isolating one refused batch of `rows` may spend: `2·⌈log2(rows)⌉`.
+pub fn isolation_budget(rows: usize) -> u32 {
+    2 * (usize::BITS - rows.saturating_sub(1).leading_zeros())
+}
+
+/// What one piece of a refused batch came to.
+enum Piece {
+    /// Delivered (or dead-lettered) and committed.
+    Done,
+    /// Refused for its data, with the service's reason.
+    Bad(String),
+    /// Isolation must stop here: a transient or unknown failure, a failed commit, or the
+    /// job budget spent. The rest stays queued for the next run.
+    Stop(String, Option<Duration>),
+}
+
+/// Bisection over a batch refused for its data, oldest rows first, so what leaves the queue
+/// is always a contiguous prefix from the batch start: each half is pushed as its own job
+/// (recorded in flight like any batch, so an unknown outcome is settled before the next
+/// push); a delivered half is committed; a row refused alone goes to the dead-letter file
+/// with the service's reason and is then committed too.
+struct Isolation<'a> {
+    p: &'a Pipeline,
+    sink: &'a Sink,
+    carry: &'a mut Carry,
+    jobs_left: u32,
+    jobs: u64,
+    delivered: usize,
+    isolated: usize,
+    job_id: Option<String>,
+}
+
+impl Isolation<'_> {
+    /// Isolates the bad rows of `rows`, known to be refused with `reason`.
+    fn bad<'s>(
+        &'s mut self,
+        rows: &'s [Entry],
+        reason: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Piece> + Send + 's>> {
+        Box::pin(async move {
+            if rows.len() == 1 {
+                return self.dead_letter(&rows[0], reason).await;
+            }
+            let (left, right) = rows.split_at(rows.len() / 2);
+            match self.try_push(left).await {
+                // The left half went through: the right half holds the bad rows.
+                Piece::Done => self.bad(right, reason).await,
+                Piece::Bad(why) => match self.bad(left, why).await {
+                    Piece::Done => match self.try_push(right).await {
+                        Piece::Bad(why) => self.bad(right, why).await,
+                        other => other,
+                    },
+                    other => other,
+                },
+                stop => stop,
+            }
+        })
+    }
+
+    /// Pushes `rows` as one job and commits them if they were delivered.
+    async fn try_push(&mut self, rows: &[Entry]) -> Piece {
+        if self.jobs_left == 0 {
+            return Piece::Stop(
+                "isolating bad rows: this batch's job allowance is spent; the rest is isolated in the next run"
+                    .into(),
+                None,
+            );
+        }
+        self.jobs_left -= 1;
+        self.jobs += 1;
+        let p = self.p;
+        match self
+            .sink
+            .deliver(rows, InFlightRecorder::new(p.queue().as_ref()))
+            .await
+        {
+            Ok(delivered) => {
+                let batch = InFlight {
+                    first: rows[0].offset,
+                    last: rows[rows.len() - 1].offset,
+                    job_id: delivered.job_id.clone(),
+                };
+                self.job_id = delivered.job_id;
+                if let Err(e) = commit_delivered(p, batch, self.carry).await {
+                    return Piece::Stop(e, None);
+                }
+                self.delivered += rows.len();
+                Counters::add(&p.counters.delivered, rows.len() as u64);
+                Piece::Done
+            }
+            Err(e) => {
+                if e.fate() == Fate::NotDelivered {
+                    clear_in_flight(p).await;
+                }
+                match e.bad_data() {
+                    Some(reason) => Piece::Bad(reason),
+                    None => Piece::Stop(e.to_string(), e.retry_after()),
+                }
+            }
+        }
+    }
+
+    /// Moves a row that failed alone to the dead-letter file, then commits it.
+    async fn dead_letter(&mut self, row: &Entry, reason: String) -> Piece {
+        let p = self.p;
+        tracing::warn!(pipeline = p.name(), offset = row.offset, error = %reason, "row refused alone moved to the dead-letter file");
+        if let Err(e) = dead_letter::record(p, vec![row.clone()], reason).await {
+            return Piece::Stop(format!("writing the dead-letter file: {e}"), None);
+        }
+        if let Err(e) = p.queue().commit(row.offset).await {
+            return Piece::Stop(
+                format!("committing the dead-lettered row {}: {e}", row.offset),
+                None,
+            );
+        }
+        Counters::add(&p.counters.dead_lettered, 1);
+        Counters::add(&p.counters.isolated, 1);
+        self.isolated += 1;
+        Piece::Done
+    }
+}
+
+/// Isolates the bad rows of a batch refused for its data (`reason`), within
+/// [`isolation_budget`] extra jobs: every good row is delivered, every row refused alone is
+/// dead-lettered. What the budget or a transient failure leaves is retried next run.
+async fn isolate(
+    p: &Pipeline,
+    sink: &Sink,
+    carry: &mut Carry,
+    rows: &[Entry],
+    reason: String,
+    report: &mut RunReport,
+) {
+    let mut run = Isolation {
+        p,
+        sink,
+        carry,
+        jobs_left: isolation_budget(rows.len()),
+        jobs: 0,
+        delivered: 0,
+        isolated: 0,
+        job_id: None,
+    };
+    let piece = run.bad(rows, reason).await;
+    Counters::add(&p.counters.isolation_jobs, run.jobs);
+    tracing::info!(
+        pipeline = p.name(),
+        rows = rows.len(),
+        delivered = run.delivered,
+        isolated = run.isolated,
+        jobs = run.jobs,
+        "bad row isolation"
+    );
+    report.rows += run.delivered + run.isolated;
+    report.job_id = run.job_id.or(report.job_id.take());
+    match piece {
+        Piece::Done => {
+            report.outcome = Outcome::Delivered;
+            report.error = Some(format!(
+                "{} rows refused for their data moved to the dead-letter file",
+                run.isolated
+            ));
+            // Rows past a max_columns cut, if any, go in the next run right away.
+            report.cut = true;
+        }
+        Piece::Bad(why) | Piece::Stop(why, None) => {
+            report.outcome = Outcome::Failed;
+            report.error = Some(why);
+        }
+        Piece::Stop(why, retry_after) => {
+            report.outcome = Outcome::Failed;
+            report.retry_after = retry_after;
+            report.error = Some(why);
         }
     }
 }
@@ -415,6 +601,8 @@ pub enum ControlError {
     Stopping,
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Requeue(#[from] dead_letter::RequeueError),
 }
 
 /// The most rows one reconcile call takes out (and returns), so one call never loads the
@@ -446,6 +634,7 @@ enum Command {
     Reconcile(usize, Reply<Reconciled>),
     Purge(Reply<u64>),
     Replay(Option<Offset>, Reply<Replayed>),
+    Requeue(Option<Vec<Offset>>, Reply<u64>),
 }
 
 /// What a replay did.
@@ -541,6 +730,16 @@ impl SchedulerHandle {
         offset: Option<Offset>,
     ) -> Result<Replayed, ControlError> {
         self.ask(pipeline, |r| Command::Replay(offset, r)).await
+    }
+
+    /// Queues dead-lettered rows again (all, or those with the given offsets); returns how
+    /// many. Runs in the worker, so it never races a run writing the file.
+    pub async fn requeue(
+        &self,
+        pipeline: &str,
+        offsets: Option<Vec<Offset>>,
+    ) -> Result<u64, ControlError> {
+        self.ask(pipeline, |r| Command::Requeue(offsets, r)).await
     }
 
     /// Why the pipeline's worker stopped, if it did (not at shutdown).
@@ -763,6 +962,10 @@ impl Worker {
             Command::Replay(offset, reply) => {
                 let _ = reply.send(self.replay(offset).await);
             }
+            Command::Requeue(offsets, reply) => {
+                let requeued = dead_letter::requeue(&self.pipeline, offsets).await;
+                let _ = reply.send(requeued.map_err(ControlError::from));
+            }
         }
     }
 
@@ -865,6 +1068,15 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isolation_spends_at_most_two_jobs_per_halving() {
+        assert_eq!(isolation_budget(1), 0);
+        assert_eq!(isolation_budget(2), 2);
+        assert_eq!(isolation_budget(1000), 20);
+        assert_eq!(isolation_budget(1024), 20);
+        assert_eq!(isolation_budget(1025), 22);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {

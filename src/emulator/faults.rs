@@ -7,6 +7,9 @@
 //! `"handled": true` lets the request be carried out and only then answers with the status
 //! (an execute that answers 500 but whose job runs); `"pad_bytes": n` (get only) answers
 //! the job padded with `n` bytes, as a broken or hostile server might.
+//! `{"bad_value": "X"}` stays until the faults are cleared: every executed CSV job with a
+//! value exactly `X` in a chunk ends ERROR with a data error log naming the chunk, row and
+//! column, as the real service does for a value that does not parse for its column's type.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -60,6 +63,8 @@ pub(super) enum Fault {
     JobEnd(ForcedEnd),
     /// The executed job stays RUNNING this much longer before it ends.
     JobRunning(Duration),
+    /// Jobs with this value in a chunk end ERROR with a data error (kept until cleared).
+    BadValue(String),
 }
 
 #[derive(Debug)]
@@ -72,11 +77,14 @@ struct Queued {
 #[derive(Debug, Default)]
 pub(super) struct Faults {
     queue: VecDeque<Queued>,
+    bad_values: Vec<String>,
 }
 
 impl Faults {
     pub(super) fn push(&mut self, fault: Fault, count: u32) {
-        if count > 0 {
+        if let Fault::BadValue(value) = fault {
+            self.bad_values.push(value);
+        } else if count > 0 {
             self.queue.push_back(Queued {
                 fault,
                 remaining: count,
@@ -86,10 +94,16 @@ impl Faults {
 
     pub(super) fn clear(&mut self) {
         self.queue.clear();
+        self.bad_values.clear();
     }
 
     pub(super) fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.bad_values.len()
+    }
+
+    /// The values that make a job end ERROR with a data error.
+    pub(super) fn bad_values(&self) -> Vec<String> {
+        self.bad_values.clone()
     }
 
     /// Takes one use of the first request fault that applies to `endpoint` before it is
@@ -109,11 +123,11 @@ impl Faults {
                 endpoint: only,
                 fault,
             } => (only.is_none() || *only == Some(endpoint)) && fault.after() == after,
-            Fault::JobEnd(_) | Fault::JobRunning(_) => false,
+            Fault::JobEnd(_) | Fault::JobRunning(_) | Fault::BadValue(_) => false,
         })?;
         match &self.take_at(position) {
             Fault::Request { fault, .. } => Some(fault.clone()),
-            Fault::JobEnd(_) | Fault::JobRunning(_) => None,
+            Fault::JobEnd(_) | Fault::JobRunning(_) | Fault::BadValue(_) => None,
         }
     }
 
@@ -125,7 +139,7 @@ impl Faults {
             .position(|q| matches!(q.fault, Fault::JobEnd(_)))?;
         match self.take_at(position) {
             Fault::JobEnd(end) => Some(end),
-            Fault::Request { .. } | Fault::JobRunning(_) => None,
+            Fault::Request { .. } | Fault::JobRunning(_) | Fault::BadValue(_) => None,
         }
     }
 
@@ -137,7 +151,7 @@ impl Faults {
             .position(|q| matches!(q.fault, Fault::JobRunning(_)))?;
         match self.take_at(position) {
             Fault::JobRunning(extra) => Some(extra),
-            Fault::Request { .. } | Fault::JobEnd(_) => None,
+            Fault::Request { .. } | Fault::JobEnd(_) | Fault::BadValue(_) => None,
         }
     }
 
@@ -164,6 +178,7 @@ struct FaultBody {
     endpoint: Option<String>,
     handled: Option<bool>,
     pad_bytes: Option<usize>,
+    bad_value: Option<String>,
 }
 
 /// Parses a `POST /emulator/faults` body into a fault and how many times it fires.
@@ -186,6 +201,18 @@ pub(super) fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
             ));
         }
     };
+    if let Some(value) = body.bad_value {
+        if body.status.is_some()
+            || body.delay_ms.is_some()
+            || body.job_status.is_some()
+            || body.job_running_ms.is_some()
+            || body.endpoint.is_some()
+            || body.count.is_some()
+        {
+            return Err("bad_value cannot be combined with other fault fields".into());
+        }
+        return Ok((Fault::BadValue(value), 1));
+    }
     if let Some(ms) = body.job_running_ms {
         if body.status.is_some()
             || body.delay_ms.is_some()

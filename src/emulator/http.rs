@@ -589,7 +589,11 @@ async fn execute_job(
         job.set_status(Status::Queued);
         job.executed_ms = Some(now_ms());
         let mut faults = lock(&emulator.inner.faults);
-        (faults.take_job_end(), faults.take_job_running())
+        (
+            faults.take_job_end(),
+            faults.take_job_running(),
+            faults.bad_values(),
+        )
     };
     info!(job = %id, "emulator job submitted");
     let task = run_job(emulator.clone(), id, forced);
@@ -613,7 +617,7 @@ async fn execute_job(
 async fn run_job(
     emulator: Emulator,
     id: Uuid,
-    (forced, extra_running): (Option<ForcedEnd>, Option<Duration>),
+    (forced, extra_running, bad_values): (Option<ForcedEnd>, Option<Duration>, Vec<String>),
 ) {
     let step = emulator.inner.config.step_delay;
     emulator.pause(step).await;
@@ -633,7 +637,9 @@ async fn run_job(
         .pause(step + extra_running.unwrap_or_default())
         .await;
     let mut warnings = Vec::new();
+    let bad = injected_bad_value(&spec, &chunks, &bad_values);
     let (status, log) = match forced {
+        None if bad.is_some() => (Status::Error, bad.unwrap_or_default()),
         Some(ForcedEnd::Error) => (
             Status::Error,
             "the job failed because a fault was injected into the emulator".to_owned(),
@@ -682,6 +688,34 @@ async fn run_job(
         job.logs.push(log);
         job.set_status(status);
     });
+}
+
+/// The data error log of the first chunk value that is one of the injected `bad_values`.
+fn injected_bad_value(
+    spec: &super::model::JobSpec,
+    chunks: &[(ChunkKind, Bytes)],
+    bad_values: &[String],
+) -> Option<String> {
+    if bad_values.is_empty() {
+        return None;
+    }
+    for (i, (_, content)) in chunks.iter().enumerate() {
+        let Ok(parsed) = super::chunk::parse_csv(content, &spec.csv) else {
+            continue;
+        };
+        for (r, row) in parsed.rows.iter().enumerate() {
+            for (value, column) in row.iter().zip(&parsed.headers) {
+                if bad_values.contains(value) {
+                    return Some(format!(
+                        "chunk {}, row {}, column {column}: the value {value:?} could not be parsed (injected fault)",
+                        i + 1,
+                        r + 1
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// `?connectionId=` names a data connection's table; without it, the pool's global schema.

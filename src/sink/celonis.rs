@@ -114,6 +114,42 @@ impl PushFailure {
         }
     }
 
+    /// Whether retrying can help, and whether the batch's rows are the cause.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PushFailure::Http {
+                step: Step::Upload,
+                status: 400,
+                ..
+            } => ErrorClass::BadData,
+            PushFailure::Http {
+                step: Step::Create,
+                status: 400,
+                ..
+            } => ErrorClass::Permanent,
+            PushFailure::JobFailed { status, logs, .. }
+                if status == "ERROR" && is_data_error(logs) =>
+            {
+                ErrorClass::BadData
+            }
+            _ => ErrorClass::Transient,
+        }
+    }
+
+    /// The service's reason for a refused batch, for the dead-letter file: the job's logs,
+    /// or the error body's `frontendErrorKey` and `errors[0].error`.
+    pub fn reason(&self) -> String {
+        match self {
+            PushFailure::JobFailed { status, logs, .. } => {
+                format!("job ended {status}: {}", logs.join(" | "))
+            }
+            PushFailure::Http {
+                step, status, body, ..
+            } => format!("{step}: HTTP {status}: {}", error_text(body)),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the job may have run. Before execute nothing ran; an execute refused with a
     /// 4xx other than 409 and 429 did not run. Everything after a sent execute is unknown
     /// until a poll says otherwise (a 429 keeps the job to execute it again).
@@ -157,6 +193,55 @@ impl Kind {
             Kind::Upserted => "upserted",
             Kind::Deleted => "deleted",
         }
+    }
+}
+
+/// Whether sending the same request again can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 5xx, 429, timeouts, connection errors, and 401/403 (an operator can fix the key):
+    /// retried with backoff.
+    Transient,
+    /// The request itself is refused (a 400 on create): the same body fails again until
+    /// the configuration changes. Retried with backoff, never bisected.
+    Permanent,
+    /// The batch's data is refused (a 400 on upload, a job that ended ERROR with a data
+    /// error in its logs): some rows fail whatever is retried, so they are isolated.
+    BadData,
+}
+
+/// Whether a job's log lines describe a data error (a row or column the service refused),
+/// rather than a failure of the service.
+pub fn is_data_error(logs: &[String]) -> bool {
+    logs.iter().any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.contains("row") || line.contains("column")
+    })
+}
+
+/// Celonis' own words in an error body: `frontendErrorKey`, `errors[0].error` and
+/// `errorInformation` or `message`, when the body is such JSON; else the body.
+pub fn error_text(body: &str) -> String {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+        return body.to_owned();
+    };
+    let mut parts = Vec::new();
+    for field in [
+        json.get("frontendErrorKey"),
+        json.pointer("/errors/0/error"),
+        json.get("errorInformation").or_else(|| json.get("message")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(text) = field.as_str().filter(|t| !t.is_empty()) {
+            parts.push(text.to_owned());
+        }
+    }
+    if parts.is_empty() {
+        body.to_owned()
+    } else {
+        parts.join(": ")
     }
 }
 
@@ -718,6 +803,39 @@ mod tests {
         assert_eq!(classify(StatusCode::NOT_FOUND), FailureKind::NotFound);
         assert_eq!(classify(StatusCode::BAD_REQUEST), FailureKind::Refused);
         assert_eq!(classify(StatusCode::BAD_GATEWAY), FailureKind::Server);
+    }
+
+    #[test]
+    fn data_errors_are_told_from_service_failures() {
+        let failed = |logs: &[&str]| PushFailure::JobFailed {
+            job_id: "j".into(),
+            status: "ERROR".into(),
+            logs: logs.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        assert_eq!(
+            failed(&["chunk 1, row 3, column Price: the value \"x\" could not be parsed"]).class(),
+            ErrorClass::BadData
+        );
+        assert_eq!(
+            failed(&["internal error, try again"]).class(),
+            ErrorClass::Transient
+        );
+        let http = |step, status| PushFailure::Http {
+            step,
+            status,
+            kind: classify(StatusCode::from_u16(status).unwrap()),
+            body: r#"{"frontendErrorKey":"INVALID_CHUNK","errors":[{"error":"bad row 3"}]}"#.into(),
+            retry_after: None,
+        };
+        assert_eq!(http(Step::Upload, 400).class(), ErrorClass::BadData);
+        assert_eq!(http(Step::Create, 400).class(), ErrorClass::Permanent);
+        for status in [401, 403, 429, 500, 503] {
+            assert_eq!(http(Step::Upload, status).class(), ErrorClass::Transient);
+        }
+        assert_eq!(
+            http(Step::Upload, 400).reason(),
+            "upload chunk: HTTP 400: INVALID_CHUNK: bad row 3"
+        );
     }
 
     #[test]

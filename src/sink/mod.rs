@@ -100,6 +100,15 @@ impl SinkError {
         }
     }
 
+    /// Whether the batch's rows are the cause: some fail whatever is retried, so the worker
+    /// isolates them. Returns the service's reason.
+    pub fn bad_data(&self) -> Option<String> {
+        match self {
+            SinkError::Celonis(p) if p.class() == celonis::ErrorClass::BadData => Some(p.reason()),
+            _ => None,
+        }
+    }
+
     /// Whether the batch's fate is known. The HTTP sink records nothing in flight: a failed
     /// request is sent again (at least once).
     pub fn fate(&self) -> Fate {
@@ -247,6 +256,14 @@ impl Sink {
             Sink::Celonis(client, _) => Ok(client.settle(batch).await?),
             // An HTTP API has no job to look up: the batch is delivered again.
             Sink::Http(..) => Ok(Settled::NotDelivered),
+        }
+    }
+
+    /// How many of the batch's first rows one job can take (all but with `max_columns`).
+    pub fn fitting_rows(&self, entries: &[Entry]) -> usize {
+        match self {
+            Sink::Celonis(_, columns) => columns.fitting_rows(entries),
+            Sink::Http(..) => entries.len(),
         }
     }
 

@@ -15,6 +15,7 @@ mod deploy;
 mod emulator;
 mod helpers;
 mod ingest;
+mod isolation;
 mod outbound;
 mod security;
 mod soak;
