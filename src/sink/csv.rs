@@ -136,13 +136,18 @@ impl ColumnSpec {
     }
 
     /// The layout of a batch. Without `columns` and schema but with known columns, the
-    /// header is the known columns then the batch's new names, and the state is written
-    /// before this returns.
+    /// header is every column sent so far then the batch's new names (the state is written
+    /// before this returns), so the table keeps its columns and their order. When that
+    /// union is wider than `max_columns`, the header is only the union's columns the batch
+    /// has, still in the union's order.
     pub fn layout_known(&self, entries: &[Entry]) -> Result<Layout, ColumnsError> {
         let layout = self.layout(entries);
         match &self.known {
             Some(known) if !self.fixed() => {
-                let names = known.extend(&layout.headers)?;
+                let mut names = known.extend(&layout.headers)?;
+                if names.len() > self.max_columns {
+                    names.retain(|n| layout.headers.contains(n));
+                }
                 Ok(Layout {
                     headers: names.clone(),
                     sources: names,
@@ -165,12 +170,7 @@ impl ColumnSpec {
         if self.fixed() {
             return entries.len();
         }
-        let known = self
-            .known
-            .as_ref()
-            .map(|k| k.snapshot())
-            .unwrap_or_default();
-        let mut seen: HashSet<&str> = known.iter().map(String::as_str).collect();
+        let mut seen: HashSet<&str> = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             for f in e.row.fields() {
                 seen.insert(f.name);
@@ -560,21 +560,29 @@ mod tests {
     }
 
     #[test]
-    fn known_columns_count_toward_max_columns_and_lead_the_header() {
+    fn known_columns_lead_the_header_and_past_max_columns_only_the_batchs_are_sent() {
         let dir = tempfile::tempdir().unwrap();
         let known = KnownColumns::load(dir.path()).unwrap();
         known.extend(&["a".to_owned(), "b".to_owned()]).unwrap();
-        let spec = ColumnSpec {
+        let spec = |max_columns| ColumnSpec {
             columns: vec![],
             schema: None,
             pipeline: "orders".into(),
-            max_columns: 3,
-            known: Some(Arc::new(known)),
+            max_columns,
+            known: Some(Arc::new(KnownColumns::load(dir.path()).unwrap())),
         };
-        let entries = vec![entry(&[("c", "1"), ("a", "2")]), entry(&[("d", "3")])];
-        assert_eq!(spec.fitting_rows(&entries), 1, "a, b, c fit; d does not");
-        let layout = spec.layout_known(&entries[..1]).unwrap();
-        assert_eq!(layout.headers, ["a", "b", "c"]);
+        let entries = vec![entry(&[("c", "1"), ("a", "2")])];
+        assert_eq!(
+            spec(3).layout_known(&entries).unwrap().headers,
+            ["a", "b", "c"]
+        );
+        let entries = vec![entry(&[("d", "1"), ("b", "2")])];
+        assert_eq!(
+            spec(3).layout_known(&entries).unwrap().headers,
+            ["b", "d"],
+            "the union a, b, c, d is past max_columns: the batch's columns in union order"
+        );
+        assert_eq!(spec(3).fitting_rows(&entries), 1);
     }
 
     #[test]
