@@ -74,7 +74,8 @@ fn the_contract_example_loads_with_every_setting_resolved() {
         p.columns[1],
         Column {
             name: "Requested Delivery Date".into(),
-            source: ColumnSource::Field("DeliveryDate".into())
+            source: ColumnSource::Field("DeliveryDate".into()),
+            typing: Typing::default(),
         }
     );
     let SinkConfig::Celonis(sink) = &p.sink else {

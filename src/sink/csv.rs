@@ -4,7 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{Column, ColumnSource, CsvOptions, LineEnding, PipelineConfig, Schema};
+use crate::config::{
+    Column, ColumnDecl, ColumnSource, CsvOptions, FieldType, LineEnding, PipelineConfig, Schema,
+    TableSpec, Typing,
+};
 use crate::expr::{self, Expr};
 use crate::queue::Entry;
 
@@ -18,6 +21,27 @@ pub struct Layout {
     pub exprs: Vec<(usize, Expr)>,
     /// The pipeline's name, for the expressions' `pipeline` variable.
     pub pipeline: String,
+    /// Each column's configured typing and its schema field's type (what `tableSchema`
+    /// declares, with the sink's fallback length).
+    pub typings: Vec<(Typing, Option<FieldType>)>,
+}
+
+impl Layout {
+    /// The typed table of this layout: every STRING column without its own `length` gets
+    /// `fallback` characters.
+    pub fn table(&self, fallback: u32) -> TableSpec {
+        TableSpec {
+            columns: self
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let (typing, field) = self.typings.get(i).copied().unwrap_or_default();
+                    ColumnDecl::new(name, typing, field, fallback)
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Layout {
@@ -37,11 +61,22 @@ impl Layout {
                     }
                 })
                 .collect();
+            let typings = columns
+                .iter()
+                .map(|c| {
+                    let field = match (&c.source, schema) {
+                        (ColumnSource::Field(f), Some(s)) => s.field_type(f),
+                        _ => None,
+                    };
+                    (c.typing, field)
+                })
+                .collect();
             return Layout {
                 headers: columns.iter().map(|c| c.name.clone()).collect(),
                 sources,
                 exprs,
                 pipeline: String::new(),
+                typings,
             };
         }
         if let Some(schema) = schema.filter(|s| !s.fields.is_empty()) {
@@ -49,6 +84,11 @@ impl Layout {
             return Layout {
                 headers: names.clone(),
                 sources: names,
+                typings: schema
+                    .fields
+                    .iter()
+                    .map(|(_, t)| (Typing::default(), Some(*t)))
+                    .collect(),
                 ..Layout::default()
             };
         }
@@ -322,10 +362,12 @@ mod tests {
             Column {
                 name: "Order ID".into(),
                 source: ColumnSource::Field("OrderId".into()),
+                typing: Typing::default(),
             },
             Column {
                 name: "Date".into(),
                 source: ColumnSource::Field("DeliveryDate".into()),
+                typing: Typing::default(),
             },
         ];
         let entries = vec![
@@ -351,6 +393,7 @@ mod tests {
             Column {
                 name: "id".into(),
                 source: ColumnSource::Field("OrderId".into()),
+                typing: Typing::default(),
             },
             Column {
                 name: "Date".into(),
@@ -361,6 +404,7 @@ mod tests {
                     )
                     .unwrap(),
                 ),
+                typing: Typing::default(),
             },
             Column {
                 name: "Tag".into(),
@@ -368,6 +412,7 @@ mod tests {
                     Expr::compile("pipeline.name + ':' + row.OrderId.upperAscii()", &["row", "pipeline"])
                         .unwrap(),
                 ),
+                typing: Typing::default(),
             },
         ];
         let entries = vec![
@@ -488,6 +533,7 @@ mod tests {
             columns: vec![Column {
                 name: "A".into(),
                 source: ColumnSource::Field("a".into()),
+                typing: Typing::default(),
             }],
             ..spec(1)
         };
