@@ -13,3 +13,4 @@ mod outbound;
 mod security;
 mod soak;
 mod spool;
+mod types;
