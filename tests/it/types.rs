@@ -52,7 +52,7 @@ async fn integer_float_and_boolean_types_and_a_long_string_reach_the_table() {
     assert_eq!(
         jobs[0]["request"].to_string(),
         concat!(
-            r#"{"type":"REPLACE","fileType":"CSV","targetName":"orders","#,
+            r#"{"type":"DELTA","fileType":"CSV","targetName":"orders","#,
             r#""dataPoolId":"8f2c1f9e-0000-4000-8000-000000000001","#,
             r#""csvParsingOptions":{"separatorSequence":",","quoteSequence":"\"","escapeSequence":"\"","lineEnding":"\n","charSet":"UTF-8","decimalSeparator":"."},"#,
             r#""tableSchema":{"tableName":"orders","columns":["#,
