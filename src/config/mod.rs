@@ -371,7 +371,12 @@ pub struct TableSpec {
 
 impl ColumnDecl {
     /// The declared column of `typing`, whose default type is `default` (from the schema).
-    pub fn new(name: &str, typing: Typing, default: Option<FieldType>, fallback: u32) -> ColumnDecl {
+    pub fn new(
+        name: &str,
+        typing: Typing,
+        default: Option<FieldType>,
+        fallback: u32,
+    ) -> ColumnDecl {
         let ty = typing
             .ty
             .or(default.map(ColumnType::of_field))
@@ -1343,7 +1348,10 @@ impl Validator<'_> {
             if effective != ColumnType::String {
                 self.error(
                     format!("{path}.length"),
-                    format!("only applies to STRING columns, this one is {}", effective.as_str()),
+                    format!(
+                        "only applies to STRING columns, this one is {}",
+                        effective.as_str()
+                    ),
                 );
                 None
             } else if n < 1 || n > i64::from(MAX_STRING_LENGTH) {
@@ -1360,11 +1368,17 @@ impl Validator<'_> {
             if effective != ColumnType::Float {
                 self.error(
                     format!("{path}.decimals"),
-                    format!("only applies to FLOAT columns, this one is {}", effective.as_str()),
+                    format!(
+                        "only applies to FLOAT columns, this one is {}",
+                        effective.as_str()
+                    ),
                 );
                 None
             } else if !(0..=100).contains(&n) {
-                self.error(format!("{path}.decimals"), format!("{n} is not from 0 to 100"));
+                self.error(
+                    format!("{path}.decimals"),
+                    format!("{n} is not from 0 to 100"),
+                );
                 None
             } else {
                 Some(n as u32)

@@ -94,9 +94,7 @@ pub fn check_columns(
                 text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false")
             }
             // Types weir does not convert are refused at config load.
-            ColumnType::String | ColumnType::Date | ColumnType::DateTime | ColumnType::Time => {
-                true
-            }
+            ColumnType::String | ColumnType::Date | ColumnType::DateTime | ColumnType::Time => true,
         };
         if !ok {
             return Err(Mismatch {
@@ -253,11 +251,16 @@ mod tests {
         assert_eq!(check_columns(&columns, None, 255, &ok), Ok(()));
         let long = Row::from_pairs([("d", "x".repeat(401).as_str())]).unwrap();
         assert_eq!(
-            check_columns(&columns, None, 255, &long).unwrap_err().problem,
+            check_columns(&columns, None, 255, &long)
+                .unwrap_err()
+                .problem,
             "is 401 characters, longer than its column's length 400"
         );
         let r = Row::from_pairs([("other", "x".repeat(300).as_str())]).unwrap();
-        assert_eq!(check_columns(&[], None, 255, &r).unwrap_err().field, "other");
+        assert_eq!(
+            check_columns(&[], None, 255, &r).unwrap_err().field,
+            "other"
+        );
         assert_eq!(check_columns(&[], None, 300, &r), Ok(()));
     }
 

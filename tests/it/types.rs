@@ -44,7 +44,10 @@ async fn integer_float_and_boolean_types_and_a_long_string_reach_the_table() {
     let app = spawn_app(&delivery_config(&emu.base, ORDERS, "")).await;
     let note = "n".repeat(300);
     let body = json!([{"OrderId": "0145632053", "Quantity": 12, "Price": 19.5, "Express": true, "Note": note}]);
-    assert_eq!(app.post_json("orders", &body.to_string()).await.status(), 202);
+    assert_eq!(
+        app.post_json("orders", &body.to_string()).await.status(),
+        202
+    );
     let report = app.app().flush("orders").await.unwrap();
     assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
 
@@ -70,7 +73,11 @@ async fn integer_float_and_boolean_types_and_a_long_string_reach_the_table() {
     assert_eq!(table[0]["Quantity"], 12);
     assert_eq!(table[0]["Price"], 19.5);
     assert_eq!(table[0]["Express"], true);
-    assert_eq!(table[0]["Note"].as_str().unwrap().len(), 300, "not cropped to 80");
+    assert_eq!(
+        table[0]["Note"].as_str().unwrap().len(),
+        300,
+        "not cropped to 80"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +86,10 @@ async fn a_200_character_string_without_column_config_is_kept_whole() {
     let app = spawn_app(&delivery_config(&emu.base, "", "")).await;
     let long = "a".repeat(200);
     let body = json!([{"Street": long}]);
-    assert_eq!(app.post_json("orders", &body.to_string()).await.status(), 202);
+    assert_eq!(
+        app.post_json("orders", &body.to_string()).await.status(),
+        202
+    );
     let report = app.app().flush("orders").await.unwrap();
     assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
     let jobs = emu.jobs().await;
@@ -101,7 +111,9 @@ async fn a_too_long_or_unparsable_value_is_refused_at_ingest_with_row_and_column
     assert_eq!(resp.status(), 422);
     let text = resp.text().await.unwrap();
     assert!(
-        text.contains(r#"row 1: field \"OrderId\" is 11 characters, longer than its column's length 10"#),
+        text.contains(
+            r#"row 1: field \"OrderId\" is 11 characters, longer than its column's length 10"#
+        ),
         "{text}"
     );
     let resp = app.get("/hooks/orders?OrderId=1&Quantity=twelve").await;
@@ -110,7 +122,9 @@ async fn a_too_long_or_unparsable_value_is_refused_at_ingest_with_row_and_column
     assert!(text.contains("Quantity"), "{text}");
     let long = "x".repeat(256);
     let app = spawn_app(&delivery_config(&emu.base, "", "")).await;
-    let resp = app.post_json("orders", &json!([{"a": long}]).to_string()).await;
+    let resp = app
+        .post_json("orders", &json!([{"a": long}]).to_string())
+        .await;
     assert_eq!(resp.status(), 422, "longer than fallback_varchar_length");
     assert!(app.queued("orders").await.is_empty(), "nothing queued");
 }
@@ -124,7 +138,10 @@ async fn a_too_long_value_is_dropped_with_on_mismatch_ignore() {
     );
     let app = spawn_app(&delivery_config(&emu.base, &config, "")).await;
     let body = json!([{"OrderId": "1"}, {"OrderId": "01234567890"}]);
-    assert_eq!(app.post_json("orders", &body.to_string()).await.status(), 202);
+    assert_eq!(
+        app.post_json("orders", &body.to_string()).await.status(),
+        202
+    );
     let queued = app.queued_fields("orders").await;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0][0], ("OrderId".to_owned(), "1".to_owned()));
