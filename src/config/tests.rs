@@ -584,3 +584,37 @@ fallback_varchar_length = 0
     assert!(has("pipelines[0].columns[3].decimals"), "{errs:?}");
     assert!(has("pipelines[0].sink.fallback_varchar_length"), "{errs:?}");
 }
+
+#[test]
+fn check_output_shows_each_columns_type_and_length() {
+    let text = r#"
+[[pipelines]]
+name = "orders"
+[pipelines.schema]
+fields = { Quantity = "integer", Note = "string", Price = "number" }
+[[pipelines.columns]]
+name = "Quantity"
+from = "Quantity"
+[[pipelines.columns]]
+name = "Note"
+from = "Note"
+[[pipelines.columns]]
+name = "Price"
+from = "Price"
+decimals = 2
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "p1"
+target_name = "orders"
+app_key = "k"
+"#;
+    let config = Config::load(text, &env()).unwrap();
+    let out = describe::describe(&config);
+    assert!(
+        out.contains(
+            r#"columns: "Quantity" <- Quantity INTEGER, "Note" <- Note STRING(255), "Price" <- Price FLOAT(2 decimals)"#
+        ),
+        "{out}"
+    );
+}
