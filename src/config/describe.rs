@@ -150,7 +150,27 @@ pub fn describe(c: &Config) -> String {
             let cols: Vec<String> = p
                 .columns
                 .iter()
-                .map(|c| format!("\"{}\" <- {}", c.name, c.source))
+                .map(|c| {
+                    let SinkConfig::Celonis(sink) = &p.sink else {
+                        return format!("\"{}\" <- {}", c.name, c.source);
+                    };
+                    let field = match (&c.source, &p.schema) {
+                        (super::ColumnSource::Field(f), Some(s)) => s.field_type(f),
+                        _ => None,
+                    };
+                    let d = super::ColumnDecl::new(
+                        &c.name,
+                        c.typing,
+                        field,
+                        sink.fallback_varchar_length,
+                    );
+                    let ty = match d.ty {
+                        super::ColumnType::String => format!("STRING({})", d.length),
+                        super::ColumnType::Float => format!("FLOAT({} decimals)", d.decimals),
+                        other => other.as_str().to_owned(),
+                    };
+                    format!("\"{}\" <- {} {ty}", c.name, c.source)
+                })
                 .collect();
             let _ = writeln!(w, "  columns: {}", cols.join(", "));
         }

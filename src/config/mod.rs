@@ -286,11 +286,116 @@ impl Schema {
     }
 }
 
-/// One CSV column: header `name`, value from a row field or a CEL expression.
+/// One CSV column: header `name`, value from a row field or a CEL expression, and the
+/// Celonis type it is declared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
     pub source: ColumnSource,
+    pub typing: Typing,
+}
+
+/// A column's Celonis type (`ColumnTransport.columnType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Integer,
+    Float,
+    Boolean,
+    Date,
+    DateTime,
+    Time,
+}
+
+impl ColumnType {
+    /// The name Celonis uses, also the name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::String => "STRING",
+            ColumnType::Integer => "INTEGER",
+            ColumnType::Float => "FLOAT",
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::Date => "DATE",
+            ColumnType::DateTime => "DATETIME",
+            ColumnType::Time => "TIME",
+        }
+    }
+
+    /// The type a schema field type gives a column by default.
+    pub fn of_field(t: FieldType) -> ColumnType {
+        match t {
+            FieldType::String => ColumnType::String,
+            FieldType::Integer => ColumnType::Integer,
+            FieldType::Number => ColumnType::Float,
+            FieldType::Boolean => ColumnType::Boolean,
+        }
+    }
+}
+
+/// What `[[pipelines.columns]]` says about a column's type; `None` takes the default (the
+/// schema field's type, else STRING of the sink's `fallback_varchar_length`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Typing {
+    pub ty: Option<ColumnType>,
+    /// STRING only: the length in characters.
+    pub length: Option<u32>,
+    /// FLOAT only: the decimals.
+    pub decimals: Option<u32>,
+}
+
+/// The longest STRING column weir declares, in characters. Assumption: the Data Push
+/// reference states no maximum; 32000 is Vertica's VARCHAR limit in characters of up to 2
+/// bytes, and Celonis stores `fieldLength` characters as 4 bytes each (§3.2).
+pub const MAX_STRING_LENGTH: u32 = 32000;
+
+/// Celonis' own `fallbackVarcharLength` is 80 and crops longer strings; weir declares 255.
+pub const DEFAULT_FALLBACK_VARCHAR_LENGTH: u32 = 255;
+
+/// One column of a table as declared in `tableSchema`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDecl {
+    pub name: String,
+    pub ty: ColumnType,
+    /// STRING: the length in characters; 0 otherwise.
+    pub length: u32,
+    /// FLOAT: the decimals; 0 otherwise.
+    pub decimals: u32,
+}
+
+/// A table's typed columns, in CSV order: what the sink declares in `tableSchema` (and a
+/// Parquet writer would use for its schema).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableSpec {
+    pub columns: Vec<ColumnDecl>,
+}
+
+impl ColumnDecl {
+    /// The declared column of `typing`, whose default type is `default` (from the schema).
+    pub fn new(
+        name: &str,
+        typing: Typing,
+        default: Option<FieldType>,
+        fallback: u32,
+    ) -> ColumnDecl {
+        let ty = typing
+            .ty
+            .or(default.map(ColumnType::of_field))
+            .unwrap_or(ColumnType::String);
+        ColumnDecl {
+            name: name.to_owned(),
+            ty,
+            length: if ty == ColumnType::String {
+                typing.length.unwrap_or(fallback)
+            } else {
+                0
+            },
+            decimals: if ty == ColumnType::Float {
+                typing.decimals.unwrap_or(0)
+            } else {
+                0
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +469,8 @@ pub struct CelonisSink {
     pub upsert_strategy: Option<UpsertStrategy>,
     pub auth: CelonisAuth,
     pub chunk_bytes: u64,
+    /// `fallbackVarcharLength`: the length of every STRING column without its own `length`.
+    pub fallback_varchar_length: u32,
     pub poll_timeout: Duration,
     pub request_timeout: Duration,
     pub csv: CsvOptions,
@@ -831,7 +938,7 @@ impl Validator<'_> {
                     format!("\"{}\" is already a column", c.name),
                 );
             }
-            let source = match (c.from, c.expr) {
+            let source = match (c.from.clone(), c.expr.clone()) {
                 (Some(from), None) => {
                     if let Some(schema) = &schema
                         && schema.field_type(&from).is_none()
@@ -861,9 +968,11 @@ impl Validator<'_> {
                     continue;
                 }
             };
+            let typing = self.typing(&cpath, &c, &source, schema.as_ref());
             columns.push(Column {
                 name: c.name,
                 source,
+                typing,
             });
         }
         let filter = p
@@ -1236,7 +1345,19 @@ impl Validator<'_> {
             60,
         );
         let csv = self.csv(&format!("{path}.csv"), s.csv);
+        let fallback_varchar_length = match s.fallback_varchar_length {
+            None => DEFAULT_FALLBACK_VARCHAR_LENGTH,
+            Some(n) if n >= 1 && n <= i64::from(MAX_STRING_LENGTH) => n as u32,
+            Some(n) => {
+                self.error(
+                    format!("{path}.fallback_varchar_length"),
+                    format!("{n} is not a length from 1 to {MAX_STRING_LENGTH} characters"),
+                );
+                DEFAULT_FALLBACK_VARCHAR_LENGTH
+            }
+        };
         SinkConfig::Celonis(CelonisSink {
+            fallback_varchar_length,
             base_url,
             api_prefix,
             data_pool_id,
@@ -1253,6 +1374,106 @@ impl Validator<'_> {
             request_timeout,
             csv,
         })
+    }
+
+    /// A column's `type`, `length` and `decimals`.
+    fn typing(
+        &mut self,
+        path: &str,
+        c: &raw::RawColumn,
+        source: &ColumnSource,
+        schema: Option<&Schema>,
+    ) -> Typing {
+        let ty = c.ty.as_deref().and_then(|t| {
+            let ty = match t {
+                "STRING" => ColumnType::String,
+                "INTEGER" => ColumnType::Integer,
+                "FLOAT" => ColumnType::Float,
+                "BOOLEAN" => ColumnType::Boolean,
+                "DATE" | "DATETIME" | "TIME" => {
+                    self.error(
+                        format!("{path}.type"),
+                        format!("\"{t}\" is not supported yet: use STRING, INTEGER, FLOAT or BOOLEAN"),
+                    );
+                    return None;
+                }
+                other => {
+                    self.error(
+                        format!("{path}.type"),
+                        format!(
+                            "\"{other}\" is not a column type: use STRING, INTEGER, FLOAT or BOOLEAN"
+                        ),
+                    );
+                    return None;
+                }
+            };
+            if let (ColumnSource::Field(from), Some(schema)) = (source, schema)
+                && let Some(field) = schema.field_type(from)
+                && ColumnType::of_field(field) != ty
+                && ty != ColumnType::String
+            {
+                self.error(
+                    format!("{path}.type"),
+                    format!(
+                        "\"{t}\" contradicts the schema: field \"{from}\" is {} ({})",
+                        field.name(),
+                        ColumnType::of_field(field).as_str()
+                    ),
+                );
+                return None;
+            }
+            Some(ty)
+        });
+        let effective = ty.or_else(|| match (source, schema) {
+            (ColumnSource::Field(from), Some(s)) => s.field_type(from).map(ColumnType::of_field),
+            _ => None,
+        });
+        let effective = effective.unwrap_or(ColumnType::String);
+        let length = c.length.and_then(|n| {
+            if effective != ColumnType::String {
+                self.error(
+                    format!("{path}.length"),
+                    format!(
+                        "only applies to STRING columns, this one is {}",
+                        effective.as_str()
+                    ),
+                );
+                None
+            } else if n < 1 || n > i64::from(MAX_STRING_LENGTH) {
+                self.error(
+                    format!("{path}.length"),
+                    format!("{n} is not a length from 1 to {MAX_STRING_LENGTH} characters"),
+                );
+                None
+            } else {
+                Some(n as u32)
+            }
+        });
+        let decimals = c.decimals.and_then(|n| {
+            if effective != ColumnType::Float {
+                self.error(
+                    format!("{path}.decimals"),
+                    format!(
+                        "only applies to FLOAT columns, this one is {}",
+                        effective.as_str()
+                    ),
+                );
+                None
+            } else if !(0..=100).contains(&n) {
+                self.error(
+                    format!("{path}.decimals"),
+                    format!("{n} is not from 0 to 100"),
+                );
+                None
+            } else {
+                Some(n as u32)
+            }
+        });
+        Typing {
+            ty,
+            length,
+            decimals,
+        }
     }
 
     fn required_id(&mut self, path: &str, value: Option<String>) -> String {

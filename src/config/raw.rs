@@ -151,6 +151,10 @@ pub(super) struct RawColumn {
     pub name: String,
     pub from: Option<String>,
     pub expr: Option<String>,
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    pub length: Option<i64>,
+    pub decimals: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +176,7 @@ pub(super) struct RawSink {
     pub app_key: Option<String>,
     pub api_key: Option<String>,
     pub chunk_bytes: Option<ByteSize>,
+    pub fallback_varchar_length: Option<i64>,
     pub poll_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub csv: Option<RawCsv>,

@@ -74,7 +74,8 @@ fn the_contract_example_loads_with_every_setting_resolved() {
         p.columns[1],
         Column {
             name: "Requested Delivery Date".into(),
-            source: ColumnSource::Field("DeliveryDate".into())
+            source: ColumnSource::Field("DeliveryDate".into()),
+            typing: Typing::default(),
         }
     );
     let SinkConfig::Celonis(sink) = &p.sink else {
@@ -542,4 +543,78 @@ fn a_decimal_separator_equal_to_the_field_separator_is_refused() {
     let text =
         format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \",\"\n");
     assert!(Config::load(&text, &env()).is_ok());
+}
+
+#[test]
+fn a_column_type_length_or_decimals_that_cannot_apply_names_its_key() {
+    let text = r#"
+[[pipelines]]
+name = "orders"
+[pipelines.schema]
+fields = { Quantity = "integer", Note = "string" }
+[[pipelines.columns]]
+name = "Quantity"
+from = "Quantity"
+type = "BOOLEAN"
+[[pipelines.columns]]
+name = "Note"
+from = "Note"
+length = 32001
+[[pipelines.columns]]
+name = "N2"
+from = "Note"
+type = "DATE"
+[[pipelines.columns]]
+name = "N3"
+from = "Note"
+decimals = 2
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "p1"
+target_name = "orders"
+app_key = "k"
+fallback_varchar_length = 0
+"#;
+    let errs = errors_of(text);
+    let has = |prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
+    assert!(has("pipelines[0].columns[0].type"), "{errs:?}");
+    assert!(has("pipelines[0].columns[1].length"), "{errs:?}");
+    assert!(has("pipelines[0].columns[2].type"), "{errs:?}");
+    assert!(has("pipelines[0].columns[3].decimals"), "{errs:?}");
+    assert!(has("pipelines[0].sink.fallback_varchar_length"), "{errs:?}");
+}
+
+#[test]
+fn check_output_shows_each_columns_type_and_length() {
+    let text = r#"
+[[pipelines]]
+name = "orders"
+[pipelines.schema]
+fields = { Quantity = "integer", Note = "string", Price = "number" }
+[[pipelines.columns]]
+name = "Quantity"
+from = "Quantity"
+[[pipelines.columns]]
+name = "Note"
+from = "Note"
+[[pipelines.columns]]
+name = "Price"
+from = "Price"
+decimals = 2
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "p1"
+target_name = "orders"
+app_key = "k"
+"#;
+    let config = Config::load(text, &env()).unwrap();
+    let out = describe::describe(&config);
+    assert!(
+        out.contains(
+            r#"columns: "Quantity" <- Quantity INTEGER, "Note" <- Note STRING(255), "Price" <- Price FLOAT(2 decimals)"#
+        ),
+        "{out}"
+    );
 }

@@ -522,14 +522,28 @@ fn apply_schema(
     rows: Vec<Row>,
     source: Source,
 ) -> Result<(Vec<Row>, usize), IngestError> {
-    let Some(schema_cfg) = &pipeline.config.schema else {
-        return Ok((rows, 0));
+    let config = &pipeline.config;
+    // The Celonis sink declares every column's type and length: values are checked here.
+    let fallback = match &config.sink {
+        crate::config::SinkConfig::Celonis(c) => Some(c.fallback_varchar_length),
+        crate::config::SinkConfig::Http(_) => None,
     };
+    if config.schema.is_none() && fallback.is_none() {
+        return Ok((rows, 0));
+    }
+    let schema_cfg = config.schema.as_ref();
+    let on_mismatch = schema_cfg.map_or(OnMismatch::Reject, |s| s.on_mismatch);
     let total = rows.len();
     let mut kept = Vec::with_capacity(rows.len());
     let mut problems = Vec::new();
     for (i, row) in rows.into_iter().enumerate() {
-        match schema::check(schema_cfg, &row, source) {
+        let checked = schema_cfg
+            .map_or(Ok(()), |s| schema::check(s, &row, source))
+            .and_then(|()| match fallback {
+                Some(f) => schema::check_columns(&config.columns, schema_cfg, f, &row),
+                None => Ok(()),
+            });
+        match checked {
             Ok(()) => kept.push(row),
             Err(m) => {
                 tracing::debug!(pipeline = pipeline.name(), row = i, field = %m.field, problem = %m.problem, "row does not match schema");
@@ -537,7 +551,7 @@ fn apply_schema(
             }
         }
     }
-    if !problems.is_empty() && schema_cfg.on_mismatch == OnMismatch::Reject {
+    if !problems.is_empty() && on_mismatch == OnMismatch::Reject {
         Counters::add(&pipeline.counters.rejected, total as u64);
         let shown = problems.len().min(10);
         let mut message = problems[..shown].join("; ");

@@ -1,6 +1,6 @@
 //! Checks a row against a pipeline's schema: required fields, field types, extra fields.
 
-use crate::config::{FieldType, Schema};
+use crate::config::{Column, ColumnSource, ColumnType, FieldType, Schema};
 use crate::row::{Field, Kind, Row};
 
 /// Why a row does not match.
@@ -48,6 +48,76 @@ pub fn check(schema: &Schema, row: &Row, source: Source) -> Result<(), Mismatch>
                 });
             }
             Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a row's values against the columns the Celonis sink declares: each value must
+/// parse as its column's type, and a STRING value must fit its column's length (its own
+/// `length`, else `fallback`), so Celonis never crops or refuses it. Without `columns`, every
+/// field is a column, typed by the schema or STRING. Allocates nothing.
+pub fn check_columns(
+    columns: &[Column],
+    schema: Option<&Schema>,
+    fallback: u32,
+    row: &Row,
+) -> Result<(), Mismatch> {
+    for field in row.fields() {
+        if field.kind == Kind::Null {
+            continue;
+        }
+        let (ty, length) = if columns.is_empty() {
+            let ty = schema
+                .and_then(|s| s.field_type(field.name))
+                .map_or(ColumnType::String, ColumnType::of_field);
+            (ty, fallback)
+        } else {
+            let Some(c) = columns
+                .iter()
+                .find(|c| matches!(&c.source, ColumnSource::Field(f) if f == field.name))
+            else {
+                continue;
+            };
+            let ty = c.typing.ty.unwrap_or_else(|| {
+                schema
+                    .and_then(|s| s.field_type(field.name))
+                    .map_or(ColumnType::String, ColumnType::of_field)
+            });
+            (ty, c.typing.length.unwrap_or(fallback))
+        };
+        let text = field.text;
+        let ok = match ty {
+            ColumnType::Integer => text.parse::<i64>().is_ok(),
+            ColumnType::Float => text.parse::<f64>().is_ok_and(f64::is_finite),
+            ColumnType::Boolean => {
+                text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false")
+            }
+            // Types weir does not convert are refused at config load.
+            ColumnType::String | ColumnType::Date | ColumnType::DateTime | ColumnType::Time => true,
+        };
+        if !ok {
+            return Err(Mismatch {
+                field: field.name.into(),
+                problem: format!(
+                    "does not parse as its column's type {} (got {})",
+                    ty.as_str(),
+                    shown(field)
+                ),
+            });
+        }
+        // A text of at most `length` bytes has at most `length` characters: count only
+        // longer ones.
+        if ty == ColumnType::String && text.len() > length as usize {
+            let chars = text.chars().count();
+            if chars > length as usize {
+                return Err(Mismatch {
+                    field: field.name.into(),
+                    problem: format!(
+                        "is {chars} characters, longer than its column's length {length}"
+                    ),
+                });
+            }
         }
     }
     Ok(())
@@ -164,6 +234,52 @@ mod tests {
         assert_eq!(
             check(&schema(true), &r, Source::Json).unwrap_err().problem,
             "is required"
+        );
+    }
+
+    #[test]
+    fn a_string_longer_than_its_columns_length_is_a_mismatch_and_one_within_is_not() {
+        let columns = vec![Column {
+            name: "Description".into(),
+            source: ColumnSource::Field("d".into()),
+            typing: crate::config::Typing {
+                length: Some(400),
+                ..Default::default()
+            },
+        }];
+        let ok = Row::from_pairs([("d", "é".repeat(300).as_str())]).unwrap();
+        assert_eq!(check_columns(&columns, None, 255, &ok), Ok(()));
+        let long = Row::from_pairs([("d", "x".repeat(401).as_str())]).unwrap();
+        assert_eq!(
+            check_columns(&columns, None, 255, &long)
+                .unwrap_err()
+                .problem,
+            "is 401 characters, longer than its column's length 400"
+        );
+        let r = Row::from_pairs([("other", "x".repeat(300).as_str())]).unwrap();
+        assert_eq!(
+            check_columns(&[], None, 255, &r).unwrap_err().field,
+            "other"
+        );
+        assert_eq!(check_columns(&[], None, 300, &r), Ok(()));
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_as_its_columns_type_is_a_mismatch() {
+        let columns = vec![Column {
+            name: "Quantity".into(),
+            source: ColumnSource::Field("q".into()),
+            typing: crate::config::Typing {
+                ty: Some(ColumnType::Integer),
+                ..Default::default()
+            },
+        }];
+        let r = Row::from_pairs([("q", "12")]).unwrap();
+        assert_eq!(check_columns(&columns, None, 255, &r), Ok(()));
+        let r = Row::from_pairs([("q", "twelve")]).unwrap();
+        assert_eq!(
+            check_columns(&columns, None, 255, &r).unwrap_err().problem,
+            "does not parse as its column's type INTEGER (got \"twelve\")"
         );
     }
 

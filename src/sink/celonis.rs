@@ -18,7 +18,7 @@ use super::budget::JobBudget;
 use super::csv::{Chunks, Layout};
 use super::oauth::{OAuthError, TokenSource};
 use super::{CallObserver, Fate, InFlightRecorder, Settled};
-use crate::config::{CelonisAuth, CelonisSink, Dedupe, Secret};
+use crate::config::{CelonisAuth, CelonisSink, Dedupe, Secret, TableSpec};
 use crate::queue::{Entry, InFlight, QueueError};
 use crate::sync::lock;
 
@@ -303,6 +303,25 @@ struct JobView {
     logs: Option<Vec<String>>,
 }
 
+/// The create body's `tableSchema`: every column of the CSV with its type, in CSV order;
+/// `pkField` marks the sink's `keys`.
+fn table_schema(table_name: &str, table: &TableSpec, keys: &[String]) -> serde_json::Value {
+    let columns: Vec<serde_json::Value> = table
+        .columns
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "columnName": c.name,
+                "columnType": c.ty.as_str(),
+                "fieldLength": c.length,
+                "decimals": c.decimals,
+                "pkField": keys.contains(&c.name),
+            })
+        })
+        .collect();
+    serde_json::json!({ "tableName": table_name, "columns": columns })
+}
+
 /// A client for one pipeline's sink.
 pub struct CelonisClient {
     http: reqwest::Client,
@@ -417,13 +436,19 @@ impl CelonisClient {
     }
 
     /// The create-job body: only the fields weir sets, no nulls (§8.2).
-    pub fn job_body(&self) -> serde_json::Value {
+    pub fn job_body(&self, layout: &Layout) -> serde_json::Value {
         let mut body = serde_json::json!({
             "type": self.sink.mode.as_str(),
             "fileType": "CSV",
             "targetName": self.sink.target_name,
             "dataPoolId": self.sink.data_pool_id,
             "csvParsingOptions": super::csv::parsing_options(&self.sink.csv),
+            "tableSchema": table_schema(
+                &self.sink.target_name,
+                &layout.table(self.sink.fallback_varchar_length),
+                &self.sink.keys,
+            ),
+            "fallbackVarcharLength": self.sink.fallback_varchar_length,
         });
         if !self.sink.keys.is_empty() {
             body["keys"] = self.sink.keys.clone().into();
@@ -477,7 +502,7 @@ impl CelonisClient {
                 job_id: None,
             })
             .await?;
-        let job_id = self.create().await?;
+        let job_id = self.create(layout).await?;
         let staged = async {
             recorder
                 .set(InFlight {
@@ -604,9 +629,9 @@ impl CelonisClient {
         read_job(Step::Poll, resp).await
     }
 
-    async fn create(&self) -> Result<String, PushFailure> {
+    async fn create(&self, layout: &Layout) -> Result<String, PushFailure> {
         let url = format!("{}/", self.jobs_url);
-        let body = self.job_body();
+        let body = self.job_body(layout);
         let resp = self
             .send(Step::Create, || self.http.post(&url).json(&body))
             .await?;

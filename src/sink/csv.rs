@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use super::batch::{ColumnsError, KnownColumns};
 
-use crate::config::{Column, ColumnSource, CsvOptions, LineEnding, PipelineConfig, Schema};
+use crate::config::{
+    Column, ColumnDecl, ColumnSource, CsvOptions, FieldType, LineEnding, PipelineConfig, Schema,
+    TableSpec, Typing,
+};
 use crate::expr::{self, Expr};
 use crate::queue::Entry;
 
@@ -23,6 +26,27 @@ pub struct Layout {
     pub pipeline: String,
     /// The column that holds each row's queue offset (`dedupe = "server"`).
     pub seq: Option<usize>,
+    /// Each column's configured typing and its schema field's type (what `tableSchema`
+    /// declares, with the sink's fallback length).
+    pub typings: Vec<(Typing, Option<FieldType>)>,
+}
+
+impl Layout {
+    /// The typed table of this layout: every STRING column without its own `length` gets
+    /// `fallback` characters.
+    pub fn table(&self, fallback: u32) -> TableSpec {
+        TableSpec {
+            columns: self
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let (typing, field) = self.typings.get(i).copied().unwrap_or_default();
+                    ColumnDecl::new(name, typing, field, fallback)
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Layout {
@@ -42,12 +66,23 @@ impl Layout {
                     }
                 })
                 .collect();
+            let typings = columns
+                .iter()
+                .map(|c| {
+                    let field = match (&c.source, schema) {
+                        (ColumnSource::Field(f), Some(s)) => s.field_type(f),
+                        _ => None,
+                    };
+                    (c.typing, field)
+                })
+                .collect();
             return Layout {
                 headers: columns.iter().map(|c| c.name.clone()).collect(),
                 sources,
                 exprs,
                 pipeline: String::new(),
                 seq: None,
+                typings,
             };
         }
         if let Some(schema) = schema.filter(|s| !s.fields.is_empty()) {
@@ -55,6 +90,11 @@ impl Layout {
             return Layout {
                 headers: names.clone(),
                 sources: names,
+                typings: schema
+                    .fields
+                    .iter()
+                    .map(|(_, t)| (Typing::default(), Some(*t)))
+                    .collect(),
                 ..Layout::default()
             };
         }
@@ -386,10 +426,12 @@ mod tests {
             Column {
                 name: "Order ID".into(),
                 source: ColumnSource::Field("OrderId".into()),
+                typing: Typing::default(),
             },
             Column {
                 name: "Date".into(),
                 source: ColumnSource::Field("DeliveryDate".into()),
+                typing: Typing::default(),
             },
         ];
         let entries = vec![
@@ -415,6 +457,7 @@ mod tests {
             Column {
                 name: "id".into(),
                 source: ColumnSource::Field("OrderId".into()),
+                typing: Typing::default(),
             },
             Column {
                 name: "Date".into(),
@@ -425,6 +468,7 @@ mod tests {
                     )
                     .unwrap(),
                 ),
+                typing: Typing::default(),
             },
             Column {
                 name: "Tag".into(),
@@ -432,6 +476,7 @@ mod tests {
                     Expr::compile("pipeline.name + ':' + row.OrderId.upperAscii()", &["row", "pipeline"])
                         .unwrap(),
                 ),
+                typing: Typing::default(),
             },
         ];
         let entries = vec![
@@ -553,6 +598,7 @@ mod tests {
             columns: vec![Column {
                 name: "A".into(),
                 source: ColumnSource::Field("a".into()),
+                typing: Typing::default(),
             }],
             ..spec(1)
         };

@@ -68,7 +68,12 @@ date_format = "dd.MM.yyyy"
             "csvParsingOptions": {
                 "separatorSequence": ";", "quoteSequence": "\"", "escapeSequence": "\"",
                 "lineEnding": "\r\n", "charSet": "UTF-8", "decimalSeparator": ".", "dateFormat": "dd.MM.yyyy"
-            }
+            },
+            "tableSchema": {"tableName": "orders", "columns": [
+                {"columnName": "Order ID", "columnType": "STRING", "fieldLength": 255, "decimals": 0, "pkField": true},
+                {"columnName": "Note", "columnType": "STRING", "fieldLength": 255, "decimals": 0, "pkField": false}
+            ]},
+            "fallbackVarcharLength": 255
         })
     );
     assert_eq!(jobs[0]["status"], "DONE");

@@ -21,3 +21,4 @@ mod security;
 mod soak;
 mod spool;
 mod tidy;
+mod types;

@@ -983,7 +983,9 @@ async fn nesting_past_max_depth_is_refused_inside_arrays_too_and_nested_names_mu
 
 #[tokio::test]
 async fn bodies_beyond_the_bytes_in_flight_budget_get_503_until_the_budget_frees_up() {
-    let app = spawn_app(&config("max_body_bytes_in_flight = 6000", "")).await;
+    // OrderId values of thousands of characters fit a column of that length.
+    let long_ids = "[[pipelines.columns]]\nname = \"OrderId\"\nfrom = \"OrderId\"\nlength = 32000";
+    let app = spawn_app(&config("max_body_bytes_in_flight = 6000", long_ids)).await;
     let addr = app.app().ingest_addr();
     // A sender that declares 4000 bytes and sends only the first few holds them.
     let body = format!("{{\"OrderId\":\"{}\"}}", "x".repeat(4000 - 14));
