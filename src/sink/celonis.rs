@@ -502,7 +502,7 @@ impl CelonisClient {
                 job_id: None,
             })
             .await?;
-        let job_id = self.create(layout).await?;
+        let job_id = self.create(&upsert_layout).await?;
         let staged = async {
             recorder
                 .set(InFlight {

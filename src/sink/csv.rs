@@ -123,6 +123,15 @@ impl Layout {
     /// Adds the column `name` holding each row's queue offset, last.
     pub fn with_seq(mut self, name: &str) -> Layout {
         self.seq = Some(self.headers.len());
+        self.typings
+            .resize(self.headers.len(), (Typing::default(), None));
+        self.typings.push((
+            Typing {
+                ty: Some(crate::config::ColumnType::Integer),
+                ..Typing::default()
+            },
+            None,
+        ));
         self.headers.push(name.to_owned());
         self.sources.push(String::new());
         self

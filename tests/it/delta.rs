@@ -79,6 +79,14 @@ async fn dedupe_server_sends_every_row_with_weir_seq_and_celonis_keeps_the_last(
         jobs[0]["chunks"][0]["content"],
         "id,v,weir_seq\n1,a,0\n1,b,1\n1,c,2\n"
     );
+    let declared = jobs[0]["request"]["tableSchema"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["columnName"] == "weir_seq")
+        .cloned()
+        .unwrap();
+    assert_eq!(declared["columnType"], "INTEGER", "{declared}");
     assert_eq!(pairs(&emu.table("orders").await), ["1=c"]);
 }
 
