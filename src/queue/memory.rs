@@ -161,24 +161,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_that_does_not_fit_queues_nothing() {
-        let q = MemoryQueue::new(5, DEFAULT_MAX_BYTES);
-        q.push(rows(3)).await.unwrap();
-        let err = q.push(rows(3)).await.unwrap_err();
-        assert!(matches!(
-            err,
-            PushError::FullRows {
-                queued: 3,
-                capacity: 5,
-                incoming: 3
-            }
-        ));
-        assert_eq!(q.stats().rows, 3);
-        q.push(rows(2)).await.unwrap();
-        assert_eq!(q.stats().rows, 5);
-    }
-
-    #[tokio::test]
     async fn byte_capacity_is_enforced() {
         let one = rows(1)[0].encoded_len() as u64;
         let q = MemoryQueue::new(100, one * 2);

@@ -186,29 +186,6 @@ fn one_record_len() -> u64 {
 }
 
 #[tokio::test]
-async fn a_push_that_does_not_fit_queues_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = open(&DiskSpoolConfig {
-        capacity_rows: 5,
-        ..config(dir.path())
-    })
-    .await;
-    q.push(rows(0..3)).await.unwrap();
-    let err = q.push(rows(3..6)).await.unwrap_err();
-    assert!(matches!(
-        err,
-        PushError::FullRows {
-            queued: 3,
-            capacity: 5,
-            incoming: 3
-        }
-    ));
-    assert_eq!(q.stats().rows, 3);
-    q.push(rows(3..5)).await.unwrap();
-    assert_eq!(offsets(&q).await, vec![0, 1, 2, 3, 4]);
-}
-
-#[tokio::test]
 async fn byte_capacity_counts_queued_record_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let q = open(&DiskSpoolConfig {
