@@ -20,3 +20,4 @@ pub mod schedule;
 pub mod shutdown;
 pub mod sink;
 pub mod sync;
+pub mod values;

@@ -164,11 +164,20 @@ pub fn describe(c: &Config) -> String {
                         field,
                         sink.fallback_varchar_length,
                     );
-                    let ty = match d.ty {
+                    let mut ty = match d.ty {
                         super::ColumnType::String => format!("STRING({})", d.length),
                         super::ColumnType::Float => format!("FLOAT({} decimals)", d.decimals),
                         other => other.as_str().to_owned(),
                     };
+                    if let Some(f) = &c.input.date {
+                        ty.push_str(&format!(" format {:?}", f.describe()));
+                    }
+                    if let Some(s) = c.input.number.decimal_separator {
+                        ty.push_str(&format!(" decimal_separator {:?}", s.to_string()));
+                    }
+                    if let Some(s) = c.input.number.thousands_separator {
+                        ty.push_str(&format!(" thousands_separator {:?}", s.to_string()));
+                    }
                     format!("\"{}\" <- {} {ty}", c.name, c.source)
                 })
                 .collect();

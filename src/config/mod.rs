@@ -293,6 +293,30 @@ pub struct Column {
     pub name: String,
     pub source: ColumnSource,
     pub typing: Typing,
+    /// How the sender writes this column's values, converted at ingest to the canonical form.
+    pub input: Input,
+}
+
+/// A column's input conventions (`format`, `decimal_separator`, `thousands_separator`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Input {
+    /// DATE, DATETIME and TIME columns: the sender's pattern (ISO-8601 when not set).
+    pub date: Option<crate::values::DateFormat>,
+    /// INTEGER and FLOAT columns.
+    pub number: crate::values::NumberFormat,
+}
+
+impl ColumnType {
+    /// The date type this is, if it is one.
+    pub fn moment(self) -> Option<crate::values::Moment> {
+        use crate::values::Moment;
+        match self {
+            ColumnType::Date => Some(Moment::Date),
+            ColumnType::DateTime => Some(Moment::DateTime),
+            ColumnType::Time => Some(Moment::Time),
+            _ => None,
+        }
+    }
 }
 
 /// A column's Celonis type (`ColumnTransport.columnType`).
@@ -521,9 +545,6 @@ pub struct CsvOptions {
     pub quote: u8,
     pub escape: u8,
     pub line_ending: LineEnding,
-    pub decimal_separator: String,
-    pub thousand_separator: Option<String>,
-    pub date_format: Option<String>,
 }
 
 impl Default for CsvOptions {
@@ -533,9 +554,6 @@ impl Default for CsvOptions {
             quote: b'"',
             escape: b'"',
             line_ending: LineEnding::Lf,
-            decimal_separator: ".".into(),
-            thousand_separator: None,
-            date_format: None,
         }
     }
 }
@@ -969,10 +987,12 @@ impl Validator<'_> {
                 }
             };
             let typing = self.typing(&cpath, &c, &source, schema.as_ref());
+            let input = self.input(&cpath, &c, &source, schema.as_ref(), typing);
             columns.push(Column {
                 name: c.name,
                 source,
                 typing,
+                input,
             });
         }
         let filter = p
@@ -1390,18 +1410,14 @@ impl Validator<'_> {
                 "INTEGER" => ColumnType::Integer,
                 "FLOAT" => ColumnType::Float,
                 "BOOLEAN" => ColumnType::Boolean,
-                "DATE" | "DATETIME" | "TIME" => {
-                    self.error(
-                        format!("{path}.type"),
-                        format!("\"{t}\" is not supported yet: use STRING, INTEGER, FLOAT or BOOLEAN"),
-                    );
-                    return None;
-                }
+                "DATE" => ColumnType::Date,
+                "DATETIME" => ColumnType::DateTime,
+                "TIME" => ColumnType::Time,
                 other => {
                     self.error(
                         format!("{path}.type"),
                         format!(
-                            "\"{other}\" is not a column type: use STRING, INTEGER, FLOAT or BOOLEAN"
+                            "\"{other}\" is not a column type: use STRING, INTEGER, FLOAT, BOOLEAN, DATE, DATETIME or TIME"
                         ),
                     );
                     return None;
@@ -1409,15 +1425,15 @@ impl Validator<'_> {
             };
             if let (ColumnSource::Field(from), Some(schema)) = (source, schema)
                 && let Some(field) = schema.field_type(from)
-                && ColumnType::of_field(field) != ty
-                && ty != ColumnType::String
+                && !fits_field(ty, field, c)
             {
                 self.error(
                     format!("{path}.type"),
                     format!(
-                        "\"{t}\" contradicts the schema: field \"{from}\" is {} ({})",
+                        "\"{t}\" contradicts the schema: field \"{from}\" is {} ({}){}",
                         field.name(),
-                        ColumnType::of_field(field).as_str()
+                        ColumnType::of_field(field).as_str(),
+                        contradiction_hint(ty, field)
                     ),
                 );
                 return None;
@@ -1476,6 +1492,110 @@ impl Validator<'_> {
         }
     }
 
+    /// A column's input conventions, checked against its type.
+    fn input(
+        &mut self,
+        path: &str,
+        c: &raw::RawColumn,
+        source: &ColumnSource,
+        schema: Option<&Schema>,
+        typing: Typing,
+    ) -> Input {
+        let ty = typing
+            .ty
+            .or_else(|| match (source, schema) {
+                (ColumnSource::Field(from), Some(s)) => {
+                    s.field_type(from).map(ColumnType::of_field)
+                }
+                _ => None,
+            })
+            .unwrap_or(ColumnType::String);
+        let mut input = Input::default();
+        if let ColumnSource::Expr(_) = source
+            && (c.format.is_some()
+                || c.decimal_separator.is_some()
+                || c.thousands_separator.is_some())
+        {
+            let key = if c.format.is_some() {
+                "format"
+            } else if c.decimal_separator.is_some() {
+                "decimal_separator"
+            } else {
+                "thousands_separator"
+            };
+            self.error(
+                format!("{path}.{key}"),
+                "applies to a column read from a field: an expression's value is written as it is",
+            );
+            return input;
+        }
+        if let Some(text) = &c.format {
+            match ty.moment() {
+                None => self.error(
+                    format!("{path}.format"),
+                    format!(
+                        "only applies to DATE, DATETIME and TIME columns, this one is {}",
+                        ty.as_str()
+                    ),
+                ),
+                Some(moment) => match crate::values::DateFormat::parse(text, moment) {
+                    Ok(f) => input.date = Some(f),
+                    Err(e) => self.error(format!("{path}.format"), e),
+                },
+            }
+        } else if ty.moment().is_some() {
+            input.date = Some(crate::values::DateFormat::Iso8601);
+        }
+        let mut separator = |key: &str, value: &Option<String>, types: &[ColumnType]| {
+            let text = value.as_deref()?;
+            if !types.contains(&ty) {
+                let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+                self.error(
+                    format!("{path}.{key}"),
+                    format!(
+                        "only applies to {} columns, this one is {}",
+                        names.join(" and "),
+                        ty.as_str()
+                    ),
+                );
+                return None;
+            }
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(ch), None) if !ch.is_ascii_digit() && ch != '-' && ch != '+' => Some(ch),
+                _ => {
+                    self.error(
+                        format!("{path}.{key}"),
+                        format!(
+                            "\"{}\" is not one character other than a digit or sign",
+                            text.escape_default()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        input.number.decimal_separator = separator(
+            "decimal_separator",
+            &c.decimal_separator,
+            &[ColumnType::Float],
+        );
+        input.number.thousands_separator = separator(
+            "thousands_separator",
+            &c.thousands_separator,
+            &[ColumnType::Integer, ColumnType::Float],
+        );
+        if input.number.decimal_separator.is_some()
+            && input.number.decimal_separator == input.number.thousands_separator
+        {
+            self.error(
+                format!("{path}.thousands_separator"),
+                "must differ from decimal_separator",
+            );
+        }
+        input
+    }
+
     fn required_id(&mut self, path: &str, value: Option<String>) -> String {
         match value {
             None => {
@@ -1530,24 +1650,61 @@ impl Validator<'_> {
                 LineEnding::Lf
             }
         };
-        if let Some(d) = c.decimal_separator {
-            opts.decimal_separator = d;
+        for (key, set) in [
+            ("decimal_separator", c.decimal_separator.is_some()),
+            ("thousand_separator", c.thousand_separator.is_some()),
+            ("date_format", c.date_format.is_some()),
+        ] {
+            if set {
+                let column_key = match key {
+                    "date_format" => "format",
+                    "thousand_separator" => "thousands_separator",
+                    other => other,
+                };
+                self.error(
+                    format!("{path}.{key}"),
+                    format!(
+                        "weir writes numbers with \".\" and dates in ISO-8601 and declares exactly that: say how the sender writes them with {column_key} on the [[pipelines.columns]] entry"
+                    ),
+                );
+            }
         }
-        opts.thousand_separator = c.thousand_separator;
-        opts.date_format = c.date_format;
         if opts.separator == opts.quote {
             self.error(format!("{path}.quote"), "must differ from the separator");
         }
-        if opts.decimal_separator.as_bytes() == [opts.separator] {
-            self.error(
-                format!("{path}.decimal_separator"),
-                format!(
-                    "\"{}\" must differ from the separator: a decimal number would split into two fields",
-                    opts.decimal_separator.escape_default()
-                ),
-            );
-        }
         opts
+    }
+}
+
+/// Whether a column of type `ty` may read a schema field of type `field`: the same type, a
+/// STRING of anything, a date type or a number with a convention from a string, and a date
+/// type in an epoch format from an integer.
+fn fits_field(ty: ColumnType, field: FieldType, c: &raw::RawColumn) -> bool {
+    let epoch = matches!(c.format.as_deref(), Some("epoch_ms" | "epoch_s"));
+    let convention = c.decimal_separator.is_some() || c.thousands_separator.is_some();
+    ty == ColumnType::String
+        || ty == ColumnType::of_field(field)
+        || match (field, ty.moment()) {
+            (FieldType::String, Some(_)) => true,
+            (FieldType::Integer, Some(_)) => epoch,
+            (FieldType::String, None) => {
+                convention && matches!(ty, ColumnType::Integer | ColumnType::Float)
+            }
+            _ => false,
+        }
+}
+
+/// What to change when a column's type contradicts its schema field.
+fn contradiction_hint(ty: ColumnType, field: FieldType) -> &'static str {
+    match (ty.moment(), field) {
+        (Some(_), FieldType::Integer) => {
+            ": an integer field takes format = \"epoch_ms\" or \"epoch_s\""
+        }
+        (Some(_), _) => ": a date arrives as text, declare the field string",
+        (None, FieldType::String) if matches!(ty, ColumnType::Integer | ColumnType::Float) => {
+            ": a number written as text needs the field's type, or a decimal_separator or thousands_separator on the column"
+        }
+        _ => "",
     }
 }
 

@@ -155,6 +155,9 @@ pub(super) struct RawColumn {
     pub ty: Option<String>,
     pub length: Option<i64>,
     pub decimals: Option<i64>,
+    pub format: Option<String>,
+    pub decimal_separator: Option<String>,
+    pub thousands_separator: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -541,10 +541,10 @@ fn apply_schema(
             .map_or(Ok(()), |s| schema::check(s, &row, source))
             .and_then(|()| match fallback {
                 Some(f) => schema::check_columns(&config.columns, schema_cfg, f, &row),
-                None => Ok(()),
+                None => Ok(None),
             });
         match checked {
-            Ok(()) => kept.push(row),
+            Ok(converted) => kept.push(converted.unwrap_or(row)),
             Err(m) => {
                 tracing::debug!(pipeline = pipeline.name(), row = i, field = %m.field, problem = %m.problem, "row does not match schema");
                 problems.push(format!("row {i}: field \"{}\" {}", m.field, m.problem));
