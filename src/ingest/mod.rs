@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthConfig, AuthMethod, OnMismatch, RateLimit, ServerLimits};
+use crate::config::{AuthConfig, AuthMethod, OnMismatch, RateLimit, ServerLimits, SuccessResponse};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::PushError;
@@ -142,7 +142,10 @@ async fn hook(
     body: Body,
 ) -> Response {
     match accept(&state, &name, peer, &method, &uri, &headers, body).await {
-        Ok(a) => (StatusCode::ACCEPTED, axum::Json(a)).into_response(),
+        Ok(a) => match state.pipelines.get(&name) {
+            Some(entry) => success(&entry.pipeline.config.response, a),
+            None => IngestError::Internal("the pipeline went away").into_response(),
+        },
         Err(e) => {
             match state.pipelines.get(&name) {
                 Some(entry) => entry.pipeline.counters.refuse(e.code()),
@@ -152,6 +155,24 @@ async fn hook(
             }
             e.into_response()
         }
+    }
+}
+
+/// The answer to a request whose rows were queued (or a replay of one): the pipeline's
+/// `response`, by default 202 with the counts.
+fn success(response: &SuccessResponse, a: Accepted) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::ACCEPTED);
+    if status == StatusCode::NO_CONTENT {
+        return status.into_response();
+    }
+    match &response.body {
+        None => (status, axum::Json(a)).into_response(),
+        Some(body) => (
+            status,
+            [(header::CONTENT_TYPE, response.content_type.clone())],
+            body.clone(),
+        )
+            .into_response(),
     }
 }
 
