@@ -3,8 +3,12 @@
 
 use hmac::{KeyInit, Mac};
 use serde_json::json;
+use weir::emulator::EmulatorConfig;
 
-use crate::helpers::{pipeline_config, spawn_app, status_and_json};
+use crate::helpers::{
+    ADMIN, TestApp, TestEmulator, delivery_config, pipeline_config, spawn_app, spawn_emulator,
+    status_and_json,
+};
 
 fn github_signature(key: &[u8], body: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
@@ -98,4 +102,193 @@ secret = "gh""#,
         assert_eq!(resp.text().await.unwrap(), "received");
     }
     assert_eq!(app.queued("orders").await.len(), 1, "queued once");
+}
+
+async fn emulator() -> TestEmulator {
+    spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Orders with typed columns, a filter and a schema that ignores mismatches.
+const TYPED: &str = r#"filter = "row.Status != 'test'"
+
+[pipelines.schema]
+on_mismatch = "ignore"
+fields = { OrderId = "string", Quantity = "integer", Status = "string" }
+
+[[pipelines.columns]]
+name = "OrderId"
+from = "OrderId"
+length = 20
+[[pipelines.columns]]
+name = "Quantity"
+from = "Quantity"
+"#;
+
+async fn dry_run(app: &TestApp, body: &str) -> (u16, serde_json::Value) {
+    status_and_json(
+        app.post(
+            "/hooks/orders?dry_run=true",
+            "application/json",
+            body.to_owned(),
+        )
+        .await,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_dry_run_shows_rows_verdicts_columns_and_csv_and_queues_nothing() {
+    let emu = emulator().await;
+    let app = spawn_app(&format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, TYPED, "keys = [\"OrderId\"]")
+    ))
+    .await;
+    let body = r#"[{"OrderId":"007","Quantity":3,"Status":"new"},
+                   {"OrderId":"008","Quantity":"three"},
+                   {"OrderId":"009","Quantity":1,"Status":"test"}]"#;
+    let (status, d) = dry_run(&app, body).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["dry_run"], true);
+    assert_eq!(
+        (d["accepted"].as_u64(), d["ignored"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(d["status"], 202, "what a real request would be answered");
+    let verdicts: Vec<&str> = d["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["accepted", "schema_mismatch", "filtered_out"]);
+    assert_eq!(
+        d["rows"][0]["row"],
+        json!({"OrderId":"007","Quantity":3,"Status":"new"})
+    );
+    let reason = d["rows"][1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Quantity"),
+        "the reason names the field: {reason}"
+    );
+    assert_eq!(
+        d["columns"],
+        json!([
+            {"name": "OrderId", "type": "STRING", "length": 20, "decimals": 0, "key": true},
+            {"name": "Quantity", "type": "INTEGER", "length": 0, "decimals": 0, "key": false},
+        ])
+    );
+    assert_eq!(d["table"], "orders");
+    assert_eq!(d["csv"], json!(["OrderId,Quantity\n007,3\n"]));
+
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["queue"]["rows"], 0, "nothing queued");
+    assert_eq!(
+        view["counters"]["accepted"], 0,
+        "nothing counted as accepted"
+    );
+    assert_eq!(view["counters"]["ignored"], 0);
+    assert!(app.queued("orders").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_dry_run_csv_is_exactly_what_the_emulator_receives_for_the_same_rows() {
+    let emu = emulator().await;
+    let app = spawn_app(&format!("{ADMIN}\n{}", delivery_config(&emu.base, "", ""))).await;
+    // No column config: the header is the union of the fields, and values keep their text.
+    let body = r#"[{"OrderId":"0145632053","Note":"a, \"quoted\" note"},
+                   {"OrderId":"0145632054","Price":1.50,"Stadt":"München"}]"#;
+    let (status, d) = dry_run(&app, body).await;
+    assert_eq!(status, 200, "{d}");
+    let preview = d["csv"].clone();
+    assert_eq!(preview.as_array().map(Vec::len), Some(1), "{d}");
+
+    assert_eq!(app.post_json("orders", body).await.status(), 202);
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.rows, 2, "{report:?}");
+    let jobs = emu.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    let sent: Vec<serde_json::Value> = jobs[0]["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["content"].clone())
+        .collect();
+    assert_eq!(serde_json::Value::Array(sent), preview);
+    let declared: Vec<&str> = jobs[0]["request"]["tableSchema"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["columnName"].as_str().unwrap())
+        .collect();
+    let previewed: Vec<&str> = d["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(declared, previewed, "the same columns are declared");
+}
+
+#[tokio::test]
+async fn a_mismatching_row_in_reject_mode_is_a_verdict_in_a_200_and_request_errors_stay_errors() {
+    let app = spawn_app(&pipeline_config(
+        "127.0.0.1:0",
+        r#"[pipelines.schema]
+on_mismatch = "reject"
+fields = { OrderId = "string", Quantity = "integer" }"#,
+    ))
+    .await;
+    let (status, d) = dry_run(&app, r#"[{"OrderId":"1","Quantity":"x"},{"OrderId":"2"}]"#).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["rows"][0]["verdict"], "schema_mismatch");
+    assert_eq!(d["rows"][1]["verdict"], "accepted");
+    assert_eq!(d["status"], 422, "a real request would be refused whole");
+    assert_eq!(d["accepted"], 0);
+
+    let (status, e) = dry_run(&app, r#"{"OrderId": "#).await;
+    assert_eq!((status, e["error"].as_str()), (400, Some("malformed_body")));
+    let resp = app
+        .post("/hooks/nope?dry_run=true", "application/json", "{}")
+        .await;
+    assert_eq!(resp.status(), 404);
+    // A query-string row: dry_run is weir's parameter, never a field.
+    let (status, d) = status_and_json(app.get("/hooks/orders?dry_run=true&OrderId=5").await).await;
+    assert_eq!(status, 200);
+    assert_eq!(d["rows"][0]["row"], json!({"OrderId": "5"}));
+    assert!(app.queued("orders").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_dry_run_still_checks_the_sender() {
+    let app = spawn_app(&pipeline_config(
+        "127.0.0.1:0",
+        r#"[pipelines.auth]
+kind = "token"
+header = "X-Api-Key"
+secret = "s3cret-token""#,
+    ))
+    .await;
+    let resp = app
+        .post(
+            "/hooks/orders?dry_run=true",
+            "application/json",
+            r#"{"OrderId":"1"}"#,
+        )
+        .await;
+    assert_eq!(status_and_json(resp).await.0, 401);
+    let resp = app
+        .client
+        .post(app.url("/hooks/orders?dry_run=true"))
+        .header("content-type", "application/json")
+        .header("x-api-key", "s3cret-token")
+        .body(r#"{"OrderId":"1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
