@@ -214,7 +214,17 @@ pub struct PipelineConfig {
     pub rate_limit: Option<RateLimit>,
     /// What a request whose rows were queued is answered.
     pub response: SuccessResponse,
+    /// How long `?wait=delivered` holds a request before answering 202 `queued`.
+    pub wait_timeout: Duration,
+    /// A waiting request triggers a run now (within the job budget) instead of waiting for
+    /// the schedule.
+    pub allow_sync: bool,
 }
+
+/// `wait_timeout` unless configured.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `wait_timeout`: a held request holds a connection.
+pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The answer to a request whose rows were queued (`response`): by default 202 with
 /// `{"accepted", "ignored"}`; some senders want 204, or a fixed body.
@@ -1016,6 +1026,17 @@ impl Validator<'_> {
             .response
             .map(|r| self.response(&format!("{path}.response"), r))
             .unwrap_or_default();
+        let wait_timeout = self.duration(
+            &format!("{path}.wait_timeout"),
+            p.wait_timeout.as_deref(),
+            DEFAULT_WAIT_TIMEOUT.as_secs(),
+        );
+        if wait_timeout.is_zero() || wait_timeout > MAX_WAIT_TIMEOUT {
+            self.error(
+                format!("{path}.wait_timeout"),
+                "must be longer than 0s and at most 5m",
+            );
+        }
         PipelineConfig {
             name: p.name,
             allow_ips,
@@ -1038,6 +1059,8 @@ impl Validator<'_> {
             auth,
             rate_limit,
             response,
+            wait_timeout: wait_timeout.min(MAX_WAIT_TIMEOUT),
+            allow_sync: p.allow_sync.unwrap_or(false),
         }
     }
 

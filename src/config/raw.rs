@@ -102,6 +102,8 @@ pub(super) struct RawPipeline {
     pub auth: Option<RawSenderAuth>,
     pub rate_limit: Option<String>,
     pub response: Option<RawResponse>,
+    pub wait_timeout: Option<String>,
+    pub allow_sync: Option<bool>,
 }
 
 /// `response = { status, body, content_type }`: what a request whose rows were queued gets.

@@ -144,14 +144,15 @@ pub fn router(state: IngestState) -> Router {
 
 /// What a request that passed every check gets.
 enum Answer {
-    /// Its rows were queued (or it replays a delivery that was).
-    Queued(Accepted),
+    /// Its rows were queued (or it replays a delivery that was), with an offset at or after
+    /// its last row when it queued any.
+    Queued(Accepted, Option<crate::queue::Offset>),
     /// `?dry_run=true`: what would happen, with nothing queued.
     DryRun(Box<dry_run::DryRun>),
 }
 
 /// weir's own query parameters: never a field of a query-string row.
-const OWN_PARAMS: [&str; 1] = ["dry_run"];
+const OWN_PARAMS: [&str; 2] = ["dry_run", "wait"];
 
 /// Whether the query string asks for a dry run (`dry_run=true` or `dry_run=1`).
 fn wants_dry_run(query: Option<&str>) -> bool {
@@ -184,8 +185,13 @@ async fn hook(
 ) -> Response {
     match accept(&state, &name, peer, &method, &uri, &headers, body).await {
         Ok(Answer::DryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
-        Ok(Answer::Queued(a)) => match state.pipelines.get(&name) {
-            Some(entry) => success(&entry.pipeline.config.response, a),
+        Ok(Answer::Queued(a, last)) => match state.pipelines.get(&name) {
+            Some(entry) => match last {
+                Some(last) if query_param(uri.query(), "wait") == Some("delivered") => {
+                    wait_delivered(&state, &entry.pipeline, a, last).await
+                }
+                _ => success(&entry.pipeline.config.response, a),
+            },
             None => IngestError::Internal("the pipeline went away").into_response(),
         },
         Err(e) => {
@@ -197,6 +203,54 @@ async fn hook(
             }
             e.into_response()
         }
+    }
+}
+
+/// `?wait=delivered`: holds the answer until the request's rows are committed in a
+/// delivered job (200 with the job id), or answers 202 `queued` after the pipeline's
+/// `wait_timeout` (or at shutdown); the rows stay queued then and are delivered later.
+/// With `allow_sync`, asks the worker for a run now.
+async fn wait_delivered(
+    state: &IngestState,
+    pipeline: &Pipeline,
+    a: Accepted,
+    last: crate::queue::Offset,
+) -> Response {
+    let mut delivered = pipeline.delivered();
+    if pipeline.config.allow_sync {
+        pipeline.want_run();
+    }
+    let covered = |d: &Option<crate::pipeline::DeliveredThrough>| {
+        d.as_ref().is_some_and(|d| d.through >= last)
+    };
+    let waited = tokio::select! {
+        r = tokio::time::timeout(pipeline.config.wait_timeout, delivered.wait_for(covered)) => {
+            r.ok().and_then(|r| r.ok()).and_then(|d| d.clone())
+        }
+        () = state.stopping.cancelled() => None,
+    };
+    match waited {
+        Some(d) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({
+                "accepted": a.accepted,
+                "ignored": a.ignored,
+                "job_id": d.job_id,
+                "delivered_at": humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.at_ms)
+                ).to_string(),
+            })),
+        )
+            .into_response(),
+        None => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "accepted": a.accepted,
+                "ignored": a.ignored,
+                "status": "queued",
+            })),
+        )
+            .into_response(),
     }
 }
 
@@ -352,10 +406,13 @@ async fn accept(
             replay::Check::Done(answer) => {
                 tracing::info!(pipeline = name, client = %client, "replayed delivery answered again");
                 Counters::add(&pipeline.counters.duplicate, answer.accepted as u64);
-                return Ok(Answer::Queued(Accepted {
-                    accepted: answer.accepted,
-                    ignored: answer.ignored,
-                }));
+                return Ok(Answer::Queued(
+                    Accepted {
+                        accepted: answer.accepted,
+                        ignored: answer.ignored,
+                    },
+                    None,
+                ));
             }
             replay::Check::InProgress => return Err(IngestError::DuplicateInProgress),
         }
@@ -384,11 +441,12 @@ async fn accept(
         )?
     };
     let accepted = rows.len();
+    let mut last = None;
     if accepted > 0 {
-        pipeline.push(rows).await.map_err(|e| {
+        last = Some(pipeline.push(rows).await.map_err(|e| {
             Counters::add(&pipeline.counters.rejected, accepted as u64);
             push_error(pipeline, e)
-        })?;
+        })?);
     }
     Counters::add(&pipeline.counters.accepted, accepted as u64);
     Counters::add(&pipeline.counters.ignored, ignored as u64);
@@ -398,7 +456,7 @@ async fn accept(
             crate::clock::unix_secs(),
         );
     }
-    Ok(Answer::Queued(Accepted { accepted, ignored }))
+    Ok(Answer::Queued(Accepted { accepted, ignored }, last))
 }
 
 /// Takes the body's bytes from the server-wide in-flight budget before any of it is read:

@@ -292,3 +292,112 @@ secret = "s3cret-token""#,
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+async fn post_waiting(app: &TestApp, body: &str) -> (u16, serde_json::Value) {
+    status_and_json(
+        app.post(
+            "/hooks/orders?wait=delivered",
+            "application/json",
+            body.to_owned(),
+        )
+        .await,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_waiting_request_of_an_allow_sync_pipeline_is_answered_200_once_its_job_is_done() {
+    let emu = emulator().await;
+    // The schedule never ticks during the test: only the waiting request starts the run.
+    let app = spawn_app(&delivery_config(
+        &emu.base,
+        "allow_sync = true\nwait_timeout = \"20s\"",
+        "",
+    ))
+    .await;
+    let (status, body) = post_waiting(&app, r#"[{"OrderId":"1"},{"OrderId":"2"}]"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["ignored"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let jobs = emu.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["status"], "DONE");
+    assert_eq!(body["job_id"], jobs[0]["id"], "the emulator's job id");
+    assert!(
+        body["delivered_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{body}"
+    );
+    assert_eq!(emu.column("orders", "OrderId").await, ["1", "2"]);
+    assert!(app.queued("orders").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_waiting_request_gets_202_queued_after_wait_timeout_and_its_rows_are_delivered_later() {
+    let emu = emulator().await;
+    let app = spawn_app(&format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, "allow_sync = true\nwait_timeout = \"300ms\"", "")
+    ))
+    .await;
+    let (status, _) = app
+        .admin_json(reqwest::Method::PATCH, "/admin/pipelines/orders/pause")
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = post_waiting(&app, r#"{"OrderId":"7"}"#).await;
+    assert_eq!(
+        (status, body),
+        (
+            202,
+            json!({"accepted": 1, "ignored": 0, "status": "queued"})
+        )
+    );
+    assert!(
+        emu.jobs().await.is_empty(),
+        "a paused pipeline delivers nothing"
+    );
+    assert_eq!(app.queued("orders").await.len(), 1, "the row stays queued");
+
+    let (status, _) = app
+        .admin_json(reqwest::Method::PATCH, "/admin/pipelines/orders/resume")
+        .await;
+    assert_eq!(status, 200);
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.rows, 1, "{report:?}");
+    assert_eq!(emu.column("orders", "OrderId").await, ["7"]);
+}
+
+#[tokio::test]
+async fn without_allow_sync_a_waiting_request_waits_for_a_run_it_does_not_start() {
+    let emu = emulator().await;
+    let app = spawn_app(&delivery_config(&emu.base, "wait_timeout = \"20s\"", "")).await;
+    let waiting = {
+        let client = app.client.clone();
+        let url = app.url("/hooks/orders?wait=delivered");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"OrderId":"9"}"#)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    crate::helpers::wait_until(10, "the row is queued", || async {
+        app.queued("orders").await.len() == 1
+    })
+    .await;
+    assert!(emu.jobs().await.is_empty(), "the request started no run");
+    // The run comes from elsewhere (here the operator's flush, as the schedule would).
+    let report = app.app().flush("orders").await.unwrap();
+    let (status, body) = status_and_json(waiting.await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Some(body["job_id"].as_str().unwrap().to_owned()),
+        report.job_id
+    );
+}
