@@ -96,6 +96,16 @@ pub fn describe(c: &Config) -> String {
         if let Some(r) = &p.rate_limit {
             let _ = writeln!(w, "  rate limit: {r}");
         }
+        let _ = writeln!(
+            w,
+            "  wait=delivered: up to {}, {}",
+            humantime::format_duration(p.wait_timeout),
+            if p.allow_sync {
+                "starts a run (allow_sync)"
+            } else {
+                "waits for the schedule"
+            }
+        );
         let r = &p.response;
         match &r.body {
             None if r.status == 204 => {

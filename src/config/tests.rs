@@ -675,3 +675,26 @@ fn a_response_status_outside_200_201_202_204_or_a_body_with_204_is_refused_by_ke
         "unknown keys are errors"
     );
 }
+
+#[test]
+fn wait_timeout_defaults_to_30s_and_is_bounded_at_five_minutes() {
+    let c = Config::load(&with_response("{ status = 202 }"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].wait_timeout, Duration::from_secs(30));
+    assert!(!c.pipelines[0].allow_sync);
+    let text = with_response("{ status = 202 }").replace(
+        "response =",
+        "wait_timeout = \"5m\"\nallow_sync = true\nresponse =",
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    assert_eq!(c.pipelines[0].wait_timeout, Duration::from_secs(300));
+    assert!(c.pipelines[0].allow_sync);
+    for bad in ["\"6m\"", "\"0s\""] {
+        let text = with_response("{ status = 202 }")
+            .replace("response =", &format!("wait_timeout = {bad}\nresponse ="));
+        assert_eq!(
+            errors_of(&text),
+            ["pipelines[0].wait_timeout: must be longer than 0s and at most 5m"],
+            "{bad}"
+        );
+    }
+}
