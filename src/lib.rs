@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod preview;
 pub mod queue;
 pub mod row;
 pub mod schedule;

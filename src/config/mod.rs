@@ -212,7 +212,46 @@ pub struct PipelineConfig {
     /// `None`: any sender that passes `allow_ips` may post.
     pub auth: Option<AuthConfig>,
     pub rate_limit: Option<RateLimit>,
+    /// What a request whose rows were queued is answered.
+    pub response: SuccessResponse,
+    /// How long `?wait=delivered` holds a request before answering 202 `queued`.
+    pub wait_timeout: Duration,
+    /// A waiting request triggers a run now (within the job budget) instead of waiting for
+    /// the schedule.
+    pub allow_sync: bool,
 }
+
+/// `wait_timeout` unless configured.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `wait_timeout`: a held request holds a connection.
+pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The answer to a request whose rows were queued (`response`): by default 202 with
+/// `{"accepted", "ignored"}`; some senders want 204, or a fixed body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuccessResponse {
+    /// 200, 201, 202 or 204.
+    pub status: u16,
+    /// A fixed body instead of the counts; never with 204.
+    pub body: Option<String>,
+    /// The body's `Content-Type` (default `application/json`).
+    pub content_type: String,
+}
+
+impl Default for SuccessResponse {
+    fn default() -> Self {
+        SuccessResponse {
+            status: 202,
+            body: None,
+            content_type: DEFAULT_RESPONSE_CONTENT_TYPE.to_owned(),
+        }
+    }
+}
+
+pub const DEFAULT_RESPONSE_CONTENT_TYPE: &str = "application/json";
+
+/// The statuses a pipeline may answer with when its rows were queued.
+pub const SUCCESS_STATUSES: [u16; 4] = [200, 201, 202, 204];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueConfig {
@@ -1003,6 +1042,21 @@ impl Validator<'_> {
         let rate_limit = p
             .rate_limit
             .and_then(|r| self.rate_limit(&format!("{path}.rate_limit"), &r));
+        let response = p
+            .response
+            .map(|r| self.response(&format!("{path}.response"), r))
+            .unwrap_or_default();
+        let wait_timeout = self.duration(
+            &format!("{path}.wait_timeout"),
+            p.wait_timeout.as_deref(),
+            DEFAULT_WAIT_TIMEOUT.as_secs(),
+        );
+        if wait_timeout.is_zero() || wait_timeout > MAX_WAIT_TIMEOUT {
+            self.error(
+                format!("{path}.wait_timeout"),
+                "must be longer than 0s and at most 5m",
+            );
+        }
         PipelineConfig {
             name: p.name,
             allow_ips,
@@ -1024,7 +1078,54 @@ impl Validator<'_> {
             sink,
             auth,
             rate_limit,
+            response,
+            wait_timeout: wait_timeout.min(MAX_WAIT_TIMEOUT),
+            allow_sync: p.allow_sync.unwrap_or(false),
         }
+    }
+
+    fn response(&mut self, path: &str, r: raw::RawResponse) -> SuccessResponse {
+        let mut out = SuccessResponse::default();
+        if let Some(status) = r.status {
+            match u16::try_from(status)
+                .ok()
+                .filter(|s| SUCCESS_STATUSES.contains(s))
+            {
+                Some(s) => out.status = s,
+                None => self.error(
+                    format!("{path}.status"),
+                    format!("{status} is not one of 200, 201, 202 or 204"),
+                ),
+            }
+        }
+        if r.body.is_some() && out.status == 204 {
+            self.error(
+                format!("{path}.body"),
+                "a 204 No Content answer has no body: remove body or use another status",
+            );
+        }
+        match (&r.body, r.content_type) {
+            (_, None) => {}
+            (None, Some(_)) => self.error(
+                format!("{path}.content_type"),
+                "only applies with body: the counts are always application/json",
+            ),
+            (Some(_), Some(ct)) => {
+                let printable = !ct.is_empty()
+                    && ct.contains('/')
+                    && ct.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+                if printable {
+                    out.content_type = ct;
+                } else {
+                    self.error(
+                        format!("{path}.content_type"),
+                        format!("\"{ct}\" is not a media type like \"application/json\""),
+                    );
+                }
+            }
+        }
+        out.body = r.body.filter(|_| out.status != 204);
+        out
     }
 
     fn queue(

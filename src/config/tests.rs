@@ -708,3 +708,83 @@ format = "dd.MM.yyyy"
         "{out}"
     );
 }
+
+fn with_response(response: &str) -> String {
+    format!(
+        r#"
+[[pipelines]]
+name = "orders"
+response = {response}
+[pipelines.sink]
+kind = "http"
+base_url = "http://127.0.0.1:9"
+"#
+    )
+}
+
+#[test]
+fn a_pipeline_answers_202_with_the_counts_unless_its_response_says_otherwise() {
+    let c = Config::load(&with_response("{ status = 204 }"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].response.status, 204);
+    assert_eq!(c.pipelines[0].response.body, None);
+    let c = Config::load(
+        &with_response(r#"{ status = 200, body = '{"ok": true}' }"#),
+        &env(),
+    )
+    .unwrap();
+    let r = &c.pipelines[0].response;
+    assert_eq!(
+        (r.status, r.body.as_deref(), r.content_type.as_str()),
+        (200, Some(r#"{"ok": true}"#), "application/json")
+    );
+    let c = Config::load(&CONTRACT.replace("k3y", "x"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].response, SuccessResponse::default());
+    assert_eq!(c.pipelines[0].response.status, 202);
+}
+
+#[test]
+fn a_response_status_outside_200_201_202_204_or_a_body_with_204_is_refused_by_key() {
+    assert_eq!(
+        errors_of(&with_response("{ status = 302 }")),
+        ["pipelines[0].response.status: 302 is not one of 200, 201, 202 or 204"]
+    );
+    assert_eq!(
+        errors_of(&with_response("{ status = 204, body = 'ok' }")),
+        [
+            "pipelines[0].response.body: a 204 No Content answer has no body: remove body or use another status"
+        ]
+    );
+    let errors = errors_of(&with_response(
+        r#"{ status = 500, content_type = "text/plain" }"#,
+    ));
+    assert_eq!(errors.len(), 2, "every mistake at once: {errors:?}");
+    assert!(errors[0].starts_with("pipelines[0].response.status: "));
+    assert!(errors[1].starts_with("pipelines[0].response.content_type: only applies with body"));
+    assert!(
+        errors_of(&with_response("{ state = 204 }"))[0].contains("unknown field `state`"),
+        "unknown keys are errors"
+    );
+}
+
+#[test]
+fn wait_timeout_defaults_to_30s_and_is_bounded_at_five_minutes() {
+    let c = Config::load(&with_response("{ status = 202 }"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].wait_timeout, Duration::from_secs(30));
+    assert!(!c.pipelines[0].allow_sync);
+    let text = with_response("{ status = 202 }").replace(
+        "response =",
+        "wait_timeout = \"5m\"\nallow_sync = true\nresponse =",
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    assert_eq!(c.pipelines[0].wait_timeout, Duration::from_secs(300));
+    assert!(c.pipelines[0].allow_sync);
+    for bad in ["\"6m\"", "\"0s\""] {
+        let text = with_response("{ status = 202 }")
+            .replace("response =", &format!("wait_timeout = {bad}\nresponse ="));
+        assert_eq!(
+            errors_of(&text),
+            ["pipelines[0].wait_timeout: must be longer than 0s and at most 5m"],
+            "{bad}"
+        );
+    }
+}

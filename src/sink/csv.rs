@@ -208,6 +208,31 @@ impl ColumnSpec {
         }
     }
 
+    /// The layout [`ColumnSpec::layout_known`] would give the batch, without writing the
+    /// known columns (a dry run).
+    pub fn layout_preview(&self, entries: &[Entry]) -> Layout {
+        let layout = self.layout(entries);
+        match &self.known {
+            Some(known) if !self.fixed() => {
+                let mut names = known.snapshot();
+                for h in &layout.headers {
+                    if !names.contains(h) {
+                        names.push(h.clone());
+                    }
+                }
+                if names.len() > self.max_columns {
+                    names.retain(|n| layout.headers.contains(n));
+                }
+                Layout {
+                    headers: names.clone(),
+                    sources: names,
+                    ..layout
+                }
+            }
+            _ => layout,
+        }
+    }
+
     /// The layout of a batch.
     pub fn layout(&self, entries: &[Entry]) -> Layout {
         Layout::for_batch(&self.columns, self.schema.as_ref(), entries).named(&self.pipeline)
