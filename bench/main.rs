@@ -13,6 +13,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod csvbench;
+mod formats;
 mod limit;
 mod load;
 mod procs;
@@ -50,6 +51,13 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         reps: usize,
     },
+    /// CSV against Parquet chunks: bytes per row and CPU per row of writing them.
+    Formats {
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,18 @@ fn main() -> ExitCode {
                 r.weir_rows_per_s,
                 r.csv_rows_per_s,
                 r.ratio()
+            );
+        }),
+        Command::Formats { rows, reps } => formats::measure(rows, reps).map(|r| {
+            println!(
+                "{} rows: CSV {:.0} ns/row, {:.1} bytes/row; Parquet {:.0} ns/row, {:.1} bytes/row; Parquet/CSV time {:.2}, bytes {:.2}",
+                r.rows,
+                r.csv_ns_per_row,
+                r.csv_bytes_per_row,
+                r.parquet_ns_per_row,
+                r.parquet_bytes_per_row,
+                r.parquet_ns_per_row / r.csv_ns_per_row,
+                r.parquet_bytes_per_row / r.csv_bytes_per_row
             );
         }),
     };

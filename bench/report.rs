@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::csvbench::CsvResult;
+use crate::formats::FormatResult;
 use crate::load::{Load, WrkResult};
 use crate::procs::Memory;
 
@@ -74,6 +75,7 @@ pub struct Report {
     pub rounds: u32,
     pub startup: StartupSet,
     pub csv: CsvResult,
+    pub formats: FormatResult,
     pub ingest: Vec<Ingest>,
     pub memory: MemoryResults,
     pub delivery: Vec<Delivery>,
@@ -158,6 +160,29 @@ impl Report {
             weir: format!("{} rows/s", int(c.weir_rows_per_s)),
             ratio: x(c.ratio()),
             target: Some(("≥ 0.8× csv crate".into(), c.ratio() >= 0.8)),
+        });
+        let f = &self.formats;
+        lines.push(Line {
+            area: "delivery",
+            measure: format!(
+                "Parquet vs CSV chunks, {} typed rows × 10 fields: CPU per row to write",
+                int(f.rows as f64)
+            ),
+            baseline: format!("CSV {:.0} ns/row", f.csv_ns_per_row),
+            weir: format!("Parquet {:.0} ns/row", f.parquet_ns_per_row),
+            ratio: x(f.parquet_ns_per_row / f.csv_ns_per_row),
+            target: None,
+        });
+        lines.push(Line {
+            area: "delivery",
+            measure: format!(
+                "Parquet vs CSV chunks, {} typed rows × 10 fields: bytes uploaded per row",
+                int(f.rows as f64)
+            ),
+            baseline: format!("CSV {:.1} B/row", f.csv_bytes_per_row),
+            weir: format!("Parquet {:.1} B/row", f.parquet_bytes_per_row),
+            ratio: x(f.parquet_bytes_per_row / f.csv_bytes_per_row),
+            target: None,
         });
         let largest = self.delivery.iter().map(|d| d.rows).max().unwrap_or(0);
         for d in &self.delivery {
@@ -326,6 +351,10 @@ const NOTES: &[&str] = &[
     "**CSV writing**: `weir::sink::csv::write_chunks` (default options, 64 MiB chunks) against a \
      `csv::Writer` given each record as a slice of `&str` cells taken from the rows beforehand; \
      both outputs are checked to be byte-identical. Best of 7 interleaved repetitions.",
+    "**Parquet vs CSV**: the same 200,000 rows with Quantity as INTEGER and Price as FLOAT, \
+     written by weir's CSV writer (64 MiB chunks) and its Parquet writer (`file_type = \
+     \"parquet\"`: 100,000-row chunks, one row group each, Snappy), best of 5 interleaved \
+     repetitions (`weir-bench formats`). Bytes are all chunks' bytes over the rows.",
     "**Delivery**: weir with the memory queue, filled over HTTP, pushes to a separate `weir \
      emulator` process (SQLite file) through `POST /admin/pipelines/bench/flush`. \"CSV build + \
      upload\" is a run in which the emulator refuses the execute call (an injected 500), so it \

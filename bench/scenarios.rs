@@ -12,7 +12,7 @@ use crate::procs::{Memory, Proc, free_addr};
 use crate::report::{
     Backlog, Delivery, Ingest, Machine, MemoryResults, Report, Startup, StartupSet,
 };
-use crate::{csvbench, work_dir};
+use crate::{csvbench, formats, work_dir};
 
 const APP_KEY: &str = "bench-app-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -199,6 +199,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "   weir {:.0} rows/s, csv crate {:.0} rows/s",
         csv.weir_rows_per_s, csv.csv_rows_per_s
     );
+    println!("== Parquet vs CSV chunks");
+    let formats = formats::measure(200_000, 5)?;
+    println!(
+        "   CSV {:.0} ns/row {:.1} B/row, Parquet {:.0} ns/row {:.1} B/row",
+        formats.csv_ns_per_row,
+        formats.csv_bytes_per_row,
+        formats.parquet_ns_per_row,
+        formats.parquet_bytes_per_row
+    );
     println!("== intake ({} rounds)", args.rounds);
     let ingest = ingest(&env, load, args.rounds)?;
     println!("== memory with a {}-row backlog", args.backlog);
@@ -222,6 +231,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         startup,
         csv,
+        formats,
         ingest,
         memory,
         delivery,

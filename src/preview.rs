@@ -24,6 +24,19 @@ pub struct SinkPreview {
     pub csv: Vec<String>,
     /// The deleted chunk's CSV (keys whose latest row matches `delete_when`).
     pub deleted_csv: Vec<String>,
+    /// With `file_type = "parquet"`: the upserted rows' Parquet chunks, summarised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parquet: Vec<ChunkSummary>,
+    /// With `file_type = "parquet"`: the deleted chunks, summarised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted_parquet: Vec<ChunkSummary>,
+}
+
+/// One binary chunk a job would upload: how many rows and bytes it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChunkSummary {
+    pub rows: usize,
+    pub bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

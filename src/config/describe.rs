@@ -222,14 +222,19 @@ pub fn describe(c: &Config) -> String {
                 };
                 let _ = writeln!(
                     w,
-                    "  sink: celonis {}{}/api/v1/data-push/{}/jobs/, table {}, mode {}, keys [{}], auth {auth}, chunks up to {} bytes, poll timeout {}",
+                    "  sink: celonis {}{}/api/v1/data-push/{}/jobs/, table {}, mode {}, keys [{}], auth {auth}, {}, poll timeout {}",
                     s.base_url.as_str().trim_end_matches('/'),
                     s.api_prefix,
                     s.data_pool_id,
                     s.target_name,
                     s.mode.as_str(),
                     s.keys.join(", "),
-                    s.chunk_bytes,
+                    match s.file_type {
+                        super::FileType::Csv => format!("CSV chunks up to {} bytes", s.chunk_bytes),
+                        super::FileType::Parquet { rows_per_chunk } => {
+                            format!("Parquet chunks of {rows_per_chunk} rows")
+                        }
+                    },
                     humantime::format_duration(s.poll_timeout)
                 );
             }

@@ -531,6 +531,8 @@ pub struct CelonisSink {
     /// With `keys`: the create body's `upsertStrategy`.
     pub upsert_strategy: Option<UpsertStrategy>,
     pub auth: CelonisAuth,
+    /// CSV chunks of at most `chunk_bytes`, or Parquet chunks of at most `rows_per_chunk` rows.
+    pub file_type: FileType,
     pub chunk_bytes: u64,
     /// `fallbackVarcharLength`: the length of every STRING column without its own `length`.
     pub fallback_varchar_length: u32,
@@ -538,6 +540,26 @@ pub struct CelonisSink {
     pub request_timeout: Duration,
     pub csv: CsvOptions,
 }
+
+/// The format of a job's chunks (`file_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    Csv,
+    Parquet { rows_per_chunk: usize },
+}
+
+impl FileType {
+    /// The create body's `fileType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileType::Csv => "CSV",
+            FileType::Parquet { .. } => "PARQUET",
+        }
+    }
+}
+
+/// Rows per Parquet chunk when `rows_per_chunk` is not set (what pycelonis sends).
+pub const DEFAULT_ROWS_PER_CHUNK: usize = 100_000;
 
 /// Which row of a key a batch keeps when it holds several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1465,6 +1487,54 @@ impl Validator<'_> {
             s.request_timeout.as_deref(),
             60,
         );
+        let file_type = match s.file_type.as_deref() {
+            None | Some("csv") => FileType::Csv,
+            Some("parquet") => FileType::Parquet {
+                rows_per_chunk: DEFAULT_ROWS_PER_CHUNK,
+            },
+            Some(other) => {
+                self.error(
+                    format!("{path}.file_type"),
+                    format!("\"{other}\" is not \"csv\" or \"parquet\""),
+                );
+                FileType::Csv
+            }
+        };
+        let file_type = match (file_type, s.rows_per_chunk) {
+            (_, None) => file_type,
+            (FileType::Parquet { .. }, Some(n)) if (1..=10_000_000).contains(&n) => {
+                FileType::Parquet {
+                    rows_per_chunk: n as usize,
+                }
+            }
+            (FileType::Parquet { .. }, Some(n)) => {
+                self.error(
+                    format!("{path}.rows_per_chunk"),
+                    format!("{n} is not a number of rows from 1 to 10000000"),
+                );
+                file_type
+            }
+            (FileType::Csv, Some(_)) => {
+                self.error(
+                    format!("{path}.rows_per_chunk"),
+                    "only applies to file_type = \"parquet\" (CSV chunks are bounded by chunk_bytes)",
+                );
+                file_type
+            }
+        };
+        if matches!(file_type, FileType::Parquet { .. }) {
+            for (key, set) in [
+                ("csv", s.csv.is_some()),
+                ("chunk_bytes", s.chunk_bytes.is_some()),
+            ] {
+                if set {
+                    self.error(
+                        format!("{path}.{key}"),
+                        "only applies to file_type = \"csv\"",
+                    );
+                }
+            }
+        }
         let csv = self.csv(&format!("{path}.csv"), s.csv);
         let fallback_varchar_length = match s.fallback_varchar_length {
             None => DEFAULT_FALLBACK_VARCHAR_LENGTH,
@@ -1490,6 +1560,7 @@ impl Validator<'_> {
             delete_when,
             upsert_strategy,
             auth,
+            file_type,
             chunk_bytes,
             poll_timeout,
             request_timeout,

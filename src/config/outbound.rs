@@ -360,6 +360,8 @@ impl Validator<'_> {
             ("app_key", s.app_key.is_some()),
             ("api_key", s.api_key.is_some()),
             ("chunk_bytes", s.chunk_bytes.is_some()),
+            ("file_type", s.file_type.is_some()),
+            ("rows_per_chunk", s.rows_per_chunk.is_some()),
             ("poll_timeout", s.poll_timeout.is_some()),
         ] {
             if set {

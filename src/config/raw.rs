@@ -191,6 +191,8 @@ pub(super) struct RawSink {
     pub app_key: Option<String>,
     pub api_key: Option<String>,
     pub chunk_bytes: Option<ByteSize>,
+    pub file_type: Option<String>,
+    pub rows_per_chunk: Option<i64>,
     pub fallback_varchar_length: Option<i64>,
     pub poll_timeout: Option<String>,
     pub request_timeout: Option<String>,

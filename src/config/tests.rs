@@ -788,3 +788,46 @@ fn wait_timeout_defaults_to_30s_and_is_bounded_at_five_minutes() {
         );
     }
 }
+
+#[test]
+fn file_type_and_rows_per_chunk_are_checked_and_name_their_key() {
+    let sink = |extra: &str| {
+        format!(
+            r#"
+[[pipelines]]
+name = "orders"
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "p1"
+target_name = "orders"
+app_key = "k"
+{extra}
+"#
+        )
+    };
+    let errs = errors_of(&sink("file_type = \"xlsx\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pipelines[0].sink.file_type")),
+        "{errs:?}"
+    );
+    let errs = errors_of(&sink("rows_per_chunk = 10"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pipelines[0].sink.rows_per_chunk")),
+        "{errs:?}"
+    );
+    let errs = errors_of(&sink("file_type = \"parquet\"\nrows_per_chunk = 0"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pipelines[0].sink.rows_per_chunk")),
+        "{errs:?}"
+    );
+    let errs = errors_of(&sink("file_type = \"parquet\"\nchunk_bytes = \"1MiB\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pipelines[0].sink.chunk_bytes")),
+        "{errs:?}"
+    );
+}

@@ -17,8 +17,9 @@ use super::batch::{self, ColumnsError};
 use super::budget::JobBudget;
 use super::csv::{Chunks, Layout};
 use super::oauth::{OAuthError, TokenSource};
+use super::parquet::{ParquetChunkError, ParquetChunks};
 use super::{CallObserver, Fate, InFlightRecorder, Settled};
-use crate::config::{CelonisAuth, CelonisSink, Dedupe, Secret, TableSpec};
+use crate::config::{CelonisAuth, CelonisSink, Dedupe, FileType, Secret, TableSpec};
 use crate::queue::{Entry, InFlight, QueueError};
 use crate::sync::lock;
 
@@ -93,6 +94,8 @@ pub enum PushFailure {
     Queue(#[from] QueueError),
     #[error("writing CSV: {0}")]
     Csv(#[from] ::csv::Error),
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] ParquetChunkError),
     #[error("persisting the job budget: {0}")]
     Budget(#[source] std::io::Error),
     #[error("persisting the table's columns: {0}")]
@@ -132,6 +135,7 @@ impl PushFailure {
             {
                 ErrorClass::BadData
             }
+            PushFailure::Parquet(ParquetChunkError::Value { .. }) => ErrorClass::BadData,
             _ => ErrorClass::Transient,
         }
     }
@@ -158,6 +162,7 @@ impl PushFailure {
             PushFailure::JobFailed { .. }
             | PushFailure::Queue(_)
             | PushFailure::Csv(_)
+            | PushFailure::Parquet(_)
             | PushFailure::Budget(_)
             | PushFailure::Columns(_) => Fate::NotDelivered,
             PushFailure::PollTimeout { .. } => Fate::Unknown,
@@ -440,13 +445,15 @@ impl CelonisClient {
         let table = layout.table(self.sink.fallback_varchar_length);
         let mut body = serde_json::json!({
             "type": self.sink.mode.as_str(),
-            "fileType": "CSV",
+            "fileType": self.sink.file_type.as_str(),
             "targetName": self.sink.target_name,
             "dataPoolId": self.sink.data_pool_id,
-            "csvParsingOptions": super::csv::parsing_options(&self.sink.csv, &table),
-            "tableSchema": table_schema(&self.sink.target_name, &table, &self.sink.keys),
-            "fallbackVarcharLength": self.sink.fallback_varchar_length,
         });
+        if self.sink.file_type == FileType::Csv {
+            body["csvParsingOptions"] = super::csv::parsing_options(&self.sink.csv, &table);
+        }
+        body["tableSchema"] = table_schema(&self.sink.target_name, &table, &self.sink.keys);
+        body["fallbackVarcharLength"] = self.sink.fallback_varchar_length.into();
         if !self.sink.keys.is_empty() {
             body["keys"] = self.sink.keys.clone().into();
         }
@@ -509,25 +516,13 @@ impl CelonisClient {
                 })
                 .await?;
             if !split.upserts.is_empty() || split.deletes.is_empty() {
-                let chunks = Chunks::new(
-                    &upsert_layout,
-                    &split.upserts,
-                    &self.sink.csv,
-                    self.sink.chunk_bytes,
-                );
-                for chunk in chunks {
+                for chunk in self.chunks(&upsert_layout, &split.upserts) {
                     self.upload(&job_id, Kind::Upserted, axum::body::Bytes::from(chunk?))
                         .await?;
                 }
             }
             if !split.deletes.is_empty() {
-                let chunks = Chunks::new(
-                    &delete_layout,
-                    &split.deletes,
-                    &self.sink.csv,
-                    self.sink.chunk_bytes,
-                );
-                for chunk in chunks {
+                for chunk in self.chunks(&delete_layout, &split.deletes) {
                     self.upload(&job_id, Kind::Deleted, axum::body::Bytes::from(chunk?))
                         .await?;
                 }
@@ -543,6 +538,27 @@ impl CelonisClient {
         self.uploaded().insert(job_id.clone());
         self.run(&job_id).await?;
         Ok(job_id)
+    }
+
+    /// A batch's chunks in the sink's file type, written one at a time as they are asked for.
+    pub fn chunks<'a>(
+        &'a self,
+        layout: &'a Layout,
+        entries: &'a [Entry],
+    ) -> Box<dyn Iterator<Item = Result<Vec<u8>, PushFailure>> + Send + 'a> {
+        match self.sink.file_type {
+            FileType::Csv => Box::new(
+                Chunks::new(layout, entries, &self.sink.csv, self.sink.chunk_bytes)
+                    .map(|c| c.map_err(PushFailure::from)),
+            ),
+            FileType::Parquet { rows_per_chunk } => {
+                let table = layout.table(self.sink.fallback_varchar_length);
+                Box::new(
+                    ParquetChunks::new(layout, &table, entries, rows_per_chunk)
+                        .map(|c| c.map_err(PushFailure::from)),
+                )
+            }
+        }
     }
 
     /// Whether Celonis removes a key's duplicates (by `weir_seq`), not weir.
@@ -649,14 +665,19 @@ impl CelonisClient {
         chunk: axum::body::Bytes,
     ) -> Result<(), PushFailure> {
         let url = format!("{}/{job_id}/chunks/{}", self.jobs_url, kind.as_str());
-        let file_name = format!("{}.csv", self.sink.target_name);
+        let (extension, mime) = match self.sink.file_type {
+            FileType::Csv => ("csv", "text/csv"),
+            // What pycelonis' upload of a pyarrow file sends.
+            FileType::Parquet { .. } => ("parquet", "application/octet-stream"),
+        };
+        let file_name = format!("{}.{extension}", self.sink.target_name);
         let part = || {
             reqwest::multipart::Part::stream_with_length(chunk.clone(), chunk.len() as u64)
                 .file_name(file_name.clone())
         };
         self.send(Step::Upload, || {
-            // "text/csv" always parses; keep the part untyped rather than fail if it did not.
-            let part = part().mime_str("text/csv").unwrap_or_else(|_| part());
+            // Both types always parse; keep the part untyped rather than fail if one did not.
+            let part = part().mime_str(mime).unwrap_or_else(|_| part());
             self.http
                 .post(&url)
                 .multipart(reqwest::multipart::Form::new().part("file", part))

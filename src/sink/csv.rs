@@ -149,6 +149,10 @@ impl Layout {
             out.headers.push(name.clone());
             out.sources
                 .push(i.map_or_else(|| name.clone(), |i| self.sources[i].clone()));
+            out.typings.push(
+                i.and_then(|i| self.typings.get(i).copied())
+                    .unwrap_or_default(),
+            );
             if let Some((_, x)) = i.and_then(|i| self.exprs.iter().find(|(j, _)| *j == i)) {
                 out.exprs.push((out.headers.len() - 1, x.clone()));
             }
@@ -297,8 +301,7 @@ pub struct Chunks<'a> {
     entries: &'a [Entry],
     opts: &'a CsvOptions,
     chunk_bytes: u64,
-    index: HashMap<&'a [u8], usize>,
-    pipeline: cel::Value,
+    records: Records<'a>,
     /// The next entry to write.
     next: usize,
     /// Whether a chunk was returned (an empty batch still gives one, the header row).
@@ -317,13 +320,7 @@ impl<'a> Chunks<'a> {
             entries,
             opts,
             chunk_bytes,
-            index: layout
-                .sources
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.as_bytes(), i))
-                .collect(),
-            pipeline: expr::pipeline_value(&layout.pipeline),
+            records: Records::new(layout),
             next: 0,
             emitted: false,
         }
@@ -339,24 +336,10 @@ impl<'a> Chunks<'a> {
         let mut cells: Vec<&[u8]> = vec![b""; layout.sources.len()];
         while let Some(e) = self.entries.get(self.next) {
             self.next += 1;
-            cells.fill(b"");
-            for (pos, f) in e.row.byte_fields().enumerate() {
-                // Rows usually list their fields in column order: try that slot first.
-                let slot = match layout.sources.get(pos) {
-                    Some(s) if s.as_bytes() == f.name => Some(pos),
-                    _ => self.index.get(f.name).copied(),
-                };
-                if let Some(i) = slot.filter(|&i| !layout.sources[i].is_empty()) {
-                    cells[i] = f.text;
-                }
-            }
-            if layout.exprs.is_empty() && layout.seq.is_none() {
+            let computed = self.records.read(e, &mut cells);
+            if computed.is_empty() {
                 w.write_record(&cells)?;
             } else {
-                let mut computed = computed_cells(layout, &self.pipeline, e);
-                if let Some(i) = layout.seq {
-                    computed.push((i, e.offset.to_string()));
-                }
                 let mut with_computed = cells.clone();
                 for (i, text) in &computed {
                     with_computed[*i] = text.as_bytes();
@@ -391,6 +374,54 @@ impl Iterator for Chunks<'_> {
             self.next = self.entries.len();
         }
         Some(chunk)
+    }
+}
+
+/// Reads rows into cells in a layout's column order.
+pub(super) struct Records<'a> {
+    layout: &'a Layout,
+    index: HashMap<&'a [u8], usize>,
+    pipeline: cel::Value,
+}
+
+impl<'a> Records<'a> {
+    pub(super) fn new(layout: &'a Layout) -> Records<'a> {
+        Records {
+            layout,
+            index: layout
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.as_bytes(), i))
+                .collect(),
+            pipeline: expr::pipeline_value(&layout.pipeline),
+        }
+    }
+
+    /// Fills `cells` (one per column) with the row's field texts, empty where the row has
+    /// no such field, and returns the computed cells (expression columns and `weir_seq`)
+    /// that take the place of theirs.
+    pub(super) fn read<'e>(&self, e: &'e Entry, cells: &mut [&'e [u8]]) -> Vec<(usize, String)> {
+        let layout = self.layout;
+        cells.fill(b"");
+        for (pos, f) in e.row.byte_fields().enumerate() {
+            // Rows usually list their fields in column order: try that slot first.
+            let slot = match layout.sources.get(pos) {
+                Some(s) if s.as_bytes() == f.name => Some(pos),
+                _ => self.index.get(f.name).copied(),
+            };
+            if let Some(i) = slot.filter(|&i| !layout.sources[i].is_empty()) {
+                cells[i] = f.text;
+            }
+        }
+        if layout.exprs.is_empty() && layout.seq.is_none() {
+            return Vec::new();
+        }
+        let mut computed = computed_cells(layout, &self.pipeline, e);
+        if let Some(i) = layout.seq {
+            computed.push((i, e.offset.to_string()));
+        }
+        computed
     }
 }
 

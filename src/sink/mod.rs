@@ -11,6 +11,7 @@ pub mod celonis;
 pub mod csv;
 pub mod http;
 pub mod oauth;
+pub mod parquet;
 pub mod preview;
 
 use std::sync::Arc;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::batch::{self, ColumnsError, KnownColumns};
 use super::csv::{Chunks, ColumnSpec, write_chunks};
-use crate::config::{BodyMode, Dedupe, PipelineConfig, SinkConfig};
-use crate::preview::{Preview, PreviewColumn, SinkPreview};
+use super::parquet::ParquetChunks;
+use crate::config::{BodyMode, Dedupe, FileType, PipelineConfig, SinkConfig};
+use crate::preview::{ChunkSummary, Preview, PreviewColumn, SinkPreview};
 use crate::queue::{Entry, now_ms};
 use crate::row::Row;
 
@@ -92,19 +93,51 @@ impl Preview for Previewer {
                 }
                 let split =
                     batch::split(&layout, &c.keys, c.delete_when.as_ref(), c.dedupe, &entries);
-                if !split.upserts.is_empty() || split.deletes.is_empty() {
-                    out.csv = Chunks::new(&upsert_layout, &split.upserts, &c.csv, c.chunk_bytes)
-                        .filter_map(Result::ok)
-                        .map(text)
-                        .collect();
-                }
-                if !split.deletes.is_empty() {
-                    let delete_layout = layout.only(&c.keys);
-                    out.deleted_csv =
-                        Chunks::new(&delete_layout, &split.deletes, &c.csv, c.chunk_bytes)
-                            .filter_map(Result::ok)
-                            .map(text)
-                            .collect();
+                let delete_layout = layout.only(&c.keys);
+                let sides = [
+                    (
+                        &upsert_layout,
+                        &split.upserts,
+                        !split.upserts.is_empty() || split.deletes.is_empty(),
+                    ),
+                    (&delete_layout, &split.deletes, !split.deletes.is_empty()),
+                ];
+                for (i, (layout, rows, sent)) in sides.into_iter().enumerate() {
+                    if !sent {
+                        continue;
+                    }
+                    match c.file_type {
+                        FileType::Csv => {
+                            let csv = Chunks::new(layout, rows, &c.csv, c.chunk_bytes)
+                                .filter_map(Result::ok)
+                                .map(text)
+                                .collect();
+                            *if i == 0 {
+                                &mut out.csv
+                            } else {
+                                &mut out.deleted_csv
+                            } = csv;
+                        }
+                        FileType::Parquet { rows_per_chunk } => {
+                            let table = layout.table(c.fallback_varchar_length);
+                            let summary = ParquetChunks::new(layout, &table, rows, rows_per_chunk)
+                                .filter_map(Result::ok)
+                                .enumerate()
+                                .map(|(n, chunk)| ChunkSummary {
+                                    rows: rows
+                                        .len()
+                                        .saturating_sub(n * rows_per_chunk)
+                                        .min(rows_per_chunk),
+                                    bytes: chunk.len(),
+                                })
+                                .collect();
+                            *if i == 0 {
+                                &mut out.parquet
+                            } else {
+                                &mut out.deleted_parquet
+                            } = summary;
+                        }
+                    }
                 }
                 out
             }

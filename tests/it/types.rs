@@ -257,3 +257,42 @@ async fn a_date_that_does_not_match_its_format_is_refused_at_ingest() {
     assert!(text.contains("Amount") && text.contains("FLOAT"), "{text}");
     assert!(app.queued("orders").await.is_empty(), "nothing queued");
 }
+
+#[tokio::test]
+async fn parquet_and_csv_chunks_give_the_same_typed_table() {
+    let body = json!([
+        {"OrderId": "1", "OrderDate": "12.03.2021", "ChangedAt": "2021-03-12T08:30:00+01:00",
+         "Slot": "14:05", "Amount": "1.234,50", "SyncedMs": 1615537800250_i64},
+        {"OrderId": "2", "OrderDate": "01.01.2000", "ChangedAt": "1999-12-31T23:59:59-02:00",
+         "Slot": "00:00:01.5", "Amount": "-0,5", "SyncedMs": 0},
+        {"OrderId": "3 – ünïcode, \"quoted\"", "OrderDate": "29.02.2024"}
+    ]);
+    let mut tables = Vec::new();
+    for sink in ["", "file_type = \"parquet\"\nrows_per_chunk = 2"] {
+        let emu = spawn_emulator(emulator()).await;
+        let app = spawn_app(&delivery_config(&emu.base, SEED_ORDERS, sink)).await;
+        let resp = app.post_json("orders", &body.to_string()).await;
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+        let report = app.app().flush("orders").await.unwrap();
+        assert_eq!(report.outcome, Outcome::Delivered, "{sink}: {report:?}");
+        let jobs = emu.jobs().await;
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        let request = &jobs[0]["request"];
+        if sink.is_empty() {
+            assert_eq!(request["fileType"], "CSV");
+        } else {
+            assert_eq!(request["fileType"], "PARQUET");
+            assert!(request.get("csvParsingOptions").is_none(), "{request}");
+            assert_eq!(request["tableSchema"]["columns"][1]["columnType"], "DATE");
+        }
+        let mut table = emu.table("orders").await;
+        table.sort_by_key(|r| r["OrderId"].to_string());
+        tables.push(table);
+    }
+    assert_eq!(tables[0].len(), 3, "{:?}", tables[0]);
+    assert_eq!(tables[0], tables[1], "CSV and Parquet loads differ");
+    assert_eq!(tables[1][0]["OrderDate"], "2021-03-12");
+    assert_eq!(tables[1][0]["Amount"], 1234.5);
+    assert_eq!(tables[1][0]["SyncedAt"], "2021-03-12T08:30:00.250Z");
+    assert_eq!(tables[1][2]["Amount"], serde_json::Value::Null);
+}
