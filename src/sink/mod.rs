@@ -12,6 +12,7 @@ pub mod csv;
 pub mod http;
 pub mod oauth;
 pub mod preview;
+pub mod probe;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
