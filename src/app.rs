@@ -293,6 +293,7 @@ async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::R
             .map(|(id, secret)| (id.clone(), secret.expose().to_owned()))
             .collect(),
         token_ttl: settings.token_ttl,
+        pools: settings.pools.clone(),
         ..EmulatorConfig::default()
     };
     emulator::start(config, settings.listen, stage.tracker(), stage.token())

@@ -53,6 +53,10 @@ enum Command {
         /// The pipeline the sample is for.
         #[arg(short, long, requires = "sample")]
         pipeline: Option<String>,
+        /// Also contact each Celonis sink with its credentials and list its pool's jobs:
+        /// prints `ok` or the exact problem per pipeline, exits 1 if any failed.
+        #[arg(long, conflicts_with = "sample")]
+        online: bool,
     },
     /// Run the built-in Celonis Data Push emulator on its own, or query its tables.
     #[command(args_conflicts_with_subcommands = true)]
@@ -75,6 +79,19 @@ struct EmulatorArgs {
     /// Accept only this application key (`Authorization: AppKey …`); without it any key is accepted.
     #[arg(long, env = "WEIR_EMULATOR_APP_KEY")]
     app_key: Option<String>,
+    /// A data pool id that exists (repeatable); with any, other pools answer 404. Without,
+    /// every UUID names a pool.
+    #[arg(long = "pool", value_name = "UUID", value_parser = parse_pool)]
+    pools: Vec<String>,
+}
+
+/// A data pool id: a UUID, lowercase.
+fn parse_pool(text: &str) -> Result<String, String> {
+    if uuid::Uuid::parse_str(text).is_ok() {
+        Ok(text.to_lowercase())
+    } else {
+        Err(format!("{text:?} is not a data pool id (a UUID)"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -97,9 +114,10 @@ fn main() -> ExitCode {
             config,
             sample,
             pipeline,
+            online,
         } => match (sample, pipeline) {
             (Some(sample), Some(pipeline)) => check_sample(config, &sample, &pipeline),
-            _ => check(config),
+            _ => check(config, online),
         },
         Command::Emulator {
             command: Some(EmulatorCommand::Query { sql, database }),
@@ -146,18 +164,40 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::from_file(path, &env).map_err(|e| format!("{}: invalid config:\n{e}", path.display()))
 }
 
-fn check(config: Option<PathBuf>) -> ExitCode {
+fn check(config: Option<PathBuf>, online: bool) -> ExitCode {
     let path = config_path(config);
-    match load(&path) {
-        Ok(config) => {
-            print!("{}", weir::config::describe(&config));
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
+    let config = match load(&path) {
+        Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    print!("{}", weir::config::describe(&config));
+    if !online {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weir: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reports = runtime.block_on(weir::sink::probe::probe_all(&config));
+    print!("{}", weir::sink::probe::render(&reports));
+    let failed = reports.iter().filter(|r| r.failed()).count();
+    if failed == 0 {
+        println!("{}: ok", path.display());
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "{}: {failed} of {} pipelines failed the online check",
+            path.display(),
+            reports.len()
+        );
+        ExitCode::FAILURE
     }
 }
 
@@ -200,6 +240,7 @@ fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
         let config = weir::emulator::EmulatorConfig {
             app_keys: args.app_key.into_iter().collect(),
             database: Some(args.database),
+            pools: (!args.pools.is_empty()).then_some(args.pools),
             ..Default::default()
         };
         let stage = weir::shutdown::Stage::new();

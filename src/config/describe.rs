@@ -63,6 +63,9 @@ pub fn describe(c: &Config) -> String {
             "emulator: listen {}, database {db}, app key {key}",
             e.listen
         );
+        if let Some(pools) = &e.pools {
+            let _ = writeln!(w, "emulator pools: [{}]", pools.join(", "));
+        }
         if !e.oauth_clients.is_empty() {
             let ids: Vec<&str> = e.oauth_clients.iter().map(|(id, _)| id.as_str()).collect();
             let _ = writeln!(

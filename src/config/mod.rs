@@ -163,6 +163,9 @@ pub struct EmulatorSettings {
     pub oauth_clients: Vec<(String, Secret)>,
     /// Lifetime of the tokens it issues.
     pub token_ttl: Duration,
+    /// The data pools that exist (UUIDs, lowercase); any other pool is 404. `None`: every
+    /// UUID names a pool.
+    pub pools: Option<Vec<String>>,
 }
 
 /// Celonis' job-submission limits, applied per team (one budget per team host).
@@ -770,6 +773,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         app_key: e.app_key.map(Secret::new),
         oauth_clients: v.oauth_clients("emulator.oauth_clients", e.oauth_clients),
         token_ttl: v.duration("emulator.token_ttl", e.token_ttl.as_deref(), 3600),
+        pools: e.pools.map(|pools| v.pools("emulator.pools", pools)),
     });
     let celonis = match raw.celonis {
         Some(c) => CelonisLimits {
@@ -848,6 +852,22 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError::new(path, message));
+    }
+
+    /// Data pool ids: each a UUID, kept lowercase.
+    fn pools(&mut self, path: &str, pools: Vec<String>) -> Vec<String> {
+        let mut valid = Vec::with_capacity(pools.len());
+        for (i, pool) in pools.into_iter().enumerate() {
+            if uuid::Uuid::parse_str(&pool).is_ok() {
+                valid.push(pool.to_lowercase());
+            } else {
+                self.error(
+                    format!("{path}[{i}]"),
+                    format!("{pool:?} is not a data pool id (a UUID)"),
+                );
+            }
+        }
+        valid
     }
 
     fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {

@@ -50,6 +50,8 @@ pub(super) struct RawEmulator {
     /// OAuth clients the token endpoint knows: client id → secret.
     pub oauth_clients: Option<toml::Table>,
     pub token_ttl: Option<String>,
+    /// The data pool ids that exist; absent: every UUID names a pool.
+    pub pools: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -415,6 +415,30 @@ fn the_emulator_table_takes_oauth_clients() {
 }
 
 #[test]
+fn the_emulator_pools_are_uuids_and_check_lists_them() {
+    let text = format!(
+        "{CONTRACT}\n[emulator]\npools = [\"8F2C1F9E-0000-4000-8000-000000000001\"]\n"
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    let pools = c.emulator.as_ref().and_then(|e| e.pools.clone());
+    assert_eq!(
+        pools,
+        Some(vec!["8f2c1f9e-0000-4000-8000-000000000001".to_owned()])
+    );
+    let shown = describe(&c);
+    assert!(
+        shown.contains("emulator pools: [8f2c1f9e-0000-4000-8000-000000000001]"),
+        "{shown}"
+    );
+    let without = Config::load(&format!("{CONTRACT}\n[emulator]\n"), &env()).unwrap();
+    assert_eq!(without.emulator.and_then(|e| e.pools), None);
+    assert_eq!(
+        errors_of(&format!("{CONTRACT}\n[emulator]\npools = [\"pool-1\"]\n")),
+        ["emulator.pools[0]: \"pool-1\" is not a data pool id (a UUID)"]
+    );
+}
+
+#[test]
 fn a_memory_queue_is_bounded_to_256_mib_by_default_and_check_says_so() {
     let c = Config::load(CONTRACT, &env()).unwrap();
     assert_eq!(

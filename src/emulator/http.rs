@@ -319,11 +319,18 @@ impl Emulator {
     }
 }
 
-/// Pools are not configured: any UUID names a pool, anything else is unknown.
-fn pool_key(pool: &str) -> ApiResult<String> {
-    Uuid::parse_str(pool)
-        .map(|_| pool.to_lowercase())
-        .map_err(|_| ApiError::NotFound("data pool not found"))
+impl Emulator {
+    /// The pool of a path, lowercase: a UUID, and one of the configured `pools` when there
+    /// are any; anything else is an unknown pool (404).
+    fn pool_key(&self, pool: &str) -> ApiResult<String> {
+        let unknown = || ApiError::NotFound("data pool not found");
+        Uuid::parse_str(pool).map_err(|_| unknown())?;
+        let key = pool.to_lowercase();
+        match &self.inner.config.pools {
+            Some(pools) if !pools.iter().any(|p| p.eq_ignore_ascii_case(&key)) => Err(unknown()),
+            _ => Ok(key),
+        }
+    }
 }
 
 fn job_id(id: &str) -> ApiResult<Uuid> {
@@ -348,7 +355,7 @@ async fn create_job(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     emulator.admit(&headers, Endpoint::Create).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let request = parse_create(&body, &pool).map_err(|e| ApiError::bad_request(e.key, e.info))?;
     let raw = std::str::from_utf8(&body)
         .ok()
@@ -379,7 +386,7 @@ async fn list_jobs(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     emulator.admit(&headers, Endpoint::Other).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let jobs = lock(&emulator.inner.jobs)
         .iter()
         .filter(|job| job.pool == pool_key && !job.deleted)
@@ -394,7 +401,7 @@ async fn get_job(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     emulator.admit(&headers, Endpoint::Get).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let id = job_id(&id)?;
     let mut view = emulator.with_job(&pool_key, id, |job| Ok(job.to_json(&pool)))?;
     if let Some(n) = emulator.after(Endpoint::Get).and_then(|f| f.pad_bytes) {
@@ -409,7 +416,7 @@ async fn delete_job(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     emulator.admit(&headers, Endpoint::Other).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let id = job_id(&id)?;
     emulator.with_job(&pool_key, id, |job| {
         job.deleted = true;
@@ -436,7 +443,7 @@ async fn list_chunks(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     emulator.admit(&headers, Endpoint::Other).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let id = job_id(&id)?;
     emulator.with_job(&pool_key, id, |job| {
         Ok(Json(Value::Array(
@@ -472,7 +479,7 @@ async fn upload(
     kind: ChunkKind,
 ) -> ApiResult<Json<Value>> {
     emulator.admit(&headers, Endpoint::Upload).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let id = job_id(&id)?;
     emulator.with_job(&pool_key, id, |job| match job.status {
         Status::New => Ok(()),
@@ -546,7 +553,7 @@ async fn execute_job(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     emulator.admit(&headers, Endpoint::Execute).await?;
-    let pool_key = pool_key(&pool)?;
+    let pool_key = emulator.pool_key(&pool)?;
     let id = job_id(&id)?;
     let forced = {
         let mut jobs = lock(&emulator.inner.jobs);

@@ -56,6 +56,9 @@ pub struct EmulatorConfig {
     pub oauth_clients: Vec<(String, String)>,
     /// Lifetime of the tokens it issues (`expires_in`).
     pub token_ttl: Duration,
+    /// The data pools that exist (UUIDs): any other pool id is 404. `None`: every UUID
+    /// names a pool.
+    pub pools: Option<Vec<String>>,
 }
 
 impl Default for EmulatorConfig {
@@ -69,6 +72,7 @@ impl Default for EmulatorConfig {
             step_delay: Duration::from_millis(20),
             oauth_clients: Vec::new(),
             token_ttl: Duration::from_secs(3600),
+            pools: None,
         }
     }
 }

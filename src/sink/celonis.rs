@@ -327,6 +327,31 @@ fn table_schema(table_name: &str, table: &TableSpec, keys: &[String]) -> serde_j
     serde_json::json!({ "tableName": table_name, "columns": columns })
 }
 
+/// The pool's jobs URL, `{url}{api_prefix}/api/v1/data-push/{pool}/jobs` (no trailing slash).
+pub fn jobs_url(sink: &CelonisSink) -> String {
+    let base = sink.base_url.as_str().trim_end_matches('/');
+    format!(
+        "{base}{}/api/v1/data-push/{}/jobs",
+        sink.api_prefix, sink.data_pool_id
+    )
+}
+
+/// Adds the sink's `Authorization` header: `AppKey <key>`, `Bearer <key>`, or `Bearer <token>`
+/// with OAuth (`token` is the current access token; without one the request goes unsigned).
+pub fn authorize(
+    req: reqwest::RequestBuilder,
+    auth: &CelonisAuth,
+    token: Option<&Secret>,
+) -> reqwest::RequestBuilder {
+    let value = match (auth, token) {
+        (CelonisAuth::AppKey(k), _) => format!("AppKey {}", k.expose()),
+        (CelonisAuth::ApiKey(k), _) => format!("Bearer {}", k.expose()),
+        (CelonisAuth::OAuth2(_), Some(t)) => format!("Bearer {}", t.expose()),
+        (CelonisAuth::OAuth2(_), None) => return req,
+    };
+    req.header(header::AUTHORIZATION, value)
+}
+
 /// A client for one pipeline's sink.
 pub struct CelonisClient {
     http: reqwest::Client,
@@ -349,11 +374,7 @@ impl CelonisClient {
         observe: CallObserver,
     ) -> Result<CelonisClient, reqwest::Error> {
         let http = super::http_client(sink.request_timeout)?;
-        let base = sink.base_url.as_str().trim_end_matches('/');
-        let jobs_url = format!(
-            "{base}{}/api/v1/data-push/{}/jobs",
-            sink.api_prefix, sink.data_pool_id
-        );
+        let jobs_url = jobs_url(&sink);
         Ok(CelonisClient {
             http,
             sink,
@@ -394,13 +415,7 @@ impl CelonisClient {
         req: reqwest::RequestBuilder,
         token: Option<&Secret>,
     ) -> reqwest::RequestBuilder {
-        let value = match (&self.sink.auth, token) {
-            (CelonisAuth::AppKey(k), _) => format!("AppKey {}", k.expose()),
-            (CelonisAuth::ApiKey(k), _) => format!("Bearer {}", k.expose()),
-            (CelonisAuth::OAuth2(_), Some(t)) => format!("Bearer {}", t.expose()),
-            (CelonisAuth::OAuth2(_), None) => return req,
-        };
-        req.header(header::AUTHORIZATION, value)
+        authorize(req, &self.sink.auth, token)
     }
 
     /// Sends with auth. With OAuth, a 401 drops the token and the request is sent once more

@@ -13,6 +13,7 @@ pub mod http;
 pub mod oauth;
 pub mod parquet;
 pub mod preview;
+pub mod probe;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

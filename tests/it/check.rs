@@ -237,3 +237,141 @@ async fn check_with_a_sample_prints_the_same_json_as_a_dry_run_request() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The pool `delivery_config` pushes to.
+const POOL: &str = "8f2c1f9e-0000-4000-8000-000000000001";
+
+/// An emulator that knows one application key and one pool.
+async fn emulator_with_one_pool() -> crate::helpers::TestEmulator {
+    crate::helpers::spawn_emulator(weir::emulator::EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        pools: Some(vec![POOL.into()]),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Runs `weir check --online` on config text, off the runtime's thread (the emulator serves
+/// on it) and within a deadline: the exit code and stdout.
+async fn check_online(config: String) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, &config);
+    let run = tokio::task::spawn_blocking(move || {
+        weir()
+            .args(["check", "--online", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("weir check --online ends within its probe timeout")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("test-key") && !stderr.contains("test-key"));
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
+#[tokio::test]
+async fn check_online_lists_the_pools_jobs_with_the_key_and_says_ok() {
+    let emu = emulator_with_one_pool().await;
+    let config = crate::helpers::delivery_config(&emu.base, "", "")
+        + "\n[[pipelines]]\nname = \"audit\"\n[pipelines.sink]\nkind = \"http\"\nbase_url = \"http://127.0.0.1:9/audit\"\n";
+    let (code, out) = check_online(config).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "online orders: ok: GET {}/integration/api/v1/data-push/{POOL}/jobs/ listed 0 jobs",
+            emu.base
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("online audit: skipped: not a Celonis sink"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with(": ok"), "{out}");
+}
+
+#[tokio::test]
+async fn check_online_says_a_refused_key_is_wrong_or_expired_and_exits_1() {
+    let emu = emulator_with_one_pool().await;
+    let config = crate::helpers::delivery_config(&emu.base, "", "")
+        .replace("app_key = \"test-key\"", "app_key = \"wrong-key-0123\"");
+    let (code, out) = check_online(config).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "online orders: FAILED: GET http://127.0.0.1:"
+        ) && out.contains(
+            "HTTP 401: the application key (app_key) was refused: it is wrong or expired"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("1 of 1 pipelines failed the online check"), "{out}");
+    assert!(!out.contains("wrong-key-0123"), "the key is never printed: {out}");
+}
+
+#[tokio::test]
+async fn check_online_says_an_unknown_pool_does_not_exist_and_exits_1() {
+    let emu = emulator_with_one_pool().await;
+    let other = "8f2c1f9e-0000-4000-8000-00000000ffff";
+    let config = crate::helpers::delivery_config(&emu.base, "", "").replace(POOL, other);
+    let (code, out) = check_online(config).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "HTTP 404: data pool {other} does not exist in this team"
+        )) && out.contains("check data_pool_id"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn check_online_says_a_token_without_the_data_push_scope_lacks_the_permission() {
+    let emu = crate::helpers::spawn_emulator(weir::emulator::EmulatorConfig {
+        oauth_clients: vec![("weir-client".into(), "s3cret-value".into())],
+        pools: Some(vec![POOL.into()]),
+        ..Default::default()
+    })
+    .await;
+    let config = crate::helpers::delivery_config(&emu.base, "", "").replace(
+        "app_key = \"test-key\"",
+        "auth = { kind = \"oauth2\", client_id = \"weir-client\", client_secret = \"s3cret-value\", scopes = [\"studio\"] }",
+    );
+    let (code, out) = check_online(config).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "HTTP 403: the OAuth access token has no Data Push permission on data pool {POOL}"
+        )) && out.contains("tick the Data Push API permission"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-value"), "{out}");
+}
+
+#[tokio::test]
+async fn check_online_says_when_nothing_listens_and_when_tls_fails() {
+    let emu = emulator_with_one_pool().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let https = emu.base.replace("http://", "https://");
+    let config = crate::helpers::delivery_config(&format!("http://{closed}"), "", "")
+        + &format!(
+            "\n[[pipelines]]\nname = \"tls\"\n[pipelines.sink]\nkind = \"celonis\"\nurl = \"{https}\"\ndata_pool_id = \"{POOL}\"\ntarget_name = \"orders\"\napp_key = \"test-key\"\n"
+        );
+    let (code, out) = check_online(config).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "online orders: FAILED: GET http://{closed}/integration/api/v1/data-push/{POOL}/jobs/: connection refused: nothing listens at that address"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("online tls: FAILED: GET https://"), "{out}");
+    assert!(out.contains(": TLS failed: "), "{out}");
+    assert!(out.contains("2 of 2 pipelines failed the online check"), "{out}");
+}
