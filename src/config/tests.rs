@@ -416,9 +416,8 @@ fn the_emulator_table_takes_oauth_clients() {
 
 #[test]
 fn the_emulator_pools_are_uuids_and_check_lists_them() {
-    let text = format!(
-        "{CONTRACT}\n[emulator]\npools = [\"8F2C1F9E-0000-4000-8000-000000000001\"]\n"
-    );
+    let text =
+        format!("{CONTRACT}\n[emulator]\npools = [\"8F2C1F9E-0000-4000-8000-000000000001\"]\n");
     let c = Config::load(&text, &env()).unwrap();
     let pools = c.emulator.as_ref().and_then(|e| e.pools.clone());
     assert_eq!(

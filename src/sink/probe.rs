@@ -166,15 +166,23 @@ pub fn classify_error(error: &(dyn StdError + 'static), after: Duration) -> Prob
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return Problem::ConnectionRefused,
                 std::io::ErrorKind::TimedOut => return Problem::Timeout { after },
+                // While connecting, bytes that make no sense are the TLS handshake failing
+                // (a rustls error inside, or a server that does not speak TLS).
+                std::io::ErrorKind::InvalidData => {
+                    return Problem::Tls {
+                        detail: innermost.clone(),
+                    };
+                }
                 _ => {}
             }
             // An io::Error's `source()` skips the error it wraps: look at it directly.
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<tokio_rustls::rustls::Error>() {
-                    return Problem::Tls {
-                        detail: tls.to_string(),
-                    };
-                }
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+            {
+                return Problem::Tls {
+                    detail: tls.to_string(),
+                };
             }
         }
         if let Some(tls) = e.downcast_ref::<tokio_rustls::rustls::Error>() {
@@ -193,7 +201,14 @@ pub fn classify_error(error: &(dyn StdError + 'static), after: Duration) -> Prob
         if text.contains("timed out") {
             return Problem::Timeout { after };
         }
-        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        // rustls' own texts, for when its error arrives only as text (through hyper's boxes).
+        if text.contains("certificate")
+            || text.contains("tls")
+            || text.contains("handshake")
+            || text.contains("received corrupt message")
+            || text.contains("peer is incompatible")
+            || text.contains("peer sent no certificates")
+        {
             return Problem::Tls { detail: innermost };
         }
     }
@@ -221,9 +236,13 @@ fn token_problem(error: &OAuthError, after: Duration) -> Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The key listed the pool's jobs; `jobs` is how many, when the list was read whole.
-    Ok { jobs: Option<usize> },
+    Ok {
+        jobs: Option<usize>,
+    },
     /// The pipeline's sink is not Celonis: nothing to contact.
-    Skipped { sink: &'static str },
+    Skipped {
+        sink: &'static str,
+    },
     Failed(Problem),
 }
 
@@ -343,7 +362,12 @@ async fn list_jobs(
         .await
         .map_err(|e| classify_error(&e.without_url(), timeout))?;
     let body = String::from_utf8_lossy(&bytes);
-    classify_status(status, &body, Credential::of(&sink.auth), &sink.data_pool_id)?;
+    classify_status(
+        status,
+        &body,
+        Credential::of(&sink.auth),
+        &sink.data_pool_id,
+    )?;
     if more {
         return if body.trim_start().starts_with('[') {
             Ok(None)
@@ -368,7 +392,9 @@ pub fn render(reports: &[Report]) -> String {
             }
             (Outcome::Ok { .. }, Some(url)) => format!("ok: GET {url} listed the pool's jobs"),
             (Outcome::Ok { .. }, None) => "ok".to_owned(),
-            (Outcome::Skipped { sink }, _) => format!("skipped: not a Celonis sink (kind = \"{sink}\")"),
+            (Outcome::Skipped { sink }, _) => {
+                format!("skipped: not a Celonis sink (kind = \"{sink}\")")
+            }
             (Outcome::Failed(problem), Some(url)) => format!("FAILED: GET {url}: {problem}"),
             (Outcome::Failed(problem), None) => format!("FAILED: {problem}"),
         };
@@ -486,7 +512,10 @@ mod tests {
         use std::io::{Error, ErrorKind};
         assert_eq!(
             classify_error(
-                &chain("tcp connect error", Error::from(ErrorKind::ConnectionRefused)),
+                &chain(
+                    "tcp connect error",
+                    Error::from(ErrorKind::ConnectionRefused)
+                ),
                 AFTER
             ),
             Problem::ConnectionRefused
@@ -512,7 +541,10 @@ mod tests {
             tokio_rustls::rustls::CertificateError::UnknownIssuer,
         );
         let Problem::Tls { detail } = classify_error(
-            &chain("client error (Connect)", Error::new(ErrorKind::InvalidData, tls)),
+            &chain(
+                "client error (Connect)",
+                Error::new(ErrorKind::InvalidData, tls),
+            ),
             AFTER,
         ) else {
             panic!("a certificate rustls refused is a TLS failure");

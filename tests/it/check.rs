@@ -302,15 +302,20 @@ async fn check_online_says_a_refused_key_is_wrong_or_expired_and_exits_1() {
     let (code, out) = check_online(config).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains(
-            "online orders: FAILED: GET http://127.0.0.1:"
-        ) && out.contains(
-            "HTTP 401: the application key (app_key) was refused: it is wrong or expired"
-        ),
+        out.contains("online orders: FAILED: GET http://127.0.0.1:")
+            && out.contains(
+                "HTTP 401: the application key (app_key) was refused: it is wrong or expired"
+            ),
         "{out}"
     );
-    assert!(out.contains("1 of 1 pipelines failed the online check"), "{out}");
-    assert!(!out.contains("wrong-key-0123"), "the key is never printed: {out}");
+    assert!(
+        out.contains("1 of 1 pipelines failed the online check"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("wrong-key-0123"),
+        "the key is never printed: {out}"
+    );
 }
 
 #[tokio::test]
@@ -373,5 +378,8 @@ async fn check_online_says_when_nothing_listens_and_when_tls_fails() {
     );
     assert!(out.contains("online tls: FAILED: GET https://"), "{out}");
     assert!(out.contains(": TLS failed: "), "{out}");
-    assert!(out.contains("2 of 2 pipelines failed the online check"), "{out}");
+    assert!(
+        out.contains("2 of 2 pipelines failed the online check"),
+        "{out}"
+    );
 }
