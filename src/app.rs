@@ -3,6 +3,7 @@
 //! shutdown protocol.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -17,6 +18,7 @@ use crate::ingest::{self, IngestState};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::preview::Preview;
 use crate::queue::Queue;
 use crate::queue::disk::{DiskSpool, DiskSpoolConfig};
 use crate::queue::memory::MemoryQueue;
@@ -25,6 +27,7 @@ use crate::shutdown::Stage;
 use crate::sink::Sink;
 use crate::sink::budget::Budgets;
 use crate::sink::oauth::Tokens;
+use crate::sink::preview::Previewer;
 
 /// A running weir.
 pub struct App {
@@ -87,6 +90,7 @@ impl App {
         ))));
         let tokens = Tokens::default();
         let mut sinks = Vec::new();
+        let mut previews = ingest::Previews::new();
         for p in &pipelines {
             let sink = Sink::new(
                 &p.config,
@@ -96,6 +100,8 @@ impl App {
                 metrics.clone(),
             )
             .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
+            let preview = Previewer::new(&p.config, sink.columns().clone());
+            previews.insert(p.name().to_owned(), Arc::new(preview) as Arc<dyn Preview>);
             sinks.push((p.clone(), Arc::new(sink)));
         }
         let (scheduler, runs) =
@@ -140,6 +146,7 @@ impl App {
         let ingest_addr = listener.local_addr()?;
         let state = IngestState::new(
             &pipelines,
+            &previews,
             config.server.max_body_bytes,
             config.server.limits.clone(),
             ingest.token(),
@@ -291,4 +298,40 @@ async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::R
     emulator::start(config, settings.listen, stage.tracker(), stage.token())
         .await
         .context("starting the in-process emulator of [emulator]")
+}
+
+/// `weir check --sample FILE -p NAME`: a dry run of the file's rows against a pipeline,
+/// offline, as `?dry_run=true` answers it (the JSON, pretty). A `.ndjson` or `.jsonl` file is
+/// NDJSON, any other JSON. The body limits are the server's.
+pub fn dry_run_sample(config: &Config, pipeline: &str, sample: &Path) -> anyhow::Result<String> {
+    let p = config.pipeline(pipeline).with_context(|| {
+        let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+        format!(
+            "no pipeline is named \"{pipeline}\" (pipelines: {})",
+            names.join(", ")
+        )
+    })?;
+    let body = std::fs::read(sample)
+        .with_context(|| format!("reading the sample {}", sample.display()))?;
+    if body.len() > config.server.max_body_bytes {
+        anyhow::bail!(
+            "the sample {} is larger than server.max_body_bytes ({} bytes)",
+            sample.display(),
+            config.server.max_body_bytes
+        );
+    }
+    let ndjson = sample
+        .extension()
+        .is_some_and(|e| e == "ndjson" || e == "jsonl");
+    let content_type = if ndjson {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
+    let preview = Previewer::offline(p)
+        .with_context(|| format!("reading the known columns of pipeline {pipeline}"))?;
+    let limits = ingest::parse_limits(&config.server.limits, config.server.max_body_bytes);
+    let dry = ingest::dry_run::dry_run(p, &body, None, content_type, &limits, &preview)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+    serde_json::to_string_pretty(&dry).context("rendering the dry run")
 }

@@ -46,6 +46,13 @@ enum Command {
         /// Config file [default: $WEIR_CONFIG, else config/weir.toml]
         #[arg(short, long, env = "WEIR_CONFIG")]
         config: Option<PathBuf>,
+        /// A payload file (JSON, or NDJSON for .ndjson/.jsonl) to dry-run against a
+        /// pipeline: prints the rows, their verdicts, the table and the CSV as JSON.
+        #[arg(long, requires = "pipeline")]
+        sample: Option<PathBuf>,
+        /// The pipeline the sample is for.
+        #[arg(short, long, requires = "sample")]
+        pipeline: Option<String>,
     },
     /// Run the built-in Celonis Data Push emulator on its own, or query its tables.
     #[command(args_conflicts_with_subcommands = true)]
@@ -86,7 +93,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(config),
+        Command::Check {
+            config,
+            sample,
+            pipeline,
+        } => match (sample, pipeline) {
+            (Some(sample), Some(pipeline)) => check_sample(config, &sample, &pipeline),
+            _ => check(config),
+        },
         Command::Emulator {
             command: Some(EmulatorCommand::Query { sql, database }),
             ..
@@ -142,6 +156,27 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         }
         Err(message) => {
             eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_sample(config: Option<PathBuf>, sample: &std::path::Path, pipeline: &str) -> ExitCode {
+    let path = config_path(config);
+    let config = match load(&path) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match weir::app::dry_run_sample(&config, pipeline, sample) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -28,6 +28,20 @@ pub struct Pipeline {
     /// What `pipeline.json` holds. Held while the file is written, so the flags in memory and
     /// on disk change together and there is one writer at a time.
     persisted: Mutex<PersistedState>,
+    /// The last commit of delivered rows, published by the worker, for `?wait=delivered`.
+    delivered: tokio::sync::watch::Sender<Option<DeliveredThrough>>,
+    /// Set by a waiting request of an `allow_sync` pipeline: the worker runs now.
+    run_wanted: tokio::sync::Notify,
+}
+
+/// "Offsets up to `through` are committed, delivered in job `job_id`."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredThrough {
+    pub through: crate::queue::Offset,
+    /// The sink's job id (none for the HTTP sink).
+    pub job_id: Option<String>,
+    /// When the commit was made (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// Row and run counts since the process started.
@@ -148,12 +162,45 @@ impl Pipeline {
             health: Mutex::new((Health::Active, None)),
             state_since: Mutex::new((State::Active, now_ms())),
             persisted: Mutex::new(PersistedState::default()),
+            delivered: tokio::sync::watch::Sender::new(None),
+            run_wanted: tokio::sync::Notify::new(),
         }
     }
 
-    /// Queues all rows of a request or none (what ingest may do with the queue).
-    pub async fn push(&self, rows: Vec<crate::row::Row>) -> Result<(), crate::queue::PushError> {
-        self.queue.push(rows).await
+    /// Queues all rows of a request or none (what ingest may do with the queue). Returns an
+    /// offset at or after the request's last row: the queue's last offset once the push
+    /// resolved. Concurrent pushes may make it later than the request's own last row, so a
+    /// waiter on it may wait for a little more, never less.
+    pub async fn push(
+        &self,
+        rows: Vec<crate::row::Row>,
+    ) -> Result<crate::queue::Offset, crate::queue::PushError> {
+        self.queue.push(rows).await?;
+        Ok(self.queue.stats().next_offset.saturating_sub(1))
+    }
+
+    /// The worker publishes each commit of delivered rows.
+    pub fn publish_delivered(&self, through: crate::queue::Offset, job_id: Option<String>) {
+        self.delivered.send_replace(Some(DeliveredThrough {
+            through,
+            job_id,
+            at_ms: now_ms(),
+        }));
+    }
+
+    /// Commits of delivered rows, as the worker publishes them.
+    pub fn delivered(&self) -> tokio::sync::watch::Receiver<Option<DeliveredThrough>> {
+        self.delivered.subscribe()
+    }
+
+    /// Asks the worker for a run now (a waiting request of an `allow_sync` pipeline).
+    pub fn want_run(&self) {
+        self.run_wanted.notify_one();
+    }
+
+    /// Resolves when a run was asked for (the worker's side of [`Pipeline::want_run`]).
+    pub async fn run_wanted(&self) {
+        self.run_wanted.notified().await;
     }
 
     /// The whole queue: for the worker (peek, commit, in flight), the admin API and the

@@ -99,6 +99,7 @@ async fn clear_in_flight(p: &Pipeline) {
 async fn commit_delivered(p: &Pipeline, batch: InFlight, carry: &mut Carry) -> Result<(), String> {
     match p.queue().commit(batch.last).await {
         Ok(()) => {
+            p.publish_delivered(batch.last, batch.job_id.clone());
             carry.uncommitted = None;
             clear_in_flight(p).await;
             Ok(())
@@ -880,6 +881,11 @@ impl Worker {
                 _ = sleep_until(self.retry_at), if self.retry_at.is_some() => {
                     self.retry_at = None;
                     if !self.pipeline.is_paused() {
+                        self.attempt().await;
+                    }
+                }
+                () = self.pipeline.run_wanted() => {
+                    if !self.pipeline.is_paused() && self.retry_at.is_none() {
                         self.attempt().await;
                     }
                 }

@@ -96,6 +96,36 @@ pub fn describe(c: &Config) -> String {
         if let Some(r) = &p.rate_limit {
             let _ = writeln!(w, "  rate limit: {r}");
         }
+        let _ = writeln!(
+            w,
+            "  wait=delivered: up to {}, {}",
+            humantime::format_duration(p.wait_timeout),
+            if p.allow_sync {
+                "starts a run (allow_sync)"
+            } else {
+                "waits for the schedule"
+            }
+        );
+        let r = &p.response;
+        match &r.body {
+            None if r.status == 204 => {
+                let _ = writeln!(w, "  answer when queued: 204, no body");
+            }
+            None => {
+                let _ = writeln!(
+                    w,
+                    "  answer when queued: {}, {{\"accepted\", \"ignored\"}}",
+                    r.status
+                );
+            }
+            Some(body) => {
+                let _ = writeln!(
+                    w,
+                    "  answer when queued: {}, {} {body:?}",
+                    r.status, r.content_type
+                );
+            }
+        }
         match &p.queue {
             QueueConfig::Memory { max_bytes } => {
                 let _ = writeln!(
@@ -164,11 +194,20 @@ pub fn describe(c: &Config) -> String {
                         field,
                         sink.fallback_varchar_length,
                     );
-                    let ty = match d.ty {
+                    let mut ty = match d.ty {
                         super::ColumnType::String => format!("STRING({})", d.length),
                         super::ColumnType::Float => format!("FLOAT({} decimals)", d.decimals),
                         other => other.as_str().to_owned(),
                     };
+                    if let Some(f) = &c.input.date {
+                        ty.push_str(&format!(" format {:?}", f.describe()));
+                    }
+                    if let Some(s) = c.input.number.decimal_separator {
+                        ty.push_str(&format!(" decimal_separator {:?}", s.to_string()));
+                    }
+                    if let Some(s) = c.input.number.thousands_separator {
+                        ty.push_str(&format!(" thousands_separator {:?}", s.to_string()));
+                    }
                     format!("\"{}\" <- {} {ty}", c.name, c.source)
                 })
                 .collect();

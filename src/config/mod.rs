@@ -212,7 +212,46 @@ pub struct PipelineConfig {
     /// `None`: any sender that passes `allow_ips` may post.
     pub auth: Option<AuthConfig>,
     pub rate_limit: Option<RateLimit>,
+    /// What a request whose rows were queued is answered.
+    pub response: SuccessResponse,
+    /// How long `?wait=delivered` holds a request before answering 202 `queued`.
+    pub wait_timeout: Duration,
+    /// A waiting request triggers a run now (within the job budget) instead of waiting for
+    /// the schedule.
+    pub allow_sync: bool,
 }
+
+/// `wait_timeout` unless configured.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `wait_timeout`: a held request holds a connection.
+pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The answer to a request whose rows were queued (`response`): by default 202 with
+/// `{"accepted", "ignored"}`; some senders want 204, or a fixed body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuccessResponse {
+    /// 200, 201, 202 or 204.
+    pub status: u16,
+    /// A fixed body instead of the counts; never with 204.
+    pub body: Option<String>,
+    /// The body's `Content-Type` (default `application/json`).
+    pub content_type: String,
+}
+
+impl Default for SuccessResponse {
+    fn default() -> Self {
+        SuccessResponse {
+            status: 202,
+            body: None,
+            content_type: DEFAULT_RESPONSE_CONTENT_TYPE.to_owned(),
+        }
+    }
+}
+
+pub const DEFAULT_RESPONSE_CONTENT_TYPE: &str = "application/json";
+
+/// The statuses a pipeline may answer with when its rows were queued.
+pub const SUCCESS_STATUSES: [u16; 4] = [200, 201, 202, 204];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueConfig {
@@ -293,6 +332,30 @@ pub struct Column {
     pub name: String,
     pub source: ColumnSource,
     pub typing: Typing,
+    /// How the sender writes this column's values, converted at ingest to the canonical form.
+    pub input: Input,
+}
+
+/// A column's input conventions (`format`, `decimal_separator`, `thousands_separator`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Input {
+    /// DATE, DATETIME and TIME columns: the sender's pattern (ISO-8601 when not set).
+    pub date: Option<crate::values::DateFormat>,
+    /// INTEGER and FLOAT columns.
+    pub number: crate::values::NumberFormat,
+}
+
+impl ColumnType {
+    /// The date type this is, if it is one.
+    pub fn moment(self) -> Option<crate::values::Moment> {
+        use crate::values::Moment;
+        match self {
+            ColumnType::Date => Some(Moment::Date),
+            ColumnType::DateTime => Some(Moment::DateTime),
+            ColumnType::Time => Some(Moment::Time),
+            _ => None,
+        }
+    }
 }
 
 /// A column's Celonis type (`ColumnTransport.columnType`).
@@ -521,9 +584,6 @@ pub struct CsvOptions {
     pub quote: u8,
     pub escape: u8,
     pub line_ending: LineEnding,
-    pub decimal_separator: String,
-    pub thousand_separator: Option<String>,
-    pub date_format: Option<String>,
 }
 
 impl Default for CsvOptions {
@@ -533,9 +593,6 @@ impl Default for CsvOptions {
             quote: b'"',
             escape: b'"',
             line_ending: LineEnding::Lf,
-            decimal_separator: ".".into(),
-            thousand_separator: None,
-            date_format: None,
         }
     }
 }
@@ -969,10 +1026,12 @@ impl Validator<'_> {
                 }
             };
             let typing = self.typing(&cpath, &c, &source, schema.as_ref());
+            let input = self.input(&cpath, &c, &source, schema.as_ref(), typing);
             columns.push(Column {
                 name: c.name,
                 source,
                 typing,
+                input,
             });
         }
         let filter = p
@@ -983,6 +1042,21 @@ impl Validator<'_> {
         let rate_limit = p
             .rate_limit
             .and_then(|r| self.rate_limit(&format!("{path}.rate_limit"), &r));
+        let response = p
+            .response
+            .map(|r| self.response(&format!("{path}.response"), r))
+            .unwrap_or_default();
+        let wait_timeout = self.duration(
+            &format!("{path}.wait_timeout"),
+            p.wait_timeout.as_deref(),
+            DEFAULT_WAIT_TIMEOUT.as_secs(),
+        );
+        if wait_timeout.is_zero() || wait_timeout > MAX_WAIT_TIMEOUT {
+            self.error(
+                format!("{path}.wait_timeout"),
+                "must be longer than 0s and at most 5m",
+            );
+        }
         PipelineConfig {
             name: p.name,
             allow_ips,
@@ -1004,7 +1078,54 @@ impl Validator<'_> {
             sink,
             auth,
             rate_limit,
+            response,
+            wait_timeout: wait_timeout.min(MAX_WAIT_TIMEOUT),
+            allow_sync: p.allow_sync.unwrap_or(false),
         }
+    }
+
+    fn response(&mut self, path: &str, r: raw::RawResponse) -> SuccessResponse {
+        let mut out = SuccessResponse::default();
+        if let Some(status) = r.status {
+            match u16::try_from(status)
+                .ok()
+                .filter(|s| SUCCESS_STATUSES.contains(s))
+            {
+                Some(s) => out.status = s,
+                None => self.error(
+                    format!("{path}.status"),
+                    format!("{status} is not one of 200, 201, 202 or 204"),
+                ),
+            }
+        }
+        if r.body.is_some() && out.status == 204 {
+            self.error(
+                format!("{path}.body"),
+                "a 204 No Content answer has no body: remove body or use another status",
+            );
+        }
+        match (&r.body, r.content_type) {
+            (_, None) => {}
+            (None, Some(_)) => self.error(
+                format!("{path}.content_type"),
+                "only applies with body: the counts are always application/json",
+            ),
+            (Some(_), Some(ct)) => {
+                let printable = !ct.is_empty()
+                    && ct.contains('/')
+                    && ct.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+                if printable {
+                    out.content_type = ct;
+                } else {
+                    self.error(
+                        format!("{path}.content_type"),
+                        format!("\"{ct}\" is not a media type like \"application/json\""),
+                    );
+                }
+            }
+        }
+        out.body = r.body.filter(|_| out.status != 204);
+        out
     }
 
     fn queue(
@@ -1390,18 +1511,14 @@ impl Validator<'_> {
                 "INTEGER" => ColumnType::Integer,
                 "FLOAT" => ColumnType::Float,
                 "BOOLEAN" => ColumnType::Boolean,
-                "DATE" | "DATETIME" | "TIME" => {
-                    self.error(
-                        format!("{path}.type"),
-                        format!("\"{t}\" is not supported yet: use STRING, INTEGER, FLOAT or BOOLEAN"),
-                    );
-                    return None;
-                }
+                "DATE" => ColumnType::Date,
+                "DATETIME" => ColumnType::DateTime,
+                "TIME" => ColumnType::Time,
                 other => {
                     self.error(
                         format!("{path}.type"),
                         format!(
-                            "\"{other}\" is not a column type: use STRING, INTEGER, FLOAT or BOOLEAN"
+                            "\"{other}\" is not a column type: use STRING, INTEGER, FLOAT, BOOLEAN, DATE, DATETIME or TIME"
                         ),
                     );
                     return None;
@@ -1409,15 +1526,15 @@ impl Validator<'_> {
             };
             if let (ColumnSource::Field(from), Some(schema)) = (source, schema)
                 && let Some(field) = schema.field_type(from)
-                && ColumnType::of_field(field) != ty
-                && ty != ColumnType::String
+                && !fits_field(ty, field, c)
             {
                 self.error(
                     format!("{path}.type"),
                     format!(
-                        "\"{t}\" contradicts the schema: field \"{from}\" is {} ({})",
+                        "\"{t}\" contradicts the schema: field \"{from}\" is {} ({}){}",
                         field.name(),
-                        ColumnType::of_field(field).as_str()
+                        ColumnType::of_field(field).as_str(),
+                        contradiction_hint(ty, field)
                     ),
                 );
                 return None;
@@ -1476,6 +1593,110 @@ impl Validator<'_> {
         }
     }
 
+    /// A column's input conventions, checked against its type.
+    fn input(
+        &mut self,
+        path: &str,
+        c: &raw::RawColumn,
+        source: &ColumnSource,
+        schema: Option<&Schema>,
+        typing: Typing,
+    ) -> Input {
+        let ty = typing
+            .ty
+            .or_else(|| match (source, schema) {
+                (ColumnSource::Field(from), Some(s)) => {
+                    s.field_type(from).map(ColumnType::of_field)
+                }
+                _ => None,
+            })
+            .unwrap_or(ColumnType::String);
+        let mut input = Input::default();
+        if let ColumnSource::Expr(_) = source
+            && (c.format.is_some()
+                || c.decimal_separator.is_some()
+                || c.thousands_separator.is_some())
+        {
+            let key = if c.format.is_some() {
+                "format"
+            } else if c.decimal_separator.is_some() {
+                "decimal_separator"
+            } else {
+                "thousands_separator"
+            };
+            self.error(
+                format!("{path}.{key}"),
+                "applies to a column read from a field: an expression's value is written as it is",
+            );
+            return input;
+        }
+        if let Some(text) = &c.format {
+            match ty.moment() {
+                None => self.error(
+                    format!("{path}.format"),
+                    format!(
+                        "only applies to DATE, DATETIME and TIME columns, this one is {}",
+                        ty.as_str()
+                    ),
+                ),
+                Some(moment) => match crate::values::DateFormat::parse(text, moment) {
+                    Ok(f) => input.date = Some(f),
+                    Err(e) => self.error(format!("{path}.format"), e),
+                },
+            }
+        } else if ty.moment().is_some() {
+            input.date = Some(crate::values::DateFormat::Iso8601);
+        }
+        let mut separator = |key: &str, value: &Option<String>, types: &[ColumnType]| {
+            let text = value.as_deref()?;
+            if !types.contains(&ty) {
+                let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+                self.error(
+                    format!("{path}.{key}"),
+                    format!(
+                        "only applies to {} columns, this one is {}",
+                        names.join(" and "),
+                        ty.as_str()
+                    ),
+                );
+                return None;
+            }
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(ch), None) if !ch.is_ascii_digit() && ch != '-' && ch != '+' => Some(ch),
+                _ => {
+                    self.error(
+                        format!("{path}.{key}"),
+                        format!(
+                            "\"{}\" is not one character other than a digit or sign",
+                            text.escape_default()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        input.number.decimal_separator = separator(
+            "decimal_separator",
+            &c.decimal_separator,
+            &[ColumnType::Float],
+        );
+        input.number.thousands_separator = separator(
+            "thousands_separator",
+            &c.thousands_separator,
+            &[ColumnType::Integer, ColumnType::Float],
+        );
+        if input.number.decimal_separator.is_some()
+            && input.number.decimal_separator == input.number.thousands_separator
+        {
+            self.error(
+                format!("{path}.thousands_separator"),
+                "must differ from decimal_separator",
+            );
+        }
+        input
+    }
+
     fn required_id(&mut self, path: &str, value: Option<String>) -> String {
         match value {
             None => {
@@ -1530,24 +1751,61 @@ impl Validator<'_> {
                 LineEnding::Lf
             }
         };
-        if let Some(d) = c.decimal_separator {
-            opts.decimal_separator = d;
+        for (key, set) in [
+            ("decimal_separator", c.decimal_separator.is_some()),
+            ("thousand_separator", c.thousand_separator.is_some()),
+            ("date_format", c.date_format.is_some()),
+        ] {
+            if set {
+                let column_key = match key {
+                    "date_format" => "format",
+                    "thousand_separator" => "thousands_separator",
+                    other => other,
+                };
+                self.error(
+                    format!("{path}.{key}"),
+                    format!(
+                        "weir writes numbers with \".\" and dates in ISO-8601 and declares exactly that: say how the sender writes them with {column_key} on the [[pipelines.columns]] entry"
+                    ),
+                );
+            }
         }
-        opts.thousand_separator = c.thousand_separator;
-        opts.date_format = c.date_format;
         if opts.separator == opts.quote {
             self.error(format!("{path}.quote"), "must differ from the separator");
         }
-        if opts.decimal_separator.as_bytes() == [opts.separator] {
-            self.error(
-                format!("{path}.decimal_separator"),
-                format!(
-                    "\"{}\" must differ from the separator: a decimal number would split into two fields",
-                    opts.decimal_separator.escape_default()
-                ),
-            );
-        }
         opts
+    }
+}
+
+/// Whether a column of type `ty` may read a schema field of type `field`: the same type, a
+/// STRING of anything, a date type or a number with a convention from a string, and a date
+/// type in an epoch format from an integer.
+fn fits_field(ty: ColumnType, field: FieldType, c: &raw::RawColumn) -> bool {
+    let epoch = matches!(c.format.as_deref(), Some("epoch_ms" | "epoch_s"));
+    let convention = c.decimal_separator.is_some() || c.thousands_separator.is_some();
+    ty == ColumnType::String
+        || ty == ColumnType::of_field(field)
+        || match (field, ty.moment()) {
+            (FieldType::String, Some(_)) => true,
+            (FieldType::Integer, Some(_)) => epoch,
+            (FieldType::String, None) => {
+                convention && matches!(ty, ColumnType::Integer | ColumnType::Float)
+            }
+            _ => false,
+        }
+}
+
+/// What to change when a column's type contradicts its schema field.
+fn contradiction_hint(ty: ColumnType, field: FieldType) -> &'static str {
+    match (ty.moment(), field) {
+        (Some(_), FieldType::Integer) => {
+            ": an integer field takes format = \"epoch_ms\" or \"epoch_s\""
+        }
+        (Some(_), _) => ": a date arrives as text, declare the field string",
+        (None, FieldType::String) if matches!(ty, ColumnType::Integer | ColumnType::Float) => {
+            ": a number written as text needs the field's type, or a decimal_separator or thousands_separator on the column"
+        }
+        _ => "",
     }
 }
 

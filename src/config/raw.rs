@@ -101,6 +101,18 @@ pub(super) struct RawPipeline {
     pub sink: RawSink,
     pub auth: Option<RawSenderAuth>,
     pub rate_limit: Option<String>,
+    pub response: Option<RawResponse>,
+    pub wait_timeout: Option<String>,
+    pub allow_sync: Option<bool>,
+}
+
+/// `response = { status, body, content_type }`: what a request whose rows were queued gets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResponse {
+    pub status: Option<i64>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// `[pipelines.auth]`: which keys apply depends on `kind` (and `preset`); the validator
@@ -155,6 +167,9 @@ pub(super) struct RawColumn {
     pub ty: Option<String>,
     pub length: Option<i64>,
     pub decimals: Option<i64>,
+    pub format: Option<String>,
+    pub decimal_separator: Option<String>,
+    pub thousands_separator: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

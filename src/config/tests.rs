@@ -76,6 +76,7 @@ fn the_contract_example_loads_with_every_setting_resolved() {
             name: "Requested Delivery Date".into(),
             source: ColumnSource::Field("DeliveryDate".into()),
             typing: Typing::default(),
+            input: Default::default(),
         }
     );
     let SinkConfig::Celonis(sink) = &p.sink else {
@@ -531,17 +532,24 @@ fn a_short_retry_max_interval_alone_lowers_the_default_first_retry() {
 }
 
 #[test]
-fn a_decimal_separator_equal_to_the_field_separator_is_refused() {
-    let text =
-        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \";\"\n");
-    assert_eq!(
-        errors_of(&text),
-        [
-            "pipelines[0].sink.csv.decimal_separator: \";\" must differ from the separator: a decimal number would split into two fields"
-        ]
+fn sink_wide_number_and_date_conventions_point_to_the_column_options() {
+    let text = format!(
+        "{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \",\"\ndate_format = \"dd.MM.yyyy\"\n"
     );
-    let text =
-        format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\ndecimal_separator = \",\"\n");
+    let errs = errors_of(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0]
+            .starts_with("pipelines[0].sink.csv.decimal_separator: weir writes numbers with \".\"")
+            && errs[0].contains("decimal_separator on the [[pipelines.columns]] entry"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("pipelines[0].sink.csv.date_format:")
+            && errs[1].contains("with format on the [[pipelines.columns]] entry"),
+        "{errs:?}"
+    );
+    let text = format!("{CONTRACT}\n[pipelines.sink.csv]\nseparator = \";\"\n");
     assert!(Config::load(&text, &env()).is_ok());
 }
 
@@ -562,7 +570,7 @@ from = "Note"
 length = 32001
 [[pipelines.columns]]
 name = "N2"
-from = "Note"
+from = "Quantity"
 type = "DATE"
 [[pipelines.columns]]
 name = "N3"
@@ -617,4 +625,166 @@ app_key = "k"
         ),
         "{out}"
     );
+}
+
+#[test]
+fn date_formats_and_number_conventions_are_checked_against_their_column() {
+    let columns = r#"
+[[pipelines.columns]]
+name = "D"
+from = "D"
+type = "DATE"
+format = "dd.MM.yyyy Q"
+[[pipelines.columns]]
+name = "S"
+from = "S"
+format = "dd.MM.yyyy"
+[[pipelines.columns]]
+name = "N"
+from = "N"
+type = "INTEGER"
+decimal_separator = ","
+[[pipelines.columns]]
+name = "E"
+from = "E"
+type = "DATE"
+[[pipelines.columns]]
+name = "T"
+from = "T"
+type = "TIME"
+format = "dd.MM.yyyy"
+"#;
+    let text = format!(
+        "[[pipelines]]\nname = \"orders\"\n[pipelines.schema]\nfields = {{ D = \"string\", S = \"string\", N = \"string\", E = \"integer\", T = \"string\" }}\n{columns}[pipelines.sink]\nkind = \"celonis\"\nurl = \"https://myteam.eu-1.celonis.cloud\"\ndata_pool_id = \"p1\"\ntarget_name = \"orders\"\napp_key = \"k\"\n"
+    );
+    let errs = errors_of(&text);
+    let has = |prefix: &str, part: &str| {
+        errs.iter()
+            .any(|e| e.starts_with(prefix) && e.contains(part))
+    };
+    assert!(
+        has("pipelines[0].columns[0].format", "letter Q"),
+        "{errs:?}"
+    );
+    assert!(
+        has("pipelines[0].columns[1].format", "only applies to DATE"),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            "pipelines[0].columns[2].decimal_separator",
+            "only applies to FLOAT"
+        ),
+        "{errs:?}"
+    );
+    assert!(has("pipelines[0].columns[3].type", "epoch_ms"), "{errs:?}");
+    assert!(has("pipelines[0].columns[4].format", "no hour"), "{errs:?}");
+    assert_eq!(errs.len(), 5, "{errs:?}");
+
+    let good = text
+        .replace("format = \"dd.MM.yyyy Q\"", "format = \"dd.MM.yyyy\"")
+        .replace(
+            "format = \"dd.MM.yyyy\"\n[[pipelines.columns]]\nname = \"N\"",
+            "[[pipelines.columns]]\nname = \"N\"",
+        )
+        .replace(
+            "type = \"INTEGER\"\ndecimal_separator",
+            "type = \"FLOAT\"\ndecimal_separator",
+        )
+        .replace(
+            "name = \"E\"\nfrom = \"E\"\ntype = \"DATE\"",
+            "name = \"E\"\nfrom = \"E\"\ntype = \"DATE\"\nformat = \"epoch_s\"",
+        )
+        .replace(
+            "type = \"TIME\"\nformat = \"dd.MM.yyyy\"",
+            "type = \"TIME\"\nformat = \"HH:mm\"",
+        );
+    let config = Config::load(&good, &env()).unwrap();
+    let out = describe::describe(&config);
+    assert!(
+        out.contains(r#""D" <- D DATE format "dd.MM.yyyy""#)
+            && out.contains(r#""N" <- N FLOAT(0 decimals) decimal_separator ",""#)
+            && out.contains(r#""E" <- E DATE format "epoch_s""#),
+        "{out}"
+    );
+}
+
+fn with_response(response: &str) -> String {
+    format!(
+        r#"
+[[pipelines]]
+name = "orders"
+response = {response}
+[pipelines.sink]
+kind = "http"
+base_url = "http://127.0.0.1:9"
+"#
+    )
+}
+
+#[test]
+fn a_pipeline_answers_202_with_the_counts_unless_its_response_says_otherwise() {
+    let c = Config::load(&with_response("{ status = 204 }"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].response.status, 204);
+    assert_eq!(c.pipelines[0].response.body, None);
+    let c = Config::load(
+        &with_response(r#"{ status = 200, body = '{"ok": true}' }"#),
+        &env(),
+    )
+    .unwrap();
+    let r = &c.pipelines[0].response;
+    assert_eq!(
+        (r.status, r.body.as_deref(), r.content_type.as_str()),
+        (200, Some(r#"{"ok": true}"#), "application/json")
+    );
+    let c = Config::load(&CONTRACT.replace("k3y", "x"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].response, SuccessResponse::default());
+    assert_eq!(c.pipelines[0].response.status, 202);
+}
+
+#[test]
+fn a_response_status_outside_200_201_202_204_or_a_body_with_204_is_refused_by_key() {
+    assert_eq!(
+        errors_of(&with_response("{ status = 302 }")),
+        ["pipelines[0].response.status: 302 is not one of 200, 201, 202 or 204"]
+    );
+    assert_eq!(
+        errors_of(&with_response("{ status = 204, body = 'ok' }")),
+        [
+            "pipelines[0].response.body: a 204 No Content answer has no body: remove body or use another status"
+        ]
+    );
+    let errors = errors_of(&with_response(
+        r#"{ status = 500, content_type = "text/plain" }"#,
+    ));
+    assert_eq!(errors.len(), 2, "every mistake at once: {errors:?}");
+    assert!(errors[0].starts_with("pipelines[0].response.status: "));
+    assert!(errors[1].starts_with("pipelines[0].response.content_type: only applies with body"));
+    assert!(
+        errors_of(&with_response("{ state = 204 }"))[0].contains("unknown field `state`"),
+        "unknown keys are errors"
+    );
+}
+
+#[test]
+fn wait_timeout_defaults_to_30s_and_is_bounded_at_five_minutes() {
+    let c = Config::load(&with_response("{ status = 202 }"), &env()).unwrap();
+    assert_eq!(c.pipelines[0].wait_timeout, Duration::from_secs(30));
+    assert!(!c.pipelines[0].allow_sync);
+    let text = with_response("{ status = 202 }").replace(
+        "response =",
+        "wait_timeout = \"5m\"\nallow_sync = true\nresponse =",
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    assert_eq!(c.pipelines[0].wait_timeout, Duration::from_secs(300));
+    assert!(c.pipelines[0].allow_sync);
+    for bad in ["\"6m\"", "\"0s\""] {
+        let text = with_response("{ status = 202 }")
+            .replace("response =", &format!("wait_timeout = {bad}\nresponse ="));
+        assert_eq!(
+            errors_of(&text),
+            ["pipelines[0].wait_timeout: must be longer than 0s and at most 5m"],
+            "{bad}"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod dry_run;
 pub mod error;
 pub mod parse;
 pub mod replay;
@@ -24,9 +25,12 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthConfig, AuthMethod, OnMismatch, RateLimit, ServerLimits};
+use crate::config::{
+    AuthConfig, AuthMethod, OnMismatch, PipelineConfig, RateLimit, ServerLimits, SuccessResponse,
+};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
+use crate::preview::Preview;
 use crate::queue::PushError;
 use crate::row::Row;
 pub use error::IngestError;
@@ -46,7 +50,12 @@ struct Entry {
     limiter: Option<Arc<Limiter>>,
     /// Delivery ids accepted recently, for senders whose preset names one.
     replays: Option<Arc<Replays>>,
+    /// What the sink would send, for dry runs.
+    preview: Option<Arc<dyn Preview>>,
 }
+
+/// The pipelines' sinks as dry runs see them, by pipeline name (wired by `app.rs`).
+pub type Previews = HashMap<String, Arc<dyn Preview>>;
 
 /// What the ingest router needs: the pipelines by name (with their rate limiters) and the
 /// request limits.
@@ -67,6 +76,7 @@ pub struct IngestState {
 impl IngestState {
     pub fn new(
         pipelines: &[Arc<Pipeline>],
+        previews: &Previews,
         max_body_bytes: usize,
         limits: ServerLimits,
         stopping: CancellationToken,
@@ -85,6 +95,7 @@ impl IngestState {
                             pipeline: p.clone(),
                             limiter: p.config.rate_limit.map(|r| Arc::new(limiter(r))),
                             replays: p.config.auth.as_ref().and_then(replay::for_auth),
+                            preview: previews.get(p.name()).cloned(),
                         };
                         (p.name().to_owned(), entry)
                     })
@@ -100,13 +111,18 @@ impl IngestState {
     }
 
     fn parse_limits(&self) -> Limits {
-        Limits {
-            max_rows: self.limits.max_rows_per_request,
-            max_fields_per_row: self.limits.max_fields_per_row,
-            max_field_name_bytes: self.limits.max_field_name_bytes,
-            max_row_bytes: self.max_body_bytes,
-            max_depth: self.limits.max_depth,
-        }
+        parse_limits(&self.limits, self.max_body_bytes)
+    }
+}
+
+/// The parsers' limits of a server's config.
+pub fn parse_limits(limits: &ServerLimits, max_body_bytes: usize) -> Limits {
+    Limits {
+        max_rows: limits.max_rows_per_request,
+        max_fields_per_row: limits.max_fields_per_row,
+        max_field_name_bytes: limits.max_field_name_bytes,
+        max_row_bytes: max_body_bytes,
+        max_depth: limits.max_depth,
     }
 }
 
@@ -126,6 +142,32 @@ pub fn router(state: IngestState) -> Router {
         .with_state(state)
 }
 
+/// What a request that passed every check gets.
+enum Answer {
+    /// Its rows were queued (or it replays a delivery that was), with an offset at or after
+    /// its last row when it queued any.
+    Queued(Accepted, Option<crate::queue::Offset>),
+    /// `?dry_run=true`: what would happen, with nothing queued.
+    DryRun(Box<dry_run::DryRun>),
+}
+
+/// weir's own query parameters: never a field of a query-string row.
+const OWN_PARAMS: [&str; 2] = ["dry_run", "wait"];
+
+/// Whether the query string asks for a dry run (`dry_run=true` or `dry_run=1`).
+fn wants_dry_run(query: Option<&str>) -> bool {
+    query_param(query, "dry_run").is_some_and(|v| v == "true" || v == "1")
+}
+
+/// The first value of the query parameter `name`, as sent (not decoded).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 #[derive(Serialize)]
 struct Accepted {
     accepted: usize,
@@ -142,7 +184,16 @@ async fn hook(
     body: Body,
 ) -> Response {
     match accept(&state, &name, peer, &method, &uri, &headers, body).await {
-        Ok(a) => (StatusCode::ACCEPTED, axum::Json(a)).into_response(),
+        Ok(Answer::DryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
+        Ok(Answer::Queued(a, last)) => match state.pipelines.get(&name) {
+            Some(entry) => match last {
+                Some(last) if query_param(uri.query(), "wait") == Some("delivered") => {
+                    wait_delivered(&state, &entry.pipeline, a, last).await
+                }
+                _ => success(&entry.pipeline.config.response, a),
+            },
+            None => IngestError::Internal("the pipeline went away").into_response(),
+        },
         Err(e) => {
             match state.pipelines.get(&name) {
                 Some(entry) => entry.pipeline.counters.refuse(e.code()),
@@ -155,6 +206,72 @@ async fn hook(
     }
 }
 
+/// `?wait=delivered`: holds the answer until the request's rows are committed in a
+/// delivered job (200 with the job id), or answers 202 `queued` after the pipeline's
+/// `wait_timeout` (or at shutdown); the rows stay queued then and are delivered later.
+/// With `allow_sync`, asks the worker for a run now.
+async fn wait_delivered(
+    state: &IngestState,
+    pipeline: &Pipeline,
+    a: Accepted,
+    last: crate::queue::Offset,
+) -> Response {
+    let mut delivered = pipeline.delivered();
+    if pipeline.config.allow_sync {
+        pipeline.want_run();
+    }
+    let covered = |d: &Option<crate::pipeline::DeliveredThrough>| {
+        d.as_ref().is_some_and(|d| d.through >= last)
+    };
+    let waited = tokio::select! {
+        r = tokio::time::timeout(pipeline.config.wait_timeout, delivered.wait_for(covered)) => {
+            r.ok().and_then(|r| r.ok()).and_then(|d| d.clone())
+        }
+        () = state.stopping.cancelled() => None,
+    };
+    match waited {
+        Some(d) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({
+                "accepted": a.accepted,
+                "ignored": a.ignored,
+                "job_id": d.job_id,
+                "delivered_at": humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.at_ms)
+                ).to_string(),
+            })),
+        )
+            .into_response(),
+        None => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "accepted": a.accepted,
+                "ignored": a.ignored,
+                "status": "queued",
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// The answer to a request whose rows were queued (or a replay of one): the pipeline's
+/// `response`, by default 202 with the counts.
+fn success(response: &SuccessResponse, a: Accepted) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::ACCEPTED);
+    if status == StatusCode::NO_CONTENT {
+        return status.into_response();
+    }
+    match &response.body {
+        None => (status, axum::Json(a)).into_response(),
+        Some(body) => (
+            status,
+            [(header::CONTENT_TYPE, response.content_type.clone())],
+            body.clone(),
+        )
+            .into_response(),
+    }
+}
+
 async fn accept(
     state: &IngestState,
     name: &str,
@@ -163,7 +280,7 @@ async fn accept(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Accepted, IngestError> {
+) -> Result<Answer, IngestError> {
     let entry = state
         .pipelines
         .get(name)
@@ -224,12 +341,18 @@ async fn accept(
         };
         sender_check(pipeline, auth, client, headers, uri.query(), bodies)?;
     }
+    let dry = wants_dry_run(uri.query());
     let mut query = uri.query().map(str::to_owned);
     if let Some(AuthMethod::Query(param)) = pipeline.config.auth.as_ref().map(|a| &a.method) {
         query = Some(auth::strip_query_param(
             query.as_deref().unwrap_or(""),
             param,
         ));
+    }
+    for param in OWN_PARAMS {
+        if let Some(q) = &query {
+            query = Some(auth::strip_query_param(q, param));
+        }
     }
     if let Some(limiter) = &entry.limiter
         && let Err(not_until) = limiter.check()
@@ -242,6 +365,38 @@ async fn accept(
             retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         });
     }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let parse_limits = state.parse_limits();
+    if dry {
+        let preview = entry
+            .preview
+            .clone()
+            .ok_or(IngestError::Internal("no preview of this pipeline's sink"))?;
+        let pipeline = pipeline.clone();
+        let decoded = body.decoded.clone();
+        let run = move || {
+            dry_run::dry_run(
+                &pipeline.config,
+                &decoded,
+                query.as_deref(),
+                &content_type,
+                &parse_limits,
+                preview.as_ref(),
+            )
+        };
+        let d = if body.decoded.len() > INLINE_PARSE_BYTES {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|_| IngestError::Internal("parsing the body failed"))??
+        } else {
+            run()?
+        };
+        return Ok(Answer::DryRun(Box::new(d)));
+    }
     let mut reservation = None;
     if let (Some(replays), Some(auth)) = (&entry.replays, signed)
         && let Some(id) = replay::delivery_id(auth, headers, &body.decoded)
@@ -251,20 +406,17 @@ async fn accept(
             replay::Check::Done(answer) => {
                 tracing::info!(pipeline = name, client = %client, "replayed delivery answered again");
                 Counters::add(&pipeline.counters.duplicate, answer.accepted as u64);
-                return Ok(Accepted {
-                    accepted: answer.accepted,
-                    ignored: answer.ignored,
-                });
+                return Ok(Answer::Queued(
+                    Accepted {
+                        accepted: answer.accepted,
+                        ignored: answer.ignored,
+                    },
+                    None,
+                ));
             }
             replay::Check::InProgress => return Err(IngestError::DuplicateInProgress),
         }
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let parse_limits = state.parse_limits();
     let (rows, ignored) = if body.decoded.len() > INLINE_PARSE_BYTES {
         let pipeline = pipeline.clone();
         let decoded = body.decoded.clone();
@@ -289,11 +441,12 @@ async fn accept(
         )?
     };
     let accepted = rows.len();
+    let mut last = None;
     if accepted > 0 {
-        pipeline.push(rows).await.map_err(|e| {
+        last = Some(pipeline.push(rows).await.map_err(|e| {
             Counters::add(&pipeline.counters.rejected, accepted as u64);
             push_error(pipeline, e)
-        })?;
+        })?);
     }
     pipeline.counters.accept(accepted as u64);
     Counters::add(&pipeline.counters.ignored, ignored as u64);
@@ -303,7 +456,7 @@ async fn accept(
             crate::clock::unix_secs(),
         );
     }
-    Ok(Accepted { accepted, ignored })
+    Ok(Answer::Queued(Accepted { accepted, ignored }, last))
 }
 
 /// Takes the body's bytes from the server-wide in-flight budget before any of it is read:
@@ -515,6 +668,27 @@ fn rows_of(
     }
 }
 
+/// Checks a row against the pipeline's schema and its columns' types and lengths (the
+/// Celonis sink declares every column's type and length: values are checked here): why it
+/// does not match, or the row converted to its columns' canonical forms (`None`: unchanged).
+fn check_row(
+    config: &PipelineConfig,
+    row: &Row,
+    source: Source,
+) -> Result<Option<Row>, schema::Mismatch> {
+    let fallback = match &config.sink {
+        crate::config::SinkConfig::Celonis(c) => Some(c.fallback_varchar_length),
+        crate::config::SinkConfig::Http(_) => None,
+    };
+    let schema_cfg = config.schema.as_ref();
+    schema_cfg
+        .map_or(Ok(()), |s| schema::check(s, row, source))
+        .and_then(|()| match fallback {
+            Some(f) => schema::check_columns(&config.columns, schema_cfg, f, row),
+            None => Ok(None),
+        })
+}
+
 /// Keeps the rows that match the schema. In reject mode any mismatch refuses the request;
 /// in ignore mode mismatching rows are dropped and counted.
 fn apply_schema(
@@ -523,28 +697,21 @@ fn apply_schema(
     source: Source,
 ) -> Result<(Vec<Row>, usize), IngestError> {
     let config = &pipeline.config;
-    // The Celonis sink declares every column's type and length: values are checked here.
-    let fallback = match &config.sink {
-        crate::config::SinkConfig::Celonis(c) => Some(c.fallback_varchar_length),
-        crate::config::SinkConfig::Http(_) => None,
-    };
-    if config.schema.is_none() && fallback.is_none() {
+    let checked =
+        config.schema.is_some() || matches!(config.sink, crate::config::SinkConfig::Celonis(_));
+    if !checked {
         return Ok((rows, 0));
     }
-    let schema_cfg = config.schema.as_ref();
-    let on_mismatch = schema_cfg.map_or(OnMismatch::Reject, |s| s.on_mismatch);
+    let on_mismatch = config
+        .schema
+        .as_ref()
+        .map_or(OnMismatch::Reject, |s| s.on_mismatch);
     let total = rows.len();
     let mut kept = Vec::with_capacity(rows.len());
     let mut problems = Vec::new();
     for (i, row) in rows.into_iter().enumerate() {
-        let checked = schema_cfg
-            .map_or(Ok(()), |s| schema::check(s, &row, source))
-            .and_then(|()| match fallback {
-                Some(f) => schema::check_columns(&config.columns, schema_cfg, f, &row),
-                None => Ok(()),
-            });
-        match checked {
-            Ok(()) => kept.push(row),
+        match check_row(config, &row, source) {
+            Ok(converted) => kept.push(converted.unwrap_or(row)),
             Err(m) => {
                 tracing::debug!(pipeline = pipeline.name(), row = i, field = %m.field, problem = %m.problem, "row does not match schema");
                 problems.push(format!("row {i}: field \"{}\" {}", m.field, m.problem));
@@ -564,28 +731,33 @@ fn apply_schema(
     Ok((kept, ignored))
 }
 
-/// Keeps the rows for which the pipeline's `filter` is true; the others are ignored and
-/// counted. A filter that cannot be evaluated on a row (not a bool, say) ignores the row.
-fn apply_filter(pipeline: &Pipeline, rows: Vec<Row>) -> (Vec<Row>, usize) {
-    let Some(filter) = &pipeline.config.filter else {
-        return (rows, 0);
+/// Whether the pipeline's `filter` keeps the row (always, without a filter). A filter that
+/// cannot be evaluated on a row (not a bool, say) ignores the row.
+fn passes_filter(config: &PipelineConfig, row: &Row) -> bool {
+    let Some(filter) = &config.filter else {
+        return true;
     };
-    let name = crate::expr::pipeline_value(pipeline.name());
+    let name = crate::expr::pipeline_value(&config.name);
+    let value = crate::expr::row_value(row);
+    match filter.eval_bool(&[("row", &value), ("pipeline", &name)]) {
+        Ok(keep) => keep,
+        Err(e) => {
+            tracing::debug!(pipeline = config.name, error = %e, "row filter failed; row ignored");
+            false
+        }
+    }
+}
+
+/// Keeps the rows for which the pipeline's `filter` is true; the others are ignored and
+/// counted.
+fn apply_filter(pipeline: &Pipeline, rows: Vec<Row>) -> (Vec<Row>, usize) {
+    if pipeline.config.filter.is_none() {
+        return (rows, 0);
+    }
     let total = rows.len();
     let kept: Vec<Row> = rows
         .into_iter()
-        .enumerate()
-        .filter(|(i, row)| {
-            let value = crate::expr::row_value(row);
-            match filter.eval_bool(&[("row", &value), ("pipeline", &name)]) {
-                Ok(keep) => keep,
-                Err(e) => {
-                    tracing::debug!(pipeline = pipeline.name(), row = i, error = %e, "row filter failed; row ignored");
-                    false
-                }
-            }
-        })
-        .map(|(_, row)| row)
+        .filter(|row| passes_filter(&pipeline.config, row))
         .collect();
     let ignored = total - kept.len();
     (kept, ignored)

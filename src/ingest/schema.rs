@@ -53,25 +53,29 @@ pub fn check(schema: &Schema, row: &Row, source: Source) -> Result<(), Mismatch>
     Ok(())
 }
 
-/// Checks a row's values against the columns the Celonis sink declares: each value must
-/// parse as its column's type, and a STRING value must fit its column's length (its own
-/// `length`, else `fallback`), so Celonis never crops or refuses it. Without `columns`, every
-/// field is a column, typed by the schema or STRING. Allocates nothing.
+/// Checks a row's values against the columns the Celonis sink declares and converts them to
+/// the form the sink writes: each value must parse as its column's type (a date in its
+/// column's `format`, a number in its separators), and a STRING value must fit its column's
+/// length (its own `length`, else `fallback`), so Celonis never crops or refuses it. Without
+/// `columns`, every field is a column, typed by the schema or STRING. Returns the converted
+/// row when a value changed (dates to ISO-8601, numbers to a `.` decimal); allocates nothing
+/// otherwise.
 pub fn check_columns(
     columns: &[Column],
     schema: Option<&Schema>,
     fallback: u32,
     row: &Row,
-) -> Result<(), Mismatch> {
-    for field in row.fields() {
+) -> Result<Option<Row>, Mismatch> {
+    let mut converted: Vec<Option<(Kind, String)>> = Vec::new();
+    for (i, field) in row.fields().enumerate() {
         if field.kind == Kind::Null {
             continue;
         }
-        let (ty, length) = if columns.is_empty() {
+        let (ty, length, input) = if columns.is_empty() {
             let ty = schema
                 .and_then(|s| s.field_type(field.name))
                 .map_or(ColumnType::String, ColumnType::of_field);
-            (ty, fallback)
+            (ty, fallback, None)
         } else {
             let Some(c) = columns
                 .iter()
@@ -84,27 +88,61 @@ pub fn check_columns(
                     .and_then(|s| s.field_type(field.name))
                     .map_or(ColumnType::String, ColumnType::of_field)
             });
-            (ty, c.typing.length.unwrap_or(fallback))
+            (ty, c.typing.length.unwrap_or(fallback), Some(&c.input))
         };
-        let text = field.text;
+        let mismatch = |problem: String| Mismatch {
+            field: field.name.into(),
+            problem: format!(
+                "does not parse as its column's type {} ({problem}; got {})",
+                ty.as_str(),
+                shown(field)
+            ),
+        };
+        let mut text = std::borrow::Cow::Borrowed(field.text);
+        let mut kind = field.kind;
+        if let Some(input) = input
+            && field.kind == Kind::String
+            && matches!(ty, ColumnType::Integer | ColumnType::Float)
+            && !input.number.is_canonical()
+        {
+            text = input.number.canonical(field.text).into();
+            kind = Kind::Number;
+        }
         let ok = match ty {
             ColumnType::Integer => text.parse::<i64>().is_ok(),
             ColumnType::Float => text.parse::<f64>().is_ok_and(f64::is_finite),
             ColumnType::Boolean => {
                 text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false")
             }
-            // Types weir does not convert are refused at config load.
-            ColumnType::String | ColumnType::Date | ColumnType::DateTime | ColumnType::Time => true,
+            ColumnType::Date | ColumnType::DateTime | ColumnType::Time => {
+                let (Some(moment), Some(format)) =
+                    (ty.moment(), input.and_then(|i| i.date.as_ref()))
+                else {
+                    // A date type comes only from a column, which always has a format.
+                    return Err(mismatch("no format".into()));
+                };
+                if field.kind == Kind::Number && !format.is_epoch() {
+                    return Err(mismatch(format!(
+                        "a number is not a date in the format {}",
+                        format.describe()
+                    )));
+                }
+                text = format
+                    .canonical(field.text, moment)
+                    .map_err(&mismatch)?
+                    .into();
+                kind = Kind::String;
+                true
+            }
+            ColumnType::String => true,
         };
         if !ok {
-            return Err(Mismatch {
-                field: field.name.into(),
-                problem: format!(
-                    "does not parse as its column's type {} (got {})",
-                    ty.as_str(),
-                    shown(field)
-                ),
-            });
+            let reason = match ty {
+                ColumnType::Integer => "not a whole number",
+                ColumnType::Float => "not a number",
+                _ => "not true or false",
+            };
+            return Err(mismatch(reason.into()));
         }
         // A text of at most `length` bytes has at most `length` characters: count only
         // longer ones.
@@ -119,8 +157,28 @@ pub fn check_columns(
                 });
             }
         }
+        if text != field.text || kind != field.kind {
+            if converted.is_empty() {
+                converted.resize(row.len(), None);
+            }
+            converted[i] = Some((kind, text.into_owned()));
+        }
     }
-    Ok(())
+    if converted.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = Row::builder();
+    for (field, new) in row.fields().zip(&converted) {
+        let (kind, text) = match new {
+            Some((kind, text)) => (*kind, text.as_str()),
+            None => (field.kind, field.text),
+        };
+        builder.push(field.name, kind, text).map_err(|e| Mismatch {
+            field: field.name.into(),
+            problem: format!("cannot be converted: {e}"),
+        })?;
+    }
+    Ok(Some(builder.finish()))
 }
 
 fn matches(ty: FieldType, f: Field<'_>, source: Source) -> bool {
@@ -246,9 +304,10 @@ mod tests {
                 length: Some(400),
                 ..Default::default()
             },
+            input: Default::default(),
         }];
         let ok = Row::from_pairs([("d", "é".repeat(300).as_str())]).unwrap();
-        assert_eq!(check_columns(&columns, None, 255, &ok), Ok(()));
+        assert_eq!(check_columns(&columns, None, 255, &ok), Ok(None));
         let long = Row::from_pairs([("d", "x".repeat(401).as_str())]).unwrap();
         assert_eq!(
             check_columns(&columns, None, 255, &long)
@@ -261,7 +320,7 @@ mod tests {
             check_columns(&[], None, 255, &r).unwrap_err().field,
             "other"
         );
-        assert_eq!(check_columns(&[], None, 300, &r), Ok(()));
+        assert_eq!(check_columns(&[], None, 300, &r), Ok(None));
     }
 
     #[test]
@@ -273,13 +332,14 @@ mod tests {
                 ty: Some(ColumnType::Integer),
                 ..Default::default()
             },
+            input: Default::default(),
         }];
         let r = Row::from_pairs([("q", "12")]).unwrap();
-        assert_eq!(check_columns(&columns, None, 255, &r), Ok(()));
+        assert_eq!(check_columns(&columns, None, 255, &r), Ok(None));
         let r = Row::from_pairs([("q", "twelve")]).unwrap();
         assert_eq!(
             check_columns(&columns, None, 255, &r).unwrap_err().problem,
-            "does not parse as its column's type INTEGER (got \"twelve\")"
+            "does not parse as its column's type INTEGER (not a whole number; got \"twelve\")"
         );
     }
 

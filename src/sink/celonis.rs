@@ -437,17 +437,14 @@ impl CelonisClient {
 
     /// The create-job body: only the fields weir sets, no nulls (§8.2).
     pub fn job_body(&self, layout: &Layout) -> serde_json::Value {
+        let table = layout.table(self.sink.fallback_varchar_length);
         let mut body = serde_json::json!({
             "type": self.sink.mode.as_str(),
             "fileType": "CSV",
             "targetName": self.sink.target_name,
             "dataPoolId": self.sink.data_pool_id,
-            "csvParsingOptions": super::csv::parsing_options(&self.sink.csv),
-            "tableSchema": table_schema(
-                &self.sink.target_name,
-                &layout.table(self.sink.fallback_varchar_length),
-                &self.sink.keys,
-            ),
+            "csvParsingOptions": super::csv::parsing_options(&self.sink.csv, &table),
+            "tableSchema": table_schema(&self.sink.target_name, &table, &self.sink.keys),
             "fallbackVarcharLength": self.sink.fallback_varchar_length,
         });
         if !self.sink.keys.is_empty() {

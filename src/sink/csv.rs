@@ -8,11 +8,12 @@ use std::sync::Arc;
 use super::batch::{ColumnsError, KnownColumns};
 
 use crate::config::{
-    Column, ColumnDecl, ColumnSource, CsvOptions, FieldType, LineEnding, PipelineConfig, Schema,
-    TableSpec, Typing,
+    Column, ColumnDecl, ColumnSource, ColumnType, CsvOptions, FieldType, LineEnding,
+    PipelineConfig, Schema, TableSpec, Typing,
 };
 use crate::expr::{self, Expr};
 use crate::queue::Entry;
+use crate::values;
 
 /// The CSV columns of a batch: header names and the row field each is read from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -207,6 +208,31 @@ impl ColumnSpec {
         }
     }
 
+    /// The layout [`ColumnSpec::layout_known`] would give the batch, without writing the
+    /// known columns (a dry run).
+    pub fn layout_preview(&self, entries: &[Entry]) -> Layout {
+        let layout = self.layout(entries);
+        match &self.known {
+            Some(known) if !self.fixed() => {
+                let mut names = known.snapshot();
+                for h in &layout.headers {
+                    if !names.contains(h) {
+                        names.push(h.clone());
+                    }
+                }
+                if names.len() > self.max_columns {
+                    names.retain(|n| layout.headers.contains(n));
+                }
+                Layout {
+                    headers: names.clone(),
+                    sources: names,
+                    ..layout
+                }
+            }
+            _ => layout,
+        }
+    }
+
     /// The layout of a batch.
     pub fn layout(&self, entries: &[Entry]) -> Layout {
         Layout::for_batch(&self.columns, self.schema.as_ref(), entries).named(&self.pipeline)
@@ -390,21 +416,33 @@ fn computed_cells(layout: &Layout, pipeline: &cel::Value, e: &Entry) -> Vec<(usi
         .collect()
 }
 
-/// The job's `csvParsingOptions`, telling Celonis how the file was written.
-pub fn parsing_options(opts: &CsvOptions) -> serde_json::Value {
+/// The job's `csvParsingOptions`, telling Celonis how the file was written: numbers with a
+/// `.`, DATETIME values in the job-wide `dateFormat`, DATE and TIME columns each with their
+/// own (the canonical forms of [`crate::values`]).
+pub fn parsing_options(opts: &CsvOptions, table: &TableSpec) -> serde_json::Value {
     let mut o = serde_json::json!({
         "separatorSequence": (opts.separator as char).to_string(),
         "quoteSequence": (opts.quote as char).to_string(),
         "escapeSequence": (opts.escape as char).to_string(),
         "lineEnding": opts.line_ending.as_str(),
         "charSet": "UTF-8",
-        "decimalSeparator": opts.decimal_separator,
+        "decimalSeparator": ".",
+        "dateFormat": values::DATETIME_PATTERN,
     });
-    if let Some(t) = &opts.thousand_separator {
-        o["thousandSeparator"] = t.clone().into();
-    }
-    if let Some(d) = &opts.date_format {
-        o["dateFormat"] = d.clone().into();
+    let own: Vec<serde_json::Value> = table
+        .columns
+        .iter()
+        .filter_map(|c| {
+            let pattern = match c.ty {
+                ColumnType::Date => values::DATE_PATTERN,
+                ColumnType::Time => values::TIME_PATTERN,
+                _ => return None,
+            };
+            Some(serde_json::json!({ "columnName": c.name, "dateFormat": pattern }))
+        })
+        .collect();
+    if !own.is_empty() {
+        o["additionalColumnOptions"] = own.into();
     }
     o
 }
@@ -436,11 +474,13 @@ mod tests {
                 name: "Order ID".into(),
                 source: ColumnSource::Field("OrderId".into()),
                 typing: Typing::default(),
+                input: Default::default(),
             },
             Column {
                 name: "Date".into(),
                 source: ColumnSource::Field("DeliveryDate".into()),
                 typing: Typing::default(),
+                input: Default::default(),
             },
         ];
         let entries = vec![
@@ -467,6 +507,7 @@ mod tests {
                 name: "id".into(),
                 source: ColumnSource::Field("OrderId".into()),
                 typing: Typing::default(),
+                input: Default::default(),
             },
             Column {
                 name: "Date".into(),
@@ -478,6 +519,7 @@ mod tests {
                     .unwrap(),
                 ),
                 typing: Typing::default(),
+                input: Default::default(),
             },
             Column {
                 name: "Tag".into(),
@@ -486,6 +528,7 @@ mod tests {
                         .unwrap(),
                 ),
                 typing: Typing::default(),
+                input: Default::default(),
             },
         ];
         let entries = vec![
@@ -544,7 +587,7 @@ mod tests {
         let layout = Layout::for_batch(&[], None, &entries);
         let chunks = write_chunks(&layout, &entries, &opts, 1 << 20).unwrap();
         assert_eq!(text(&chunks), ["a;b\r\n\"1;2\";\"q\\\"q\"\r\n"]);
-        let o = parsing_options(&opts);
+        let o = parsing_options(&opts, &TableSpec::default());
         assert_eq!(o["separatorSequence"], ";");
         assert_eq!(o["escapeSequence"], "\\");
         assert_eq!(o["lineEnding"], "\r\n");
@@ -608,6 +651,7 @@ mod tests {
                 name: "A".into(),
                 source: ColumnSource::Field("a".into()),
                 typing: Typing::default(),
+                input: Default::default(),
             }],
             ..spec(1)
         };

@@ -11,6 +11,7 @@ pub mod celonis;
 pub mod csv;
 pub mod http;
 pub mod oauth;
+pub mod preview;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -256,6 +257,13 @@ impl Sink {
             Sink::Celonis(client, _) => Ok(client.settle(batch).await?),
             // An HTTP API has no job to look up: the batch is delivered again.
             Sink::Http(..) => Ok(Settled::NotDelivered),
+        }
+    }
+
+    /// Where the sink's CSV columns come from, sharing its known-columns state.
+    pub fn columns(&self) -> &ColumnSpec {
+        match self {
+            Sink::Celonis(_, columns) | Sink::Http(_, columns) => columns,
         }
     }
 

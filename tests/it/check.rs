@@ -177,3 +177,63 @@ fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
     assert!(stderr.contains("data push emulator started"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+#[tokio::test]
+async fn check_with_a_sample_prints_the_same_json_as_a_dry_run_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "data_dir = \"{}\"\n{}",
+        dir.path().join("data").display(),
+        crate::helpers::pipeline_config(
+            "127.0.0.1:0",
+            "[pipelines.schema]\non_mismatch = \"ignore\"\nfields = { OrderId = \"string\", Quantity = \"integer\" }",
+        )
+    );
+    let path = write(&dir, &config);
+    let body = r#"[{"OrderId":"007","Quantity":2},{"OrderId":"008","Quantity":"x"}]"#;
+    let sample = dir.path().join("payload.json");
+    std::fs::write(&sample, body).unwrap();
+    let out = weir()
+        .args(["check", "-c"])
+        .arg(&path)
+        .arg("--sample")
+        .arg(&sample)
+        .args(["-p", "orders"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\n  \"rows\": ["), "pretty JSON: {stdout}");
+    let offline: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        offline["csv"],
+        serde_json::json!(["OrderId,Quantity\n007,2\n"])
+    );
+
+    let app = crate::helpers::spawn_app(&config).await;
+    let resp = app
+        .post("/hooks/orders?dry_run=true", "application/json", body)
+        .await;
+    let (status, online) = crate::helpers::status_and_json(resp).await;
+    assert_eq!(status, 200);
+    assert_eq!(offline, online);
+
+    let out = weir()
+        .args(["check", "-c"])
+        .arg(&path)
+        .arg("--sample")
+        .arg(&sample)
+        .args(["-p", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pipeline is named \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

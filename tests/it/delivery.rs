@@ -37,7 +37,6 @@ keys = ["Order ID"]
 [pipelines.sink.csv]
 separator = ";"
 line_ending = "\r\n"
-date_format = "dd.MM.yyyy"
 "#;
     let app = spawn_app(&delivery_config(&emu.base, columns, sink)).await;
     assert_eq!(
@@ -67,7 +66,7 @@ date_format = "dd.MM.yyyy"
             "keys": ["Order ID"],
             "csvParsingOptions": {
                 "separatorSequence": ";", "quoteSequence": "\"", "escapeSequence": "\"",
-                "lineEnding": "\r\n", "charSet": "UTF-8", "decimalSeparator": ".", "dateFormat": "dd.MM.yyyy"
+                "lineEnding": "\r\n", "charSet": "UTF-8", "decimalSeparator": ".", "dateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
             },
             "tableSchema": {"tableName": "orders", "columns": [
                 {"columnName": "Order ID", "columnType": "STRING", "fieldLength": 255, "decimals": 0, "pkField": true},

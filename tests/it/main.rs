@@ -7,6 +7,7 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod answers;
 mod check;
 mod crash;
 mod delivery;

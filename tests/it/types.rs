@@ -1,6 +1,7 @@
 //! Typed columns against the real emulator: the create body's `tableSchema`, types reaching
 //! the table, strings longer than Celonis' 80 characters kept whole, and values that do not
-//! fit their column refused at ingest.
+//! fit their column refused at ingest; dates, datetimes, times and decimal commas as senders
+//! write them, reaching the table as what they meant.
 
 use serde_json::json;
 use weir::emulator::EmulatorConfig;
@@ -57,7 +58,7 @@ async fn integer_float_and_boolean_types_and_a_long_string_reach_the_table() {
         concat!(
             r#"{"type":"DELTA","fileType":"CSV","targetName":"orders","#,
             r#""dataPoolId":"8f2c1f9e-0000-4000-8000-000000000001","#,
-            r#""csvParsingOptions":{"separatorSequence":",","quoteSequence":"\"","escapeSequence":"\"","lineEnding":"\n","charSet":"UTF-8","decimalSeparator":"."},"#,
+            r#""csvParsingOptions":{"separatorSequence":",","quoteSequence":"\"","escapeSequence":"\"","lineEnding":"\n","charSet":"UTF-8","decimalSeparator":".","dateFormat":"yyyy-MM-dd'T'HH:mm:ss.SSSXXX"},"#,
             r#""tableSchema":{"tableName":"orders","columns":["#,
             r#"{"columnName":"OrderId","columnType":"STRING","fieldLength":10,"decimals":0,"pkField":false},"#,
             r#"{"columnName":"Quantity","columnType":"INTEGER","fieldLength":0,"decimals":0,"pkField":false},"#,
@@ -145,4 +146,114 @@ async fn a_too_long_value_is_dropped_with_on_mismatch_ignore() {
     let queued = app.queued_fields("orders").await;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0][0], ("OrderId".to_owned(), "1".to_owned()));
+}
+
+/// Seed 000's orders as an ERP sends them: German dates and decimal commas, a timestamp with
+/// an offset, a time of day and an epoch.
+const SEED_ORDERS: &str = r#"
+[pipelines.schema]
+fields = { OrderId = "string", OrderDate = "string", ChangedAt = "string", Slot = "string", Amount = "string", SyncedMs = "integer" }
+[[pipelines.columns]]
+name = "OrderId"
+from = "OrderId"
+[[pipelines.columns]]
+name = "OrderDate"
+from = "OrderDate"
+type = "DATE"
+format = "dd.MM.yyyy"
+[[pipelines.columns]]
+name = "ChangedAt"
+from = "ChangedAt"
+type = "DATETIME"
+format = "yyyy-MM-dd'T'HH:mm:ssXXX"
+[[pipelines.columns]]
+name = "Slot"
+from = "Slot"
+type = "TIME"
+[[pipelines.columns]]
+name = "Amount"
+from = "Amount"
+type = "FLOAT"
+decimals = 2
+decimal_separator = ","
+thousands_separator = "."
+[[pipelines.columns]]
+name = "SyncedAt"
+from = "SyncedMs"
+type = "DATETIME"
+format = "epoch_ms"
+"#;
+
+#[tokio::test]
+async fn dates_times_and_decimal_commas_reach_the_table_as_the_sender_meant() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(&emu.base, SEED_ORDERS, "")).await;
+    let body = json!([
+        {"OrderId": "1", "OrderDate": "12.03.2021", "ChangedAt": "2021-03-12T08:30:00+01:00",
+         "Slot": "14:05", "Amount": "1.234,50", "SyncedMs": 1615537800250_i64},
+        {"OrderId": "2", "OrderDate": "01.01.2000", "ChangedAt": "1999-12-31T23:59:59-02:00",
+         "Slot": "00:00:01.5", "Amount": "-0,5", "SyncedMs": 0}
+    ]);
+    let resp = app.post_json("orders", &body.to_string()).await;
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+
+    let jobs = emu.jobs().await;
+    assert_eq!(
+        jobs[0]["request"]["csvParsingOptions"].to_string(),
+        concat!(
+            r#"{"separatorSequence":",","quoteSequence":"\"","escapeSequence":"\"","lineEnding":"\n","#,
+            r#""charSet":"UTF-8","decimalSeparator":".","dateFormat":"yyyy-MM-dd'T'HH:mm:ss.SSSXXX","#,
+            r#""additionalColumnOptions":[{"columnName":"OrderDate","dateFormat":"yyyy-MM-dd"},"#,
+            r#"{"columnName":"Slot","dateFormat":"HH:mm:ss.SSS"}]}"#,
+        )
+    );
+    let types: Vec<String> = jobs[0]["request"]["tableSchema"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["columnType"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["STRING", "DATE", "DATETIME", "TIME", "FLOAT", "DATETIME"]
+    );
+    let table = emu.table("orders").await;
+    assert_eq!(table.len(), 2, "{table:?}");
+    let row = |id: &str| table.iter().find(|r| r["OrderId"] == id).unwrap().clone();
+    let first = row("1");
+    assert_eq!(first["OrderDate"], "2021-03-12");
+    assert_eq!(first["ChangedAt"], "2021-03-12T07:30:00.000Z");
+    assert_eq!(first["Slot"], "14:05:00.000");
+    assert_eq!(first["Amount"], 1234.5);
+    assert_eq!(first["SyncedAt"], "2021-03-12T08:30:00.250Z");
+    let second = row("2");
+    assert_eq!(second["OrderDate"], "2000-01-01");
+    assert_eq!(second["ChangedAt"], "2000-01-01T01:59:59.000Z");
+    assert_eq!(second["Slot"], "00:00:01.500");
+    assert_eq!(second["Amount"], -0.5);
+    assert_eq!(second["SyncedAt"], "1970-01-01T00:00:00.000Z");
+}
+
+#[tokio::test]
+async fn a_date_that_does_not_match_its_format_is_refused_at_ingest() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&delivery_config(&emu.base, SEED_ORDERS, "")).await;
+    let body = json!([
+        {"OrderId": "1", "OrderDate": "12.03.2021"},
+        {"OrderId": "2", "OrderDate": "2021-03-12"}
+    ]);
+    let resp = app.post_json("orders", &body.to_string()).await;
+    assert_eq!(resp.status(), 422);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains(r#"row 1: field \"OrderDate\" does not parse as its column's type DATE (does not match the format \"dd.MM.yyyy\""#),
+        "{text}"
+    );
+    let resp = app.get("/hooks/orders?OrderId=3&Amount=12%2C5x").await;
+    assert_eq!(resp.status(), 422);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("Amount") && text.contains("FLOAT"), "{text}");
+    assert!(app.queued("orders").await.is_empty(), "nothing queued");
 }

@@ -1,0 +1,101 @@
+//! `?dry_run=true` and `weir check --sample`: a request's rows as parsed, each row's verdict
+//! (accepted, schema mismatch, filtered out) and what the sink would send for the accepted
+//! ones. Nothing is queued, counted or remembered.
+
+use serde::Serialize;
+
+use super::schema::Source;
+use super::{IngestError, check_row, parse::Limits, passes_filter, rows_of};
+use crate::config::{OnMismatch, PipelineConfig};
+use crate::preview::{Preview, SinkPreview};
+use crate::row::Row;
+
+/// The answer to a dry run.
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    pub pipeline: String,
+    pub dry_run: bool,
+    /// What a real request would be answered: the pipeline's success status, or 422 when
+    /// a row does not match the schema and `on_mismatch = "reject"`.
+    pub status: u16,
+    /// Rows a real request would queue (0 when it would be refused with 422).
+    pub accepted: usize,
+    /// Rows a real request would ignore (schema in ignore mode, filter).
+    pub ignored: usize,
+    pub rows: Vec<RowVerdict>,
+    /// The table and the CSV of the rows whose verdict is `accepted`.
+    #[serde(flatten)]
+    pub sink: SinkPreview,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RowVerdict {
+    pub row: Row,
+    /// `accepted`, `schema_mismatch` or `filtered_out`.
+    pub verdict: &'static str,
+    /// Why, for a schema mismatch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Parses a request like ingest does (the same limits and errors), judges each row and
+/// previews what the sink would send. Synchronous, so a large body can run it on the
+/// blocking pool.
+pub fn dry_run(
+    config: &PipelineConfig,
+    body: &[u8],
+    query: Option<&str>,
+    content_type: &str,
+    limits: &Limits,
+    preview: &dyn Preview,
+) -> Result<DryRun, IngestError> {
+    let (rows, source): (Vec<Row>, Source) = rows_of(body, query, content_type, limits)?;
+    let mut verdicts = Vec::with_capacity(rows.len());
+    let mut kept = Vec::new();
+    let mut mismatches = 0;
+    for row in rows {
+        let (row, checked) = match check_row(config, &row, source) {
+            Ok(converted) => (converted.unwrap_or(row), None),
+            Err(m) => (row, Some(m)),
+        };
+        let (verdict, reason) = match checked {
+            Some(m) => {
+                mismatches += 1;
+                (
+                    "schema_mismatch",
+                    Some(format!("field \"{}\" {}", m.field, m.problem)),
+                )
+            }
+            None if !passes_filter(config, &row) => ("filtered_out", None),
+            None => {
+                kept.push(row.clone());
+                ("accepted", None)
+            }
+        };
+        verdicts.push(RowVerdict {
+            row,
+            verdict,
+            reason,
+        });
+    }
+    let rejected = mismatches > 0
+        && config
+            .schema
+            .as_ref()
+            .map_or(OnMismatch::Reject, |s| s.on_mismatch)
+            == OnMismatch::Reject;
+    let total = verdicts.len();
+    Ok(DryRun {
+        pipeline: config.name.clone(),
+        dry_run: true,
+        status: if rejected {
+            422
+        } else {
+            config.response.status
+        },
+        accepted: if rejected { 0 } else { kept.len() },
+        ignored: if rejected { 0 } else { total - kept.len() },
+        rows: verdicts,
+        sink: preview.preview(&kept),
+    })
+}
