@@ -245,6 +245,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(page::routes())
         .merge(read)
         .merge(write)
         .fallback(|| async { AdminError::NoSuchRoute })

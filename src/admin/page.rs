@@ -1,7 +1,61 @@
-//! The last hour's chart of a pipeline, drawn as SVG for `GET /admin/pipelines/{name}/chart.svg`
-//! (the start of the status page; the page itself is not there yet).
+//! The status page: an HTML page, stylesheet and script embedded in the binary and served
+//! without a token at `/` and `/pipelines/{name}`, and the SVG chart of a pipeline's last hour
+//! it shows (`GET /admin/pipelines/{name}/chart.svg`).
+//!
+//! The page holds no data. Its script asks for an admin token, keeps it in the tab's
+//! sessionStorage and sends it as a Bearer header to the admin API; there is no cookie, so
+//! there is nothing for another site to ride on. The Content-Security-Policy allows only this
+//! listener's own script, stylesheet and API, and no inline script.
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
 use crate::history::Minute;
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const PAGE_CSS: &str = include_str!("page/page.css");
+const PAGE_JS: &str = include_str!("page/page.js");
+
+/// What the page may load: its own script, stylesheet and admin API, nothing inline, no
+/// frames, no plugins, no form posts.
+pub(super) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The page's routes, which need no token: the page holds nothing a token protects.
+pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/pipelines/{name}",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route("/page.css", get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }))
+        .route(
+            "/page.js",
+            get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS) }),
+        )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let headers: [(HeaderName, HeaderValue); 6] = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ];
+    (headers, body).into_response()
+}
 
 /// Width and height of the chart's plot area, and its left and top margins.
 const PLOT_W: f64 = 590.0;
