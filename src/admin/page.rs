@@ -27,12 +27,18 @@ pub(super) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src
 /// The page's routes, which need no token: the page holds nothing a token protects.
 pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/pipelines/{name}",
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
         )
-        .route("/page.css", get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }))
+        .route(
+            "/page.css",
+            get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }),
+        )
         .route(
             "/page.js",
             get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS) }),
@@ -51,7 +57,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             HeaderValue::from_static("nosniff"),
         ),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
     ];
     (headers, body).into_response()
