@@ -28,6 +28,8 @@ use crate::config::{AdminToken, QueueConfig, Scope};
 use crate::metrics::Metrics;
 use crate::pipeline::{Counters, Pipeline};
 use crate::queue::{QueueError, now_ms};
+
+mod page;
 use crate::schedule::{ControlError, MAX_RECONCILE_PAGE, RunReport, SchedulerHandle};
 
 /// Rows `GET /admin/pipelines/{name}/rows` returns at most per request.
@@ -226,6 +228,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/pipelines/{name}", get(show))
         .route("/admin/pipelines/{name}/rows", get(peek))
         .route("/admin/pipelines/{name}/dead-letter", get(dead_letter))
+        .route("/admin/pipelines/{name}/history", get(history))
+        .route("/admin/pipelines/{name}/chart.svg", get(chart))
+        .route("/admin/whoami", get(whoami))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = Router::new()
         .route("/admin/pipelines/{name}/pause", patch(pause))
@@ -240,6 +245,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(page::routes())
         .merge(read)
         .merge(write)
         .fallback(|| async { AdminError::NoSuchRoute })
@@ -255,7 +261,14 @@ async fn require_write(State(s): State<AdminState>, req: Request, next: Next) ->
     authorize(&s, Scope::Write, req, next).await
 }
 
-async fn authorize(s: &AdminState, needed: Scope, req: Request, next: Next) -> Response {
+/// Who called, as the token check found them: for handlers that answer about the caller.
+#[derive(Clone)]
+struct Caller {
+    name: String,
+    scope: Scope,
+}
+
+async fn authorize(s: &AdminState, needed: Scope, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -276,6 +289,10 @@ async fn authorize(s: &AdminState, needed: Scope, req: Request, next: Next) -> R
             if needed == Scope::Write {
                 tracing::info!(token = %t.name, method = %req.method(), path = %req.uri().path(), "admin change");
             }
+            req.extensions_mut().insert(Caller {
+                name: t.name.clone(),
+                scope: t.scope,
+            });
             next.run(req).await
         }
     }
@@ -356,9 +373,11 @@ fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
     let c = &p.counters;
     let now = now_ms();
     let (_, failing_since) = p.health();
+    let (state, state_since) = p.state_since();
     json!({
         "name": p.name(),
-        "state": p.state(),
+        "state": state,
+        "state_since": rfc3339(state_since),
         "paused": p.is_paused(),
         "schedule": p.config.schedule.to_string(),
         "queue": {
@@ -373,6 +392,7 @@ fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
         "next_run_at": p.next_run_ms().map(rfc3339),
         "failing_since": failing_since.map(rfc3339),
         "last_run": s.runs.last_run(p.name()).map(LastRun::from),
+        "recent_runs": s.runs.recent_runs(p.name()).into_iter().map(LastRun::from).collect::<Vec<_>>(),
         "worker": if s.runs.worker_error(p.name()).is_some() { "stopped" } else { "running" },
         "worker_error": s.runs.worker_error(p.name()),
         "counters": {
@@ -404,6 +424,37 @@ async fn show(
 ) -> Result<Response, AdminError> {
     let p = s.pipeline(&name)?;
     Ok(axum::Json(view(&s, p)).into_response())
+}
+
+/// The calling token's name and scope, so the status page knows which actions to offer.
+async fn whoami(axum::Extension(c): axum::Extension<Caller>) -> Response {
+    let scope = match c.scope {
+        Scope::Read => "read",
+        Scope::Write => "write",
+    };
+    axum::Json(json!({ "token": c.name, "scope": scope })).into_response()
+}
+
+async fn history(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
+    let p = s.pipeline(&name)?;
+    let minutes = p.counters.history.last_hour(now_ms());
+    Ok(axum::Json(json!({ "minute_ms": 60_000, "minutes": minutes })).into_response())
+}
+
+async fn chart(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
+    let p = s.pipeline(&name)?;
+    let svg = page::chart_svg(&p.counters.history.last_hour(now_ms()));
+    Ok((
+        [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+        svg,
+    )
+        .into_response())
 }
 
 async fn pause(

@@ -108,7 +108,7 @@ pub async fn requeue(p: &Pipeline, offsets: Option<Vec<Offset>>) -> Result<u64, 
         .collect::<Result<Vec<Row>, _>>()?;
     let n = rows.len() as u64;
     p.queue().push(rows).await?;
-    Counters::add(&p.counters.accepted, n);
+    p.counters.accept(n);
     tokio::task::spawn_blocking(move || rewrite(&path, &kept))
         .await
         .map_err(std::io::Error::other)??;

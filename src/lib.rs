@@ -10,6 +10,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod emulator;
 pub mod expr;
+pub mod history;
 pub mod ingest;
 pub mod listener;
 pub mod metrics;

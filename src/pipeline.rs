@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::auth_failure::AuthFailures;
 use crate::config::{PipelineConfig, Schedule};
+use crate::history::History;
 use crate::queue::{Queue, now_ms};
 use crate::sync::lock;
 
@@ -22,6 +23,8 @@ pub struct Pipeline {
     /// Read without a lock on every tick; written only while `persisted` is held.
     paused: AtomicBool,
     health: Mutex<(Health, Option<u64>)>,
+    /// The operator-facing state last seen and since when (ms since the epoch).
+    state_since: Mutex<(State, u64)>,
     /// What `pipeline.json` holds. Held while the file is written, so the flags in memory and
     /// on disk change together and there is one writer at a time.
     persisted: Mutex<PersistedState>,
@@ -70,11 +73,25 @@ pub struct Counters {
     pub auth_failures: AuthFailures,
     /// Requests refused with 429 by the pipeline's `rate_limit`.
     pub rate_limited: AtomicU64,
+    /// Rows accepted and delivered per minute over the last hour.
+    pub history: History,
 }
 
 impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts rows queued, in the total and in this minute's history.
+    pub fn accept(&self, n: u64) {
+        Counters::add(&self.accepted, n);
+        self.history.add_accepted(now_ms(), n);
+    }
+
+    /// Counts rows delivered, in the total and in this minute's history.
+    pub fn deliver(&self, n: u64) {
+        Counters::add(&self.delivered, n);
+        self.history.add_delivered(now_ms(), n);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -143,6 +160,7 @@ impl Pipeline {
             next_run_ms: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             health: Mutex::new((Health::Active, None)),
+            state_since: Mutex::new((State::Active, now_ms())),
             persisted: Mutex::new(PersistedState::default()),
             delivered: tokio::sync::watch::Sender::new(None),
             run_wanted: tokio::sync::Notify::new(),
@@ -207,6 +225,8 @@ impl Pipeline {
         write_state(&self.config.state_dir, &next)?;
         *persisted = next;
         self.paused.store(paused, Ordering::SeqCst);
+        drop(persisted);
+        self.note_state();
         Ok(())
     }
 
@@ -220,6 +240,8 @@ impl Pipeline {
             self.set_health_only(Health::Failing, Some(since));
         }
         *persisted = state;
+        drop(persisted);
+        self.note_state();
         Ok(())
     }
 
@@ -258,7 +280,30 @@ impl Pipeline {
             (_, next) => next,
         };
         *current = (health, since);
+        drop(current);
+        self.note_state();
         since
+    }
+
+    /// Records when the state changed, if it did. FAILING counts from the failure clock, so
+    /// a restored failure keeps its start.
+    fn note_state(&self) {
+        let state = self.state();
+        let mut seen = lock(&self.state_since);
+        if seen.0 != state {
+            let since = match state {
+                State::Failing => self.health().1.unwrap_or_else(now_ms),
+                _ => now_ms(),
+            };
+            *seen = (state, since);
+        }
+    }
+
+    /// The state operators see and since when (ms since the epoch; the process start for a
+    /// state held since then).
+    pub fn state_since(&self) -> (State, u64) {
+        self.note_state();
+        *lock(&self.state_since)
     }
 
     pub fn state(&self) -> State {

@@ -7,7 +7,7 @@
 //! Architecture Invariant: a pipeline never has two runs at once — all runs happen in its
 //! single worker task; ticks that arrive during a run are coalesced into at most one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,7 +136,7 @@ async fn settle_open(p: &Pipeline, sink: &Sink, carry: &mut Carry) -> Result<Set
             rows,
             "delivered rows committed on retry"
         );
-        Counters::add(&p.counters.delivered, rows);
+        p.counters.deliver(rows);
         return Ok(Settling { rows, job_id });
     }
     let Some(batch) = p.queue().in_flight() else {
@@ -154,7 +154,7 @@ async fn settle_open(p: &Pipeline, sink: &Sink, carry: &mut Carry) -> Result<Set
             );
             let rows = span_rows(&batch);
             commit_delivered(p, batch, carry).await?;
-            Counters::add(&p.counters.delivered, rows);
+            p.counters.deliver(rows);
             Ok(Settling { rows, job_id: job })
         }
         Ok(Settled::NotDelivered) => {
@@ -279,7 +279,7 @@ async fn push(
                 report.error = Some(e);
                 return;
             }
-            Counters::add(&p.counters.delivered, rows as u64);
+            p.counters.deliver(rows as u64);
             report.outcome = Outcome::Delivered;
             if let Some(cut) = delivered.cut {
                 tracing::warn!(pipeline = p.name(), rows, queued = entries.len(), error = %cut, "batch cut to max_columns");
@@ -310,7 +310,7 @@ async fn push(
                 match commit_delivered(p, batch, carry).await {
                     Ok(()) => {
                         let rows = entries.iter().take_while(|e| e.offset <= through);
-                        Counters::add(&p.counters.delivered, rows.count() as u64);
+                        p.counters.deliver(rows.count() as u64);
                     }
                     Err(error) => tracing::error!(
                         pipeline = p.name(),
@@ -421,7 +421,7 @@ impl Isolation<'_> {
                     return Piece::Stop(e, None);
                 }
                 self.delivered += rows.len();
-                Counters::add(&p.counters.delivered, rows.len() as u64);
+                p.counters.deliver(rows.len() as u64);
                 Piece::Done
             }
             Err(e) => {
@@ -652,10 +652,16 @@ pub struct Replayed {
 #[derive(Clone, Default)]
 pub struct SchedulerHandle {
     commands: Arc<HashMap<String, mpsc::Sender<Command>>>,
-    last_runs: Arc<HashMap<String, Arc<Mutex<Option<RunReport>>>>>,
+    last_runs: Arc<HashMap<String, RecentRuns>>,
     /// Why a pipeline's worker stopped, once it did (other than at shutdown).
     worker_errors: Arc<HashMap<String, WorkerError>>,
 }
+
+/// A pipeline's last [`RECENT_RUNS`] run reports, oldest first.
+type RecentRuns = Arc<Mutex<VecDeque<RunReport>>>;
+
+/// How many run reports a pipeline keeps for the admin API.
+pub const RECENT_RUNS: usize = 10;
 
 /// Set when a worker ended for any reason but shutdown.
 type WorkerError = Arc<Mutex<Option<String>>>;
@@ -757,7 +763,15 @@ impl SchedulerHandle {
     /// The report of the pipeline's last run.
     pub fn last_run(&self, pipeline: &str) -> Option<RunReport> {
         let slot = self.last_runs.get(pipeline)?;
-        lock(slot).clone()
+        lock(slot).back().cloned()
+    }
+
+    /// The reports of the pipeline's last [`RECENT_RUNS`] runs, newest first.
+    pub fn recent_runs(&self, pipeline: &str) -> Vec<RunReport> {
+        self.last_runs
+            .get(pipeline)
+            .map(|slot| lock(slot).iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -792,7 +806,7 @@ impl Scheduler {
                 Schedule::Cron(expr) => Job::new_async(expr.as_str(), tick)?,
             };
             let job_id = cron.add(job).await?;
-            let last_run = Arc::new(Mutex::new(None));
+            let last_run = Arc::new(Mutex::new(VecDeque::new()));
             commands.insert(p.name().to_owned(), command_tx);
             last_runs.insert(p.name().to_owned(), last_run.clone());
             let worker = Worker {
@@ -842,7 +856,7 @@ struct Worker {
     policy: Policy,
     cron: JobScheduler,
     job_id: uuid::Uuid,
-    last_run: Arc<Mutex<Option<RunReport>>>,
+    last_run: RecentRuns,
     /// When the next retry or probe is due, while FAILING or SUSPENDED.
     retry_at: Option<Instant>,
     carry: Carry,
@@ -944,7 +958,12 @@ impl Worker {
             now_ms().saturating_sub(Instant::now().saturating_duration_since(t).as_millis() as u64)
         });
         self.pipeline.set_health(after, since_ms);
-        *lock(&self.last_run) = Some(report.clone());
+        let mut runs = lock(&self.last_run);
+        if runs.len() == RECENT_RUNS {
+            runs.pop_front();
+        }
+        runs.push_back(report.clone());
+        drop(runs);
         report
     }
 
@@ -1034,7 +1053,7 @@ impl Worker {
 
     /// Moves rows past retention to the dead-letter file.
     async fn sweep(&self) {
-        let reason = match lock(&self.last_run).as_ref() {
+        let reason = match lock(&self.last_run).back() {
             Some(RunReport { error: Some(e), .. }) => {
                 format!("not delivered within retention; last error: {e}")
             }

@@ -448,7 +448,7 @@ async fn accept(
             push_error(pipeline, e)
         })?);
     }
-    Counters::add(&pipeline.counters.accepted, accepted as u64);
+    pipeline.counters.accept(accepted as u64);
     Counters::add(&pipeline.counters.ignored, ignored as u64);
     if let Some(r) = reservation {
         r.accepted(

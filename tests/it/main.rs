@@ -18,6 +18,7 @@ mod helpers;
 mod ingest;
 mod isolation;
 mod outbound;
+mod page;
 mod security;
 mod soak;
 mod spool;
