@@ -1,9 +1,12 @@
 //! The status page: served without a token from the admin listener, with its strict
-//! Content-Security-Policy, and the script and stylesheet it loads from the same listener.
+//! Content-Security-Policy, and the script and stylesheet it loads from the same listener; and
+//! the page driven in a real browser (chromium through chromedriver).
 
 use reqwest::Method;
 
-use crate::helpers::{ADMIN, delivery_config, spawn_app};
+use weir::emulator::EmulatorConfig;
+
+use crate::helpers::{ADMIN, WRITE_TOKEN, delivery_config, spawn_app, spawn_emulator};
 
 #[tokio::test]
 async fn the_status_page_is_served_without_a_token_under_a_strict_content_security_policy() {
@@ -89,14 +92,23 @@ fn start_driver() -> Driver {
     }
 }
 
+/// Waits (bounded by fantoccini's 30 s default) for an element matching the XPath.
+async fn until(c: &fantoccini::Client, xpath: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .for_element(fantoccini::Locator::XPath(xpath))
+        .await
+        .unwrap_or_else(|e| panic!("the page never showed {xpath}: {e}"))
+}
+
 #[tokio::test]
-async fn signing_in_shows_the_pipeline_and_pause_shows_paused_in_a_real_browser() {
+async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_browser() {
     use fantoccini::{ClientBuilder, Locator};
-    let app = spawn_app(&format!(
-        "{ADMIN}\n{}",
-        delivery_config("http://127.0.0.1:9", "", "")
-    ))
+    let emu = spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..EmulatorConfig::default()
+    })
     .await;
+    let app = spawn_app(&format!("{ADMIN}\n{}", delivery_config(&emu.base, "", ""))).await;
     let driver = start_driver();
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -116,14 +128,17 @@ async fn signing_in_shows_the_pipeline_and_pause_shows_paused_in_a_real_browser(
             Err(e) if tokio::time::Instant::now() > deadline => {
                 panic!("chromedriver at {} did not answer: {e}", driver.url)
             }
+            // chromedriver is still starting: poll it, within the deadline.
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     };
+
+    // A wrong token is told, not silently shown an empty page.
     c.goto(&app.admin_url("/")).await.unwrap();
     c.find(Locator::Id("token"))
         .await
         .unwrap()
-        .send_keys(crate::helpers::WRITE_TOKEN)
+        .send_keys("not-a-token")
         .await
         .unwrap();
     c.find(Locator::Id("sign-in-button"))
@@ -132,29 +147,103 @@ async fn signing_in_shows_the_pipeline_and_pause_shows_paused_in_a_real_browser(
         .click()
         .await
         .unwrap();
-    let state = c
-        .wait()
-        .for_element(Locator::Css("[data-pipeline=orders] [data-field=state]"))
-        .await
-        .unwrap();
-    assert_eq!(state.text().await.unwrap(), "ACTIVE");
-    c.find(Locator::Css("[data-pipeline=orders] [data-action=pause]"))
+    until(&c, "//*[contains(text(), 'was not accepted')]").await;
+
+    // The write token: the pipeline, ACTIVE, with its buttons.
+    let token = c.find(Locator::Id("token")).await.unwrap();
+    token.clear().await.unwrap();
+    token.send_keys(WRITE_TOKEN).await.unwrap();
+    c.find(Locator::Id("sign-in-button"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    c.wait()
-        .for_element(Locator::XPath(
-            "//*[@data-pipeline='orders']//*[@data-field='state' and text()='PAUSED']",
-        ))
+    until(
+        &c,
+        "//*[@data-pipeline='orders']//*[@data-field='state' and text()='ACTIVE']",
+    )
+    .await;
+
+    // Rows posted by a sender show in the accepted counter without a reload.
+    let resp = app
+        .post_json(
+            "orders",
+            r#"[{"OrderId":"1"},{"OrderId":"2"},{"OrderId":"3"}]"#,
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    until(
+        &c,
+        "//*[@data-pipeline='orders']//*[@data-counter='accepted' and normalize-space(text())='3']",
+    )
+    .await;
+
+    // Pause, then resume.
+    for (action, state) in [("pause", "PAUSED"), ("resume", "ACTIVE")] {
+        c.find(Locator::Css(&format!(
+            "[data-pipeline=orders] [data-action={action}]"
+        )))
+        .await
+        .unwrap()
+        .click()
         .await
         .unwrap();
-    std::fs::write(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.png"),
-        c.screenshot().await.unwrap(),
+        until(
+            &c,
+            &format!("//*[@data-pipeline='orders']//*[@data-field='state' and text()='{state}']"),
+        )
+        .await;
+    }
+
+    // Flush: the run's job id shows in the last runs, and it is the emulator's job.
+    c.find(Locator::Css("[data-pipeline=orders] [data-action=flush]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cell = until(
+        &c,
+        "//*[@data-pipeline='orders']//td[contains(@class, 'job') and text()!='—']",
     )
-    .unwrap();
+    .await;
+    let jobs = emu.jobs().await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        cell.text().await.unwrap(),
+        jobs[0]["id"].as_str().unwrap(),
+        "the last run's job id"
+    );
+    until(
+        &c,
+        "//*[@data-pipeline='orders']//*[@data-counter='delivered' and normalize-space(text())='3']",
+    )
+    .await;
+
+    // The chart's accepted line rises above the axis for the minute the rows came in.
+    let line = until(
+        &c,
+        "//*[@data-pipeline='orders']//*[local-name()='polyline' and contains(@class, 'accepted')]",
+    )
+    .await;
+    let points = line.attr("points").await.unwrap().unwrap_or_default();
+    let ys: std::collections::BTreeSet<&str> = points
+        .split_whitespace()
+        .filter_map(|p| p.split(',').nth(1))
+        .collect();
+    assert!(ys.len() >= 2, "a flat accepted line: {points:?}");
+
+    // Saved on every run; `WEIR_UPDATE_SCREENSHOT=1` also updates the README's copy.
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(std::env::temp_dir().join("weir-status-page.png"), &png).unwrap();
+    if std::env::var_os("WEIR_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.png"),
+            &png,
+        )
+        .unwrap();
+    }
     c.close().await.unwrap();
     app.shutdown().await;
 }
