@@ -240,6 +240,23 @@ pub fn describe(c: &Config) -> String {
                     },
                     humantime::format_duration(s.poll_timeout)
                 );
+                if !s.keys.is_empty() {
+                    let mut per_key = vec![format!(
+                        "latest row of a key wins ({})",
+                        match s.dedupe {
+                            super::Dedupe::Client => "dedupe client: weir sends only that row",
+                            super::Dedupe::Server =>
+                                "dedupe server: every row with weir_seq, duplicateRemovalColumn=weir_seq",
+                        }
+                    )];
+                    if let Some(d) = &s.delete_when {
+                        per_key.push(format!("deleted when {}", d.source()));
+                    }
+                    if let Some(u) = s.upsert_strategy {
+                        per_key.push(format!("upsert strategy {}", u.as_str()));
+                    }
+                    let _ = writeln!(w, "  per key: {}", per_key.join(", "));
+                }
             }
             SinkConfig::Http(h) => {
                 let auth = match &h.auth {

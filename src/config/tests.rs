@@ -854,3 +854,31 @@ app_key = "k"
         "{errs:?}"
     );
 }
+
+#[test]
+fn check_output_shows_how_a_keyed_table_treats_duplicates_and_deletes() {
+    let text = r#"
+[[pipelines]]
+name = "orders"
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "p1"
+target_name = "orders"
+app_key = "k"
+keys = ["OrderId"]
+dedupe = "server"
+delete_when = "row.op == 'delete'"
+upsert_strategy = "UPSERT_WITH_UNCHANGED_METADATA"
+"#;
+    let config = Config::load(text, &env()).unwrap();
+    let out = describe::describe(&config);
+    assert!(
+        out.contains(
+            "  per key: latest row of a key wins (dedupe server: every row with weir_seq, \
+             duplicateRemovalColumn=weir_seq), deleted when row.op == 'delete', upsert strategy \
+             UPSERT_WITH_UNCHANGED_METADATA\n"
+        ),
+        "{out}"
+    );
+}
