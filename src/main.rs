@@ -58,6 +58,29 @@ enum Command {
         #[arg(long, conflicts_with = "sample")]
         online: bool,
     },
+    /// Backfill a file (.csv, .jsonl or .json) through a pipeline in runs of
+    /// max_rows_per_run, with the pipeline's checks, columns and sink; --resume continues
+    /// a push that stopped, without sending a row twice.
+    Push {
+        /// Config file [default: $WEIR_CONFIG, else config/weir.toml]
+        #[arg(short, long, env = "WEIR_CONFIG")]
+        config: Option<PathBuf>,
+        /// The pipeline to push through.
+        #[arg(short, long)]
+        pipeline: String,
+        /// Continue the push of this file that stopped (its state is in
+        /// {data_dir}/push/{pipeline}-{hash}/).
+        #[arg(long)]
+        resume: bool,
+        /// Failed runs in a row before giving up (the push can then be resumed).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        max_failures: u32,
+        /// Print the summary as JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The file: CSV with a header line, JSON Lines, or a JSON array of objects.
+        file: PathBuf,
+    },
     /// Run the built-in Celonis Data Push emulator on its own, or query its tables.
     #[command(args_conflicts_with_subcommands = true)]
     Emulator {
@@ -108,7 +131,12 @@ enum EmulatorCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // A push shows its own progress: only warnings and errors are logged by default.
+    let default_level = match cli.command {
+        Command::Push { .. } => "warn",
+        _ => "info,tokio_cron_scheduler=warn",
+    };
+    init_tracing(cli.log_format, default_level);
     match cli.command {
         Command::Check {
             config,
@@ -119,6 +147,23 @@ fn main() -> ExitCode {
             (Some(sample), Some(pipeline)) => check_sample(config, &sample, &pipeline),
             _ => check(config, online),
         },
+        Command::Push {
+            config,
+            pipeline,
+            resume,
+            max_failures,
+            json,
+            file,
+        } => push(
+            config,
+            weir::push::Options {
+                pipeline,
+                file,
+                resume,
+                max_failures,
+            },
+            json,
+        ),
         Command::Emulator {
             command: Some(EmulatorCommand::Query { sql, database }),
             ..
@@ -140,9 +185,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     // Colours only on a terminal: a journal, a file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -217,6 +262,42 @@ fn check_sample(config: Option<PathBuf>, sample: &std::path::Path, pipeline: &st
         }
         Err(e) => {
             eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn push(config: Option<PathBuf>, options: weir::push::Options, json: bool) -> ExitCode {
+    let path = config_path(config);
+    let config = match load(&path) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weir: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut watch = weir::push::watch::for_stderr();
+    match runtime.block_on(weir::push::push(&config, &options, watch.as_mut())) {
+        Ok(summary) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(summary) => {
+            print!("{}", summary.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir: {e}");
             ExitCode::FAILURE
         }
     }

@@ -389,18 +389,12 @@ fn read_state(dir: &std::path::Path) -> std::io::Result<PersistedState> {
 /// Writes the state file atomically: temp file, fsync, rename, fsync the directory. The
 /// caller holds `Pipeline::persisted`, so there is one writer of the temp file at a time.
 fn write_state(dir: &std::path::Path, state: &PersistedState) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
     let state = PersistedState {
         version: STATE_VERSION,
         ..state.clone()
     };
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(&state).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    let body = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
+    crate::durable::replace(&dir.join(STATE_FILE), &body)
 }
 
 #[cfg(test)]

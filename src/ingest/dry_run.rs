@@ -5,7 +5,8 @@
 use serde::Serialize;
 
 use super::schema::Source;
-use super::{IngestError, check_row, parse::Limits, passes_filter, rows_of};
+use super::screen::{Verdict, judge};
+use super::{IngestError, parse::Limits, rows_of};
 use crate::config::{OnMismatch, PipelineConfig};
 use crate::preview::{Preview, SinkPreview};
 use crate::row::Row;
@@ -54,23 +55,16 @@ pub fn dry_run(
     let mut kept = Vec::new();
     let mut mismatches = 0;
     for row in rows {
-        let (row, checked) = match check_row(config, &row, source) {
-            Ok(converted) => (converted.unwrap_or(row), None),
-            Err(m) => (row, Some(m)),
-        };
-        let (verdict, reason) = match checked {
-            Some(m) => {
+        let (row, verdict, reason) = match judge(config, row.clone(), source) {
+            Verdict::Keep(kept_row) => {
+                kept.push(kept_row.clone());
+                (kept_row, "accepted", None)
+            }
+            Verdict::Mismatch(reason) => {
                 mismatches += 1;
-                (
-                    "schema_mismatch",
-                    Some(format!("field \"{}\" {}", m.field, m.problem)),
-                )
+                (row, "schema_mismatch", Some(reason))
             }
-            None if !passes_filter(config, &row) => ("filtered_out", None),
-            None => {
-                kept.push(row.clone());
-                ("accepted", None)
-            }
+            Verdict::Filtered(converted) => (converted, "filtered_out", None),
         };
         verdicts.push(RowVerdict {
             row,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod parse;
 pub mod replay;
 pub mod schema;
+pub mod screen;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -217,21 +217,13 @@ fn used_on_disk(file: &Path, hour: u64, limits: &CelonisLimits) -> u32 {
 
 /// Writes the count atomically: temp file, fsync, rename, fsync the directory.
 fn write_file(file: &Path, hour: u64, used: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = file.with_extension("json.tmp");
     let body = serde_json::to_vec(&BudgetFile {
         version: FILE_VERSION,
         hour,
         used,
     })
     .map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, file)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::durable::replace(file, &body)
 }
 
 /// One budget per team, created on first use.

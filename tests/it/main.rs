@@ -19,6 +19,7 @@ mod ingest;
 mod isolation;
 mod outbound;
 mod page;
+mod push;
 mod security;
 mod soak;
 mod spool;
