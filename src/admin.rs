@@ -87,6 +87,10 @@ pub enum AdminError {
     OffsetAhead(QueueError),
     #[error(transparent)]
     QueueFailed(QueueError),
+    #[error("the payload is larger than server.max_body_bytes ({limit} bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("the payload could not be read: {0}")]
+    PayloadUnreadable(String),
 }
 
 impl AdminError {
@@ -125,6 +129,10 @@ impl AdminError {
             AdminError::OffsetGone(_) => (StatusCode::CONFLICT, "offset_gone", None),
             AdminError::OffsetAhead(_) => (StatusCode::BAD_REQUEST, "offset_ahead", None),
             AdminError::QueueFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "queue_failed", None),
+            AdminError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None)
+            }
+            AdminError::PayloadUnreadable(_) => (StatusCode::BAD_REQUEST, "body_unreadable", None),
         }
     }
 }
@@ -181,6 +189,18 @@ impl Readiness {
     }
 }
 
+/// Dry runs of a payload against a pipeline, for the status page's "try a payload" box
+/// (`POST /admin/pipelines/{name}/dry-run`). `app.rs` wires in ingest's, so this module never
+/// names ingest or the sink.
+pub trait Tryout: Send + Sync + 'static {
+    /// What `POST /hooks/{pipeline}?dry_run=true` would answer for this body and media
+    /// type, without the sender check: a 200 with the rows' verdicts and the sink's
+    /// preview, or ingest's own error. The pipeline exists.
+    fn dry_run(&self, pipeline: &str, body: &[u8], content_type: &str) -> Response;
+    /// The largest body a hook takes (`server.max_body_bytes`).
+    fn max_body_bytes(&self) -> usize;
+}
+
 /// What the admin router can reach.
 #[derive(Clone)]
 pub struct AdminState {
@@ -190,6 +210,7 @@ pub struct AdminState {
     tokens: Arc<Vec<AdminToken>>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    tryout: Option<Arc<dyn Tryout>>,
 }
 
 impl AdminState {
@@ -212,7 +233,14 @@ impl AdminState {
             tokens: Arc::new(tokens),
             metrics,
             readiness,
+            tryout: None,
         }
+    }
+
+    /// Serves `POST /admin/pipelines/{name}/dry-run` with `tryout`.
+    pub fn with_tryout(mut self, tryout: Arc<dyn Tryout>) -> AdminState {
+        self.tryout = Some(tryout);
+        self
     }
 
     fn pipeline(&self, name: &str) -> Result<&Arc<Pipeline>, AdminError> {
@@ -231,6 +259,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/pipelines/{name}/history", get(history))
         .route("/admin/pipelines/{name}/chart.svg", get(chart))
         .route("/admin/whoami", get(whoami))
+        .route("/admin/pipelines/{name}/dry-run", post(dry_run))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = Router::new()
         .route("/admin/pipelines/{name}/pause", patch(pause))
@@ -433,6 +462,35 @@ async fn whoami(axum::Extension(c): axum::Extension<Caller>) -> Response {
         Scope::Write => "write",
     };
     axum::Json(json!({ "token": c.name, "scope": scope })).into_response()
+}
+
+/// `POST /admin/pipelines/{name}/dry-run`: a dry run of the body (read scope: it changes
+/// nothing). The body is read up to `server.max_body_bytes` and judged on the blocking pool.
+async fn dry_run(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, AdminError> {
+    s.pipeline(&name)?;
+    let tryout = s.tryout.clone().ok_or(AdminError::NoSuchRoute)?;
+    let limit = tryout.max_body_bytes();
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            AdminError::PayloadTooLarge { limit }
+        } else {
+            AdminError::PayloadUnreadable(e.to_string())
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    tokio::task::spawn_blocking(move || tryout.dry_run(&name, &body, &content_type))
+        .await
+        .map_err(|e| AdminError::PayloadUnreadable(format!("the dry run failed: {e}")))
 }
 
 async fn history(
@@ -678,6 +736,8 @@ mod tests {
                 next: 3,
             }),
             AdminError::QueueFailed(QueueError::Io(io())),
+            AdminError::PayloadTooLarge { limit: 1 << 20 },
+            AdminError::PayloadUnreadable("connection reset".into()),
         ];
         for e in &all {
             match e {
@@ -699,7 +759,9 @@ mod tests {
                 | AdminError::Unsupported(_)
                 | AdminError::OffsetGone(_)
                 | AdminError::OffsetAhead(_)
-                | AdminError::QueueFailed(_) => {}
+                | AdminError::QueueFailed(_)
+                | AdminError::PayloadTooLarge { .. }
+                | AdminError::PayloadUnreadable(_) => {}
             }
         }
         all

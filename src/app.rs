@@ -123,7 +123,20 @@ impl App {
                     metrics.clone(),
                     readiness.clone(),
                 );
-                let router = admin::router(state);
+                let tryout = Tryout {
+                    pipelines: config
+                        .pipelines
+                        .iter()
+                        .map(|p| (p.name.clone(), p.clone()))
+                        .collect(),
+                    previews: previews.clone(),
+                    limits: ingest::parse_limits(
+                        &config.server.limits,
+                        config.server.max_body_bytes,
+                    ),
+                    max_body_bytes: config.server.max_body_bytes,
+                };
+                let router = admin::router(state.with_tryout(Arc::new(tryout)));
                 let settings = listener::Settings {
                     max_connections: a.max_connections,
                     header_read_timeout: a.header_read_timeout,
@@ -299,6 +312,40 @@ async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::R
     emulator::start(config, settings.listen, stage.tracker(), stage.token())
         .await
         .context("starting the in-process emulator of [emulator]")
+}
+
+/// The admin API's dry runs, through ingest's, with the sink's previews.
+struct Tryout {
+    pipelines: std::collections::HashMap<String, crate::config::PipelineConfig>,
+    previews: ingest::Previews,
+    limits: ingest::parse::Limits,
+    max_body_bytes: usize,
+}
+
+impl admin::Tryout for Tryout {
+    fn dry_run(&self, pipeline: &str, body: &[u8], content_type: &str) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let (Some(config), Some(preview)) =
+            (self.pipelines.get(pipeline), self.previews.get(pipeline))
+        else {
+            return ingest::IngestError::UnknownPipeline(pipeline.to_owned()).into_response();
+        };
+        match ingest::dry_run::dry_run(
+            config,
+            body,
+            None,
+            content_type,
+            &self.limits,
+            preview.as_ref(),
+        ) {
+            Ok(d) => (axum::http::StatusCode::OK, axum::Json(d)).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
 }
 
 /// `weir check --sample FILE -p NAME`: a dry run of the file's rows against a pipeline,

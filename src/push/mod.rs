@@ -1011,7 +1011,10 @@ mod tests {
     #[test]
     fn the_format_is_told_by_the_extension_and_an_unknown_one_is_named() {
         assert_eq!(Format::of(Path::new("a.CSV")).unwrap(), Format::Csv);
-        assert_eq!(Format::of(Path::new("a.ndjson")).unwrap(), Format::JsonLines);
+        assert_eq!(
+            Format::of(Path::new("a.ndjson")).unwrap(),
+            Format::JsonLines
+        );
         assert_eq!(Format::of(Path::new("a.json")).unwrap(), Format::Json);
         let e = Format::of(Path::new("a.xlsx")).unwrap_err().to_string();
         assert!(e.contains("a.xlsx: cannot tell the format"), "{e}");

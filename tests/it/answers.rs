@@ -6,8 +6,8 @@ use serde_json::json;
 use weir::emulator::EmulatorConfig;
 
 use crate::helpers::{
-    ADMIN, TestApp, TestEmulator, delivery_config, pipeline_config, spawn_app, spawn_emulator,
-    status_and_json,
+    ADMIN, READ_TOKEN, TestApp, TestEmulator, delivery_config, pipeline_config, spawn_app,
+    spawn_emulator, status_and_json,
 };
 
 fn github_signature(key: &[u8], body: &str) -> String {
@@ -193,6 +193,77 @@ async fn a_dry_run_shows_rows_verdicts_columns_and_csv_and_queues_nothing() {
     );
     assert_eq!(view["counters"]["ignored"], 0);
     assert!(app.queued("orders").await.is_empty());
+}
+
+/// The status page's "try a payload": the admin API's dry run, with a read token.
+async fn admin_dry_run(
+    app: &TestApp,
+    pipeline: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(app.admin_url(&format!("/admin/pipelines/{pipeline}/dry-run")))
+        .bearer_auth(READ_TOKEN)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    status_and_json(resp).await
+}
+
+#[tokio::test]
+async fn the_admin_dry_run_answers_as_the_hook_does_and_refuses_what_the_hook_refuses() {
+    let emu = emulator().await;
+    let app = spawn_app(&format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, TYPED, "keys = [\"OrderId\"]")
+    ))
+    .await;
+    let body =
+        r#"[{"OrderId":"007","Quantity":3,"Status":"new"},{"OrderId":"008","Quantity":"three"}]"#;
+    let (hook_status, from_hook) = dry_run(&app, body).await;
+    let (status, from_admin) = admin_dry_run(&app, "orders", "application/json", body).await;
+    assert_eq!((hook_status, status), (200, 200), "{from_admin}");
+    assert_eq!(from_admin, from_hook, "the same answer as ?dry_run=true");
+
+    let (status, e) =
+        admin_dry_run(&app, "orders", "application/x-ndjson", "{\"OrderId\":\n").await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"], "malformed_body");
+    let (status, e) = admin_dry_run(&app, "orders", "text/plain", "x").await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (status, e) = admin_dry_run(&app, "nope", "application/json", "{}").await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (404, Some("unknown_pipeline"))
+    );
+    // Over server.max_body_bytes (1 MiB by default): refused before it is judged.
+    let big = format!("[{}]", vec![r#"{"OrderId":"1"}"#; 80_000].join(","));
+    let (status, e) = admin_dry_run(&app, "orders", "application/json", big).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{e}"
+    );
+    // Without a token it is refused like every admin route.
+    let resp = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/pipelines/orders/dry-run",
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 401);
+
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["queue"]["rows"], 0, "nothing queued");
+    assert_eq!(view["counters"]["accepted"], 0);
+    assert_eq!(view["counters"]["rejected"], 0, "dry runs count nothing");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use reqwest::Method;
 
 use weir::emulator::EmulatorConfig;
 
-use crate::helpers::{ADMIN, WRITE_TOKEN, delivery_config, spawn_app, spawn_emulator};
+use crate::helpers::{ADMIN, READ_TOKEN, WRITE_TOKEN, delivery_config, spawn_app, spawn_emulator};
 
 #[tokio::test]
 async fn the_status_page_is_served_without_a_token_under_a_strict_content_security_policy() {
@@ -108,7 +108,12 @@ async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_bro
         ..EmulatorConfig::default()
     })
     .await;
-    let app = spawn_app(&format!("{ADMIN}\n{}", delivery_config(&emu.base, "", ""))).await;
+    let schema = "[pipelines.schema]\nrequired = [\"OrderId\"]\non_mismatch = \"ignore\"";
+    let app = spawn_app(&format!(
+        "{ADMIN}\n{}",
+        delivery_config(&emu.base, schema, "")
+    ))
+    .await;
     let driver = start_driver();
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -234,6 +239,49 @@ async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_bro
         .collect();
     assert!(ys.len() >= 2, "a flat accepted line: {points:?}");
 
+    // Try a payload: each row's verdict and the exact CSV, with nothing queued.
+    c.find(Locator::Css("[data-pipeline=orders] details.try summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css(
+        "[data-pipeline=orders] [data-field=try_payload]",
+    ))
+    .await
+    .unwrap()
+    .send_keys(r#"[{"OrderId": "0145632053", "Quantity": "3"}, {"Quantity": "1"}]"#)
+    .await
+    .unwrap();
+    c.find(Locator::Css("[data-pipeline=orders] [data-action=try]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let summary = until(
+        &c,
+        "//*[@data-pipeline='orders']//*[@data-field='try_summary']",
+    )
+    .await;
+    assert_eq!(
+        summary.text().await.unwrap(),
+        "A real request would be answered 202: 1 accepted, 1 ignored."
+    );
+    until(
+        &c,
+        "//*[@data-pipeline='orders']//tr[@data-verdict='schema_mismatch']//td[contains(text(), 'OrderId')]",
+    )
+    .await;
+    let csv = until(&c, "//*[@data-pipeline='orders']//*[@data-field='try_csv']").await;
+    assert_eq!(csv.text().await.unwrap(), "OrderId,Quantity\n0145632053,3");
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(
+        view["counters"]["accepted"], 3,
+        "the dry run queued nothing"
+    );
+
     // Saved on every run; `WEIR_UPDATE_SCREENSHOT=1` also updates the README's copy.
     let png = c.screenshot().await.unwrap();
     std::fs::write(std::env::temp_dir().join("weir-status-page.png"), &png).unwrap();
@@ -243,6 +291,48 @@ async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_bro
             &png,
         )
         .unwrap();
+    }
+
+    // A read token sees the pipeline and its counters, and no buttons.
+    c.find(Locator::Id("sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let token = until(&c, "//input[@id='token']").await;
+    token.send_keys(READ_TOKEN).await.unwrap();
+    c.find(Locator::Id("sign-in-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "//*[@data-pipeline='orders']//*[@data-counter='delivered' and normalize-space(text())='3']",
+    )
+    .await;
+    assert_eq!(
+        c.find(Locator::Id("who-scope"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "read"
+    );
+    for action in ["pause", "resume", "flush", "download", "requeue"] {
+        let button = c
+            .find(Locator::Css(&format!(
+                "[data-pipeline=orders] [data-action={action}]"
+            )))
+            .await
+            .unwrap();
+        assert!(
+            !button.is_displayed().await.unwrap(),
+            "{action} is shown to a read token"
+        );
     }
     c.close().await.unwrap();
     app.shutdown().await;

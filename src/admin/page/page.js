@@ -43,10 +43,13 @@ function token() {
 }
 
 /** One admin API call with the Bearer token; a non-2xx answer throws an ApiError. */
-async function api(method, path) {
+async function api(method, path, body = null, contentType = null) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  if (contentType) headers["Content-Type"] = contentType;
   const resp = await fetch(path, {
     method,
-    headers: { Authorization: `Bearer ${token()}` },
+    headers,
+    body,
     credentials: "omit",
     cache: "no-store",
   });
@@ -241,11 +244,96 @@ function card(name) {
       field("runs", "tbody"),
     ),
   );
+  section.append(tryBox(name, base, f));
   f.actions = actions;
   f.section = section;
   cards.set(name, f);
   $("pipelines").append(section);
   return f;
+}
+
+// ---- "try a payload": a dry run through the admin API, nothing queued
+
+const MEDIA = [
+  ["application/json", "JSON (an object or an array of objects)"],
+  ["application/x-ndjson", "NDJSON (one object per line)"],
+  ["application/x-www-form-urlencoded", "form (a=1&b=2)"],
+];
+
+function tryBox(name, base, f) {
+  const media = el("select", { "data-field": "try_media", "aria-label": "payload format" });
+  for (const [value, label] of MEDIA) media.append(el("option", { value, text: label }));
+  const payload = el("textarea", {
+    "data-field": "try_payload",
+    rows: "5",
+    spellcheck: "false",
+    "aria-label": "payload",
+    placeholder: '{"OrderId": "0145632053", "Quantity": 3}',
+  });
+  const run = el("button", { type: "button", "data-action": "try", text: "Dry run" });
+  const out = el("div", { class: "try-out", "data-field": "try_out" });
+  run.addEventListener("click", () => tryPayload(name, base, media.value, payload.value, out));
+  f.try_out = out;
+  return el(
+    "details",
+    { class: "try" },
+    el("summary", { text: "Try a payload" }),
+    el(
+      "p",
+      { class: "muted" },
+      "What this pipeline would make of a webhook body: each row's verdict, the table and the exact upload. " +
+        "Nothing is queued or counted; the sender check is not applied here.",
+    ),
+    el("div", { class: "try-form" }, media, run),
+    payload,
+    out,
+  );
+}
+
+async function tryPayload(name, base, media, payload, out) {
+  out.replaceChildren(el("p", { class: "muted", text: "…" }));
+  let d;
+  try {
+    d = await (await api("POST", `${base}/dry-run`, payload, media)).json();
+  } catch (e) {
+    if (e.status === 401) return showSignIn("The token is no longer accepted (401): sign in again.");
+    out.replaceChildren(
+      el("p", { class: "error", "data-field": "try_error", text: `${e.message}${e.code ? ` (${e.code})` : ""}` }),
+    );
+    return;
+  }
+  const verdicts = d.rows.map((r) =>
+    el(
+      "tr",
+      { "data-verdict": r.verdict },
+      el("td", { class: "verdict", text: r.verdict.replace("_", " ") }),
+      el("td", { text: r.reason || "" }),
+      el("td", {}, el("code", { text: JSON.stringify(r.row) })),
+    ),
+  );
+  const parts = [
+    el("p", {
+      "data-field": "try_summary",
+      text: `A real request would be answered ${d.status}: ${d.accepted} accepted, ${d.ignored} ignored.`,
+    }),
+    el(
+      "table",
+      { class: "verdicts" },
+      el("thead", {}, el("tr", {}, ...["verdict", "why", "row"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...verdicts),
+    ),
+  ];
+  if (d.columns && d.columns.length) {
+    const cols = d.columns.map((c) => {
+      const size = c.type === "STRING" ? `(${c.length})` : c.type === "FLOAT" ? `(${c.decimals})` : "";
+      return `${c.name} ${c.type}${size}${c.key ? " key" : ""}`;
+    });
+    parts.push(el("p", {}, `${d.table ? `table ${d.table}: ` : ""}`, el("code", { text: cols.join(", ") })));
+  }
+  for (const chunk of d.csv || []) parts.push(el("pre", { class: "csv", "data-field": "try_csv", text: chunk }));
+  for (const chunk of d.deleted_csv || []) parts.push(el("pre", { class: "csv deleted", text: chunk }));
+  for (const c of d.parquet || []) parts.push(el("p", { text: `Parquet chunk: ${c.rows} rows, ${bytes(c.bytes)}` }));
+  out.replaceChildren(...parts);
 }
 
 function update(p, now) {
