@@ -144,12 +144,12 @@ impl Watch for Lines {
     #[allow(clippy::print_stderr)]
     fn delivered(&mut self, progress: &Progress, report: &RunReport) {
         eprintln!(
-            "push: {:.0}% · run of {} rows in job {} · {} rows in {} jobs · {:.0} rows/s",
+            "push: {:.0}% · run of {} in job {} · {} in {} · {:.0} rows/s",
             percent(progress),
-            report.rows,
+            super::plural(report.rows as u64, "row"),
             report.job_id.as_deref().unwrap_or("-"),
-            progress.rows,
-            progress.jobs,
+            super::plural(progress.rows, "row"),
+            super::plural(progress.jobs, "job"),
             rate(progress.rows - self.rows_at_start, self.since)
         );
     }
