@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod preview;
+pub mod pseudonymise;
 pub mod push;
 pub mod queue;
 pub mod row;

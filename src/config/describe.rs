@@ -176,6 +176,15 @@ pub fn describe(c: &Config) -> String {
                 fields.join(", ")
             );
         }
+        if !p.pseudonymise.is_empty() {
+            let fields: Vec<String> = p
+                .pseudonymise
+                .fields()
+                .iter()
+                .map(|(f, m)| format!("{f} ({})", m.name()))
+                .collect();
+            let _ = writeln!(w, "  pseudonymised at ingest: {}", fields.join(", "));
+        }
         if let Some(f) = &p.filter {
             let _ = writeln!(w, "  filter: {:?}", f.source());
         }

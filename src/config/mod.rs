@@ -222,6 +222,8 @@ pub struct PipelineConfig {
     /// A waiting request triggers a run now (within the job budget) instead of waiting for
     /// the schedule.
     pub allow_sync: bool,
+    /// Fields pseudonymised at ingest, right after the schema check (`pseudonymise`).
+    pub pseudonymise: crate::pseudonymise::Pseudonymiser,
 }
 
 /// `wait_timeout` unless configured.
@@ -407,6 +409,93 @@ pub struct Typing {
     pub length: Option<u32>,
     /// FLOAT only: the decimals.
     pub decimals: Option<u32>,
+}
+
+/// Why a field cannot be pseudonymised with `method`, if it cannot: the schema and the
+/// columns (when they name any) must know it, and a token must land in a STRING column long
+/// enough for it.
+fn pseudonymised_field_problem(
+    field: &str,
+    method: &crate::pseudonymise::Method,
+    schema: Option<&Schema>,
+    columns: &[Column],
+    sink: &SinkConfig,
+) -> Option<String> {
+    if field.is_empty() {
+        return Some("is not a field name".into());
+    }
+    let in_schema = schema.and_then(|s| s.field_type(field));
+    let reading: Vec<&Column> = columns
+        .iter()
+        .filter(|c| matches!(&c.source, ColumnSource::Field(f) if f == field))
+        .collect();
+    let declared = schema.is_some_and(|s| !s.fields.is_empty()) || !columns.is_empty();
+    if declared && in_schema.is_none() && reading.is_empty() {
+        return Some("is not a field of the schema or any column's from".into());
+    }
+    let SinkConfig::Celonis(celonis) = sink else {
+        return None;
+    };
+    let key_column = celonis.keys.iter().find(|k| {
+        if columns.is_empty() {
+            k.as_str() == field
+        } else {
+            reading.iter().any(|c| &c.name == *k)
+        }
+    });
+    if let Some(key) = key_column
+        && matches!(
+            method,
+            crate::pseudonymise::Method::Mask | crate::pseudonymise::Method::Drop
+        )
+    {
+        return Some(format!(
+            "feeds the sink's key \"{key}\": {} would give every row the same key; use hmac-sha256, whose tokens keep keys apart",
+            method.name()
+        ));
+    }
+    let length = method.output_length()?;
+    let fallback = celonis.fallback_varchar_length;
+    if columns.is_empty() {
+        if let Some(t) = in_schema
+            && t != FieldType::String
+        {
+            return Some(format!(
+                "is {} in the schema, but its {} token is text: declare it \"string\"",
+                t.name(),
+                method.name()
+            ));
+        }
+        if fallback < length {
+            return Some(format!(
+                "gets a {length}-character token, longer than fallback_varchar_length = {fallback}"
+            ));
+        }
+        return None;
+    }
+    for c in reading {
+        let ty = c
+            .typing
+            .ty
+            .or(in_schema.map(ColumnType::of_field))
+            .unwrap_or(ColumnType::String);
+        if ty != ColumnType::String {
+            return Some(format!(
+                "feeds column \"{}\" of type {}, but its {} token is text: set the column's type = \"STRING\"",
+                c.name,
+                ty.as_str(),
+                method.name()
+            ));
+        }
+        let col_length = c.typing.length.unwrap_or(fallback);
+        if col_length < length {
+            return Some(format!(
+                "gets a {length}-character token, longer than column \"{}\" (length {col_length})",
+                c.name
+            ));
+        }
+    }
+    None
 }
 
 /// The longest STRING column weir declares, in characters. Assumption: the Data Push
@@ -1099,6 +1188,8 @@ impl Validator<'_> {
                 "must be longer than 0s and at most 5m",
             );
         }
+        let pseudonymise =
+            self.pseudonymise(path, p.pseudonymise, schema.as_ref(), &columns, &sink);
         PipelineConfig {
             name: p.name,
             allow_ips,
@@ -1123,6 +1214,117 @@ impl Validator<'_> {
             response,
             wait_timeout: wait_timeout.min(MAX_WAIT_TIMEOUT),
             allow_sync: p.allow_sync.unwrap_or(false),
+            pseudonymise,
+        }
+    }
+
+    /// `pseudonymise`: each rule's fields and method. A field must be one the schema or a
+    /// column knows (when they name any), and, unless dropped, must land in a STRING column
+    /// long enough for its token, so Celonis never crops or refuses one.
+    fn pseudonymise(
+        &mut self,
+        path: &str,
+        raw: Option<raw::RawPseudonymiseRules>,
+        schema: Option<&Schema>,
+        columns: &[Column],
+        sink: &SinkConfig,
+    ) -> crate::pseudonymise::Pseudonymiser {
+        use crate::pseudonymise::{Method, Pseudonymiser};
+        let (rules, many) = match raw {
+            None => return Pseudonymiser::default(),
+            Some(raw::RawPseudonymiseRules::Many(r)) => (r, true),
+            Some(raw::RawPseudonymiseRules::One(r)) => (vec![r], false),
+        };
+        let mut out: Vec<(String, Method)> = Vec::new();
+        for (i, r) in rules.into_iter().enumerate() {
+            let rpath = if many {
+                format!("{path}.pseudonymise[{i}]")
+            } else {
+                format!("{path}.pseudonymise")
+            };
+            let method = match r.method.as_deref().unwrap_or("hmac-sha256") {
+                "hmac-sha256" => match r.key.as_deref() {
+                    None => {
+                        self.error(
+                            format!("{rpath}.key"),
+                            "is required for hmac-sha256: a secret of at least 16 characters, e.g. key = \"${PSEUDO_KEY}\"",
+                        );
+                        continue;
+                    }
+                    Some(k) if k.chars().count() < 16 => {
+                        self.error(
+                            format!("{rpath}.key"),
+                            "must be at least 16 characters: a short key lets anyone test guesses",
+                        );
+                        continue;
+                    }
+                    Some(k) => Method::HmacSha256(Secret::new(k)),
+                },
+                "sha256" => match r.salt.as_deref() {
+                    None | Some("") => {
+                        self.error(
+                            format!("{rpath}.salt"),
+                            "is required for sha256 (or use method = \"hmac-sha256\" with a key)",
+                        );
+                        continue;
+                    }
+                    Some(salt) => Method::Sha256 {
+                        salt: Secret::new(salt),
+                    },
+                },
+                "mask" => Method::Mask,
+                "drop" => Method::Drop,
+                other => {
+                    self.error(
+                        format!("{rpath}.method"),
+                        format!(
+                            "\"{other}\" is not a method: use \"hmac-sha256\", \"sha256\", \"mask\" or \"drop\""
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if r.key.is_some() && !matches!(method, Method::HmacSha256(_)) {
+                self.error(
+                    format!("{rpath}.key"),
+                    format!(
+                        "only applies to method = \"hmac-sha256\", not \"{}\"",
+                        method.name()
+                    ),
+                );
+            }
+            if r.salt.is_some() && !matches!(method, Method::Sha256 { .. }) {
+                self.error(
+                    format!("{rpath}.salt"),
+                    format!(
+                        "only applies to method = \"sha256\", not \"{}\"",
+                        method.name()
+                    ),
+                );
+            }
+            if r.fields.is_empty() {
+                self.error(format!("{rpath}.fields"), "names no field");
+            }
+            for field in r.fields {
+                let fpath = format!("{rpath}.fields");
+                if let Some(problem) =
+                    pseudonymised_field_problem(&field, &method, schema, columns, sink)
+                {
+                    self.error(fpath, format!("\"{field}\" {problem}"));
+                    continue;
+                }
+                out.push((field, method.clone()));
+            }
+        }
+        match Pseudonymiser::new(out) {
+            Ok(p) => p,
+            Err(field) => {
+                self.error(
+                    format!("{path}.pseudonymise"),
+                    format!("field \"{field}\" is given twice"),
+                );
+                Pseudonymiser::default()
+            }
         }
     }
 

@@ -106,6 +106,25 @@ pub(super) struct RawPipeline {
     pub response: Option<RawResponse>,
     pub wait_timeout: Option<String>,
     pub allow_sync: Option<bool>,
+    pub pseudonymise: Option<RawPseudonymiseRules>,
+}
+
+/// `[[pipelines.pseudonymise]]` (several rules) or one `[pipelines.pseudonymise]` table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawPseudonymiseRules {
+    Many(Vec<RawPseudonymise>),
+    One(RawPseudonymise),
+}
+
+/// One rule: these fields, this method.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPseudonymise {
+    pub fields: Vec<String>,
+    pub method: Option<String>,
+    pub key: Option<String>,
+    pub salt: Option<String>,
 }
 
 /// `response = { status, body, content_type }`: what a request whose rows were queued gets.

@@ -882,3 +882,138 @@ upsert_strategy = "UPSERT_WITH_UNCHANGED_METADATA"
         "{out}"
     );
 }
+
+/// A pipeline with a schema, columns and `rules` as its pseudonymise rules.
+fn pseudonymised(rules: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[[pipelines]]
+name = "orders"
+
+[pipelines.schema]
+fields = {{ OrderId = "string", "customer.email" = "string", EmployeeId = "integer", Name = "string" }}
+
+[[pipelines.columns]]
+name = "Order ID"
+from = "OrderId"
+[[pipelines.columns]]
+name = "Email"
+from = "customer.email"
+[[pipelines.columns]]
+name = "Employee"
+from = "EmployeeId"
+[[pipelines.columns]]
+name = "Name"
+from = "Name"
+length = 3
+
+{rules}
+
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "orders"
+keys = ["Order ID"]
+app_key = "k"
+"#
+    )
+}
+
+#[test]
+fn pseudonymise_rules_load_with_their_methods_and_the_key_from_the_environment() {
+    let text = pseudonymised(
+        r#"
+[[pipelines.pseudonymise]]
+fields = ["customer.email", "OrderId"]
+key = "${PSEUDO_KEY}"
+[[pipelines.pseudonymise]]
+fields = ["Name"]
+method = "drop"
+"#,
+    );
+    let env = HashMap::from([("PSEUDO_KEY".to_owned(), "0123456789abcdef-key".to_owned())]);
+    let c = Config::load(&text, &env).unwrap();
+    let p = &c.pipelines[0].pseudonymise;
+    let fields: Vec<(&str, &str)> = p.fields().iter().map(|(f, m)| (*f, m.name())).collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("Name", "drop"),
+            ("OrderId", "hmac-sha256"),
+            ("customer.email", "hmac-sha256")
+        ]
+    );
+    // A missing key variable names its key.
+    let e = Config::load(&text, &HashMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pipelines[0].pseudonymise[0].key"), "{e}");
+}
+
+#[test]
+fn pseudonymise_mistakes_name_their_key() {
+    for (rules, key, needle) in [
+        (
+            "[pipelines.pseudonymise]\nfields = [\"customer.email\"]",
+            "pipelines[0].pseudonymise.key",
+            "is required for hmac-sha256",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"customer.email\"]\nkey = \"short\"",
+            "pipelines[0].pseudonymise.key",
+            "at least 16 characters",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"customer.email\"]\nmethod = \"sha256\"",
+            "pipelines[0].pseudonymise.salt",
+            "is required for sha256",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"customer.email\"]\nmethod = \"rot13\"",
+            "pipelines[0].pseudonymise.method",
+            "\"rot13\" is not a method",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"customer.email\"]\nmethod = \"mask\"\nkey = \"0123456789abcdef\"",
+            "pipelines[0].pseudonymise.key",
+            "only applies to method = \"hmac-sha256\"",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"customer.phone\"]\nmethod = \"mask\"",
+            "pipelines[0].pseudonymise.fields",
+            "\"customer.phone\" is not a field of the schema or any column's from",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"EmployeeId\"]\nmethod = \"mask\"",
+            "pipelines[0].pseudonymise.fields",
+            "feeds column \"Employee\" of type INTEGER",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"Name\"]\nmethod = \"mask\"",
+            "pipelines[0].pseudonymise.fields",
+            "longer than column \"Name\" (length 3)",
+        ),
+        (
+            "[pipelines.pseudonymise]\nfields = [\"OrderId\"]\nmethod = \"mask\"",
+            "pipelines[0].pseudonymise.fields",
+            "feeds the sink's key \"Order ID\"",
+        ),
+        (
+            "[[pipelines.pseudonymise]]\nfields = [\"Name\"]\nmethod = \"drop\"\n[[pipelines.pseudonymise]]\nfields = [\"Name\"]\nmethod = \"drop\"",
+            "pipelines[0].pseudonymise",
+            "field \"Name\" is given twice",
+        ),
+    ] {
+        let errors = errors_of(&pseudonymised(rules));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.contains(needle)),
+            "{rules}: {errors:?}"
+        );
+    }
+}

@@ -62,7 +62,11 @@ pub fn dry_run(
             }
             Verdict::Mismatch(reason) => {
                 mismatches += 1;
-                (row, "schema_mismatch", Some(reason))
+                (
+                    config.pseudonymise.apply(row),
+                    "schema_mismatch",
+                    Some(reason),
+                )
             }
             Verdict::Filtered(converted) => (converted, "filtered_out", None),
         };

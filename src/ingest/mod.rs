@@ -682,12 +682,32 @@ fn check_row(
         crate::config::SinkConfig::Http(_) => None,
     };
     let schema_cfg = config.schema.as_ref();
-    schema_cfg
-        .map_or(Ok(()), |s| schema::check(s, row, source))
-        .and_then(|()| match fallback {
-            Some(f) => schema::check_columns(&config.columns, schema_cfg, f, row),
-            None => Ok(None),
-        })
+    if let Some(s) = schema_cfg {
+        schema::check(s, row, source).map_err(|m| withheld(config, m))?;
+    }
+    // Right after the schema check: from here on only the pseudonymised row exists.
+    let pseudonymised =
+        (!config.pseudonymise.is_empty()).then(|| config.pseudonymise.apply(row.clone()));
+    let current = pseudonymised.as_ref().unwrap_or(row);
+    match fallback {
+        Some(f) => {
+            Ok(schema::check_columns(&config.columns, schema_cfg, f, current)?.or(pseudonymised))
+        }
+        None => Ok(pseudonymised),
+    }
+}
+
+/// A schema mismatch of a pseudonymised field, without the value it quotes: the clear value
+/// must not reach an answer, a log line or a dry run.
+fn withheld(config: &PipelineConfig, mut m: schema::Mismatch) -> schema::Mismatch {
+    if config.pseudonymise.method(&m.field).is_some()
+        && let Some(at) = m.problem.find(" (got ")
+    {
+        m.problem.truncate(at);
+        m.problem
+            .push_str(" (the value is not shown: the field is pseudonymised)");
+    }
+    m
 }
 
 /// Keeps the rows that match the schema. In reject mode any mismatch refuses the request;
@@ -698,8 +718,9 @@ fn apply_schema(
     source: Source,
 ) -> Result<(Vec<Row>, usize), IngestError> {
     let config = &pipeline.config;
-    let checked =
-        config.schema.is_some() || matches!(config.sink, crate::config::SinkConfig::Celonis(_));
+    let checked = config.schema.is_some()
+        || matches!(config.sink, crate::config::SinkConfig::Celonis(_))
+        || !config.pseudonymise.is_empty();
     if !checked {
         return Ok((rows, 0));
     }

@@ -23,10 +23,15 @@ pub(crate) struct Weir {
 
 impl Weir {
     pub fn start(config: &std::path::Path) -> Weir {
+        Weir::start_logging(config, "info")
+    }
+
+    /// `weir serve` with `RUST_LOG` set to `level`.
+    pub fn start_logging(config: &std::path::Path, level: &str) -> Weir {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["--log-format", "json", "serve", "-c"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

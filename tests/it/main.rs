@@ -19,6 +19,7 @@ mod ingest;
 mod isolation;
 mod outbound;
 mod page;
+mod privacy;
 mod push;
 mod security;
 mod soak;

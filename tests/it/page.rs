@@ -59,10 +59,12 @@ async fn the_status_page_is_served_without_a_token_under_a_strict_content_securi
     app.shutdown().await;
 }
 
-/// chromedriver on a free loopback port, killed when dropped.
+/// chromedriver on a free loopback port, killed when dropped; chromium's profile and
+/// temporary files go to a directory removed with it.
 struct Driver {
     child: std::process::Child,
     url: String,
+    _tmp: tempfile::TempDir,
 }
 
 impl Drop for Driver {
@@ -78,8 +80,10 @@ fn start_driver() -> Driver {
         .local_addr()
         .unwrap()
         .port();
+    let tmp = tempfile::tempdir().unwrap();
     let child = std::process::Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .env("TMPDIR", tmp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -89,6 +93,7 @@ fn start_driver() -> Driver {
     Driver {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        _tmp: tmp,
     }
 }
 
