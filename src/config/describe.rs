@@ -313,6 +313,30 @@ pub fn describe(c: &Config) -> String {
                 );
             }
         }
+        let proxy = match &p.sink {
+            SinkConfig::Celonis(s) => s.proxy.as_ref(),
+            SinkConfig::Http(h) => h.proxy.as_ref(),
+        };
+        let _ = writeln!(w, "  proxy: {}", describe_proxy(proxy));
+    }
+    out
+}
+
+/// A sink's proxy as `weir check` shows it: the URL, the user (the password masked), the
+/// hosts that bypass it; or what the environment decides.
+fn describe_proxy(proxy: Option<&super::Proxy>) -> String {
+    let Some(p) = proxy else {
+        return "from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), if set".to_owned();
+    };
+    let mut out = p.shown();
+    if let Some(user) = &p.username {
+        out.push_str(&format!(
+            " as {user} (password {})",
+            if p.password.is_some() { "***" } else { "none" }
+        ));
+    }
+    if !p.no_proxy.is_empty() {
+        out.push_str(&format!(", not for {}", p.no_proxy.join(", ")));
     }
     out
 }

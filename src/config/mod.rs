@@ -107,6 +107,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub emulator: Option<EmulatorSettings>,
     pub celonis: CelonisLimits,
+    /// `[proxy]`, already filled into every sink without its own.
+    pub proxy: Option<Proxy>,
     pub pipelines: Vec<PipelineConfig>,
 }
 
@@ -577,7 +579,7 @@ pub enum SinkConfig {
 }
 
 pub use outbound::{
-    ApiKeyLocation, BatchPer, BodyMode, ClientAuth, HttpAuth, HttpSink, OAuth2Config, Text,
+    ApiKeyLocation, BatchPer, BodyMode, ClientAuth, HttpAuth, HttpSink, OAuth2Config, Proxy, Text,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -631,6 +633,8 @@ pub struct CelonisSink {
     pub poll_timeout: Duration,
     pub request_timeout: Duration,
     pub csv: CsvOptions,
+    /// Its own `proxy`, else `[proxy]`; none: `HTTPS_PROXY` / `NO_PROXY` from the environment.
+    pub proxy: Option<Proxy>,
 }
 
 /// The format of a job's chunks (`file_type`).
@@ -905,12 +909,24 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         }
         pipelines.push(pipeline);
     }
+    // A sink without its own proxy goes through `[proxy]`.
+    let proxy = raw.proxy.and_then(|p| v.proxy("proxy", p));
+    if let Some(global) = &proxy {
+        for p in &mut pipelines {
+            match &mut p.sink {
+                SinkConfig::Celonis(c) if c.proxy.is_none() => c.proxy = Some(global.clone()),
+                SinkConfig::Http(h) if h.proxy.is_none() => h.proxy = Some(global.clone()),
+                _ => {}
+            }
+        }
+    }
     Config {
         data_dir,
         server,
         admin,
         emulator,
         celonis,
+        proxy,
         pipelines,
     }
 }
@@ -1769,7 +1785,11 @@ impl Validator<'_> {
                 DEFAULT_FALLBACK_VARCHAR_LENGTH
             }
         };
+        let proxy = s
+            .proxy
+            .and_then(|p| self.proxy(&format!("{path}.proxy"), p));
         SinkConfig::Celonis(CelonisSink {
+            proxy,
             fallback_varchar_length,
             base_url,
             api_prefix,

@@ -5,9 +5,32 @@ use std::time::Duration;
 
 use reqwest::{Method, Url};
 
-use super::raw::{RawAuth, RawSink, RawText};
+use super::raw::{RawAuth, RawProxy, RawSink, RawText};
 use super::{CelonisAuth, CsvOptions, Secret, Validator};
 use crate::expr::Expr;
+
+/// The HTTP proxy a sink's calls go through (`[proxy]`, or `proxy` on the sink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// `http://host:port` (or `https://`), without credentials.
+    pub url: Url,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Hosts reached directly: a domain (and its subdomains), an IP, a CIDR, or `*`.
+    pub no_proxy: Vec<String>,
+}
+
+impl Proxy {
+    /// The proxy as it may be shown: scheme, host and port, never the password.
+    pub fn shown(&self) -> String {
+        format!(
+            "{}://{}:{}",
+            self.url.scheme(),
+            self.url.host_str().unwrap_or_default(),
+            self.url.port_or_known_default().unwrap_or_default()
+        )
+    }
+}
 
 /// Literal text, or a CEL expression evaluated per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +117,8 @@ pub struct HttpSink {
     pub success: Option<Expr>,
     pub request_timeout: Duration,
     pub csv: CsvOptions,
+    /// Its own `proxy`, else `[proxy]`; none: `HTTPS_PROXY` / `NO_PROXY` from the environment.
+    pub proxy: Option<Proxy>,
 }
 
 /// Variables of the request expressions.
@@ -102,6 +127,63 @@ const ROW_VARS: &[&str] = &["rows", "row", "pipeline"];
 const SUCCESS_VARS: &[&str] = &["response", "rows", "pipeline"];
 
 impl Validator<'_> {
+    /// `[proxy]` or a sink's `proxy`: an http(s) URL without credentials in it, optional
+    /// basic-auth credentials, and the hosts that bypass it (`*.internal` is read as
+    /// `.internal`: that domain and its subdomains).
+    pub(super) fn proxy(&mut self, path: &str, p: RawProxy) -> Option<Proxy> {
+        let url = match Url::parse(&p.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            _ => {
+                self.error(
+                    format!("{path}.url"),
+                    format!(
+                        "\"{}\" is not an http(s) proxy URL like \"http://proxy:3128\"",
+                        p.url
+                    ),
+                );
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.error(
+                format!("{path}.url"),
+                "holds credentials: set username and password instead, so they are never shown",
+            );
+            return None;
+        }
+        if p.password.is_some() && p.username.is_none() {
+            self.error(format!("{path}.password"), "needs username");
+        }
+        let mut no_proxy = Vec::new();
+        for (i, host) in p.no_proxy.unwrap_or_default().into_iter().enumerate() {
+            let host = host.trim();
+            let entry = match host.strip_prefix("*.") {
+                Some(domain) => format!(".{domain}"),
+                None => host.to_owned(),
+            };
+            if entry.is_empty()
+                || entry.contains(',')
+                || (entry.contains('*') && entry != "*")
+                || entry.contains(char::is_whitespace)
+            {
+                self.error(
+                    format!("{path}.no_proxy[{i}]"),
+                    format!(
+                        "\"{host}\" is not a host pattern: use a domain (\"internal.example\" or \"*.internal\"), an IP, a CIDR or \"*\""
+                    ),
+                );
+                continue;
+            }
+            no_proxy.push(entry);
+        }
+        Some(Proxy {
+            url,
+            username: p.username,
+            password: p.password.map(Secret::new),
+            no_proxy,
+        })
+    }
+
     /// Compiles a CEL expression, reporting a syntax error or an unknown name at `path`.
     pub(super) fn expr(&mut self, path: &str, source: &str, vars: &[&str]) -> Option<Expr> {
         match Expr::compile(source, vars) {
@@ -451,6 +533,9 @@ impl Validator<'_> {
         );
         let auth = self.http_auth(&format!("{path}.auth"), s.auth);
         let csv = self.csv(&format!("{path}.csv"), s.csv);
+        let proxy = s
+            .proxy
+            .and_then(|p| self.proxy(&format!("{path}.proxy"), p));
         HttpSink {
             base_url,
             method,
@@ -464,6 +549,7 @@ impl Validator<'_> {
             success,
             request_timeout,
             csv,
+            proxy,
         }
     }
 }

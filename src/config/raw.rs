@@ -10,8 +10,19 @@ pub(super) struct RawConfig {
     pub emulator: Option<RawEmulator>,
     pub admin: Option<RawAdmin>,
     pub celonis: Option<RawCelonis>,
+    pub proxy: Option<RawProxy>,
     #[serde(default)]
     pub pipelines: Vec<RawPipeline>,
+}
+
+/// `[proxy]`, or `proxy = { … }` on a sink: the HTTP proxy outbound calls go through.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub no_proxy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +230,7 @@ pub(super) struct RawSink {
     pub request_timeout: Option<String>,
     pub csv: Option<RawCsv>,
     pub auth: Option<RawAuth>,
+    pub proxy: Option<RawProxy>,
     // kind = "http"
     pub base_url: Option<RawText>,
     pub method: Option<String>,

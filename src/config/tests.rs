@@ -1017,3 +1017,65 @@ fn pseudonymise_mistakes_name_their_key() {
         );
     }
 }
+
+#[test]
+fn a_global_proxy_fills_every_sink_without_its_own_and_mistakes_name_their_key() {
+    let text = CONTRACT.replace(
+        "[[pipelines]]",
+        "[proxy]\nurl = \"http://proxy.corp:3128\"\nusername = \"weir\"\npassword = \"pw\"\nno_proxy = [\"*.internal\", \"10.0.0.0/8\"]\n\n[[pipelines]]",
+    );
+    let c = Config::load(&text, &env()).unwrap();
+    let SinkConfig::Celonis(s) = &c.pipelines[0].sink else {
+        panic!("celonis sink")
+    };
+    let p = s.proxy.as_ref().expect("the global proxy");
+    assert_eq!(p.shown(), "http://proxy.corp:3128");
+    assert_eq!(p.no_proxy, vec![".internal", "10.0.0.0/8"]);
+    assert_eq!(p.password.as_ref().map(|s| s.expose()), Some("pw"));
+    // The sink's own proxy wins over [proxy].
+    let own = text.replace(
+        "app_key = \"${CELONIS_APP_KEY}\"",
+        "app_key = \"${CELONIS_APP_KEY}\"\nproxy = { url = \"http://other:8080\" }",
+    );
+    let c = Config::load(&own, &env()).unwrap();
+    let SinkConfig::Celonis(s) = &c.pipelines[0].sink else {
+        panic!("celonis sink")
+    };
+    assert_eq!(s.proxy.as_ref().unwrap().shown(), "http://other:8080");
+
+    for (proxy, key, needle) in [
+        (
+            "url = \"proxy:3128\"",
+            "proxy.url",
+            "is not an http(s) proxy URL",
+        ),
+        (
+            "url = \"http://u:p@proxy:3128\"",
+            "proxy.url",
+            "holds credentials",
+        ),
+        (
+            "url = \"http://proxy:3128\"\npassword = \"pw\"",
+            "proxy.password",
+            "needs username",
+        ),
+        (
+            "url = \"http://proxy:3128\"\nno_proxy = [\"a*b\"]",
+            "proxy.no_proxy[0]",
+            "is not a host pattern",
+        ),
+    ] {
+        let text = CONTRACT.replace(
+            "[[pipelines]]",
+            &format!("[proxy]\n{proxy}\n\n[[pipelines]]"),
+        );
+        let errors = errors_of(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.contains(needle)),
+            "{proxy}: {errors:?}"
+        );
+        assert!(!errors.iter().any(|e| e.contains(":p@")), "{errors:?}");
+    }
+}

@@ -100,6 +100,8 @@ pub enum PushFailure {
     Budget(#[source] std::io::Error),
     #[error("persisting the table's columns: {0}")]
     Columns(#[source] ColumnsError),
+    #[error("{step}: {message}")]
+    ProxyRefused { step: Step, message: String },
     #[error("{step}: no OAuth token: {source}")]
     Token {
         step: Step,
@@ -171,12 +173,12 @@ impl PushFailure {
                 Step::Poll => Fate::Unknown,
                 _ => Fate::NotDelivered,
             },
-            PushFailure::Transport { step, .. } | PushFailure::BadResponse { step, .. } => {
-                match step {
-                    Step::Execute | Step::Poll => Fate::Unknown,
-                    _ => Fate::NotDelivered,
-                }
-            }
+            PushFailure::Transport { step, .. }
+            | PushFailure::BadResponse { step, .. }
+            | PushFailure::ProxyRefused { step, .. } => match step {
+                Step::Execute | Step::Poll => Fate::Unknown,
+                _ => Fate::NotDelivered,
+            },
             PushFailure::Token { step, .. } => match step {
                 Step::Poll => Fate::Unknown,
                 _ => Fate::NotDelivered,
@@ -373,7 +375,7 @@ impl CelonisClient {
         tokens: Option<Arc<TokenSource>>,
         observe: CallObserver,
     ) -> Result<CelonisClient, reqwest::Error> {
-        let http = super::http_client(sink.request_timeout)?;
+        let http = super::http_client(sink.request_timeout, sink.proxy.as_ref())?;
         let jobs_url = jobs_url(&sink);
         Ok(CelonisClient {
             http,
@@ -452,6 +454,12 @@ impl CelonisClient {
             step.endpoint(),
             sent.as_ref().ok().map(|r| r.status().as_u16()),
         );
+        if super::proxy_refused(&sent) {
+            return Err(PushFailure::ProxyRefused {
+                step,
+                message: super::proxy_refusal(self.sink.proxy.as_ref()),
+            });
+        }
         sent.map_err(|source| PushFailure::Transport { step, source })
     }
 

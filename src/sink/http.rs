@@ -49,6 +49,8 @@ pub enum HttpFailure {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{message}")]
+    ProxyRefused { message: String },
     #[error("HTTP {status}: {body}")]
     Status {
         status: u16,
@@ -135,7 +137,7 @@ impl HttpClient {
         tokens: Option<Arc<TokenSource>>,
         observe: CallObserver,
     ) -> Result<HttpClient, reqwest::Error> {
-        let http = client(sink.request_timeout)?;
+        let http = client(sink.request_timeout, sink.proxy.as_ref())?;
         let is_expr = |t: &Text| matches!(t, Text::Expr(_));
         let needs_rows = is_expr(&sink.base_url)
             || is_expr(&sink.path)
@@ -246,7 +248,10 @@ enum Slot<'a> {
 /// The sink's HTTP client: weir's user agent, the request timeout, and redirects followed
 /// only within the origin of the request, so the API key, bearer token or basic credentials
 /// never reach another host.
-fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+fn client(
+    timeout: Duration,
+    proxy: Option<&crate::config::Proxy>,
+) -> Result<reqwest::Client, reqwest::Error> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let same_origin = attempt
             .previous()
@@ -260,9 +265,7 @@ fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
             attempt.follow()
         }
     });
-    reqwest::Client::builder()
-        .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
-        .timeout(timeout)
+    super::client_builder(timeout, proxy)?
         .redirect(policy)
         .build()
 }
@@ -416,10 +419,16 @@ impl Inner {
         let transport = |source: reqwest::Error| HttpFailure::Transport {
             source: source.without_url(),
         };
+        let refused = || HttpFailure::ProxyRefused {
+            message: super::proxy_refusal(self.sink.proxy.as_ref()),
+        };
         let token = self.token().await?;
         let sent = self.request(subject, &body, token.as_ref())?.send().await;
         self.observe
             .call("request", sent.as_ref().ok().map(|r| r.status().as_u16()));
+        if super::proxy_refused(&sent) {
+            return Err(refused());
+        }
         let mut resp = sent.map_err(transport)?;
         if let (Some(tokens), Some(old)) = (&self.tokens, &token)
             && resp.status() == StatusCode::UNAUTHORIZED

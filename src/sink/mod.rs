@@ -163,12 +163,69 @@ pub enum Settled {
     NotDelivered,
 }
 
-/// The HTTP client every sink sends with: weir's user agent and the sink's request timeout.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// The HTTP client every sink sends with: weir's user agent, the sink's request timeout
+/// and its proxy.
+pub fn http_client(
+    timeout: Duration,
+    proxy: Option<&crate::config::Proxy>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    client_builder(timeout, proxy)?.build()
+}
+
+/// A client builder with weir's user agent, the timeout and the proxy. With a proxy
+/// configured it is the only one used (and `HTTPS_PROXY` / `NO_PROXY` are ignored); without,
+/// reqwest honours `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` from the
+/// environment.
+pub fn client_builder(
+    timeout: Duration,
+    proxy: Option<&crate::config::Proxy>,
+) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
-        .timeout(timeout)
-        .build()
+        .timeout(timeout);
+    if let Some(p) = proxy {
+        let mut proxy = reqwest::Proxy::all(p.url.as_str())?
+            .no_proxy(reqwest::NoProxy::from_string(&p.no_proxy.join(",")));
+        if let Some(user) = &p.username {
+            let password = p.password.as_ref().map_or("", |s| s.expose());
+            proxy = proxy.basic_auth(user, password);
+        }
+        builder = builder.proxy(proxy);
+    }
+    Ok(builder)
+}
+
+/// What a 407 from the proxy is told as: which proxy (never its password), and what to check.
+pub fn proxy_refusal(proxy: Option<&crate::config::Proxy>) -> String {
+    match proxy {
+        Some(p) if p.username.is_some() => format!(
+            "the proxy {} refused weir's credentials (407 Proxy Authentication Required): check the proxy's username and password",
+            p.shown()
+        ),
+        Some(p) => format!(
+            "the proxy {} asks for credentials (407 Proxy Authentication Required): set username and password with its url",
+            p.shown()
+        ),
+        None => "the proxy from the environment (HTTPS_PROXY / HTTP_PROXY) refused weir's credentials (407 Proxy Authentication Required)".to_owned(),
+    }
+}
+
+/// Whether a failed call was refused by the proxy for its credentials: a 407 to a plain
+/// HTTP request, or to the CONNECT of an HTTPS one.
+pub fn proxy_refused(sent: &Result<reqwest::Response, reqwest::Error>) -> bool {
+    match sent {
+        Ok(resp) => resp.status() == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        Err(e) => {
+            let mut source: Option<&dyn std::error::Error> = Some(e);
+            while let Some(s) = source {
+                if s.to_string().contains("proxy authorization required") {
+                    return true;
+                }
+                source = s.source();
+            }
+            false
+        }
+    }
 }
 
 /// Counts a sink's HTTP calls in the metrics, labelled with its pipeline.
@@ -222,7 +279,9 @@ impl Sink {
                     metrics: metrics.clone(),
                 };
                 let source = match &c.auth {
-                    CelonisAuth::OAuth2(o) => Some(tokens.source(o, c.request_timeout)?),
+                    CelonisAuth::OAuth2(o) => {
+                        Some(tokens.source(o, c.request_timeout, c.proxy.as_ref())?)
+                    }
                     _ => None,
                 };
                 if columns.columns.is_empty()
@@ -237,7 +296,9 @@ impl Sink {
             }
             SinkConfig::Http(h) => {
                 let source = match &h.auth {
-                    HttpAuth::OAuth2(o) => Some(tokens.source(o, h.request_timeout)?),
+                    HttpAuth::OAuth2(o) => {
+                        Some(tokens.source(o, h.request_timeout, h.proxy.as_ref())?)
+                    }
                     _ => None,
                 };
                 let observe = CallObserver {

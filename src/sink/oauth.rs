@@ -118,7 +118,8 @@ impl TokenSource {
 }
 
 /// What makes two token sources the same: (token URL, client id, scopes).
-type SourceKey = (String, String, Vec<String>);
+/// Token URL, client id, scopes, and the proxy the token endpoint is reached through.
+type SourceKey = (String, String, Vec<String>, Option<String>);
 
 /// The token sources of the process, one per (token URL, client id, scopes). Cheap to clone.
 #[derive(Clone, Default)]
@@ -132,17 +133,19 @@ impl Tokens {
         &self,
         config: &OAuth2Config,
         timeout: Duration,
+        proxy: Option<&crate::config::Proxy>,
     ) -> Result<Arc<TokenSource>, reqwest::Error> {
         let key = (
             config.token_url.to_string(),
             config.client_id.clone(),
             config.scopes.clone(),
+            proxy.map(|p| p.url.to_string()),
         );
         let mut sources = lock(&self.sources);
         if let Some(s) = sources.get(&key) {
             return Ok(s.clone());
         }
-        let fetcher = HttpFetcher::new(config.clone(), timeout)?;
+        let fetcher = HttpFetcher::new(config.clone(), timeout, proxy)?;
         let source = Arc::new(TokenSource::new(Box::new(fetcher)));
         sources.insert(key, source.clone());
         Ok(source)
@@ -173,8 +176,12 @@ struct ErrorResponse {
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 
 impl HttpFetcher {
-    pub fn new(config: OAuth2Config, timeout: Duration) -> Result<HttpFetcher, reqwest::Error> {
-        let http = super::http_client(timeout)?;
+    pub fn new(
+        config: OAuth2Config,
+        timeout: Duration,
+        proxy: Option<&crate::config::Proxy>,
+    ) -> Result<HttpFetcher, reqwest::Error> {
+        let http = super::http_client(timeout, proxy)?;
         Ok(HttpFetcher { http, config })
     }
 

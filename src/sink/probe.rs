@@ -100,6 +100,8 @@ pub enum Problem {
     TokenEndpoint { url: String, cause: Box<Problem> },
     #[error("cannot build the HTTP client: {detail}")]
     Client { detail: String },
+    #[error("{message}")]
+    ProxyRefused { message: String },
 }
 
 /// What an answer to the list call means (a pure function): `Ok(())` for a 2xx, else the
@@ -339,7 +341,9 @@ async fn list_jobs(
     };
     let token = match &sink.auth {
         CelonisAuth::OAuth2(o) => {
-            let source = tokens.source(o, timeout).map_err(client_problem)?;
+            let source = tokens
+                .source(o, timeout, sink.proxy.as_ref())
+                .map_err(client_problem)?;
             let token = source
                 .token()
                 .await
@@ -348,15 +352,18 @@ async fn list_jobs(
         }
         _ => None,
     };
-    let http = super::http_client(timeout).map_err(client_problem)?;
+    let http = super::http_client(timeout, sink.proxy.as_ref()).map_err(client_problem)?;
     let url = format!("{}/", jobs_url(sink));
     let req = http
         .get(&url)
         .header(reqwest::header::ACCEPT, "application/json");
-    let mut resp = authorize(req, &sink.auth, token.as_ref())
-        .send()
-        .await
-        .map_err(|e| classify_error(&e.without_url(), timeout))?;
+    let sent = authorize(req, &sink.auth, token.as_ref()).send().await;
+    if super::proxy_refused(&sent) {
+        return Err(Problem::ProxyRefused {
+            message: super::proxy_refusal(sink.proxy.as_ref()),
+        });
+    }
+    let mut resp = sent.map_err(|e| classify_error(&e.without_url(), timeout))?;
     let status = resp.status();
     let (bytes, more) = super::read_limited(&mut resp, MAX_LIST_BODY)
         .await

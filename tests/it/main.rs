@@ -20,6 +20,7 @@ mod isolation;
 mod outbound;
 mod page;
 mod privacy;
+mod proxy;
 mod push;
 mod security;
 mod soak;
