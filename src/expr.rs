@@ -38,6 +38,8 @@ pub enum EvalError {
     Execution(#[from] cel::ExecutionError),
     #[error("gave {got}, not {want}")]
     Type { got: String, want: &'static str },
+    #[error("element {index} of the list is {got}, not a map")]
+    NotARow { index: usize, got: String },
 }
 
 impl Expr {
@@ -92,12 +94,112 @@ impl Expr {
         text_of(&v).ok_or_else(|| type_error(&v, "a string, number, bool or null"))
     }
 
+    /// Evaluates a pipeline's `rows` expression over a request's `body`, with the helpers
+    /// `parseJson`, `toMap` and `merge`: a list of maps, each a row as a JSON object whose
+    /// keys are in name order (CEL maps keep none).
+    pub fn eval_rows(
+        &self,
+        body: &Value,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, EvalError> {
+        let mut ctx = Context::with_env(ENV.clone());
+        ctx.add_variable_from_value("body", body.clone());
+        add_rows_helpers(&mut ctx);
+        let v = self.program.execute(&ctx)?;
+        let Value::List(items) = &v else {
+            return Err(type_error(&v, "a list of maps"));
+        };
+        let mut rows = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let Value::Map(_) = item else {
+                return Err(EvalError::NotARow {
+                    index,
+                    got: item.type_of().to_string(),
+                });
+            };
+            let Ok(serde_json::Value::Object(object)) = item.json() else {
+                return Err(EvalError::NotARow {
+                    index,
+                    got: "a map JSON cannot hold".to_owned(),
+                });
+            };
+            let mut sorted: Vec<(String, serde_json::Value)> = object.into_iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.push(sorted.into_iter().collect());
+        }
+        Ok(rows)
+    }
+
     /// Evaluates to JSON.
     pub fn eval_json(&self, vars: &[(&str, &Value)]) -> Result<serde_json::Value, EvalError> {
         let v = self.eval(vars)?;
         v.json()
             .map_err(|_| type_error(&v, "something JSON can hold"))
     }
+}
+
+/// `parseJson(text)`: the JSON in a string (seed 001's `signal`) as a value.
+/// `toMap(list, keyField, valueField)`: a list of maps turned into one map, each element's
+/// `keyField` a key and its `valueField` the value (a pivot of `attributes`).
+/// `merge(a, b)`: the entries of both maps, `b`'s winning.
+fn add_rows_helpers(ctx: &mut Context) {
+    use cel::ExecutionError;
+    ctx.add_function(
+        "parseJson",
+        |text: Arc<String>| -> Result<Value, ExecutionError> {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map(json_value)
+                .map_err(|e| ExecutionError::function_error("parseJson", format!("not JSON: {e}")))
+        },
+    )
+    .expect("parseJson is no standard name");
+    ctx.add_function(
+        "toMap",
+        |list: Arc<Vec<Value>>,
+         key_field: Arc<String>,
+         value_field: Arc<String>|
+         -> Result<Value, ExecutionError> {
+            let fail = |m: String| ExecutionError::function_error("toMap", m);
+            let mut map: HashMap<Key, Value> = HashMap::new();
+            for (i, item) in list.iter().enumerate() {
+                let Value::Map(m) = item else {
+                    return Err(fail(format!(
+                        "element {i} is {}, not a map",
+                        item.type_of()
+                    )));
+                };
+                let key = m
+                    .map
+                    .get(&Key::from(key_field.as_str()))
+                    .and_then(|k| text_of(k).filter(|t| !t.is_empty()))
+                    .ok_or_else(|| fail(format!("element {i} has no text in \"{key_field}\"")))?;
+                let value = m
+                    .map
+                    .get(&Key::from(value_field.as_str()))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                map.insert(Key::from(key), value);
+            }
+            Ok(Value::Map(Map { map: Arc::new(map) }))
+        },
+    )
+    .expect("toMap is no standard name");
+    ctx.add_function(
+        "merge",
+        |a: Value, b: Value| -> Result<Value, ExecutionError> {
+            match (a, b) {
+                (Value::Map(a), Value::Map(b)) => {
+                    let mut map: HashMap<Key, Value> = (*a.map).clone();
+                    map.extend(b.map.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    Ok(Value::Map(Map { map: Arc::new(map) }))
+                }
+                (a, b) => Err(ExecutionError::function_error(
+                    "merge",
+                    format!("takes two maps, not {} and {}", a.type_of(), b.type_of()),
+                )),
+            }
+        },
+    )
+    .expect("merge is no standard name");
 }
 
 /// True when `name` is bound by a comprehension macro in `source` (`.map(name, …)`,
@@ -258,6 +360,53 @@ mod tests {
         let e = Expr::compile("rwo.a == 1", &["row"]).unwrap_err();
         assert!(e.contains("\"rwo\""), "{e}");
         assert!(Expr::compile("rows.map(r, r.a)", &["rows"]).is_ok());
+    }
+
+    #[test]
+    fn rows_helpers_pivot_seed_001_signals_into_one_row_each() {
+        let body = json_value(serde_json::json!({"content": [
+            {"signal": "{\"id\":\"a8\",\"attributes\":[{\"attributeId\":\"ATTRIBUTE_1\",\"value\":null},{\"attributeId\":\"ATTRIBUTE_2\",\"value\":7}]}"},
+            {"signal": "{\"id\":\"8c\",\"attributes\":[{\"attributeId\":\"ATTRIBUTE_1\",\"value\":\"D1\"}]}"}
+        ]}));
+        let e = Expr::compile(
+            "body.content.map(e, parseJson(e.signal)).map(s, merge({'signalId': s.id}, toMap(s.attributes, 'attributeId', 'value')))",
+            &["body"],
+        )
+        .unwrap();
+        let rows = e.eval_rows(&body).unwrap();
+        assert_eq!(
+            serde_json::Value::Array(rows.into_iter().map(serde_json::Value::Object).collect()),
+            serde_json::json!([
+                {"ATTRIBUTE_1": null, "ATTRIBUTE_2": 7, "signalId": "a8"},
+                {"ATTRIBUTE_1": "D1", "signalId": "8c"}
+            ])
+        );
+    }
+
+    #[test]
+    fn a_rows_result_that_is_no_list_of_maps_and_a_bad_helper_call_are_named() {
+        let body = json_value(serde_json::json!({"value": [1], "s": "{"}));
+        let e = Expr::compile("body.value", &["body"]).unwrap();
+        assert_eq!(
+            e.eval_rows(&body).unwrap_err().to_string(),
+            "element 0 of the list is int, not a map"
+        );
+        let e = Expr::compile("body", &["body"]).unwrap();
+        assert!(
+            e.eval_rows(&body)
+                .unwrap_err()
+                .to_string()
+                .contains("not a list of maps")
+        );
+        let e = Expr::compile("[parseJson(body.s)]", &["body"]).unwrap();
+        let message = e.eval_rows(&body).unwrap_err().to_string();
+        assert!(
+            message.contains("parseJson") && message.contains("not JSON"),
+            "{message}"
+        );
+        let e = Expr::compile("[merge(body, 1)]", &["body"]).unwrap();
+        let message = e.eval_rows(&body).unwrap_err().to_string();
+        assert!(message.contains("takes two maps"), "{message}");
     }
 
     #[test]

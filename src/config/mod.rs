@@ -210,6 +210,8 @@ pub struct PipelineConfig {
     /// Memory queue only: make one last delivery at shutdown.
     pub drain_on_shutdown: bool,
     pub schema: Option<Schema>,
+    /// `rows`: CEL over `body` turning a request's body into rows (a list of maps).
+    pub rows: Option<Expr>,
     /// Rows for which this is false are ignored at ingest (variables `row`, `pipeline`).
     pub filter: Option<Expr>,
     pub columns: Vec<Column>,
@@ -1184,6 +1186,9 @@ impl Validator<'_> {
         let filter = p
             .filter
             .and_then(|f| self.expr(&format!("{path}.filter"), &f, &["row", "pipeline"]));
+        let rows = p
+            .rows
+            .and_then(|r| self.expr(&format!("{path}.rows"), &r, &["body"]));
         let sink = self.sink(&format!("{path}.sink"), p.sink, &columns, schema.as_ref());
         let auth = p.auth.and_then(|a| self.auth(&format!("{path}.auth"), a));
         let rate_limit = p
@@ -1222,6 +1227,7 @@ impl Validator<'_> {
             state_dir,
             drain_on_shutdown,
             schema,
+            rows,
             filter,
             columns,
             sink,

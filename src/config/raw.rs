@@ -108,6 +108,7 @@ pub(super) struct RawPipeline {
     pub drain_on_shutdown: Option<bool>,
     pub retention: Option<String>,
     pub schema: Option<RawSchema>,
+    pub rows: Option<String>,
     pub filter: Option<String>,
     #[serde(default)]
     pub columns: Vec<RawColumn>,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::schema::Source;
 use super::screen::{Verdict, judge};
-use super::{IngestError, parse::Limits, rows_of};
+use super::{IngestError, parse::Limits, shaped_rows};
 use crate::config::{OnMismatch, PipelineConfig};
 use crate::preview::{Preview, SinkPreview};
 use crate::row::Row;
@@ -50,7 +50,8 @@ pub fn dry_run(
     limits: &Limits,
     preview: &dyn Preview,
 ) -> Result<DryRun, IngestError> {
-    let (rows, source): (Vec<Row>, Source) = rows_of(body, query, content_type, limits)?;
+    let (rows, source): (Vec<Row>, Source) =
+        shaped_rows(config, body, query, content_type, limits)?;
     let mut verdicts = Vec::with_capacity(rows.len());
     let mut kept = Vec::new();
     let mut mismatches = 0;

@@ -42,6 +42,8 @@ pub enum IngestError {
     MalformedBody(String),
     #[error("{0}")]
     MalformedQuery(String),
+    #[error("the pipeline's rows expression failed on this body: {0}")]
+    RowsExpression(String),
     #[error(
         "the request has neither a body nor a query string: send a row as ?field=value or as a JSON, NDJSON or form body"
     )]
@@ -101,6 +103,7 @@ impl IngestError {
             E::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body", None),
             E::MalformedQuery(_) => (StatusCode::BAD_REQUEST, "malformed_query", None),
             E::NoRows => (StatusCode::BAD_REQUEST, "no_rows", None),
+            E::RowsExpression(_) => (StatusCode::BAD_REQUEST, "rows_expression_failed", None),
             E::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -175,6 +178,7 @@ mod tests {
             E::Busy { limit: 1 },
             E::MalformedBody(s()),
             E::MalformedQuery(s()),
+            E::RowsExpression(s()),
             E::NoRows,
             E::UnsupportedMediaType(s()),
             E::TooManyRows(s()),
@@ -210,6 +214,7 @@ mod tests {
             | E::Busy { .. }
             | E::MalformedBody(_)
             | E::MalformedQuery(_)
+            | E::RowsExpression(_)
             | E::NoRows
             | E::UnsupportedMediaType(_)
             | E::TooManyRows(_)

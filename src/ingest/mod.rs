@@ -504,7 +504,7 @@ fn prepare(
     content_type: &str,
     limits: &Limits,
 ) -> Result<(Vec<Row>, usize), IngestError> {
-    let (rows, source) = rows_of(body, query, content_type, limits)?;
+    let (rows, source) = shaped_rows(&pipeline.config, body, query, content_type, limits)?;
     let (rows, ignored) = apply_schema(pipeline, rows, source)?;
     let (rows, filtered) = apply_filter(pipeline, rows);
     Ok((rows, ignored + filtered))
@@ -667,6 +667,82 @@ fn rows_of(
         )),
         _ => Err(IngestError::UnsupportedMediaType(content_type.to_owned())),
     }
+}
+
+/// A request's rows: as parsed, or, with the pipeline's `rows` expression, what it makes
+/// of the body. The body is then one value for the expression: the JSON document, each
+/// NDJSON line in turn (their rows in order), or a form or query string as a map of text.
+/// Each map the expression gives becomes a row exactly as a JSON object would (nested
+/// objects flattened, every limit applied).
+fn shaped_rows(
+    config: &PipelineConfig,
+    body: &[u8],
+    query: Option<&str>,
+    content_type: &str,
+    limits: &Limits,
+) -> Result<(Vec<Row>, Source), IngestError> {
+    let Some(expr) = &config.rows else {
+        return rows_of(body, query, content_type, limits);
+    };
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let bad = |e: serde_json::Error| IngestError::MalformedBody(format!("malformed JSON: {e}"));
+    let bodies: Vec<serde_json::Value> =
+        if body.is_empty() || mime == "application/x-www-form-urlencoded" {
+            // A form or query string: its one row, as a map of text.
+            let (rows, _) = rows_of(body, query, content_type, limits)?;
+            rows.iter()
+                .map(|r| {
+                    serde_json::Value::Object(
+                        r.fields()
+                            .map(|f| {
+                                (
+                                    f.name.to_owned(),
+                                    serde_json::Value::String(f.text.to_owned()),
+                                )
+                            })
+                            .collect(),
+                    )
+                })
+                .collect()
+        } else {
+            match mime.as_str() {
+                "application/json" => vec![serde_json::from_slice(body).map_err(bad)?],
+                "application/x-ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines"
+                | "application/jsonlines" => body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                    .map(|l| serde_json::from_slice(l).map_err(bad))
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(IngestError::UnsupportedMediaType(content_type.to_owned())),
+            }
+        };
+    let mut objects = Vec::new();
+    for b in bodies {
+        let made = expr
+            .eval_rows(&crate::expr::json_value(b))
+            .map_err(|e| IngestError::RowsExpression(format!("{}: {e}", expr.source())))?;
+        objects.extend(made.into_iter().map(serde_json::Value::Object));
+    }
+    if objects.is_empty() {
+        return Ok((Vec::new(), Source::Json));
+    }
+    let array = serde_json::to_vec(&serde_json::Value::Array(objects)).map_err(|e| {
+        IngestError::Internal(if e.is_io() {
+            "writing rows"
+        } else {
+            "rendering rows"
+        })
+    })?;
+    let rows = parse::json_within(&array, limits)
+        .map_err(|e| parse_refusal(e, IngestError::MalformedBody))?;
+    Ok((rows, Source::Json))
 }
 
 /// Checks a row against the pipeline's schema and its columns' types and lengths (the

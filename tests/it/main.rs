@@ -23,6 +23,7 @@ mod privacy;
 mod proxy;
 mod push;
 mod security;
+mod shaping;
 mod soak;
 mod spool;
 mod tidy;
