@@ -223,6 +223,24 @@ pub fn describe(c: &Config) -> String {
                     CelonisAuth::ApiKey(k) => format!("Bearer {k}"),
                     CelonisAuth::OAuth2(o) => oauth2(o),
                 };
+                if s.api == super::CelonisApi::Continuous {
+                    let _ = writeln!(
+                        w,
+                        "  sink: celonis continuous {}/continuous-batch-processing/api/v1/{}/items, table {}, keys [{}], auth {auth}, one Parquet file per run, no job budget",
+                        s.base_url.as_str().trim_end_matches('/'),
+                        s.data_pool_id,
+                        s.target_name,
+                        s.keys.join(", "),
+                    );
+                    if !s.keys.is_empty() {
+                        let _ = writeln!(
+                            w,
+                            "  per key: latest row of a key wins (weir sends only that row, with {0}; duplicateRemovalOrderColumn={0})",
+                            super::ORDER_COLUMN
+                        );
+                    }
+                    continue;
+                }
                 let _ = writeln!(
                     w,
                     "  sink: celonis {}{}/api/v1/data-push/{}/jobs/, table {}, mode {}, keys [{}], auth {auth}, {}, poll timeout {}",

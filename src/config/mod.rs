@@ -168,11 +168,14 @@ pub struct EmulatorSettings {
     pub pools: Option<Vec<String>>,
 }
 
-/// Celonis' job-submission limits, applied per team (one budget per team host).
+/// Celonis' job-submission limits, applied per team (one budget per team host), and the
+/// polite rate of continuous uploads (which spend no job budget).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CelonisLimits {
     pub jobs_per_hour: u32,
     pub jobs_per_second: u32,
+    /// `api = "continuous"` uploads per second, per team.
+    pub uploads_per_second: u32,
 }
 
 impl Default for CelonisLimits {
@@ -180,6 +183,7 @@ impl Default for CelonisLimits {
         CelonisLimits {
             jobs_per_hour: 250,
             jobs_per_second: 10,
+            uploads_per_second: 10,
         }
     }
 }
@@ -518,6 +522,8 @@ pub enum CelonisAuth {
 
 #[derive(Debug, Clone)]
 pub struct CelonisSink {
+    /// Which Celonis API a run's batch goes to.
+    pub api: CelonisApi,
     /// The team's base URL, e.g. `https://myteam.eu-1.celonis.cloud`.
     pub base_url: Url,
     /// `/integration` (default) or `/data-ingestion`.
@@ -544,6 +550,25 @@ pub struct CelonisSink {
     pub csv: CsvOptions,
 }
 
+/// Which Celonis API a Celonis sink delivers with (`api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CelonisApi {
+    /// Data Push jobs: create, upload chunks, execute, poll (spends the team's job budget).
+    #[default]
+    DataPush,
+    /// Continuous Batch Processing: one multipart Parquet upload per run, no job.
+    Continuous,
+}
+
+impl CelonisApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CelonisApi::DataPush => "data-push",
+            CelonisApi::Continuous => "continuous",
+        }
+    }
+}
+
 /// The format of a job's chunks (`file_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {
@@ -560,6 +585,10 @@ impl FileType {
         }
     }
 }
+
+/// The INTEGER column weir adds to keyed rows Celonis deduplicates (`dedupe = "server"`,
+/// `api = "continuous"`): the row's queue offset, which only grows, so the highest wins.
+pub const ORDER_COLUMN: &str = "weir_seq";
 
 /// Rows per Parquet chunk when `rows_per_chunk` is not set (what pycelonis sends).
 pub const DEFAULT_ROWS_PER_CHUNK: usize = 100_000;
@@ -779,6 +808,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         Some(c) => CelonisLimits {
             jobs_per_hour: v.positive_u32("celonis.jobs_per_hour", c.jobs_per_hour, 250),
             jobs_per_second: v.positive_u32("celonis.jobs_per_second", c.jobs_per_second, 10),
+            uploads_per_second: v.positive_u32(
+                "celonis.uploads_per_second",
+                c.uploads_per_second,
+                10,
+            ),
         },
         None => CelonisLimits::default(),
     };
@@ -1327,6 +1361,14 @@ impl Validator<'_> {
             ),
         }
         self.only_for_http(path, &s);
+        let data_push_only = [
+            ("api_prefix", s.api_prefix.is_some()),
+            ("dedupe", s.dedupe.is_some()),
+            ("delete_when", s.delete_when.is_some()),
+            ("upsert_strategy", s.upsert_strategy.is_some()),
+            ("poll_timeout", s.poll_timeout.is_some()),
+            ("rows_per_chunk", s.rows_per_chunk.is_some()),
+        ];
         let base_url = match (&s.url, &s.team, &s.cluster) {
             (Some(url), None, None) => match Url::parse(url) {
                 Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => u,
@@ -1390,7 +1432,7 @@ impl Validator<'_> {
                 PushMode::Delta
             }
         };
-        let keys = s.keys.unwrap_or_default();
+        let keys = s.keys.clone().unwrap_or_default();
         let known: Option<Vec<&str>> = if !columns.is_empty() {
             Some(columns.iter().map(|c| c.name.as_str()).collect())
         } else {
@@ -1425,6 +1467,9 @@ impl Validator<'_> {
                 Dedupe::Client
             }
         };
+        if dedupe == Dedupe::Server && !keys.is_empty() {
+            self.order_column_free(path, columns, schema, "dedupe = \"server\"");
+        }
         let delete_when = s
             .delete_when
             .as_deref()
@@ -1462,6 +1507,20 @@ impl Validator<'_> {
                     "needs keys: it works per key (set keys = [\"...\"])",
                 );
             }
+        }
+        let api = match s.api.as_deref() {
+            None | Some("data-push") => CelonisApi::DataPush,
+            Some("continuous") => CelonisApi::Continuous,
+            Some(other) => {
+                self.error(
+                    format!("{path}.api"),
+                    format!("\"{other}\" is not \"data-push\" or \"continuous\""),
+                );
+                CelonisApi::DataPush
+            }
+        };
+        if api == CelonisApi::Continuous {
+            self.continuous_sink(path, &data_push_only, mode, &keys, columns, schema);
         }
         let auth = match (s.app_key, s.api_key, s.auth) {
             (Some(k), None, None) => CelonisAuth::AppKey(Secret::new(k)),
@@ -1508,6 +1567,22 @@ impl Validator<'_> {
             60,
         );
         let file_type = match s.file_type.as_deref() {
+            // One Parquet file per run: its only chunk holds the whole batch.
+            None if api == CelonisApi::Continuous => FileType::Parquet {
+                rows_per_chunk: usize::MAX,
+            },
+            Some("csv") if api == CelonisApi::Continuous => {
+                self.error(
+                    format!("{path}.file_type"),
+                    "api = \"continuous\" uploads Parquet files only: remove file_type or set \"parquet\"",
+                );
+                FileType::Parquet {
+                    rows_per_chunk: usize::MAX,
+                }
+            }
+            Some("parquet") if api == CelonisApi::Continuous => FileType::Parquet {
+                rows_per_chunk: usize::MAX,
+            },
             None | Some("csv") => FileType::Csv,
             Some("parquet") => FileType::Parquet {
                 rows_per_chunk: DEFAULT_ROWS_PER_CHUNK,
@@ -1522,6 +1597,8 @@ impl Validator<'_> {
         };
         let file_type = match (file_type, s.rows_per_chunk) {
             (_, None) => file_type,
+            // Refused by `continuous_sink`.
+            (_, Some(_)) if api == CelonisApi::Continuous => file_type,
             (FileType::Parquet { .. }, Some(n)) if (1..=10_000_000).contains(&n) => {
                 FileType::Parquet {
                     rows_per_chunk: n as usize,
@@ -1550,7 +1627,12 @@ impl Validator<'_> {
                 if set {
                     self.error(
                         format!("{path}.{key}"),
-                        "only applies to file_type = \"csv\"",
+                        match api {
+                            CelonisApi::DataPush => "only applies to file_type = \"csv\"",
+                            CelonisApi::Continuous => {
+                                "does not apply to api = \"continuous\": it uploads Parquet files"
+                            }
+                        },
                     );
                 }
             }
@@ -1568,6 +1650,7 @@ impl Validator<'_> {
             }
         };
         SinkConfig::Celonis(CelonisSink {
+            api,
             fallback_varchar_length,
             base_url,
             api_prefix,
@@ -1586,6 +1669,73 @@ impl Validator<'_> {
             request_timeout,
             csv,
         })
+    }
+
+    /// What `api = "continuous"` refuses: keys of Data Push jobs the upload call has no
+    /// place for, and a user column named like the order column weir adds with `keys`.
+    fn continuous_sink(
+        &mut self,
+        path: &str,
+        data_push_only: &[(&'static str, bool)],
+        mode: PushMode,
+        keys: &[String],
+        columns: &[Column],
+        schema: Option<&Schema>,
+    ) {
+        if mode == PushMode::Replace {
+            self.error(
+                format!("{path}.mode"),
+                "api = \"continuous\" only adds or upserts rows: REPLACE needs api = \"data-push\"",
+            );
+        }
+        for &(key, set) in data_push_only {
+            let why = match key {
+                "api_prefix" => "the continuous API has no prefix",
+                "dedupe" => "Celonis keeps the latest row of a key by weir's order column",
+                "delete_when" => "the continuous API cannot delete rows",
+                "upsert_strategy" => "the upload call takes no upsert strategy",
+                "poll_timeout" => "an upload is answered at once, there is no job to poll",
+                _ => "each run is one Parquet file; bound it with max_rows_per_run",
+            };
+            if set {
+                self.error(
+                    format!("{path}.{key}"),
+                    format!("does not apply to api = \"continuous\": {why}"),
+                );
+            }
+        }
+        if !keys.is_empty() {
+            self.order_column_free(path, columns, schema, "api = \"continuous\" with keys");
+        }
+    }
+
+    /// Errors for a declared column or schema field named like [`ORDER_COLUMN`], which weir
+    /// adds to every row when `why`.
+    fn order_column_free(
+        &mut self,
+        sink_path: &str,
+        columns: &[Column],
+        schema: Option<&Schema>,
+        why: &str,
+    ) {
+        let clash = |name: &str| name.eq_ignore_ascii_case(ORDER_COLUMN);
+        let message =
+            format!("\"{ORDER_COLUMN}\" is the order column weir adds with {why}: rename it");
+        let pipeline = sink_path.strip_suffix(".sink").unwrap_or(sink_path);
+        for (j, c) in columns.iter().enumerate() {
+            if clash(&c.name) {
+                self.error(format!("{pipeline}.columns[{j}].name"), message.clone());
+            }
+        }
+        if columns.is_empty()
+            && let Some(schema) = schema
+        {
+            for (name, _) in &schema.fields {
+                if clash(name) {
+                    self.error(format!("{pipeline}.schema.fields.{name}"), message.clone());
+                }
+            }
+        }
     }
 
     /// A column's `type`, `length` and `decimals`.

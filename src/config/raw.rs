@@ -78,6 +78,7 @@ pub(super) struct RawToken {
 pub(super) struct RawCelonis {
     pub jobs_per_hour: Option<i64>,
     pub jobs_per_second: Option<i64>,
+    pub uploads_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +179,7 @@ pub(super) struct RawColumn {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSink {
     pub kind: String,
+    pub api: Option<String>,
     pub url: Option<String>,
     pub team: Option<String>,
     pub cluster: Option<String>,

@@ -234,10 +234,12 @@ fn write_file(file: &Path, hour: u64, used: u32) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// One budget per team, created on first use.
+/// One budget per team, created on first use; and one upload rate per team for continuous
+/// sinks, which spend no job budget.
 #[derive(Default, Debug)]
 pub struct Budgets {
     teams: Mutex<HashMap<String, Arc<JobBudget>>>,
+    uploads: Mutex<HashMap<String, Arc<JobBudget>>>,
     /// Where each team's hour count is persisted; `None` keeps counts in memory.
     dir: Option<PathBuf>,
 }
@@ -247,8 +249,23 @@ impl Budgets {
     pub fn persisted(dir: PathBuf) -> Budgets {
         Budgets {
             teams: Mutex::default(),
+            uploads: Mutex::default(),
             dir: Some(dir),
         }
+    }
+
+    /// The team's continuous upload rate: `per_second` uploads in any second, no hourly
+    /// count (nothing is persisted), and the team's "not before" after a 429 of an upload.
+    pub fn uploads_for_team(&self, team: &str, per_second: u32) -> Arc<JobBudget> {
+        let limits = CelonisLimits {
+            jobs_per_hour: u32::MAX,
+            jobs_per_second: per_second.max(1),
+            uploads_per_second: per_second.max(1),
+        };
+        lock(&self.uploads)
+            .entry(team.to_owned())
+            .or_insert_with(|| Arc::new(JobBudget::new(limits)))
+            .clone()
     }
 
     pub fn for_team(&self, team: &str, limits: CelonisLimits) -> Arc<JobBudget> {
@@ -307,6 +324,7 @@ mod tests {
         CelonisLimits {
             jobs_per_second: per_second,
             jobs_per_hour: per_hour,
+            ..CelonisLimits::default()
         }
     }
 
