@@ -347,6 +347,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn uploads_keep_their_own_per_second_rate_and_spend_no_job_budget() {
+        let budgets = Budgets::default();
+        let jobs = budgets.for_team("team:443", limits(10, 250));
+        let uploads = budgets.uploads_for_team("team:443", 2);
+        assert!(Arc::ptr_eq(
+            &uploads,
+            &budgets.uploads_for_team("team:443", 2)
+        ));
+        let start = Instant::now();
+        let mut starts = Vec::new();
+        // More uploads than a job budget of 250 an hour would ever allow.
+        for _ in 0..300 {
+            uploads.acquire().await.unwrap();
+            starts.push(start.elapsed());
+        }
+        for w in starts.windows(3) {
+            assert!(w[2] - w[0] >= Duration::from_secs(1), "{:?}", &starts[..5]);
+        }
+        assert!(starts[299] < Duration::from_secs(151), "{:?}", starts[299]);
+        assert_eq!(jobs.remaining_this_hour(), 250, "no job was spent");
+        assert_eq!(budgets.remaining(), [("team:443".to_owned(), 250)]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_hour_budget_resets_at_the_full_utc_hour() {
         // 10:59:59 UTC on some day.
         let wall = Arc::new(AtomicU64::new(1_700_000_000 / 3600 * 3600 + 3599));
