@@ -197,6 +197,8 @@ pub struct PipelineConfig {
     pub queue: QueueConfig,
     pub schedule: Schedule,
     pub max_rows_per_run: usize,
+    /// With `schedule = "continuous"`: the longest the oldest queued row waits for a run.
+    pub max_wait: Duration,
     /// Row data (`Row::encoded_len`) one run takes at most; a run always takes one row.
     pub max_bytes_per_run: u64,
     /// Without `columns` or `schema`: the most distinct fields one run's CSV may have.
@@ -227,6 +229,9 @@ pub struct PipelineConfig {
     /// the schedule.
     pub allow_sync: bool,
 }
+
+/// `max_wait` unless configured.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// `wait_timeout` unless configured.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -279,6 +284,9 @@ pub enum Schedule {
     Every(Duration),
     /// A 6-field cron expression (seconds first), in UTC.
     Cron(String),
+    /// As soon as the queued rows reach `max_rows_per_run` or `max_bytes_per_run`, or
+    /// `max_wait` after the oldest queued row arrived.
+    Continuous,
 }
 
 impl fmt::Display for Schedule {
@@ -286,6 +294,7 @@ impl fmt::Display for Schedule {
         match self {
             Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
             Schedule::Cron(c) => write!(f, "cron \"{c}\" (UTC)"),
+            Schedule::Continuous => f.write_str("continuous"),
         }
     }
 }
@@ -1020,6 +1029,21 @@ impl Validator<'_> {
             p.max_rows_per_run,
             10_000,
         ) as usize;
+        let max_wait = self.duration(
+            &format!("{path}.max_wait"),
+            p.max_wait.as_deref(),
+            DEFAULT_MAX_WAIT.as_secs(),
+        );
+        if p.max_wait.is_some() {
+            if schedule != Schedule::Continuous {
+                self.error(
+                    format!("{path}.max_wait"),
+                    "only applies to schedule = \"continuous\"",
+                );
+            } else if max_wait < Duration::from_millis(100) {
+                self.error(format!("{path}.max_wait"), "must be at least 100ms");
+            }
+        }
         let max_bytes_per_run = self.size(
             &format!("{path}.max_bytes_per_run"),
             p.max_bytes_per_run.as_ref(),
@@ -1140,6 +1164,7 @@ impl Validator<'_> {
             queue,
             schedule,
             max_rows_per_run,
+            max_wait,
             max_bytes_per_run,
             max_columns,
             retry_initial,
@@ -1267,6 +1292,9 @@ impl Validator<'_> {
 
     fn schedule(&mut self, path: &str, value: Option<&str>) -> Schedule {
         let text = value.unwrap_or("5m").trim();
+        if text == "continuous" {
+            return Schedule::Continuous;
+        }
         if let Ok(d) = humantime::parse_duration(text) {
             if d < Duration::from_secs(1) {
                 self.error(
@@ -1286,7 +1314,7 @@ impl Validator<'_> {
             self.error(
                 path,
                 format!(
-                    "\"{text}\" is neither an interval like \"5m\" nor a 6-field cron expression like \"0 */5 * * * *\""
+                    "\"{text}\" is neither an interval like \"5m\", a 6-field cron expression like \"0 */5 * * * *\", nor \"continuous\""
                 ),
             );
         }

@@ -89,6 +89,7 @@ pub(super) struct RawPipeline {
     pub queue_capacity: Option<i64>,
     pub queue: Option<RawQueue>,
     pub schedule: Option<String>,
+    pub max_wait: Option<String>,
     pub max_rows_per_run: Option<i64>,
     pub max_bytes_per_run: Option<ByteSize>,
     pub max_columns: Option<i64>,

@@ -1006,3 +1006,34 @@ from = "seq"
     // Without keys weir adds no order column, so the name is free.
     Config::load(&continuous(columns, ""), &env()).unwrap();
 }
+
+#[test]
+fn schedule_continuous_takes_max_wait_and_other_schedules_refuse_it() {
+    let c = Config::load(&continuous("schedule = \"continuous\"", ""), &env()).unwrap();
+    assert_eq!(c.pipelines[0].schedule, Schedule::Continuous);
+    assert_eq!(c.pipelines[0].max_wait, DEFAULT_MAX_WAIT);
+    let c = Config::load(
+        &continuous("schedule = \"continuous\"\nmax_wait = \"5s\"", ""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.pipelines[0].max_wait, Duration::from_secs(5));
+    let errors = errors_of(&continuous("schedule = \"5m\"\nmax_wait = \"5s\"", ""));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].max_wait")
+                && e.contains("schedule = \"continuous\"")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&continuous(
+        "schedule = \"continuous\"\nmax_wait = \"10ms\"",
+        "",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].max_wait") && e.contains("at least 100ms")),
+        "{errors:?}"
+    );
+}

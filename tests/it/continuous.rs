@@ -309,3 +309,52 @@ async fn check_online_probes_a_continuous_sink_with_the_pools_job_list() {
         "{probed:?}"
     );
 }
+
+/// `config` with `schedule = "continuous"` instead of the helpers' hourly schedule.
+fn continuously(emu: &TestEmulator, pipeline_extra: &str) -> String {
+    let text = config(emu, pipeline_extra, "");
+    assert!(text.contains("schedule = \"1h\""));
+    text.replace("schedule = \"1h\"", "schedule = \"continuous\"")
+}
+
+#[tokio::test]
+async fn schedule_continuous_uploads_as_soon_as_the_queued_rows_reach_max_rows_per_run() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&continuously(
+        &emu,
+        "max_rows_per_run = 3\nmax_wait = \"1h\"",
+    ))
+    .await;
+    post(&app, json!([{"id": "1"}, {"id": "2"}])).await;
+    post(&app, json!([{"id": "3"}])).await;
+    crate::helpers::wait_until(10, "three rows in the table", || async {
+        emu.table("orders").await.len() == 3
+    })
+    .await;
+    let items = emu.items().await;
+    assert_eq!(items.len(), 1, "two rows did not make an upload: {items:?}");
+    assert_eq!(items[0]["rows"], 3);
+    crate::helpers::wait_until(10, "the rows committed", || async {
+        app.queued("orders").await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn schedule_continuous_uploads_max_wait_after_the_oldest_queued_row() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&continuously(&emu, "max_wait = \"1s\"")).await;
+    let start = tokio::time::Instant::now();
+    post(&app, json!([{"id": "1"}])).await;
+    crate::helpers::wait_until(10, "the row in the table", || async {
+        emu.table("orders").await.len() == 1
+    })
+    .await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950),
+        "uploaded after {waited:?}, before max_wait"
+    );
+    let view = app.pipeline_view("orders").await;
+    assert_eq!(view["schedule"], "continuous", "{view}");
+}
