@@ -754,6 +754,12 @@ impl axum::body::HttpBody for LostAnswer {
     }
 }
 
+/// Why an uploaded file was not applied: the file (a 400) or the emulator's database (a 500).
+enum Refusal {
+    Data(String),
+    Database(rusqlite::Error),
+}
+
 /// `POST /continuous-batch-processing/api/v1/{pool}/items`: applies one Parquet file at once
 /// and answers with the item (see [`super::items`]).
 async fn upload_item(
@@ -784,22 +790,29 @@ async fn upload_item(
     }
     let (file_name, content) =
         file.ok_or_else(|| refused("the multipart part named file is required".into()))?;
-    let parsed = read_parquet(content.clone()).map_err(refused)?;
     let bad_values = lock(&emulator.inner.faults).bad_values();
-    if let Some(bad) = items::injected_bad_value(&parsed, &bad_values) {
-        warn!(error = %bad, "emulator refused an uploaded file");
-        return Err(refused(bad));
-    }
     let spec = upload.spec.clone();
+    // Parsing and applying the file are blocking work, done on the database's thread.
     let applied = emulator
-        .with_db(move |conn| table::apply_job(conn, &spec, &[(ChunkKind::Upsert, &content)]))
+        .with_db(move |conn| {
+            if !bad_values.is_empty() {
+                let parsed = read_parquet(content.clone()).map_err(Refusal::Data)?;
+                if let Some(bad) = items::injected_bad_value(&parsed, &bad_values) {
+                    return Err(Refusal::Data(bad));
+                }
+            }
+            table::apply_job(conn, &spec, &[(ChunkKind::Upsert, &content)]).map_err(|f| match f {
+                table::JobFailure::Sqlite(e) => Refusal::Database(e),
+                f => Refusal::Data(f.to_string()),
+            })
+        })
         .await?;
     let applied = match applied {
         Ok(applied) => applied,
-        Err(table::JobFailure::Sqlite(e)) => return Err(EmulatorError::from(e).into()),
-        Err(failure) => {
-            warn!(error = %failure, "emulator refused an uploaded file");
-            return Err(refused(failure.to_string()));
+        Err(Refusal::Database(e)) => return Err(EmulatorError::from(e).into()),
+        Err(Refusal::Data(why)) => {
+            warn!(error = %why, "emulator refused an uploaded file");
+            return Err(refused(why));
         }
     };
     let item = lock(&emulator.inner.items).add(

@@ -140,6 +140,30 @@ pub fn query(sink: &CelonisSink, client_id: &str) -> Vec<(&'static str, String)>
     q
 }
 
+/// The layout with weir's order column last. A field of the rows named like it (only
+/// possible without `columns` and schema: config refuses a declared one) is left out, so
+/// the file never has the column twice.
+pub fn with_order_column(layout: &Layout) -> Layout {
+    let mut layout = layout.clone();
+    if layout.exprs.is_empty()
+        && let Some(i) = layout
+            .headers
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(batch::SEQ_COLUMN))
+    {
+        tracing::warn!(
+            field = %layout.headers[i],
+            "a row field named like the order column is not sent"
+        );
+        layout.headers.remove(i);
+        layout.sources.remove(i);
+        if i < layout.typings.len() {
+            layout.typings.remove(i);
+        }
+    }
+    layout.with_seq(batch::SEQ_COLUMN)
+}
+
 /// A client for one pipeline's continuous sink.
 pub struct ContinuousClient {
     http: reqwest::Client,
@@ -182,7 +206,7 @@ impl ContinuousClient {
             return (layout.clone(), entries.to_vec());
         }
         let split = batch::split(layout, &self.sink.keys, None, Dedupe::Client, entries);
-        (layout.clone().with_seq(batch::SEQ_COLUMN), split.upserts)
+        (with_order_column(layout), split.upserts)
     }
 
     /// The batch as one Parquet file.
@@ -471,6 +495,20 @@ app_key = "k"
         }
         assert!(!UploadFailure::BadResponse("x".into()).bad_data());
         assert_eq!(http(500).fate(), Fate::NotDelivered);
+    }
+
+    #[test]
+    fn a_row_field_named_like_the_order_column_gives_way_to_it() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let layout = Layout {
+            headers: names(&["id", "WEIR_SEQ", "v"]),
+            sources: names(&["id", "WEIR_SEQ", "v"]),
+            ..Layout::default()
+        };
+        let file = with_order_column(&layout);
+        assert_eq!(file.headers, names(&["id", "v", "weir_seq"]));
+        assert_eq!(file.sources, names(&["id", "v", ""]));
+        assert_eq!(file.seq, Some(2));
     }
 
     #[test]
