@@ -78,8 +78,8 @@ pub fn describe(c: &Config) -> String {
     }
     let _ = writeln!(
         w,
-        "celonis limits per team: {} jobs/hour, {} jobs/second",
-        c.celonis.jobs_per_hour, c.celonis.jobs_per_second
+        "celonis limits per team: {} jobs/hour, {} jobs/second, {} continuous uploads/second",
+        c.celonis.jobs_per_hour, c.celonis.jobs_per_second, c.celonis.uploads_per_second
     );
     for p in &c.pipelines {
         let _ = writeln!(w, "pipeline {}:", p.name);
@@ -155,7 +155,13 @@ pub fn describe(c: &Config) -> String {
         let _ = writeln!(
             w,
             "  schedule: {}, at most {} rows and {} bytes per run, retry from {} up to {}",
-            p.schedule,
+            match p.schedule {
+                super::Schedule::Continuous => format!(
+                    "continuous (a full batch, or {} after the oldest queued row)",
+                    humantime::format_duration(p.max_wait)
+                ),
+                ref other => other.to_string(),
+            },
             p.max_rows_per_run,
             p.max_bytes_per_run,
             humantime::format_duration(p.retry_initial),
