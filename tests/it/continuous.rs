@@ -358,3 +358,76 @@ async fn schedule_continuous_uploads_max_wait_after_the_oldest_queued_row() {
     let view = app.pipeline_view("orders").await;
     assert_eq!(view["schedule"], "continuous", "{view}");
 }
+
+#[tokio::test]
+async fn with_oauth_an_upload_refused_with_401_gets_one_new_token_and_is_sent_again() {
+    let emu = spawn_emulator(EmulatorConfig {
+        oauth_clients: vec![("weir-client".into(), "s3cret-value".into())],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let text = config(&emu, "", "").replace(
+        "app_key = \"test-key\"",
+        "auth = { kind = \"oauth2\", client_id = \"weir-client\", client_secret = \"s3cret-value\" }",
+    );
+    let app = spawn_app(&text).await;
+    let issued = || async {
+        let body: Value = reqwest::get(format!("{}/emulator/oauth", emu.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["issued"].as_u64().unwrap()
+    };
+    post(&app, json!([{"id": "1"}])).await;
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+    assert_eq!(issued().await, 1);
+    let revoked = reqwest::Client::new()
+        .delete(format!("{}/emulator/oauth/tokens", emu.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    post(&app, json!([{"id": "2"}])).await;
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+    assert_eq!(issued().await, 2, "exactly one refresh");
+    assert_eq!(emu.column("orders", "id").await, ["1", "2"]);
+}
+
+#[tokio::test]
+async fn a_wrong_key_leaves_the_batch_queued_and_is_not_bad_data() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&config(&emu, "", "").replace("test-key", "wrong-key")).await;
+    post(&app, json!([{"id": "1"}, {"id": "2"}])).await;
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    let error = report.error.unwrap();
+    assert!(error.contains("HTTP 401"), "{error}");
+    assert_eq!(app.queued("orders").await.len(), 2);
+    assert!(dead_letters(&app).await.is_empty(), "nothing isolated");
+}
+
+#[tokio::test]
+async fn a_429_leaves_the_batch_queued_and_the_retry_waits_for_retry_after() {
+    let emu = spawn_emulator(emulator()).await;
+    let app = spawn_app(&config(&emu, "", "")).await;
+    emu.fault(json!({"endpoint": "items", "status": 429, "retry_after": 2}))
+        .await;
+    post(&app, json!([{"id": "1"}])).await;
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert_eq!(report.retry_after, Some(Duration::from_secs(2)));
+    assert_eq!(app.queued("orders").await.len(), 1);
+    // The next upload to the team waits out the 429's Retry-After.
+    let start = tokio::time::Instant::now();
+    let report = app.app().flush("orders").await.unwrap();
+    assert_eq!(report.outcome, Outcome::Delivered, "{report:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}
