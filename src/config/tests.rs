@@ -104,7 +104,8 @@ fn continuous_refuses_what_the_upload_call_cannot_do_naming_each_key() {
 mode = "REPLACE"
 api_prefix = "/integration"
 poll_timeout = "1m"
-rows_per_chunk = 10"#,
+rows_per_chunk = 10
+chunk_bytes = "1MiB""#,
     ));
     for (key, words) in [
         ("pipelines[0].sink.file_type", "Parquet files only"),
@@ -118,6 +119,7 @@ rows_per_chunk = 10"#,
         ),
         ("pipelines[0].sink.poll_timeout", "no job to poll"),
         ("pipelines[0].sink.rows_per_chunk", "max_rows_per_run"),
+        ("pipelines[0].sink.chunk_bytes", "it uploads Parquet files"),
     ] {
         assert!(
             errors
