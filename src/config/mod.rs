@@ -1678,7 +1678,6 @@ impl Validator<'_> {
             }
         };
         SinkConfig::Celonis(CelonisSink {
-            api,
             fallback_varchar_length,
             base_url,
             api_prefix,
@@ -1686,6 +1685,7 @@ impl Validator<'_> {
             connection_id: s.connection_id,
             target_name,
             mode,
+            api,
             keys,
             dedupe,
             delete_when,
