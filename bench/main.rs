@@ -51,6 +51,8 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         reps: usize,
     },
+    /// Only the Celonis API comparison: one batch delivered with data-push and continuous.
+    Apis(scenarios::ApisArgs),
     /// CSV against Parquet chunks: bytes per row and CPU per row of writing them.
     Formats {
         #[arg(long, default_value_t = 200_000)]
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Limit { listen } => limit::serve(listen),
         Command::Run(args) => scenarios::run(args),
+        Command::Apis(args) => scenarios::apis_only(args),
         Command::Csv { rows, reps } => csvbench::measure(rows, reps).map(|r| {
             println!(
                 "weir write_chunks: {:.0} rows/s, csv crate: {:.0} rows/s, ratio {:.2}",

@@ -69,6 +69,22 @@ pub struct Delivery {
     pub peak_done: u64,
 }
 
+/// One API's delivery of a batch to the emulator (`weir-bench apis`).
+#[derive(Debug, Clone, Copy)]
+pub struct ApiDelivery {
+    pub rows: u64,
+    /// Data Push, Parquet chunks, one run until the job is DONE.
+    pub data_push_ms: u64,
+    /// Continuous, one Parquet upload.
+    pub continuous_ms: u64,
+}
+
+impl ApiDelivery {
+    pub fn rows_per_s(&self, ms: u64) -> f64 {
+        self.rows as f64 / (ms.max(1) as f64 / 1000.0)
+    }
+}
+
 pub struct Report {
     pub machine: Machine,
     pub load: Load,
@@ -79,6 +95,7 @@ pub struct Report {
     pub ingest: Vec<Ingest>,
     pub memory: MemoryResults,
     pub delivery: Vec<Delivery>,
+    pub apis: ApiDelivery,
 }
 
 /// One line of the table.
@@ -219,6 +236,26 @@ impl Report {
                     .then(|| ("delivered in one run; growth ≤ 1× the batch".into(), bounded)),
             });
         }
+        let a = &self.apis;
+        lines.push(Line {
+            area: "delivery",
+            measure: format!(
+                "{} rows appended in one run, Parquet: rows/s delivered (data-push: until the job is DONE; continuous: one upload answered)",
+                int(a.rows as f64)
+            ),
+            baseline: format!(
+                "data-push {} rows/s ({} ms)",
+                int(a.rows_per_s(a.data_push_ms)),
+                a.data_push_ms
+            ),
+            weir: format!(
+                "continuous {} rows/s ({} ms)",
+                int(a.rows_per_s(a.continuous_ms)),
+                a.continuous_ms
+            ),
+            ratio: x(a.rows_per_s(a.continuous_ms) / a.rows_per_s(a.data_push_ms)),
+            target: None,
+        });
         let m = &self.memory;
         let raw = m.raw_bytes_per_row;
         let rows = m.rows as f64;
@@ -364,6 +401,13 @@ const NOTES: &[&str] = &[
      run) minus the RSS before the run; the batch is what filling the queue added to the RSS. \
      The growth is the peeked entries (32 B each) and the CSV chunks; the upload streams each \
      chunk from shared bytes instead of copying it.",
+    "**Each Celonis API** (`weir-bench apis`): the same 100,000-row append batch (no keys, \
+     Parquet) flushed to a `weir emulator` process with `api = \"data-push\"` (`file_type = \
+     \"parquet\"`, mode DELTA: create, upload, execute, poll until DONE, with weir's poll \
+     backoff of 0.1 s, 0.3 s, 0.9 s, then 2 s) and with `api = \"continuous\"` (one upload, \
+     which the emulator applies before it answers), best of 3 runs each, the queue refilled \
+     before each. The emulator is not Celonis: a real team loads continuous files after it \
+     answers, so this compares what weir waits for, not when rows are visible in Celonis.",
     "**Memory**: RSS from /proc/<pid>/status (VmRSS, VmHWM) of a weir holding the backlog, filled \
      with 1,000-row JSON arrays; raw payload is each row's JSON object text.",
     "**Start-up**: from spawning the process to its first 202 on `/hooks/bench`, median of 3; idle \

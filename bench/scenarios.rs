@@ -1,5 +1,6 @@
 //! The measurements of issue 8, in the order they run: start-up and idle memory, CSV
-//! writing, intake under wrk, memory with a 1M-row backlog, and delivery to the emulator.
+//! writing, intake under wrk, memory with a 1M-row backlog, delivery to the emulator, and
+//! the same batch delivered with each Celonis API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use anyhow::{Context, bail};
 use crate::load::{self, Load, WrkResult};
 use crate::procs::{Memory, Proc, free_addr};
 use crate::report::{
-    Backlog, Delivery, Ingest, Machine, MemoryResults, Report, Startup, StartupSet,
+    ApiDelivery, Backlog, Delivery, Ingest, Machine, MemoryResults, Report, Startup, StartupSet,
 };
 use crate::{csvbench, formats, work_dir};
 
@@ -85,6 +86,19 @@ impl Env {
         sink: Option<SocketAddr>,
         quiet: bool,
     ) -> anyhow::Result<Proc> {
+        self.start_with(target, tag, admin, sink, quiet, REPLACE)
+    }
+
+    /// [`Env::start`] with `sink_lines` in the sink table instead of `mode = "REPLACE"`.
+    fn start_with(
+        &self,
+        target: Target,
+        tag: &str,
+        admin: Option<SocketAddr>,
+        sink: Option<SocketAddr>,
+        quiet: bool,
+        sink_lines: &str,
+    ) -> anyhow::Result<Proc> {
         let dir = work_dir(&self.work, tag)?;
         let addr = free_addr()?;
         let mut proc = match target {
@@ -100,7 +114,10 @@ impl Env {
             }
             Target::Memory | Target::Disk => {
                 let config = dir.join("weir.toml");
-                std::fs::write(&config, weir_toml(&dir, addr, target, admin, sink))?;
+                std::fs::write(
+                    &config,
+                    weir_toml(&dir, addr, target, admin, sink, sink_lines),
+                )?;
                 let config = config.to_string_lossy().into_owned();
                 Proc::spawn(
                     target.name(),
@@ -119,6 +136,9 @@ impl Env {
     }
 }
 
+/// The sink lines of every scenario but the API comparison.
+const REPLACE: &str = "mode = \"REPLACE\"";
+
 /// A weir config with one pipeline, `bench`, that takes everything the run sends: the queue
 /// never fills (a 503 would make the numbers meaningless), and no delivery runs unless the
 /// admin API asks for one.
@@ -128,6 +148,7 @@ fn weir_toml(
     target: Target,
     admin: Option<SocketAddr>,
     sink: Option<SocketAddr>,
+    sink_lines: &str,
 ) -> String {
     let queue = match target {
         Target::Disk => format!(
@@ -165,7 +186,7 @@ kind = "celonis"
 url = "http://{sink}"
 data_pool_id = "00000000-0000-4000-8000-000000000001"
 target_name = "bench"
-mode = "REPLACE"
+{sink_lines}
 app_key = "{APP_KEY}"
 request_timeout = "10m"
 "#,
@@ -217,6 +238,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     sizes.sort_unstable();
     sizes.dedup();
     let delivery = delivery(&env, &sizes)?;
+    println!("== the same batch with each Celonis API");
+    let apis = apis(&env, 100_000, 3)?;
 
     let report = Report {
         machine: Machine {
@@ -235,6 +258,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ingest,
         memory,
         delivery,
+        apis,
     };
     let md = report.markdown();
     println!("\n{md}");
@@ -477,6 +501,117 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
     }
     emulator.check_alive()?;
     Ok(out)
+}
+
+/// `weir-bench apis`: only the API comparison.
+#[derive(clap::Args)]
+pub struct ApisArgs {
+    /// The weir binary under test (a release build).
+    #[arg(long)]
+    weir: PathBuf,
+    /// Scratch directory for configs and logs.
+    #[arg(long)]
+    work: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    rows: u64,
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+}
+
+pub fn apis_only(args: ApisArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.work)?;
+    let env = Env {
+        weir: args
+            .weir
+            .canonicalize()
+            .context("locating the weir binary")?,
+        bench: std::env::current_exe().context("locating weir-bench")?,
+        work: args.work.canonicalize()?,
+        rt: tokio::runtime::Runtime::new()?,
+    };
+    let a = apis(&env, args.rows, args.reps)?;
+    println!(
+        "{} rows: data-push {:.0} rows/s ({} ms), continuous {:.0} rows/s ({} ms)",
+        a.rows,
+        a.rows_per_s(a.data_push_ms),
+        a.data_push_ms,
+        a.rows_per_s(a.continuous_ms),
+        a.continuous_ms
+    );
+    Ok(())
+}
+
+/// The same append batch delivered with `api = "data-push"` (Parquet, the job polled until
+/// DONE) and with `api = "continuous"` (one upload) to a `weir emulator` process, best of
+/// `reps` runs each; each run refills the queue first.
+fn apis(env: &Env, rows: u64, reps: u32) -> anyhow::Result<ApiDelivery> {
+    let dir = work_dir(&env.work, "apis-emulator")?;
+    let emu_addr = free_addr()?;
+    let listen = emu_addr.to_string();
+    let db = dir.join("emulator.db").to_string_lossy().into_owned();
+    let mut emulator = Proc::spawn(
+        "emulator",
+        &env.weir,
+        &[
+            "emulator",
+            "--listen",
+            &listen,
+            "--database",
+            &db,
+            "--app-key",
+            APP_KEY,
+        ],
+        emu_addr,
+        &dir,
+    )?;
+    emulator.wait_for("/emulator/tables/none", 404)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let best = |api: &str, lines: &str| -> anyhow::Result<u64> {
+        let admin = free_addr()?;
+        let proc = env.start_with(
+            Target::Memory,
+            &format!("apis-{api}"),
+            Some(admin),
+            Some(emu_addr),
+            true,
+            lines,
+        )?;
+        let mut best = u64::MAX;
+        for rep in 0..reps {
+            env.rt
+                .block_on(load::fill(proc.addr, u64::from(rep) * rows, rows, 1000, 4))?;
+            let run: LastRun = env.rt.block_on(async {
+                let resp = client
+                    .post(format!("http://{admin}/admin/pipelines/bench/flush"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                anyhow::Ok(resp.json().await?)
+            })?;
+            if run.outcome != "delivered" || run.rows != rows {
+                bail!(
+                    "{api}: expected a delivered run of {rows} rows, got {} of {} ({})",
+                    run.outcome,
+                    run.rows,
+                    run.error.as_deref().unwrap_or("")
+                );
+            }
+            best = best.min(run.duration_ms);
+        }
+        println!("   {api:<10} {rows} rows: best run {best} ms");
+        Ok(best)
+    };
+    let data_push_ms = best("data-push", "mode = \"DELTA\"\nfile_type = \"parquet\"")?;
+    let continuous_ms = best("continuous", "api = \"continuous\"")?;
+    emulator.check_alive()?;
+    Ok(ApiDelivery {
+        rows,
+        data_push_ms,
+        continuous_ms,
+    })
 }
 
 fn loadavg() -> String {

@@ -98,6 +98,7 @@ impl App {
                 &budgets,
                 &tokens,
                 metrics.clone(),
+                &config.data_dir,
             )
             .with_context(|| format!("building the sink of pipeline {}", p.name()))?;
             let preview = Previewer::new(&p.config, sink.columns().clone());

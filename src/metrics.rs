@@ -104,7 +104,7 @@ impl Metrics {
         let sink_calls = Family::<SinkCallLabels, Counter>::default();
         registry.register(
             "weir_sink_requests",
-            "HTTP calls to the sink (Data Push API) by endpoint and status",
+            "HTTP calls to the sink (Data Push, continuous or HTTP API) by endpoint and status",
             sink_calls.clone(),
         );
         let batches_cut = Family::<PipelineLabels, Counter>::default();

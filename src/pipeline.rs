@@ -32,6 +32,9 @@ pub struct Pipeline {
     delivered: tokio::sync::watch::Sender<Option<DeliveredThrough>>,
     /// Set by a waiting request of an `allow_sync` pipeline: the worker runs now.
     run_wanted: tokio::sync::Notify,
+    /// `schedule = "continuous"`: rows were queued (or the pipeline resumed), so the worker
+    /// looks again at what is queued.
+    queue_changed: tokio::sync::Notify,
 }
 
 /// "Offsets up to `through` are committed, delivered in job `job_id`."
@@ -164,6 +167,7 @@ impl Pipeline {
             persisted: Mutex::new(PersistedState::default()),
             delivered: tokio::sync::watch::Sender::new(None),
             run_wanted: tokio::sync::Notify::new(),
+            queue_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -176,7 +180,16 @@ impl Pipeline {
         rows: Vec<crate::row::Row>,
     ) -> Result<crate::queue::Offset, crate::queue::PushError> {
         self.queue.push(rows).await?;
+        if self.config.schedule == Schedule::Continuous {
+            self.queue_changed.notify_one();
+        }
         Ok(self.queue.stats().next_offset.saturating_sub(1))
+    }
+
+    /// Resolves when rows were queued or the pipeline resumed (`schedule = "continuous"`
+    /// only; the worker's side of [`Pipeline::push`]).
+    pub async fn queue_changed(&self) {
+        self.queue_changed.notified().await;
     }
 
     /// The worker publishes each commit of delivered rows.
@@ -227,6 +240,9 @@ impl Pipeline {
         self.paused.store(paused, Ordering::SeqCst);
         drop(persisted);
         self.note_state();
+        if self.config.schedule == Schedule::Continuous {
+            self.queue_changed.notify_one();
+        }
         Ok(())
     }
 
@@ -341,6 +357,7 @@ impl Pipeline {
             (Some(next), _) => next.saturating_sub(now_ms()).div_ceil(1000),
             (None, Schedule::Every(d)) => d.as_secs(),
             (None, Schedule::Cron(_)) => 60,
+            (None, Schedule::Continuous) => self.config.max_wait.as_secs(),
         };
         secs.clamp(1, 300)
     }

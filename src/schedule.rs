@@ -804,6 +804,8 @@ impl Scheduler {
             let job = match &p.config.schedule {
                 Schedule::Every(d) => Job::new_repeated_async(*d, tick)?,
                 Schedule::Cron(expr) => Job::new_async(expr.as_str(), tick)?,
+                // Runs start when the queue asks for one; the ticks only sweep retention.
+                Schedule::Continuous => Job::new_repeated_async(CONTINUOUS_SWEEP, tick)?,
             };
             let job_id = cron.add(job).await?;
             let last_run = Arc::new(Mutex::new(VecDeque::new()));
@@ -818,6 +820,7 @@ impl Scheduler {
                 job_id,
                 last_run,
                 retry_at: None,
+                due: None,
                 carry: Carry::default(),
             };
             let stopped = Arc::new(Mutex::new(None));
@@ -859,6 +862,8 @@ struct Worker {
     last_run: RecentRuns,
     /// When the next retry or probe is due, while FAILING or SUSPENDED.
     retry_at: Option<Instant>,
+    /// `schedule = "continuous"`: when the queued rows ask for a run (see [`commit_due`]).
+    due: Option<Instant>,
     carry: Carry,
 }
 
@@ -872,7 +877,9 @@ impl Worker {
         if let Err(e) = settle_open(&self.pipeline, &self.sink, &mut self.carry).await {
             tracing::warn!(error = %e, "batch in flight at the last stop not settled yet; settled before the next push");
         }
+        self.due = self.continuous_due();
         self.note_next_tick().await;
+        let continuous = self.pipeline.config.schedule == Schedule::Continuous;
         loop {
             tokio::select! {
                 biased;
@@ -884,6 +891,14 @@ impl Worker {
                         self.attempt().await;
                     }
                 }
+                _ = sleep_until(self.due), if self.due.is_some() && self.retry_at.is_none() => {
+                    self.due = None;
+                    if !self.pipeline.is_paused() {
+                        self.attempt().await;
+                    }
+                }
+                // Rows were queued: the due time is looked at again below.
+                () = self.pipeline.queue_changed(), if continuous => {}
                 () = self.pipeline.run_wanted() => {
                     if !self.pipeline.is_paused() && self.retry_at.is_none() {
                         self.attempt().await;
@@ -891,12 +906,13 @@ impl Worker {
                 }
                 Some(()) = ticks.recv() => {
                     self.sweep().await;
-                    if !self.pipeline.is_paused() && self.retry_at.is_none() {
+                    if !continuous && !self.pipeline.is_paused() && self.retry_at.is_none() {
                         self.attempt().await;
                     }
                 }
                 else => break,
             }
+            self.due = self.continuous_due();
             self.note_next_tick().await;
         }
         if self.pipeline.config.drain_on_shutdown {
@@ -1067,10 +1083,32 @@ impl Worker {
         }
     }
 
-    /// Publishes when the next run will be: the retry time while retrying, else the next tick.
+    /// `schedule = "continuous"`: when the queued rows ask for a run (none while paused or
+    /// with nothing queued).
+    fn continuous_due(&self) -> Option<Instant> {
+        let cfg = &self.pipeline.config;
+        if cfg.schedule != Schedule::Continuous || self.pipeline.is_paused() {
+            return None;
+        }
+        let stats = self.pipeline.queue().stats();
+        commit_due(
+            Queued {
+                rows: stats.rows,
+                bytes: stats.bytes,
+                oldest_ms: stats.oldest_ms,
+            },
+            CommitPolicy::of(cfg),
+            now_ms(),
+            Instant::now(),
+        )
+    }
+
+    /// Publishes when the next run will be: the retry time while retrying, else the next tick
+    /// (with `schedule = "continuous"`, when the queued rows ask for one).
     async fn note_next_tick(&self) {
-        let ms = match self.retry_at {
+        let ms = match self.retry_at.or(self.due) {
             Some(at) => now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64,
+            None if self.pipeline.config.schedule == Schedule::Continuous => 0,
             None => {
                 let mut cron = self.cron.clone();
                 match cron.next_tick_for_job(self.job_id).await {
@@ -1081,6 +1119,57 @@ impl Worker {
         };
         self.pipeline.set_next_run_ms(ms);
     }
+}
+
+/// How often a `schedule = "continuous"` pipeline sweeps rows past retention.
+const CONTINUOUS_SWEEP: Duration = Duration::from_secs(60);
+
+/// What a pipeline has queued, as `schedule = "continuous"` looks at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub rows: u64,
+    pub bytes: u64,
+    /// When the oldest queued row was accepted (ms since the epoch).
+    pub oldest_ms: Option<u64>,
+}
+
+/// A pipeline's `max_rows_per_run`, `max_bytes_per_run` and `max_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitPolicy {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    pub max_wait: Duration,
+}
+
+impl CommitPolicy {
+    pub fn of(cfg: &PipelineConfig) -> CommitPolicy {
+        CommitPolicy {
+            max_rows: cfg.max_rows_per_run as u64,
+            max_bytes: cfg.max_bytes_per_run,
+            max_wait: cfg.max_wait,
+        }
+    }
+}
+
+/// The commit policy of `schedule = "continuous"` (a pure function): a run is due now once
+/// the queued rows reach `max_rows_per_run` or `max_bytes_per_run`, else `max_wait` after the
+/// oldest queued row was accepted; nothing is due with nothing queued. `now_ms` is the wall
+/// clock `oldest_ms` is measured on, `now` the monotonic instant of the same moment.
+pub fn commit_due(
+    queued: Queued,
+    policy: CommitPolicy,
+    now_ms: u64,
+    now: Instant,
+) -> Option<Instant> {
+    if queued.rows == 0 {
+        return None;
+    }
+    if queued.rows >= policy.max_rows || queued.bytes >= policy.max_bytes {
+        return Some(now);
+    }
+    let waited = Duration::from_millis(now_ms.saturating_sub(queued.oldest_ms.unwrap_or(now_ms)));
+    let left = policy.max_wait.saturating_sub(waited);
+    Some(now.checked_add(left).unwrap_or(now))
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -1116,6 +1205,52 @@ mod tests {
             );
         }
         assert!(backoff(u32::MAX, initial, max, None) <= max);
+    }
+
+    #[test]
+    fn a_continuous_run_is_due_at_a_full_batch_or_max_wait_after_the_oldest_row() {
+        let policy = CommitPolicy {
+            max_rows: 100,
+            max_bytes: 1000,
+            max_wait: Duration::from_secs(30),
+        };
+        let now = Instant::now();
+        let queued = |rows, bytes, oldest_ms| Queued {
+            rows,
+            bytes,
+            oldest_ms: Some(oldest_ms),
+        };
+        let at = 1_000_000;
+        assert_eq!(
+            commit_due(
+                Queued {
+                    rows: 0,
+                    bytes: 0,
+                    oldest_ms: None
+                },
+                policy,
+                at,
+                now
+            ),
+            None
+        );
+        assert_eq!(commit_due(queued(100, 10, at), policy, at, now), Some(now));
+        assert_eq!(commit_due(queued(1, 1000, at), policy, at, now), Some(now));
+        assert_eq!(
+            commit_due(queued(1, 10, at - 12_000), policy, at, now),
+            Some(now + Duration::from_secs(18)),
+            "30 s after the oldest row"
+        );
+        assert_eq!(
+            commit_due(queued(1, 10, at - 45_000), policy, at, now),
+            Some(now),
+            "overdue rows go now"
+        );
+        assert_eq!(
+            commit_due(queued(1, 10, at + 5_000), policy, at, now),
+            Some(now + Duration::from_secs(30)),
+            "a row from a clock ahead waits max_wait, no longer"
+        );
     }
 
     fn policy(initial: u64, max: u64, suspend: u64) -> Policy {

@@ -78,8 +78,8 @@ pub fn describe(c: &Config) -> String {
     }
     let _ = writeln!(
         w,
-        "celonis limits per team: {} jobs/hour, {} jobs/second",
-        c.celonis.jobs_per_hour, c.celonis.jobs_per_second
+        "celonis limits per team: {} jobs/hour, {} jobs/second, {} continuous uploads/second",
+        c.celonis.jobs_per_hour, c.celonis.jobs_per_second, c.celonis.uploads_per_second
     );
     for p in &c.pipelines {
         let _ = writeln!(w, "pipeline {}:", p.name);
@@ -155,7 +155,13 @@ pub fn describe(c: &Config) -> String {
         let _ = writeln!(
             w,
             "  schedule: {}, at most {} rows and {} bytes per run, retry from {} up to {}",
-            p.schedule,
+            match p.schedule {
+                super::Schedule::Continuous => format!(
+                    "continuous (a full batch, or {} after the oldest queued row)",
+                    humantime::format_duration(p.max_wait)
+                ),
+                ref other => other.to_string(),
+            },
             p.max_rows_per_run,
             p.max_bytes_per_run,
             humantime::format_duration(p.retry_initial),
@@ -232,6 +238,24 @@ pub fn describe(c: &Config) -> String {
                     CelonisAuth::ApiKey(k) => format!("Bearer {k}"),
                     CelonisAuth::OAuth2(o) => oauth2(o),
                 };
+                if s.api == super::CelonisApi::Continuous {
+                    let _ = writeln!(
+                        w,
+                        "  sink: celonis continuous {}/continuous-batch-processing/api/v1/{}/items, table {}, keys [{}], auth {auth}, one Parquet file per run, no job budget",
+                        s.base_url.as_str().trim_end_matches('/'),
+                        s.data_pool_id,
+                        s.target_name,
+                        s.keys.join(", "),
+                    );
+                    if !s.keys.is_empty() {
+                        let _ = writeln!(
+                            w,
+                            "  per key: latest row of a key wins (weir sends only that row, with {0}; duplicateRemovalOrderColumn={0})",
+                            super::ORDER_COLUMN
+                        );
+                    }
+                    continue;
+                }
                 let _ = writeln!(
                     w,
                     "  sink: celonis {}{}/api/v1/data-push/{}/jobs/, table {}, mode {}, keys [{}], auth {auth}, {}, poll timeout {}",

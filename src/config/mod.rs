@@ -170,11 +170,14 @@ pub struct EmulatorSettings {
     pub pools: Option<Vec<String>>,
 }
 
-/// Celonis' job-submission limits, applied per team (one budget per team host).
+/// Celonis' job-submission limits, applied per team (one budget per team host), and the
+/// polite rate of continuous uploads (which spend no job budget).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CelonisLimits {
     pub jobs_per_hour: u32,
     pub jobs_per_second: u32,
+    /// `api = "continuous"` uploads per second, per team.
+    pub uploads_per_second: u32,
 }
 
 impl Default for CelonisLimits {
@@ -182,6 +185,7 @@ impl Default for CelonisLimits {
         CelonisLimits {
             jobs_per_hour: 250,
             jobs_per_second: 10,
+            uploads_per_second: 10,
         }
     }
 }
@@ -195,6 +199,8 @@ pub struct PipelineConfig {
     pub queue: QueueConfig,
     pub schedule: Schedule,
     pub max_rows_per_run: usize,
+    /// With `schedule = "continuous"`: the longest the oldest queued row waits for a run.
+    pub max_wait: Duration,
     /// Row data (`Row::encoded_len`) one run takes at most; a run always takes one row.
     pub max_bytes_per_run: u64,
     /// Without `columns` or `schema`: the most distinct fields one run's CSV may have.
@@ -229,6 +235,9 @@ pub struct PipelineConfig {
     /// Fields pseudonymised at ingest, right after the schema check (`pseudonymise`).
     pub pseudonymise: crate::pseudonymise::Pseudonymiser,
 }
+
+/// `max_wait` unless configured.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// `wait_timeout` unless configured.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -281,6 +290,9 @@ pub enum Schedule {
     Every(Duration),
     /// A 6-field cron expression (seconds first), in UTC.
     Cron(String),
+    /// As soon as the queued rows reach `max_rows_per_run` or `max_bytes_per_run`, or
+    /// `max_wait` after the oldest queued row arrived.
+    Continuous,
 }
 
 impl fmt::Display for Schedule {
@@ -288,6 +300,7 @@ impl fmt::Display for Schedule {
         match self {
             Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
             Schedule::Cron(c) => write!(f, "cron \"{c}\" (UTC)"),
+            Schedule::Continuous => f.write_str("continuous"),
         }
     }
 }
@@ -611,6 +624,8 @@ pub enum CelonisAuth {
 
 #[derive(Debug, Clone)]
 pub struct CelonisSink {
+    /// Which Celonis API a run's batch goes to.
+    pub api: CelonisApi,
     /// The team's base URL, e.g. `https://myteam.eu-1.celonis.cloud`.
     pub base_url: Url,
     /// `/integration` (default) or `/data-ingestion`.
@@ -639,6 +654,25 @@ pub struct CelonisSink {
     pub proxy: Option<Proxy>,
 }
 
+/// Which Celonis API a Celonis sink delivers with (`api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CelonisApi {
+    /// Data Push jobs: create, upload chunks, execute, poll (spends the team's job budget).
+    #[default]
+    DataPush,
+    /// Continuous Batch Processing: one multipart Parquet upload per run, no job.
+    Continuous,
+}
+
+impl CelonisApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CelonisApi::DataPush => "data-push",
+            CelonisApi::Continuous => "continuous",
+        }
+    }
+}
+
 /// The format of a job's chunks (`file_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {
@@ -655,6 +689,10 @@ impl FileType {
         }
     }
 }
+
+/// The INTEGER column weir adds to keyed rows Celonis deduplicates (`dedupe = "server"`,
+/// `api = "continuous"`): the row's queue offset, which only grows, so the highest wins.
+pub const ORDER_COLUMN: &str = "weir_seq";
 
 /// Rows per Parquet chunk when `rows_per_chunk` is not set (what pycelonis sends).
 pub const DEFAULT_ROWS_PER_CHUNK: usize = 100_000;
@@ -874,6 +912,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         Some(c) => CelonisLimits {
             jobs_per_hour: v.positive_u32("celonis.jobs_per_hour", c.jobs_per_hour, 250),
             jobs_per_second: v.positive_u32("celonis.jobs_per_second", c.jobs_per_second, 10),
+            uploads_per_second: v.positive_u32(
+                "celonis.uploads_per_second",
+                c.uploads_per_second,
+                10,
+            ),
         },
         None => CelonisLimits::default(),
     };
@@ -1093,6 +1136,21 @@ impl Validator<'_> {
             p.max_rows_per_run,
             10_000,
         ) as usize;
+        let max_wait = self.duration(
+            &format!("{path}.max_wait"),
+            p.max_wait.as_deref(),
+            DEFAULT_MAX_WAIT.as_secs(),
+        );
+        if p.max_wait.is_some() {
+            if schedule != Schedule::Continuous {
+                self.error(
+                    format!("{path}.max_wait"),
+                    "only applies to schedule = \"continuous\"",
+                );
+            } else if max_wait < Duration::from_millis(100) {
+                self.error(format!("{path}.max_wait"), "must be at least 100ms");
+            }
+        }
         let max_bytes_per_run = self.size(
             &format!("{path}.max_bytes_per_run"),
             p.max_bytes_per_run.as_ref(),
@@ -1218,6 +1276,7 @@ impl Validator<'_> {
             queue,
             schedule,
             max_rows_per_run,
+            max_wait,
             max_bytes_per_run,
             max_columns,
             retry_initial,
@@ -1457,6 +1516,9 @@ impl Validator<'_> {
 
     fn schedule(&mut self, path: &str, value: Option<&str>) -> Schedule {
         let text = value.unwrap_or("5m").trim();
+        if text == "continuous" {
+            return Schedule::Continuous;
+        }
         if let Ok(d) = humantime::parse_duration(text) {
             if d < Duration::from_secs(1) {
                 self.error(
@@ -1476,7 +1538,7 @@ impl Validator<'_> {
             self.error(
                 path,
                 format!(
-                    "\"{text}\" is neither an interval like \"5m\" nor a 6-field cron expression like \"0 */5 * * * *\""
+                    "\"{text}\" is neither an interval like \"5m\", a 6-field cron expression like \"0 */5 * * * *\", nor \"continuous\""
                 ),
             );
         }
@@ -1551,6 +1613,14 @@ impl Validator<'_> {
             ),
         }
         self.only_for_http(path, &s);
+        let data_push_only = [
+            ("api_prefix", s.api_prefix.is_some()),
+            ("dedupe", s.dedupe.is_some()),
+            ("delete_when", s.delete_when.is_some()),
+            ("upsert_strategy", s.upsert_strategy.is_some()),
+            ("poll_timeout", s.poll_timeout.is_some()),
+            ("rows_per_chunk", s.rows_per_chunk.is_some()),
+        ];
         let base_url = match (&s.url, &s.team, &s.cluster) {
             (Some(url), None, None) => match Url::parse(url) {
                 Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => u,
@@ -1614,7 +1684,7 @@ impl Validator<'_> {
                 PushMode::Delta
             }
         };
-        let keys = s.keys.unwrap_or_default();
+        let keys = s.keys.clone().unwrap_or_default();
         let known: Option<Vec<&str>> = if !columns.is_empty() {
             Some(columns.iter().map(|c| c.name.as_str()).collect())
         } else {
@@ -1649,6 +1719,9 @@ impl Validator<'_> {
                 Dedupe::Client
             }
         };
+        if dedupe == Dedupe::Server && !keys.is_empty() {
+            self.order_column_free(path, columns, schema, "dedupe = \"server\"");
+        }
         let delete_when = s
             .delete_when
             .as_deref()
@@ -1686,6 +1759,20 @@ impl Validator<'_> {
                     "needs keys: it works per key (set keys = [\"...\"])",
                 );
             }
+        }
+        let api = match s.api.as_deref() {
+            None | Some("data-push") => CelonisApi::DataPush,
+            Some("continuous") => CelonisApi::Continuous,
+            Some(other) => {
+                self.error(
+                    format!("{path}.api"),
+                    format!("\"{other}\" is not \"data-push\" or \"continuous\""),
+                );
+                CelonisApi::DataPush
+            }
+        };
+        if api == CelonisApi::Continuous {
+            self.continuous_sink(path, &data_push_only, mode, &keys, columns, schema);
         }
         let auth = match (s.app_key, s.api_key, s.auth) {
             (Some(k), None, None) => CelonisAuth::AppKey(Secret::new(k)),
@@ -1732,6 +1819,22 @@ impl Validator<'_> {
             60,
         );
         let file_type = match s.file_type.as_deref() {
+            // One Parquet file per run: its only chunk holds the whole batch.
+            None if api == CelonisApi::Continuous => FileType::Parquet {
+                rows_per_chunk: usize::MAX,
+            },
+            Some("csv") if api == CelonisApi::Continuous => {
+                self.error(
+                    format!("{path}.file_type"),
+                    "api = \"continuous\" uploads Parquet files only: remove file_type or set \"parquet\"",
+                );
+                FileType::Parquet {
+                    rows_per_chunk: usize::MAX,
+                }
+            }
+            Some("parquet") if api == CelonisApi::Continuous => FileType::Parquet {
+                rows_per_chunk: usize::MAX,
+            },
             None | Some("csv") => FileType::Csv,
             Some("parquet") => FileType::Parquet {
                 rows_per_chunk: DEFAULT_ROWS_PER_CHUNK,
@@ -1746,6 +1849,8 @@ impl Validator<'_> {
         };
         let file_type = match (file_type, s.rows_per_chunk) {
             (_, None) => file_type,
+            // Refused by `continuous_sink`.
+            (_, Some(_)) if api == CelonisApi::Continuous => file_type,
             (FileType::Parquet { .. }, Some(n)) if (1..=10_000_000).contains(&n) => {
                 FileType::Parquet {
                     rows_per_chunk: n as usize,
@@ -1774,7 +1879,12 @@ impl Validator<'_> {
                 if set {
                     self.error(
                         format!("{path}.{key}"),
-                        "only applies to file_type = \"csv\"",
+                        match api {
+                            CelonisApi::DataPush => "only applies to file_type = \"csv\"",
+                            CelonisApi::Continuous => {
+                                "does not apply to api = \"continuous\": it uploads Parquet files"
+                            }
+                        },
                     );
                 }
             }
@@ -1803,6 +1913,7 @@ impl Validator<'_> {
             connection_id: s.connection_id,
             target_name,
             mode,
+            api,
             keys,
             dedupe,
             delete_when,
@@ -1814,6 +1925,73 @@ impl Validator<'_> {
             request_timeout,
             csv,
         })
+    }
+
+    /// What `api = "continuous"` refuses: keys of Data Push jobs the upload call has no
+    /// place for, and a user column named like the order column weir adds with `keys`.
+    fn continuous_sink(
+        &mut self,
+        path: &str,
+        data_push_only: &[(&'static str, bool)],
+        mode: PushMode,
+        keys: &[String],
+        columns: &[Column],
+        schema: Option<&Schema>,
+    ) {
+        if mode == PushMode::Replace {
+            self.error(
+                format!("{path}.mode"),
+                "api = \"continuous\" only adds or upserts rows: REPLACE needs api = \"data-push\"",
+            );
+        }
+        for &(key, set) in data_push_only {
+            let why = match key {
+                "api_prefix" => "the continuous API has no prefix",
+                "dedupe" => "Celonis keeps the latest row of a key by weir's order column",
+                "delete_when" => "the continuous API cannot delete rows",
+                "upsert_strategy" => "the upload call takes no upsert strategy",
+                "poll_timeout" => "an upload is answered at once, there is no job to poll",
+                _ => "each run is one Parquet file; bound it with max_rows_per_run",
+            };
+            if set {
+                self.error(
+                    format!("{path}.{key}"),
+                    format!("does not apply to api = \"continuous\": {why}"),
+                );
+            }
+        }
+        if !keys.is_empty() {
+            self.order_column_free(path, columns, schema, "api = \"continuous\" with keys");
+        }
+    }
+
+    /// Errors for a declared column or schema field named like [`ORDER_COLUMN`], which weir
+    /// adds to every row when `why`.
+    fn order_column_free(
+        &mut self,
+        sink_path: &str,
+        columns: &[Column],
+        schema: Option<&Schema>,
+        why: &str,
+    ) {
+        let clash = |name: &str| name.eq_ignore_ascii_case(ORDER_COLUMN);
+        let message =
+            format!("\"{ORDER_COLUMN}\" is the order column weir adds with {why}: rename it");
+        let pipeline = sink_path.strip_suffix(".sink").unwrap_or(sink_path);
+        for (j, c) in columns.iter().enumerate() {
+            if clash(&c.name) {
+                self.error(format!("{pipeline}.columns[{j}].name"), message.clone());
+            }
+        }
+        if columns.is_empty()
+            && let Some(schema) = schema
+        {
+            for (name, _) in &schema.fields {
+                if clash(name) {
+                    self.error(format!("{pipeline}.schema.fields.{name}"), message.clone());
+                }
+            }
+        }
     }
 
     /// A column's `type`, `length` and `decimals`.

@@ -427,6 +427,7 @@ impl Validator<'_> {
 
     pub(super) fn http_sink(&mut self, path: &str, s: RawSink) -> HttpSink {
         for (key, set) in [
+            ("api", s.api.is_some()),
             ("url", s.url.is_some()),
             ("team", s.team.is_some()),
             ("cluster", s.cluster.is_some()),

@@ -89,6 +89,7 @@ pub(super) struct RawToken {
 pub(super) struct RawCelonis {
     pub jobs_per_hour: Option<i64>,
     pub jobs_per_second: Option<i64>,
+    pub uploads_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +100,7 @@ pub(super) struct RawPipeline {
     pub queue_capacity: Option<i64>,
     pub queue: Option<RawQueue>,
     pub schedule: Option<String>,
+    pub max_wait: Option<String>,
     pub max_rows_per_run: Option<i64>,
     pub max_bytes_per_run: Option<ByteSize>,
     pub max_columns: Option<i64>,
@@ -209,6 +211,7 @@ pub(super) struct RawColumn {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSink {
     pub kind: String,
+    pub api: Option<String>,
     pub url: Option<String>,
     pub team: Option<String>,
     pub cluster: Option<String>,

@@ -49,6 +49,163 @@ fn errors_of(text: &str) -> Vec<String> {
     }
 }
 
+/// A pipeline with a continuous Celonis sink; `pipeline` goes in the pipeline table, `sink`
+/// in the sink table.
+fn continuous(pipeline: &str, sink: &str) -> String {
+    format!(
+        r#"
+[[pipelines]]
+name = "orders"
+{pipeline}
+[pipelines.sink]
+kind = "celonis"
+api = "continuous"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "orders"
+app_key = "k"
+{sink}
+"#
+    )
+}
+
+#[test]
+fn api_continuous_uploads_one_parquet_file_per_run_and_data_push_stays_the_default() {
+    let c = Config::load(&continuous("", "keys = [\"id\"]"), &env()).unwrap();
+    let SinkConfig::Celonis(s) = &c.pipelines[0].sink else {
+        panic!("a celonis sink");
+    };
+    assert_eq!(s.api, CelonisApi::Continuous);
+    assert_eq!(
+        s.file_type,
+        FileType::Parquet {
+            rows_per_chunk: usize::MAX
+        }
+    );
+    assert_eq!(c.celonis.uploads_per_second, 10);
+    let c = Config::load(CONTRACT, &env()).unwrap();
+    let SinkConfig::Celonis(s) = &c.pipelines[0].sink else {
+        panic!("a celonis sink");
+    };
+    assert_eq!(s.api, CelonisApi::DataPush);
+    let c = Config::load(
+        &format!("[celonis]\nuploads_per_second = 3\n{}", continuous("", "")),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.celonis.uploads_per_second, 3);
+}
+
+#[test]
+fn continuous_refuses_what_the_upload_call_cannot_do_naming_each_key() {
+    let errors = errors_of(&continuous(
+        "",
+        r#"file_type = "csv"
+mode = "REPLACE"
+api_prefix = "/integration"
+poll_timeout = "1m"
+rows_per_chunk = 10
+chunk_bytes = "1MiB""#,
+    ));
+    for (key, words) in [
+        ("pipelines[0].sink.file_type", "Parquet files only"),
+        (
+            "pipelines[0].sink.mode",
+            "REPLACE needs api = \"data-push\"",
+        ),
+        (
+            "pipelines[0].sink.api_prefix",
+            "does not apply to api = \"continuous\"",
+        ),
+        ("pipelines[0].sink.poll_timeout", "no job to poll"),
+        ("pipelines[0].sink.rows_per_chunk", "max_rows_per_run"),
+        ("pipelines[0].sink.chunk_bytes", "it uploads Parquet files"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.contains(words)),
+            "{key}: {errors:?}"
+        );
+    }
+    let errors = errors_of(&continuous(
+        "",
+        "keys = [\"id\"]\ndelete_when = \"row.op == 'delete'\"",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].sink.delete_when") && e.contains("cannot delete")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&continuous("", "").replace("\"continuous\"", "\"kafka\""));
+    assert!(
+        errors.iter().any(|e| e.starts_with("pipelines[0].sink.api")
+            && e.contains("\"data-push\" or \"continuous\"")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_user_column_named_like_the_order_column_is_an_error_with_keys() {
+    let columns = r#"
+[[pipelines.columns]]
+name = "id"
+from = "id"
+[[pipelines.columns]]
+name = "Weir_Seq"
+from = "seq"
+"#;
+    let errors = errors_of(&continuous(columns, "keys = [\"id\"]"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].columns[1].name") && e.contains("order column")),
+        "{errors:?}"
+    );
+    let schema = "[pipelines.schema]\nfields = { id = \"string\", weir_seq = \"integer\" }";
+    let errors = errors_of(&continuous(schema, "keys = [\"id\"]"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].schema.fields.weir_seq")),
+        "{errors:?}"
+    );
+    // Without keys weir adds no order column, so the name is free.
+    Config::load(&continuous(columns, ""), &env()).unwrap();
+}
+
+#[test]
+fn schedule_continuous_takes_max_wait_and_other_schedules_refuse_it() {
+    let c = Config::load(&continuous("schedule = \"continuous\"", ""), &env()).unwrap();
+    assert_eq!(c.pipelines[0].schedule, Schedule::Continuous);
+    assert_eq!(c.pipelines[0].max_wait, DEFAULT_MAX_WAIT);
+    let c = Config::load(
+        &continuous("schedule = \"continuous\"\nmax_wait = \"5s\"", ""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.pipelines[0].max_wait, Duration::from_secs(5));
+    let errors = errors_of(&continuous("schedule = \"5m\"\nmax_wait = \"5s\"", ""));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].max_wait")
+                && e.contains("schedule = \"continuous\"")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&continuous(
+        "schedule = \"continuous\"\nmax_wait = \"10ms\"",
+        "",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].max_wait") && e.contains("at least 100ms")),
+        "{errors:?}"
+    );
+}
+
 #[test]
 fn the_contract_example_loads_with_every_setting_resolved() {
     let c = Config::load(CONTRACT, &env()).unwrap();

@@ -9,7 +9,10 @@
 //! the job padded with `n` bytes, as a broken or hostile server might.
 //! `{"bad_value": "X"}` stays until the faults are cleared: every executed CSV job with a
 //! value exactly `X` in a chunk ends ERROR with a data error log naming the chunk, row and
-//! column, as the real service does for a value that does not parse for its column's type.
+//! column, as the real service does for a value that does not parse for its column's type;
+//! a continuous upload whose file holds a text value exactly `X` is answered 400.
+//! `"endpoint": "items"` aims a fault at continuous uploads; `{"endpoint": "items",
+//! "lost_answer": true}` applies the uploaded file, then drops the connection unanswered.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,6 +26,8 @@ pub(super) enum Endpoint {
     Upload,
     Execute,
     Get,
+    /// A continuous upload (`POST …/items`).
+    Items,
     /// List jobs, list chunks, delete: only `"endpoint": "any"` faults hit these.
     Other,
 }
@@ -37,12 +42,14 @@ pub(super) struct RequestFault {
     pub handled: bool,
     /// The answer is padded with this many bytes.
     pub pad_bytes: Option<usize>,
+    /// The request is carried out, then the connection is dropped without an answer.
+    pub lost_answer: bool,
 }
 
 impl RequestFault {
     /// Whether the fault applies after the request was carried out.
     pub(super) fn after(&self) -> bool {
-        self.handled || self.pad_bytes.is_some()
+        self.handled || self.pad_bytes.is_some() || self.lost_answer
     }
 }
 
@@ -179,6 +186,7 @@ struct FaultBody {
     handled: Option<bool>,
     pad_bytes: Option<usize>,
     bad_value: Option<String>,
+    lost_answer: Option<bool>,
 }
 
 /// Parses a `POST /emulator/faults` body into a fault and how many times it fires.
@@ -195,12 +203,27 @@ pub(super) fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
         Some("upload") => Some(Endpoint::Upload),
         Some("execute") => Some(Endpoint::Execute),
         Some("get") => Some(Endpoint::Get),
+        Some("items") => Some(Endpoint::Items),
         Some(other) => {
             return Err(format!(
-                "endpoint must be one of create, upload, execute, get, any; got {other:?}"
+                "endpoint must be one of create, upload, execute, get, items, any; got {other:?}"
             ));
         }
     };
+    let lost_answer = body.lost_answer.unwrap_or(false);
+    if lost_answer
+        && (endpoint != Some(Endpoint::Items)
+            || body.status.is_some()
+            || body.handled.is_some()
+            || body.pad_bytes.is_some()
+            || body.job_status.is_some()
+            || body.job_running_ms.is_some()
+            || body.bad_value.is_some())
+    {
+        return Err(
+            "lost_answer applies to endpoint items, without status, handled or pad_bytes".into(),
+        );
+    }
     if let Some(value) = body.bad_value {
         if body.status.is_some()
             || body.delay_ms.is_some()
@@ -253,7 +276,8 @@ pub(super) fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
     if body.pad_bytes.is_some() && (endpoint != Some(Endpoint::Get) || body.status.is_some()) {
         return Err("pad_bytes applies to endpoint get, without status".into());
     }
-    if body.status.is_none() && body.delay_ms.is_none() && body.pad_bytes.is_none() {
+    if body.status.is_none() && body.delay_ms.is_none() && body.pad_bytes.is_none() && !lost_answer
+    {
         return Err(
             "a fault needs status, delay_ms, pad_bytes, job_status or job_running_ms".into(),
         );
@@ -270,6 +294,7 @@ pub(super) fn parse_fault(body: &[u8]) -> Result<(Fault, u32), String> {
                 retry_after: body.retry_after,
                 handled,
                 pad_bytes: body.pad_bytes,
+                lost_answer,
             },
         },
         count,
@@ -355,6 +380,22 @@ mod tests {
             r#"{"job_running_ms": 10, "status": 500}"#,
             r#"{"job_running_ms": 10, "job_status": "ERROR"}"#,
             r#"{"job_running_ms": 10, "endpoint": "get"}"#,
+        ] {
+            assert!(parse_fault(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_applies_to_uploads_after_they_were_carried_out() {
+        let mut faults = Faults::default();
+        add(&mut faults, r#"{"endpoint": "items", "lost_answer": true}"#);
+        assert!(faults.take_request(Endpoint::Items).is_none());
+        assert!(faults.take_after(Endpoint::Execute).is_none());
+        assert!(faults.take_after(Endpoint::Items).unwrap().lost_answer);
+        for body in [
+            r#"{"lost_answer": true}"#,
+            r#"{"endpoint": "execute", "lost_answer": true}"#,
+            r#"{"endpoint": "items", "lost_answer": true, "status": 500}"#,
         ] {
             assert!(parse_fault(body.as_bytes()).is_err(), "{body}");
         }

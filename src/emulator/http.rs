@@ -1,7 +1,9 @@
-//! The emulator's HTTP edge: data-push routes under both prefixes, auth, faults, and the `/emulator/` hooks.
+//! The emulator's HTTP edge: data-push routes under both prefixes, the continuous upload,
+//! auth, faults, and the `/emulator/` hooks.
 //!
 //! Status table (reference §3.5): 400/409/413/415 carry `FrontendHandledBackendError`, 404 and
-//! 429 a bare JSON string, 401 nothing, 500 an `ExceptionReference`.
+//! 429 a bare JSON string, 401 nothing, 500 an `ExceptionReference`. The continuous upload
+//! answers a 400 in plain text, as Celonis does.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,9 +27,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::faults::{Endpoint, ForcedEnd, parse_fault};
+use super::items;
 use super::limiter::retry_after_secs;
 use super::model::parse_create;
 use super::oauth::{self, Verdict};
+use super::parquet::read_parquet;
 use super::table::{self, ChunkKind};
 use super::{
     Chunk, Emulator, EmulatorError, Job, RETAINED_CHUNK_BYTES, Status, evict_chunk_contents, lock,
@@ -51,6 +55,7 @@ pub(super) fn router(emulator: Emulator) -> Router {
     let hooks = Router::new()
         .route("/emulator/tables/{name}", get(show_table))
         .route("/emulator/jobs", get(show_jobs))
+        .route("/emulator/items", get(show_items))
         .route("/emulator/faults", post(add_fault).delete(clear_faults))
         .route("/emulator/oauth", get(show_oauth))
         .route(
@@ -62,6 +67,10 @@ pub(super) fn router(emulator: Emulator) -> Router {
             guard_hooks,
         ));
     let inner = Router::new()
+        .route(
+            "/continuous-batch-processing/api/v1/{pool}/items",
+            post(upload_item),
+        )
         .nest("/integration/api/v1/data-push", api.clone())
         .nest("/data-ingestion/api/v1/data-push", api)
         .route("/oauth2/token", post(token))
@@ -122,6 +131,8 @@ enum ApiError {
         info: String,
     },
     NotFound(&'static str),
+    /// A refusal in plain text (the continuous upload's 400).
+    PlainText(StatusCode, String),
     RateLimited {
         retry_after: u64,
     },
@@ -189,6 +200,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN.into_response(),
             ApiError::Rejected { status, key, info } => frontend_error(status, key, &info),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, Json(what)).into_response(),
+            ApiError::PlainText(status, text) => (status, text).into_response(),
             ApiError::RateLimited { retry_after } => with_retry_after(
                 (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -723,6 +735,111 @@ fn injected_bad_value(
         }
     }
     None
+}
+
+/// An answer that never comes: its body fails at once, so the server drops the connection.
+struct LostAnswer;
+
+impl axum::body::HttpBody for LostAnswer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other(
+            "the emulator dropped the answer (injected fault)",
+        ))))
+    }
+}
+
+/// Why an uploaded file was not applied: the file (a 400) or the emulator's database (a 500).
+enum Refusal {
+    Data(String),
+    Database(rusqlite::Error),
+}
+
+/// `POST /continuous-batch-processing/api/v1/{pool}/items`: applies one Parquet file at once
+/// and answers with the item (see [`super::items`]).
+async fn upload_item(
+    State(emulator): State<Emulator>,
+    Path(pool): Path<String>,
+    Query(query): Query<items::ItemsQuery>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    emulator.admit(&headers, Endpoint::Items).await?;
+    let pool_key = emulator.pool_key(&pool)?;
+    let refused = |text: String| ApiError::PlainText(StatusCode::BAD_REQUEST, text);
+    let upload = items::parse_query(query).map_err(refused)?;
+    let mut multipart = multipart.map_err(|e| refused(e.body_text()))?;
+    let mut file = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| refused(e.body_text()))?
+    {
+        if file.is_none() && field.name() == Some("file") {
+            let name = field.file_name().unwrap_or("file.parquet").to_owned();
+            file = Some((
+                name,
+                field.bytes().await.map_err(|e| refused(e.body_text()))?,
+            ));
+        }
+    }
+    let (file_name, content) =
+        file.ok_or_else(|| refused("the multipart part named file is required".into()))?;
+    let bad_values = lock(&emulator.inner.faults).bad_values();
+    let spec = upload.spec.clone();
+    // Parsing and applying the file are blocking work, done on the database's thread.
+    let applied = emulator
+        .with_db(move |conn| {
+            if !bad_values.is_empty() {
+                let parsed = read_parquet(content.clone()).map_err(Refusal::Data)?;
+                if let Some(bad) = items::injected_bad_value(&parsed, &bad_values) {
+                    return Err(Refusal::Data(bad));
+                }
+            }
+            table::apply_job(conn, &spec, &[(ChunkKind::Upsert, &content)]).map_err(|f| match f {
+                table::JobFailure::Sqlite(e) => Refusal::Database(e),
+                f => Refusal::Data(f.to_string()),
+            })
+        })
+        .await?;
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(Refusal::Database(e)) => return Err(EmulatorError::from(e).into()),
+        Err(Refusal::Data(why)) => {
+            warn!(error = %why, "emulator refused an uploaded file");
+            return Err(refused(why));
+        }
+    };
+    let item = lock(&emulator.inner.items).add(
+        &upload,
+        &file_name,
+        &pool_key,
+        &applied.table,
+        applied.rows_upserted,
+    );
+    info!(item = %item["id"], table = %applied.table, rows = applied.rows_upserted, "emulator file applied");
+    if let Some(fault) = emulator.after(Endpoint::Items) {
+        if fault.lost_answer {
+            return Ok(Response::new(axum::body::Body::new(LostAnswer)));
+        }
+        if let Some(status) = fault.status {
+            return Err(ApiError::Injected {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                retry_after: fault.retry_after,
+            });
+        }
+    }
+    Ok(Json(item).into_response())
+}
+
+/// `GET /emulator/items`: every continuous upload applied, oldest first.
+async fn show_items(State(emulator): State<Emulator>) -> Json<Value> {
+    Json(Value::Array(lock(&emulator.inner.items).log().to_vec()))
 }
 
 /// `?connectionId=` names a data connection's table; without it, the pool's global schema.

@@ -2,12 +2,14 @@
 //!
 //! It serves the eight job endpoints under both path prefixes ([`http`]), keeps jobs and their
 //! chunks in memory, and on execute loads CSV chunks into SQLite tables ([`table`]) named
-//! after the job's target. Test hooks under `/emulator/` show tables and jobs and inject faults.
+//! after the job's target. It also serves the Continuous Batch Processing upload ([`items`]),
+//! applying each Parquet file to the same tables at once. Test hooks under `/emulator/` show tables and jobs and inject faults.
 //! One emulator is one Celonis team: the execute rate limit ([`limiter`]) is shared by all pools.
 
 mod chunk;
 mod faults;
 mod http;
+mod items;
 mod limiter;
 mod model;
 mod oauth;
@@ -105,6 +107,8 @@ pub struct Emulator {
 struct Inner {
     config: EmulatorConfig,
     jobs: Mutex<Vec<Job>>,
+    /// Continuous uploads applied.
+    items: Mutex<items::Items>,
     faults: Mutex<Faults>,
     limiter: Mutex<RateLimiter>,
     tokens: Mutex<oauth::TokenStore>,
@@ -256,6 +260,7 @@ impl Emulator {
             inner: Arc::new(Inner {
                 config,
                 jobs: Mutex::new(Vec::new()),
+                items: Mutex::new(items::Items::default()),
                 faults: Mutex::new(Faults::default()),
                 limiter: Mutex::new(limiter),
                 tokens: Mutex::new(oauth::TokenStore::default()),

@@ -120,6 +120,9 @@ pub(super) struct JobSpec {
     pub table_schema: Vec<ColumnDef>,
     /// The execute call's `duplicateRemovalColumn`: among a chunk's rows with one key, the greatest value wins.
     pub duplicate_removal_column: Option<String>,
+    /// A continuous upload's order column also decides against the rows already stored: a
+    /// row whose key is stored with a greater value is not applied.
+    pub order_against_stored: bool,
 }
 
 /// A create body the real service would reject with 400 `FrontendHandledBackendError`.
@@ -250,6 +253,7 @@ pub(super) fn parse_create(body: &[u8], pool: &str) -> Result<CreateRequest, Inv
             fallback_varchar_length,
             table_schema,
             duplicate_removal_column: None,
+            order_against_stored: false,
         },
     })
 }

@@ -463,6 +463,18 @@ pub(super) fn apply_job(
     }
 
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+    // The order column and whether it is numeric, when it decides against stored rows too.
+    let stored_order = match (&spec.duplicate_removal_column, spec.order_against_stored) {
+        (Some(column), true) if keyed => {
+            let order = stored_column(&columns, column);
+            let numeric = columns
+                .iter()
+                .find(|c| c.name == order)
+                .is_some_and(|c| matches!(c.kind, ColumnType::Integer | ColumnType::Float));
+            Some((order, numeric))
+        }
+        _ => None,
+    };
     for chunk in &typed {
         let key_positions: Vec<usize> = key_columns
             .iter()
@@ -485,6 +497,7 @@ pub(super) fn apply_job(
                     &key_columns,
                     &key_positions,
                     strategy,
+                    stored_order.as_ref().map(|(o, n)| (o.as_str(), *n)),
                     chunk,
                 )?;
             }
@@ -712,6 +725,10 @@ fn insert_rows(tx: &Transaction<'_>, table: &str, chunk: &Typed) -> rusqlite::Re
     Ok(chunk.rows.len())
 }
 
+/// Upserts a chunk's rows by key. With `stored_order` (the order column and whether it is
+/// numeric), a row whose key is stored with a greater order value is skipped; the count is
+/// of the rows applied.
+#[allow(clippy::too_many_arguments)]
 fn upsert_rows(
     tx: &Transaction<'_>,
     table: &str,
@@ -719,6 +736,7 @@ fn upsert_rows(
     key_columns: &[String],
     key_positions: &[usize],
     strategy: UpsertStrategy,
+    stored_order: Option<(&str, bool)>,
     chunk: &Typed,
 ) -> rusqlite::Result<usize> {
     // SET every chunk column from its parameter; with nullification, every other column to NULL.
@@ -750,13 +768,39 @@ fn upsert_rows(
         names.join(", "),
         params.join(", ")
     ))?;
+    let mut stored = match stored_order {
+        Some((order, numeric)) => Some((
+            tx.prepare(&format!(
+                "SELECT {} FROM {} WHERE {}",
+                quote_ident(order),
+                quote_ident(table),
+                where_keys(key_columns, 1)
+            ))?,
+            chunk.columns.iter().position(|c| c == order),
+            numeric,
+        )),
+        None => None,
+    };
+    let mut applied = 0;
     for row in &chunk.rows {
+        if let Some((select, Some(at), numeric)) = &mut stored {
+            let keys = key_positions.iter().map(|&p| &row[p]);
+            let newer = select
+                .query_map(params_from_iter(keys), |r| r.get::<_, SqlValue>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .iter()
+                .any(|have| greater(have, &row[*at], *numeric));
+            if newer {
+                continue;
+            }
+        }
         let values = row.iter().chain(key_positions.iter().map(|&p| &row[p]));
         if update.execute(params_from_iter(values))? == 0 {
             insert.execute(params_from_iter(row.iter()))?;
         }
+        applied += 1;
     }
-    Ok(chunk.rows.len())
+    Ok(applied)
 }
 
 fn delete_rows(
@@ -795,6 +839,7 @@ mod tests {
             fallback_varchar_length: 80,
             table_schema: Vec::new(),
             duplicate_removal_column: None,
+            order_against_stored: false,
         }
     }
 
@@ -972,6 +1017,33 @@ mod tests {
             ],
         );
         assert_eq!(rows(&conn, "orders"), vec![row(&["1", "7", "best"])]);
+    }
+
+    #[test]
+    fn the_order_column_also_decides_against_stored_rows_when_asked() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let mut upload = spec(JobType::Delta, &["id"]);
+        upload.duplicate_removal_column = Some("seq".into());
+        upload.order_against_stored = true;
+        run(
+            &mut conn,
+            &upload,
+            &[(Upsert, "id,seq,v\n1,7,new\n2,1,a\n")],
+        );
+        // A file loaded later with an older row of key 1 leaves the stored one.
+        run(
+            &mut conn,
+            &upload,
+            &[(Upsert, "id,seq,v\n1,5,old\n2,2,b\n")],
+        );
+        assert_eq!(
+            rows(&conn, "orders"),
+            vec![row(&["1", "7", "new"]), row(&["2", "2", "b"])]
+        );
+        // A data push job's duplicate removal stays within the job.
+        upload.order_against_stored = false;
+        run(&mut conn, &upload, &[(Upsert, "id,seq,v\n1,3,older\n")]);
+        assert_eq!(rows(&conn, "orders")[0], row(&["1", "3", "older"]));
     }
 
     #[test]

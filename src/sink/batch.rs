@@ -15,7 +15,7 @@ use crate::expr::{self, Expr};
 use crate::queue::Entry;
 
 /// The column `dedupe = "server"` adds: the row's queue offset, which only grows.
-pub const SEQ_COLUMN: &str = "weir_seq";
+pub const SEQ_COLUMN: &str = crate::config::ORDER_COLUMN;
 
 /// A batch as one job sends it. Committing still covers every row of the batch: a row left
 /// out was superseded by a later row of its key, which is sent.

@@ -226,10 +226,12 @@ fn write_file(file: &Path, hour: u64, used: u32) -> std::io::Result<()> {
     crate::durable::replace(file, &body)
 }
 
-/// One budget per team, created on first use.
+/// One budget per team, created on first use; and one upload rate per team for continuous
+/// sinks, which spend no job budget.
 #[derive(Default, Debug)]
 pub struct Budgets {
     teams: Mutex<HashMap<String, Arc<JobBudget>>>,
+    uploads: Mutex<HashMap<String, Arc<JobBudget>>>,
     /// Where each team's hour count is persisted; `None` keeps counts in memory.
     dir: Option<PathBuf>,
 }
@@ -239,8 +241,23 @@ impl Budgets {
     pub fn persisted(dir: PathBuf) -> Budgets {
         Budgets {
             teams: Mutex::default(),
+            uploads: Mutex::default(),
             dir: Some(dir),
         }
+    }
+
+    /// The team's continuous upload rate: `per_second` uploads in any second, no hourly
+    /// count (nothing is persisted), and the team's "not before" after a 429 of an upload.
+    pub fn uploads_for_team(&self, team: &str, per_second: u32) -> Arc<JobBudget> {
+        let limits = CelonisLimits {
+            jobs_per_hour: u32::MAX,
+            jobs_per_second: per_second.max(1),
+            uploads_per_second: per_second.max(1),
+        };
+        lock(&self.uploads)
+            .entry(team.to_owned())
+            .or_insert_with(|| Arc::new(JobBudget::new(limits)))
+            .clone()
     }
 
     pub fn for_team(&self, team: &str, limits: CelonisLimits) -> Arc<JobBudget> {
@@ -299,6 +316,7 @@ mod tests {
         CelonisLimits {
             jobs_per_second: per_second,
             jobs_per_hour: per_hour,
+            ..CelonisLimits::default()
         }
     }
 
@@ -318,6 +336,30 @@ mod tests {
             starts[6] < Duration::from_millis(2100),
             "waits no longer than needed: {starts:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uploads_keep_their_own_per_second_rate_and_spend_no_job_budget() {
+        let budgets = Budgets::default();
+        let jobs = budgets.for_team("team:443", limits(10, 250));
+        let uploads = budgets.uploads_for_team("team:443", 2);
+        assert!(Arc::ptr_eq(
+            &uploads,
+            &budgets.uploads_for_team("team:443", 2)
+        ));
+        let start = Instant::now();
+        let mut starts = Vec::new();
+        // More uploads than a job budget of 250 an hour would ever allow.
+        for _ in 0..300 {
+            uploads.acquire().await.unwrap();
+            starts.push(start.elapsed());
+        }
+        for w in starts.windows(3) {
+            assert!(w[2] - w[0] >= Duration::from_secs(1), "{:?}", &starts[..5]);
+        }
+        assert!(starts[299] < Duration::from_secs(151), "{:?}", starts[299]);
+        assert_eq!(jobs.remaining_this_hour(), 250, "no job was spent");
+        assert_eq!(budgets.remaining(), [("team:443".to_owned(), 250)]);
     }
 
     #[tokio::test(start_paused = true)]

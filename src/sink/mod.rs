@@ -1,4 +1,5 @@
-//! Sinks: where a run's batch goes. Today the Celonis Data Push API and any HTTP API; every
+//! Sinks: where a run's batch goes. The Celonis Data Push API, Celonis' Continuous Batch
+//! Processing API (`api = "continuous"`) and any HTTP API; every
 //! sink takes a batch of queued entries and either delivers it or fails, leaving it queued.
 //!
 //! Architecture Invariant: sinks never remove rows from a queue. A sink gets only an
@@ -8,6 +9,7 @@
 pub mod batch;
 pub mod budget;
 pub mod celonis;
+pub mod continuous;
 pub mod csv;
 pub mod http;
 pub mod oauth;
@@ -20,11 +22,12 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use crate::config::{CelonisAuth, CelonisLimits, HttpAuth, PipelineConfig, SinkConfig};
+use crate::config::{CelonisApi, CelonisAuth, CelonisLimits, HttpAuth, PipelineConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::queue::{Entry, InFlight, Queue, QueueError};
 use budget::Budgets;
 use celonis::{CelonisClient, PushFailure};
+use continuous::{ContinuousClient, UploadFailure};
 use csv::ColumnSpec;
 use http::{HttpClient, HttpFailure};
 use oauth::Tokens;
@@ -91,6 +94,8 @@ pub enum SinkError {
     #[error(transparent)]
     Celonis(#[from] PushFailure),
     #[error(transparent)]
+    Continuous(#[from] UploadFailure),
+    #[error(transparent)]
     Http(#[from] HttpFailure),
 }
 
@@ -99,6 +104,7 @@ impl SinkError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SinkError::Celonis(p) => p.retry_after(),
+            SinkError::Continuous(u) => u.retry_after(),
             SinkError::Http(h) => h.retry_after(),
         }
     }
@@ -108,6 +114,7 @@ impl SinkError {
     pub fn bad_data(&self) -> Option<String> {
         match self {
             SinkError::Celonis(p) if p.class() == celonis::ErrorClass::BadData => Some(p.reason()),
+            SinkError::Continuous(u) if u.bad_data() => Some(u.reason()),
             _ => None,
         }
     }
@@ -117,6 +124,7 @@ impl SinkError {
     pub fn fate(&self) -> Fate {
         match self {
             SinkError::Celonis(p) => p.fate(),
+            SinkError::Continuous(u) => u.fate(),
             SinkError::Http(_) => Fate::NotDelivered,
         }
     }
@@ -252,26 +260,58 @@ pub enum BuildError {
     Client(#[from] reqwest::Error),
     #[error("reading the table's columns: {0}")]
     Columns(#[from] batch::ColumnsError),
+    #[error("the continuous API's client id: {0}")]
+    ClientId(#[from] continuous::ClientIdError),
 }
 
 /// A pipeline's sink, ready to deliver. Each owns what it needs of the pipeline's config.
 pub enum Sink {
     Celonis(Box<CelonisClient>, ColumnSpec),
+    Continuous(Box<ContinuousClient>, ColumnSpec),
     Http(HttpClient, ColumnSpec),
 }
 
 impl Sink {
-    /// Builds a pipeline's sink. Job budgets are shared per team, OAuth tokens per
-    /// (token URL, client id, scopes).
+    /// Builds a pipeline's sink. Job budgets and upload rates are shared per team, OAuth
+    /// tokens per (token URL, client id, scopes). A continuous sink reads (or makes) this
+    /// weir's client id in `data_dir`.
     pub fn new(
         config: &PipelineConfig,
         limits: CelonisLimits,
         budgets: &Budgets,
         tokens: &Tokens,
         metrics: Arc<Metrics>,
+        data_dir: &std::path::Path,
     ) -> Result<Sink, BuildError> {
         let mut columns = ColumnSpec::of(config);
         match &config.sink {
+            SinkConfig::Celonis(c) if c.api == CelonisApi::Continuous => {
+                let observe = CallObserver {
+                    pipeline: config.name.clone(),
+                    metrics,
+                };
+                let source = match &c.auth {
+                    CelonisAuth::OAuth2(o) => Some(tokens.source(o, c.request_timeout)?),
+                    _ => None,
+                };
+                if columns.columns.is_empty()
+                    && columns.schema.as_ref().is_none_or(|s| s.fields.is_empty())
+                {
+                    columns.known = Some(Arc::new(batch::KnownColumns::load(&config.state_dir)?));
+                }
+                let client_id = continuous::client_id(data_dir)?;
+                let rate = budgets.uploads_for_team(&c.team_key(), limits.uploads_per_second);
+                Ok(Sink::Continuous(
+                    Box::new(ContinuousClient::new(
+                        c.clone(),
+                        &client_id,
+                        rate,
+                        source,
+                        observe,
+                    )?),
+                    columns,
+                ))
+            }
             SinkConfig::Celonis(c) => {
                 let budget = budgets.for_team(&c.team_key(), limits);
                 let observe = CallObserver {
@@ -318,22 +358,26 @@ impl Sink {
     pub async fn settle(&self, batch: &InFlight) -> Result<Settled, SinkError> {
         match self {
             Sink::Celonis(client, _) => Ok(client.settle(batch).await?),
-            // An HTTP API has no job to look up: the batch is delivered again.
-            Sink::Http(..) => Ok(Settled::NotDelivered),
+            // An upload or an HTTP API has no job to look up: the batch is delivered again.
+            Sink::Continuous(..) | Sink::Http(..) => Ok(Settled::NotDelivered),
         }
     }
 
     /// Where the sink's CSV columns come from, sharing its known-columns state.
     pub fn columns(&self) -> &ColumnSpec {
         match self {
-            Sink::Celonis(_, columns) | Sink::Http(_, columns) => columns,
+            Sink::Celonis(_, columns) | Sink::Continuous(_, columns) | Sink::Http(_, columns) => {
+                columns
+            }
         }
     }
 
     /// How many of the batch's first rows one job can take (all but with `max_columns`).
     pub fn fitting_rows(&self, entries: &[Entry]) -> usize {
         match self {
-            Sink::Celonis(_, columns) => columns.fitting_rows(entries),
+            Sink::Celonis(_, columns) | Sink::Continuous(_, columns) => {
+                columns.fitting_rows(entries)
+            }
             Sink::Http(..) => entries.len(),
         }
     }
@@ -372,6 +416,29 @@ impl Sink {
                 let job = client.push(&layout, entries, recorder).await?;
                 Ok(Delivered {
                     job_id: Some(job),
+                    rows: entries.len(),
+                    cut,
+                })
+            }
+            Sink::Continuous(client, columns) => {
+                let fit = columns.fitting_rows(entries);
+                let cut = (fit < entries.len()).then(|| {
+                    client.observe().columns_cut();
+                    format!(
+                        "pipeline {}: the batch has more than max_columns = {} distinct fields; \
+                         delivered its first {fit} of {} rows, the rest go in the next runs",
+                        columns.pipeline,
+                        columns.max_columns,
+                        entries.len()
+                    )
+                });
+                let entries = &entries[..fit];
+                let layout = columns
+                    .layout_known(entries)
+                    .map_err(UploadFailure::Columns)?;
+                let item = client.upload(&layout, entries).await?;
+                Ok(Delivered {
+                    job_id: Some(item.id),
                     rows: entries.len(),
                     cut,
                 })

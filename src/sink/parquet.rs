@@ -237,7 +237,10 @@ impl<'a> ParquetChunks<'a> {
             c.clear();
         }
         let mut cells: Vec<&[u8]> = vec![b""; self.columns.len()];
-        let end = (self.next + self.rows_per_chunk).min(self.entries.len());
+        let end = self
+            .next
+            .saturating_add(self.rows_per_chunk)
+            .min(self.entries.len());
         for e in &self.entries[self.next..end] {
             let computed = self.records.read(e, &mut cells);
             for (i, (column, cell)) in self.columns.iter_mut().zip(&cells).enumerate() {

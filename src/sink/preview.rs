@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::batch::{self, ColumnsError, KnownColumns};
 use super::csv::{Chunks, ColumnSpec, write_chunks};
 use super::parquet::ParquetChunks;
-use crate::config::{BodyMode, Dedupe, FileType, PipelineConfig, SinkConfig};
+use crate::config::{BodyMode, CelonisApi, Dedupe, FileType, PipelineConfig, SinkConfig};
 use crate::preview::{ChunkSummary, Preview, PreviewColumn, SinkPreview};
 use crate::queue::{Entry, now_ms};
 use crate::row::Row;
@@ -64,7 +64,9 @@ impl Preview for Previewer {
         let layout = self.columns.layout_preview(&entries);
         match &self.sink {
             SinkConfig::Celonis(c) => {
-                let server_dedupe = !c.keys.is_empty() && c.dedupe == Dedupe::Server;
+                // Continuous uploads always carry the order column with keys.
+                let server_dedupe = !c.keys.is_empty()
+                    && (c.dedupe == Dedupe::Server || c.api == CelonisApi::Continuous);
                 let upsert_layout = if server_dedupe {
                     layout.clone().with_seq(batch::SEQ_COLUMN)
                 } else {

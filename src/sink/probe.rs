@@ -3,7 +3,9 @@
 //! exactly what is wrong when it may not.
 //!
 //! The list call is `GET {url}{api_prefix}/api/v1/data-push/{pool}/jobs/` (reference §4 #2,
-//! with the trailing slash real clients send). It changes nothing in the team. What an answer
+//! with the trailing slash real clients send). It changes nothing in the team. A continuous
+//! sink (`api = "continuous"`) is probed with the same call: the Continuous Batch Processing
+//! API has no documented read-only call, and the job list proves the URL, pool and key. What an answer
 //! or a transport error means is decided by two pure functions, [`classify_status`] and
 //! [`classify_error`], tested on their own. No message carries a secret: keys and tokens
 //! only ever go into the `Authorization` header.

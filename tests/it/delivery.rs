@@ -534,6 +534,7 @@ async fn a_commit_that_fails_to_persist_is_not_reported_delivered_and_is_retried
         &budgets,
         &weir::sink::oauth::Tokens::default(),
         metrics,
+        &config.data_dir,
     )
     .unwrap();
     let p = weir::pipeline::Pipeline::new(pc, queue.clone());

@@ -9,6 +9,7 @@
 mod admin;
 mod answers;
 mod check;
+mod continuous;
 mod crash;
 mod delivery;
 mod delta;
