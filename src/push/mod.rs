@@ -909,13 +909,18 @@ pub async fn push(
         vec![pipeline.clone()],
         budgets.clone(),
     ))));
-    let sink =
-        Sink::new(&cfg, config.celonis, &budgets, &Tokens::default(), metrics).map_err(|e| {
-            Error::Sink {
-                pipeline: cfg.name.clone(),
-                message: e.to_string(),
-            }
-        })?;
+    let sink = Sink::new(
+        &cfg,
+        config.celonis,
+        &budgets,
+        &Tokens::default(),
+        metrics,
+        &config.data_dir,
+    )
+    .map_err(|e| Error::Sink {
+        pipeline: cfg.name.clone(),
+        message: e.to_string(),
+    })?;
 
     let progress = |q: &FileQueue| {
         let s = q.snapshot();

@@ -54,6 +54,8 @@ pub enum UploadFailure {
     Columns(#[source] ColumnsError),
     #[error("upload file: no OAuth token: {0}")]
     Token(#[source] OAuthError),
+    #[error("upload file: {0}")]
+    ProxyRefused(String),
 }
 
 impl UploadFailure {
@@ -185,7 +187,7 @@ impl ContinuousClient {
         observe: CallObserver,
     ) -> Result<ContinuousClient, reqwest::Error> {
         Ok(ContinuousClient {
-            http: super::http_client(sink.request_timeout)?,
+            http: super::http_client(sink.request_timeout, sink.proxy.as_ref())?,
             url: items_url(&sink),
             query: query(&sink, client_id),
             sink,
@@ -326,6 +328,11 @@ impl ContinuousClient {
     fn observed(&self, sent: Result<Response, reqwest::Error>) -> Result<Response, UploadFailure> {
         self.observe
             .call(ENDPOINT, sent.as_ref().ok().map(|r| r.status().as_u16()));
+        if super::proxy_refused(&sent) {
+            return Err(UploadFailure::ProxyRefused(super::proxy_refusal(
+                self.sink.proxy.as_ref(),
+            )));
+        }
         sent.map_err(UploadFailure::Transport)
     }
 }

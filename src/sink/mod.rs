@@ -291,7 +291,9 @@ impl Sink {
                     metrics,
                 };
                 let source = match &c.auth {
-                    CelonisAuth::OAuth2(o) => Some(tokens.source(o, c.request_timeout)?),
+                    CelonisAuth::OAuth2(o) => {
+                        Some(tokens.source(o, c.request_timeout, c.proxy.as_ref())?)
+                    }
                     _ => None,
                 };
                 if columns.columns.is_empty()
