@@ -192,6 +192,15 @@ impl Pipeline {
         self.queue_changed.notified().await;
     }
 
+    /// Whether the queue has room for `rows` more rows of `bytes` bytes now (a request that
+    /// feeds several pipelines checks every queue before it pushes to any).
+    pub fn has_room(&self, rows: u64, bytes: u64) -> bool {
+        let s = self.queue.stats();
+        s.rows.saturating_add(rows) <= s.capacity_rows
+            && s.capacity_bytes
+                .is_none_or(|cap| s.bytes.saturating_add(bytes) <= cap)
+    }
+
     /// The worker publishes each commit of delivered rows.
     pub fn publish_delivered(&self, through: crate::queue::Offset, job_id: Option<String>) {
         self.delivered.send_replace(Some(DeliveredThrough {

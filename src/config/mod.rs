@@ -193,6 +193,11 @@ impl Default for CelonisLimits {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub name: String,
+    /// The URL segment of `/hooks/{hook}`: `hook`, else the name. Pipelines with the same
+    /// hook share one URL; the first of them (in config order) checks the sender.
+    pub hook: String,
+    /// A shared hook's `unrouted = "reject"`: a request with rows no pipeline takes is 422.
+    pub unrouted_reject: bool,
     /// `None`: any client address may post.
     pub allow_ips: Option<Vec<IpNet>>,
     pub queue_capacity: u64,
@@ -924,6 +929,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
     let mut pipelines = Vec::new();
     // Each pipeline's spool or state directory, with the key it comes from.
     let mut dirs: Vec<(PathBuf, String)> = Vec::new();
+    // Which pipelines set `unrouted` themselves (it only applies to a shared hook).
+    let unrouted_set: Vec<bool> = raw.pipelines.iter().map(|p| p.unrouted.is_some()).collect();
     for (i, p) in raw.pipelines.into_iter().enumerate() {
         let path = format!("pipelines[{i}]");
         let unique = names.insert(p.name.clone());
@@ -954,6 +961,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         }
         pipelines.push(pipeline);
     }
+    shared_hooks(&mut v, &pipelines, &unrouted_set);
     // A sink without its own proxy goes through `[proxy]`.
     let proxy = raw.proxy.and_then(|p| v.proxy("proxy", p));
     if let Some(global) = &proxy {
@@ -973,6 +981,62 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         celonis,
         proxy,
         pipelines,
+    }
+}
+
+/// Pipelines that share a hook: the first (in config order) checks the sender and answers,
+/// so the others may not set `allow_ips`, `auth`, `rate_limit`, `response` or `rows`; and
+/// they must agree on `unrouted`.
+fn shared_hooks(v: &mut Validator<'_>, pipelines: &[PipelineConfig], unrouted_set: &[bool]) {
+    for (i, p) in pipelines.iter().enumerate() {
+        let path = format!("pipelines[{i}]");
+        let group: Vec<usize> = (0..pipelines.len())
+            .filter(|&j| pipelines[j].hook == p.hook)
+            .collect();
+        if group.len() < 2 {
+            if unrouted_set.get(i).copied().unwrap_or(false) {
+                v.error(
+                    format!("{path}.unrouted"),
+                    "only applies to pipelines that share a hook",
+                );
+            }
+            continue;
+        }
+        let lead = &pipelines[group[0]];
+        if group[0] != i {
+            for (key, set) in [
+                ("allow_ips", p.allow_ips.is_some()),
+                ("auth", p.auth.is_some()),
+                ("rate_limit", p.rate_limit.is_some()),
+                ("response", p.response != SuccessResponse::default()),
+                ("rows", p.rows.is_some()),
+            ] {
+                if set {
+                    v.error(
+                        format!("{path}.{key}"),
+                        format!(
+                            "pipeline {} shares hook \"{}\" with {}, whose {key} applies to the hook: set it there only",
+                            p.name, p.hook, lead.name
+                        ),
+                    );
+                }
+            }
+            if p.unrouted_reject != lead.unrouted_reject {
+                v.error(
+                    format!("{path}.unrouted"),
+                    format!(
+                        "pipelines sharing hook \"{}\" must agree on unrouted ({} says {})",
+                        p.hook,
+                        lead.name,
+                        if lead.unrouted_reject {
+                            "reject"
+                        } else {
+                            "accept"
+                        }
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -1269,8 +1333,37 @@ impl Validator<'_> {
         }
         let pseudonymise =
             self.pseudonymise(path, p.pseudonymise, schema.as_ref(), &columns, &sink);
+        let hook = match p.hook {
+            None => p.name.clone(),
+            Some(h) => {
+                if h.is_empty()
+                    || !h
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    self.error(
+                        format!("{path}.hook"),
+                        format!("\"{h}\" may only contain letters, digits, '_' and '-'"),
+                    );
+                }
+                h
+            }
+        };
+        let unrouted_reject = match p.unrouted.as_deref() {
+            None | Some("accept") => false,
+            Some("reject") => true,
+            Some(other) => {
+                self.error(
+                    format!("{path}.unrouted"),
+                    format!("\"{other}\" is not a choice: use \"accept\" or \"reject\""),
+                );
+                false
+            }
+        };
         PipelineConfig {
             name: p.name,
+            hook,
+            unrouted_reject,
             allow_ips,
             queue_capacity,
             queue,

@@ -96,6 +96,8 @@ pub(super) struct RawCelonis {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPipeline {
     pub name: String,
+    pub hook: Option<String>,
+    pub unrouted: Option<String>,
     pub allow_ips: Option<Vec<String>>,
     pub queue_capacity: Option<i64>,
     pub queue: Option<RawQueue>,

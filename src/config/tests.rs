@@ -1236,3 +1236,64 @@ fn a_global_proxy_fills_every_sink_without_its_own_and_mistakes_name_their_key()
         assert!(!errors.iter().any(|e| e.contains(":p@")), "{errors:?}");
     }
 }
+
+#[test]
+fn pipelines_sharing_a_hook_are_checked_by_key() {
+    let pipeline = |name: &str, extra: &str| {
+        format!(
+            "[[pipelines]]\nname = \"{name}\"\n{extra}\n[pipelines.sink]\nkind = \"celonis\"\nurl = \"https://t.eu-1.celonis.cloud\"\ndata_pool_id = \"8f2c1f9e-0000-4000-8000-000000000001\"\ntarget_name = \"{name}\"\napp_key = \"k\"\n"
+        )
+    };
+    let ok = format!(
+        "{}{}",
+        pipeline(
+            "a",
+            "hook = \"finops\"\nunrouted = \"reject\"\nrate_limit = \"10/s\""
+        ),
+        pipeline("b", "hook = \"finops\"\nunrouted = \"reject\"")
+    );
+    let c = Config::load(&ok, &HashMap::new()).unwrap();
+    assert_eq!(c.pipelines[1].hook, "finops");
+    assert!(c.pipelines[1].unrouted_reject);
+    for (text, key, needle) in [
+        (
+            format!(
+                "{}{}",
+                pipeline("a", "hook = \"finops\""),
+                pipeline("b", "hook = \"finops\"\nrate_limit = \"10/s\"")
+            ),
+            "pipelines[1].rate_limit",
+            "shares hook \"finops\" with a, whose rate_limit applies to the hook",
+        ),
+        (
+            format!(
+                "{}{}",
+                pipeline("a", "hook = \"finops\"\nunrouted = \"reject\""),
+                pipeline("b", "hook = \"finops\"")
+            ),
+            "pipelines[1].unrouted",
+            "must agree on unrouted",
+        ),
+        (
+            pipeline("a", "unrouted = \"reject\""),
+            "pipelines[0].unrouted",
+            "only applies to pipelines that share a hook",
+        ),
+        (
+            pipeline("a", "hook = \"fin ops\""),
+            "pipelines[0].hook",
+            "may only contain",
+        ),
+    ] {
+        let errors = match Config::load(&text, &HashMap::new()) {
+            Ok(_) => panic!("should not load: {text}"),
+            Err(ConfigErrors(errs)) => errs.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.contains(needle)),
+            "{key}: {errors:?}"
+        );
+    }
+}

@@ -44,6 +44,8 @@ pub enum IngestError {
     MalformedQuery(String),
     #[error("the pipeline's rows expression failed on this body: {0}")]
     RowsExpression(String),
+    #[error("{0}")]
+    Unrouted(String),
     #[error(
         "the request has neither a body nor a query string: send a row as ?field=value or as a JSON, NDJSON or form body"
     )]
@@ -104,6 +106,7 @@ impl IngestError {
             E::MalformedQuery(_) => (StatusCode::BAD_REQUEST, "malformed_query", None),
             E::NoRows => (StatusCode::BAD_REQUEST, "no_rows", None),
             E::RowsExpression(_) => (StatusCode::BAD_REQUEST, "rows_expression_failed", None),
+            E::Unrouted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unrouted", None),
             E::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -179,6 +182,7 @@ mod tests {
             E::MalformedBody(s()),
             E::MalformedQuery(s()),
             E::RowsExpression(s()),
+            E::Unrouted(s()),
             E::NoRows,
             E::UnsupportedMediaType(s()),
             E::TooManyRows(s()),
@@ -215,6 +219,7 @@ mod tests {
             | E::MalformedBody(_)
             | E::MalformedQuery(_)
             | E::RowsExpression(_)
+            | E::Unrouted(_)
             | E::NoRows
             | E::UnsupportedMediaType(_)
             | E::TooManyRows(_)

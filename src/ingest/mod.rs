@@ -11,6 +11,7 @@ pub mod parse;
 pub mod replay;
 pub mod schema;
 pub mod screen;
+mod shared;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +64,11 @@ pub type Previews = HashMap<String, Arc<dyn Preview>>;
 #[derive(Clone)]
 pub struct IngestState {
     pipelines: Arc<HashMap<String, Entry>>,
+    /// Each hook (the URL segment) and its pipelines, in config order: the first checks the
+    /// sender and answers.
+    hooks: Arc<HashMap<String, Vec<String>>>,
+    /// One lock per shared hook: its requests check every queue's room and push in turn.
+    hook_locks: Arc<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     max_body_bytes: usize,
     limits: Arc<ServerLimits>,
     /// Body bytes being read, parsed or queued, over all requests: one permit per byte.
@@ -87,7 +93,21 @@ impl IngestState {
             .max_body_bytes_in_flight
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize);
+        let mut hooks: HashMap<String, Vec<String>> = HashMap::new();
+        for p in pipelines {
+            hooks
+                .entry(p.config.hook.clone())
+                .or_default()
+                .push(p.name().to_owned());
+        }
+        let hook_locks = hooks
+            .iter()
+            .filter(|(_, members)| members.len() > 1)
+            .map(|(h, _)| (h.clone(), Arc::new(tokio::sync::Mutex::new(()))))
+            .collect();
         IngestState {
+            hooks: Arc::new(hooks),
+            hook_locks: Arc::new(hook_locks),
             pipelines: Arc::new(
                 pipelines
                     .iter()
@@ -150,6 +170,10 @@ enum Answer {
     Queued(Accepted, Option<crate::queue::Offset>),
     /// `?dry_run=true`: what would happen, with nothing queued.
     DryRun(Box<dry_run::DryRun>),
+    /// A request on a shared hook, queued across its pipelines (or, with `dry_run`, the
+    /// JSON of what would be).
+    Shared(shared::Routed),
+    SharedDryRun(serde_json::Value),
 }
 
 /// weir's own query parameters: never a field of a query-string row.
@@ -184,9 +208,21 @@ async fn hook(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The pipeline that answers for the hook: its first.
+    let lead = state
+        .hooks
+        .get(&name)
+        .and_then(|m| m.first())
+        .cloned()
+        .unwrap_or_else(|| name.clone());
     match accept(&state, &name, peer, &method, &uri, &headers, body).await {
         Ok(Answer::DryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
-        Ok(Answer::Queued(a, last)) => match state.pipelines.get(&name) {
+        Ok(Answer::SharedDryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
+        Ok(Answer::Shared(routed)) => match state.pipelines.get(&lead) {
+            Some(entry) => shared_success(&entry.pipeline.config.response, &routed),
+            None => IngestError::Internal("the pipeline went away").into_response(),
+        },
+        Ok(Answer::Queued(a, last)) => match state.pipelines.get(&lead) {
             Some(entry) => match last {
                 Some(last) if query_param(uri.query(), "wait") == Some("delivered") => {
                     wait_delivered(&state, &entry.pipeline, a, last).await
@@ -196,7 +232,7 @@ async fn hook(
             None => IngestError::Internal("the pipeline went away").into_response(),
         },
         Err(e) => {
-            match state.pipelines.get(&name) {
+            match state.pipelines.get(&lead) {
                 Some(entry) => entry.pipeline.counters.refuse(e.code()),
                 None => {
                     state.metrics.unknown_pipeline_requests.inc();
@@ -255,6 +291,24 @@ async fn wait_delivered(
     }
 }
 
+/// The answer to a request on a shared hook: the first pipeline's `response`, by default
+/// 202 with the totals and each pipeline's counts.
+fn shared_success(response: &SuccessResponse, routed: &shared::Routed) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::ACCEPTED);
+    if status == StatusCode::NO_CONTENT {
+        return status.into_response();
+    }
+    match &response.body {
+        None => (status, axum::Json(routed)).into_response(),
+        Some(body) => (
+            status,
+            [(header::CONTENT_TYPE, response.content_type.clone())],
+            body.clone(),
+        )
+            .into_response(),
+    }
+}
+
 /// The answer to a request whose rows were queued (or a replay of one): the pipeline's
 /// `response`, by default 202 with the counts.
 fn success(response: &SuccessResponse, a: Accepted) -> Response {
@@ -282,11 +336,21 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, IngestError> {
-    let entry = state
-        .pipelines
+    let members = state
+        .hooks
         .get(name)
         .ok_or_else(|| IngestError::UnknownPipeline(name.to_owned()))?;
+    let entry = state
+        .pipelines
+        .get(&members[0])
+        .ok_or_else(|| IngestError::UnknownPipeline(name.to_owned()))?;
     let pipeline = &entry.pipeline;
+    let group: Option<Vec<Arc<Pipeline>>> = (members.len() > 1).then(|| {
+        members
+            .iter()
+            .filter_map(|m| state.pipelines.get(m).map(|e| e.pipeline.clone()))
+            .collect()
+    });
     if *method != Method::GET && *method != Method::POST {
         return Err(IngestError::MethodNotAllowed(method.to_string()));
     }
@@ -372,6 +436,15 @@ async fn accept(
         .unwrap_or("")
         .to_owned();
     let parse_limits = state.parse_limits();
+    if let Some(group) = group {
+        if query_param(uri.query(), "wait").is_some() {
+            return Err(IngestError::MalformedQuery(format!(
+                "?wait waits for one pipeline's job, and hook \"{name}\" feeds {}",
+                members.join(", ")
+            )));
+        }
+        return accept_shared(state, name, group, &body.decoded, query, content_type, dry).await;
+    }
     if dry {
         let preview = entry
             .preview
@@ -458,6 +531,117 @@ async fn accept(
         );
     }
     Ok(Answer::Queued(Accepted { accepted, ignored }, last))
+}
+
+/// A request on a shared hook, past the sender check: parsed once (with the first
+/// pipeline's `rows`), routed, then queued across the pipelines all-or-nothing. Under the
+/// hook's lock every queue's room is checked before any push, so only a storage failure
+/// of a later queue (a disk error) can leave earlier pipelines' rows queued; the request then
+/// gets 503, and that is logged.
+async fn accept_shared(
+    state: &IngestState,
+    hook: &str,
+    group: Vec<Arc<Pipeline>>,
+    decoded: &axum::body::Bytes,
+    query: Option<String>,
+    content_type: String,
+    dry: bool,
+) -> Result<Answer, IngestError> {
+    let limits = state.parse_limits();
+    let run = {
+        let group = group.clone();
+        let decoded = decoded.clone();
+        move || -> Result<(Vec<shared::Share>, usize), IngestError> {
+            let lead = &group[0].config;
+            let (rows, source) =
+                shaped_rows(lead, &decoded, query.as_deref(), &content_type, &limits)?;
+            shared::route(&group, &rows, source)
+        }
+    };
+    let routed = if decoded.len() > INLINE_PARSE_BYTES {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|_| IngestError::Internal("parsing the body failed"))?
+    } else {
+        run()
+    };
+    if dry {
+        return Ok(Answer::SharedDryRun(match routed {
+            Ok((shares, unrouted)) => {
+                let mut answer =
+                    serde_json::to_value(shared::counts(&shares, unrouted)).unwrap_or_default();
+                answer["hook"] = hook.into();
+                answer["dry_run"] = true.into();
+                answer["status"] = group[0].config.response.status.into();
+                for s in &shares {
+                    if let Some(preview) = state
+                        .pipelines
+                        .get(s.pipeline.name())
+                        .and_then(|e| e.preview.clone())
+                    {
+                        answer["pipelines"][s.pipeline.name()]["sink"] =
+                            serde_json::to_value(preview.preview(&s.rows)).unwrap_or_default();
+                    }
+                }
+                answer
+            }
+            Err(e) => serde_json::json!({
+                "hook": hook,
+                "dry_run": true,
+                "status": e.parts().0.as_u16(),
+                "error": e.code(),
+                "message": e.to_string(),
+            }),
+        }));
+    }
+    let (shares, unrouted) = routed?;
+    let lock = state
+        .hook_locks
+        .get(hook)
+        .cloned()
+        .ok_or(IngestError::Internal("no lock for a shared hook"))?;
+    let _turn = lock.lock().await;
+    for s in &shares {
+        let bytes: u64 = s.rows.iter().map(|r| r.encoded_len() as u64).sum();
+        if !s.rows.is_empty() && !s.pipeline.has_room(s.rows.len() as u64, bytes) {
+            let total: usize = shares.iter().map(|s| s.rows.len()).sum();
+            for s in &shares {
+                Counters::add(&s.pipeline.counters.rejected, s.rows.len() as u64);
+            }
+            tracing::warn!(
+                hook,
+                pipeline = s.pipeline.name(),
+                rows = total,
+                "queue full"
+            );
+            return Err(IngestError::QueueFull {
+                message: format!(
+                    "the queue of pipeline {} cannot take {} more rows now, so no pipeline of hook \"{hook}\" took any",
+                    s.pipeline.name(),
+                    s.rows.len()
+                ),
+                retry_after: s.pipeline.retry_after_secs(),
+            });
+        }
+    }
+    let counts = shared::counts(&shares, unrouted);
+    let mut queued: Vec<String> = Vec::new();
+    for s in shares {
+        let n = s.rows.len();
+        if n > 0 {
+            if let Err(e) = s.pipeline.push(s.rows).await {
+                Counters::add(&s.pipeline.counters.rejected, n as u64);
+                if !queued.is_empty() {
+                    tracing::error!(hook, pipeline = s.pipeline.name(), queued = ?queued, error = %e, "a request on a shared hook was queued for some pipelines only");
+                }
+                return Err(push_error(&s.pipeline, e));
+            }
+            queued.push(s.pipeline.name().to_owned());
+        }
+        s.pipeline.counters.accept(n as u64);
+        Counters::add(&s.pipeline.counters.ignored, s.ignored as u64);
+    }
+    Ok(Answer::Shared(counts))
 }
 
 /// Takes the body's bytes from the server-wide in-flight budget before any of it is read:

@@ -137,3 +137,139 @@ async fn a_body_the_expression_fails_on_is_400_with_the_cel_error_and_queues_not
     app.shutdown().await;
     app2.shutdown().await;
 }
+
+/// Seed 003: FinOps business events for two entities posted to one URL, each entity to its
+/// own table.
+fn finops(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[[pipelines]]
+name = "customer_groups"
+hook = "finops"
+schedule = "1h"
+filter = "row.EntityName == 'Customer groups'"
+{extra}
+[pipelines.sink]
+kind = "celonis"
+url = "http://127.0.0.1:9"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "customer_groups"
+app_key = "k"
+
+[[pipelines]]
+name = "vendors"
+hook = "finops"
+schedule = "1h"
+filter = "row.EntityName == 'Vendors'"
+{extra}
+[pipelines.schema]
+required = ["VendorAccount"]
+on_mismatch = "ignore"
+[pipelines.sink]
+kind = "celonis"
+url = "http://127.0.0.1:9"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "vendors"
+app_key = "k"
+"#
+    )
+}
+
+const EVENTS: &str = r#"[
+  {"BusinessEventId": "1", "EntityName": "Customer groups", "CustomerGroupId": "10"},
+  {"BusinessEventId": "2", "EntityName": "Vendors", "VendorAccount": "V-001"},
+  {"BusinessEventId": "3", "EntityName": "Vendors"},
+  {"BusinessEventId": "4", "EntityName": "Released products", "ItemNumber": "A-1"}
+]"#;
+
+#[tokio::test]
+async fn one_finops_url_feeds_two_tables_by_entity_name_with_counts_per_pipeline() {
+    let app = spawn_app(&finops("")).await;
+    let (status, answer) = status_and_json(app.post_json("finops", EVENTS).await).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({
+            "accepted": 2,
+            "ignored": 2,
+            "unrouted": 2,
+            "pipelines": {
+                "customer_groups": {"accepted": 1, "ignored": 3},
+                "vendors": {"accepted": 1, "ignored": 3}
+            }
+        }),
+        "event 3 fails the vendors' schema, event 4 matches no filter"
+    );
+    assert_eq!(app.queued("customer_groups").await.len(), 1);
+    let vendors = app.queued_fields("vendors").await;
+    assert_eq!(vendors.len(), 1);
+    assert!(vendors[0].contains(&("VendorAccount".to_owned(), "V-001".to_owned())));
+    // A pipeline that shares a hook is not reachable under its own name.
+    assert_eq!(app.post_json("vendors", EVENTS).await.status(), 404);
+    // A dry run routes the same way and queues nothing.
+    let dry = app
+        .post(
+            "/hooks/finops?dry_run=true",
+            "application/json",
+            EVENTS.to_owned(),
+        )
+        .await;
+    let (status, dry) = status_and_json(dry).await;
+    assert_eq!(status, 200);
+    assert_eq!(dry["pipelines"]["vendors"]["accepted"], 1);
+    assert_eq!(
+        dry["pipelines"]["vendors"]["sink"]["table"], "vendors",
+        "{dry}"
+    );
+    assert_eq!(app.queued("vendors").await.len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_unrouted_reject_a_request_with_a_row_for_no_table_queues_nothing() {
+    let app = spawn_app(&finops("unrouted = \"reject\"")).await;
+    let (status, e) = status_and_json(app.post_json("finops", EVENTS).await).await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["error"], "unrouted");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 4 rows (the first is row 2)"),
+        "{e}"
+    );
+    assert!(app.queued("customer_groups").await.is_empty());
+    assert!(
+        app.queued("vendors").await.is_empty(),
+        "all or nothing across pipelines"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_of_one_pipeline_refuses_the_request_for_every_pipeline() {
+    let app = spawn_app(&finops("queue_capacity = 1")).await;
+    let one_each = r#"[{"EntityName": "Customer groups", "CustomerGroupId": "10"},
+                       {"EntityName": "Vendors", "VendorAccount": "V-001"}]"#;
+    assert_eq!(app.post_json("finops", one_each).await.status(), 202);
+    let only_vendor = r#"[{"EntityName": "Vendors", "VendorAccount": "V-002"}]"#;
+    let both = format!(
+        "[{}, {}]",
+        r#"{"EntityName": "Customer groups", "CustomerGroupId": "11"}"#,
+        &only_vendor[1..only_vendor.len() - 1]
+    );
+    let (status, e) = status_and_json(app.post_json("finops", &both).await).await;
+    assert_eq!(status, 503, "{e}");
+    assert_eq!(e["error"], "queue_full");
+    assert_eq!(
+        app.queued("customer_groups").await.len(),
+        1,
+        "nothing of it queued"
+    );
+    assert_eq!(app.queued("vendors").await.len(), 1);
+    app.shutdown().await;
+}
