@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use reqwest::Method;
 use weir::emulator::EmulatorConfig;
 
-use crate::helpers::{ADMIN, delivery_config, spawn_app, spawn_emulator, wait_until};
+use crate::helpers::{ADMIN, delivery_config, spawn_app, spawn_emulator};
 
 const USER: &str = "weir";
 const PASSWORD: &str = "proxy-pass-7f3a9c";
@@ -30,7 +30,19 @@ impl Drop for TinyProxy {
 }
 
 impl TinyProxy {
+    /// Starts it on a free port. The port is picked by binding port 0 and letting go, so
+    /// another listener may take it first: then tinyproxy exits without "Accepting
+    /// connections" in its log, and it is started again on another port (at most 5 times).
     async fn start() -> TinyProxy {
+        for _ in 0..5 {
+            if let Some(proxy) = TinyProxy::try_start().await {
+                return proxy;
+            }
+        }
+        panic!("tinyproxy did not start on any of 5 free ports");
+    }
+
+    async fn try_start() -> Option<TinyProxy> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -58,17 +70,27 @@ impl TinyProxy {
             .unwrap_or_else(|e| {
                 panic!("tinyproxy not found ({e}): install Debian's tinyproxy (apt-get install tinyproxy)")
             });
-        wait_until(10, "tinyproxy listening", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        TinyProxy {
+        let mut proxy = TinyProxy {
             child,
             port,
             log,
             _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+            if text.contains("Accepting connections") {
+                return Some(proxy);
+            }
+            if proxy.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tinyproxy neither started nor exited within 10 s: {text}"
+            );
+            // Polling the log for start-up, within the deadline.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
