@@ -83,7 +83,30 @@ pub fn describe(c: &Config) -> String {
     );
     for p in &c.pipelines {
         let _ = writeln!(w, "pipeline {}:", p.name);
-        let _ = writeln!(w, "  ingest url: /hooks/{}", p.name);
+        let sharing: Vec<&str> = c
+            .pipelines
+            .iter()
+            .filter(|o| o.hook == p.hook && o.name != p.name)
+            .map(|o| o.name.as_str())
+            .collect();
+        if sharing.is_empty() {
+            let _ = writeln!(w, "  ingest url: /hooks/{}", p.hook);
+        } else {
+            let _ = writeln!(
+                w,
+                "  ingest url: /hooks/{}, shared with {} (rows routed by each filter; unrouted rows {})",
+                p.hook,
+                sharing.join(", "),
+                if p.unrouted_reject {
+                    "refuse the request"
+                } else {
+                    "are ignored"
+                }
+            );
+        }
+        if let Some(rows) = &p.rows {
+            let _ = writeln!(w, "  rows: {:?}", rows.source());
+        }
         match &p.allow_ips {
             None => {
                 let _ = writeln!(w, "  allow_ips: any");
