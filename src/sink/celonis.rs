@@ -25,8 +25,6 @@ use crate::sync::lock;
 
 /// The most bytes of a job's JSON weir reads.
 const MAX_JOB_BODY: usize = 1 << 20;
-/// The most bytes of an error body weir reads (and keeps 2 KiB of).
-const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Which call of the sequence failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -814,18 +812,7 @@ impl CelonisClient {
                 .defer(retry_after.unwrap_or(Duration::from_secs(1)));
         }
         let mut resp = resp;
-        let (bytes, _) = super::read_limited(&mut resp, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
-        let mut body = String::from_utf8_lossy(&bytes).into_owned();
-        if body.len() > 2048 {
-            let cut = (0..=2048)
-                .rev()
-                .find(|&i| body.is_char_boundary(i))
-                .unwrap_or(0);
-            body.truncate(cut);
-            body.push('…');
-        }
+        let body = super::error_body(&mut resp).await;
         Err(PushFailure::Http {
             step,
             status: status.as_u16(),

@@ -29,8 +29,6 @@ use crate::queue::Entry;
 
 /// The most bytes of an item's JSON weir reads.
 const MAX_ITEM_BODY: usize = 1 << 20;
-/// The most bytes of an error body weir reads (and keeps 2 KiB of).
-const MAX_ERROR_BODY: usize = 64 << 10;
 /// The label of the upload call in metrics.
 const ENDPOINT: &str = "continuous_upload";
 
@@ -296,18 +294,7 @@ impl ContinuousClient {
             self.rate
                 .defer(retry_after.unwrap_or(Duration::from_secs(1)));
         }
-        let (bytes, _) = super::read_limited(&mut resp, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
-        let mut body = String::from_utf8_lossy(&bytes).into_owned();
-        if body.len() > 2048 {
-            let cut = (0..=2048)
-                .rev()
-                .find(|&i| body.is_char_boundary(i))
-                .unwrap_or(0);
-            body.truncate(cut);
-            body.push('…');
-        }
+        let body = super::error_body(&mut resp).await;
         Err(UploadFailure::Http {
             status: status.as_u16(),
             kind: classify(status),

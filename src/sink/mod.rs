@@ -171,6 +171,46 @@ pub enum Settled {
     NotDelivered,
 }
 
+/// How many of the batch's first rows one job or upload can take (`max_columns`), and, when
+/// that is not all of them, why the batch was cut (counted in the metrics).
+fn fit_columns(
+    columns: &ColumnSpec,
+    observe: &CallObserver,
+    entries: &[Entry],
+) -> (usize, Option<String>) {
+    let fit = columns.fitting_rows(entries);
+    let cut = (fit < entries.len()).then(|| {
+        observe.columns_cut();
+        format!(
+            "pipeline {}: the batch has more than max_columns = {} distinct fields; \
+             delivered its first {fit} of {} rows, the rest go in the next runs",
+            columns.pipeline,
+            columns.max_columns,
+            entries.len()
+        )
+    });
+    (fit, cut)
+}
+
+/// The most bytes of an error body weir reads (and keeps 2 KiB of).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// An error answer's body for a message: at most [`MAX_ERROR_BODY`] bytes read, at most
+/// 2048 kept (cut at a character boundary, with `…`).
+pub async fn error_body(resp: &mut reqwest::Response) -> String {
+    let (bytes, _) = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+    let mut body = String::from_utf8_lossy(&bytes).into_owned();
+    if body.len() > 2048 {
+        let cut = (0..=2048)
+            .rev()
+            .find(|&i| body.is_char_boundary(i))
+            .unwrap_or(0);
+        body.truncate(cut);
+        body.push('…');
+    }
+    body
+}
+
 /// The HTTP client every sink sends with: weir's user agent, the sink's request timeout
 /// and its proxy.
 pub fn http_client(
@@ -400,17 +440,7 @@ impl Sink {
         }
         match self {
             Sink::Celonis(client, columns) => {
-                let fit = columns.fitting_rows(entries);
-                let cut = (fit < entries.len()).then(|| {
-                    client.observe().columns_cut();
-                    format!(
-                        "pipeline {}: the batch has more than max_columns = {} distinct fields; \
-                         delivered its first {fit} of {} rows, the rest go in the next runs",
-                        columns.pipeline,
-                        columns.max_columns,
-                        entries.len()
-                    )
-                });
+                let (fit, cut) = fit_columns(columns, client.observe(), entries);
                 let entries = &entries[..fit];
                 let layout = columns
                     .layout_known(entries)
@@ -423,17 +453,7 @@ impl Sink {
                 })
             }
             Sink::Continuous(client, columns) => {
-                let fit = columns.fitting_rows(entries);
-                let cut = (fit < entries.len()).then(|| {
-                    client.observe().columns_cut();
-                    format!(
-                        "pipeline {}: the batch has more than max_columns = {} distinct fields; \
-                         delivered its first {fit} of {} rows, the rest go in the next runs",
-                        columns.pipeline,
-                        columns.max_columns,
-                        entries.len()
-                    )
-                });
+                let (fit, cut) = fit_columns(columns, client.observe(), entries);
                 let entries = &entries[..fit];
                 let layout = columns
                     .layout_known(entries)
