@@ -224,3 +224,45 @@ async fn a_json_lines_push_reports_rejected_and_filtered_records_and_goes_throug
     let used: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(used["used"], 2);
 }
+
+#[tokio::test]
+async fn a_json_array_file_is_pushed_and_a_file_of_another_kind_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = spawn_emulator(Default::default()).await;
+    let config = config(dir.path(), &emulator, 10, "");
+    let file = dir.path().join("orders.json");
+    std::fs::write(
+        &file,
+        r#"[{"OrderId": "J1", "Quantity": 1}, {"OrderId": "J2", "Quantity": 2}, {"OrderId": "J3", "Quantity": 3}]"#,
+    )
+    .unwrap();
+    let out = run(weir_push(&config, &file, &[])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            summary["records"].as_u64(),
+            summary["delivered"].as_u64(),
+            summary["jobs"].as_u64()
+        ),
+        (Some(3), Some(3), Some(1))
+    );
+    assert_eq!(
+        emulator.column("orders", "OrderId").await,
+        vec!["J1", "J2", "J3"]
+    );
+
+    let xlsx = dir.path().join("orders.xlsx");
+    std::fs::write(&xlsx, "not a sheet").unwrap();
+    let out = run(weir_push(&config, &xlsx, &[])).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot tell the format; name the file .csv, .jsonl (or .ndjson) or .json"),
+        "{stderr}"
+    );
+}
