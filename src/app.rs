@@ -382,6 +382,7 @@ async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::R
             .collect(),
         token_ttl: settings.token_ttl,
         pools: settings.pools.clone(),
+        finops: settings.finops,
         ..EmulatorConfig::default()
     };
     emulator::start(config, settings.listen, stage.tracker(), stage.token())
