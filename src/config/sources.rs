@@ -163,3 +163,117 @@ impl Validator<'_> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::super::{Config, ConfigErrors};
+    use super::*;
+
+    fn config(source: &str) -> String {
+        format!(
+            r#"
+[[pipelines]]
+name = "groups"
+[pipelines.sink]
+kind = "celonis"
+url = "https://t.eu-1.celonis.cloud"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "groups"
+app_key = "k"
+
+[[sources]]
+{source}
+"#
+        )
+    }
+
+    fn errors_of(source: &str) -> Vec<String> {
+        match Config::load(&config(source), &HashMap::new()) {
+            Ok(_) => panic!("config should not load"),
+            Err(ConfigErrors(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"kind = "poll"
+pipeline = "groups"
+schedule = "30s"
+dequeue_url = "https://erp.example/api/connector/dequeue/A1"
+ack_url = { expr = "'https://erp.example/api/connector/ack/A1?c=' + response.CorrelationId" }
+entries = ["*.csv"]
+max_bytes = "1MiB"
+auth = { kind = "bearer", token = "t" }
+"#;
+
+    #[test]
+    fn a_poll_source_loads_with_its_defaults() {
+        let c = Config::load(&config(GOOD), &HashMap::new()).unwrap();
+        let s = &c.sources[0];
+        assert_eq!(s.pipeline, "groups");
+        assert_eq!(s.schedule, Schedule::Every(Duration::from_secs(30)));
+        assert_eq!(s.download_url_field, "DownloadLocation");
+        assert_eq!(s.format, PackageFormat::Auto);
+        assert_eq!(s.entries, ["*.csv"]);
+        assert_eq!(s.max_bytes, 1 << 20);
+        assert_eq!(s.timeout, Duration::from_secs(60));
+        assert!(matches!(s.ack_url, Text::Expr(_)));
+        assert!(matches!(s.auth, HttpAuth::Bearer(_)));
+    }
+
+    #[test]
+    fn each_mistake_in_a_source_names_its_key() {
+        let e = errors_of(
+            r#"kind = "poll"
+pipeline = "x"
+schedule = "continuous"
+dequeue_url = "ftp://erp"
+ack_url = { expr = "request.id" }
+download_url_field = " "
+format = "xml"
+entries = [""]
+max_bytes = 0
+timeout = "soon"
+auth = { kind = "magic" }
+"#,
+        );
+        for expected in [
+            "sources[0].pipeline: no pipeline is named \"x\"",
+            "sources[0].schedule: \"continuous\" applies to pipelines only",
+            "sources[0].dequeue_url: \"ftp://erp\" is not an http(s) URL",
+            "sources[0].ack_url.expr: uses \"request\"",
+            "sources[0].download_url_field: must name a field",
+            "sources[0].format: \"xml\" is not",
+            "sources[0].entries[0]: must be a glob",
+            "sources[0].max_bytes: 0 is not a positive size",
+            "sources[0].timeout: \"soon\" is not a duration",
+            "sources[0].auth.kind: \"magic\" is not an auth kind",
+        ] {
+            assert!(
+                e.iter().any(|m| m.starts_with(expected)),
+                "missing {expected:?} in {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_source_needs_its_urls_and_a_known_kind() {
+        let e = errors_of("kind = \"poll\"\npipeline = \"groups\"");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("sources[0].dequeue_url: is required")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("sources[0].ack_url: is required")),
+            "{e:?}"
+        );
+        let e = errors_of("kind = \"push\"\npipeline = \"groups\"");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("sources[0].kind: \"push\" is not a source kind")),
+            "{e:?}"
+        );
+    }
+}
