@@ -91,7 +91,8 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// Starts one task per source on `tracker`, each polling at once and then on its schedule,
+/// Starts one task per source on `tracker`, each polling at once and then on its schedule
+/// (each tick takes packages until the API answers 204 or one fails),
 /// and stopping when `stop` is cancelled. The returned scheduler makes the ticks; shut it
 /// down with the sources.
 pub async fn start(
@@ -126,9 +127,13 @@ pub async fn start(
 impl Poller {
     async fn run(self, mut ticks: mpsc::Receiver<()>, stop: CancellationToken) {
         loop {
-            tokio::select! {
-                _ = self.poll() => {}
-                () = stop.cancelled() => return,
+            // An acked package may have others behind it: take them until the API has none
+            // (or one fails), rather than one per tick.
+            loop {
+                tokio::select! {
+                    polled = self.poll() => if !matches!(polled, Polled::Acked { .. }) { break },
+                    () = stop.cancelled() => return,
+                }
             }
             tokio::select! {
                 tick = ticks.recv() => if tick.is_none() { return },
