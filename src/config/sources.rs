@@ -257,6 +257,21 @@ auth = { kind = "magic" }
     }
 
     #[test]
+    fn emulator_finops_serves_one_sample_package_unless_told_how_many() {
+        let load = |t: &str| Config::load(&format!("{}\n{t}", config(GOOD)), &HashMap::new());
+        let c = load("[emulator]\n[emulator.finops]").unwrap();
+        assert_eq!(c.emulator.unwrap().finops, Some(1));
+        let c = load("[emulator]\n[emulator.finops]\npackages = 4").unwrap();
+        assert_eq!(c.emulator.unwrap().finops, Some(4));
+        let c = load("[emulator]").unwrap();
+        assert_eq!(c.emulator.unwrap().finops, None);
+        assert!(
+            load("[emulator.finops]\nqueue = 1").is_err(),
+            "unknown keys are errors"
+        );
+    }
+
+    #[test]
     fn a_source_needs_its_urls_and_a_known_kind() {
         let e = errors_of("kind = \"poll\"\npipeline = \"groups\"");
         assert!(
