@@ -28,6 +28,7 @@ use crate::sink::Sink;
 use crate::sink::budget::Budgets;
 use crate::sink::oauth::Tokens;
 use crate::sink::preview::Previewer;
+use crate::sources;
 
 /// A running weir.
 pub struct App {
@@ -49,6 +50,8 @@ pub struct App {
     scheduler: Scheduler,
     runs: SchedulerHandle,
     config: Config,
+    /// The ticks of `[[sources]]`; the sources themselves run on the ingest stage.
+    sources: Option<tokio_cron_scheduler::JobScheduler>,
 }
 
 impl App {
@@ -177,6 +180,7 @@ impl App {
             listener::serve(listener, router, settings, ingest.token())
                 .instrument(tracing::info_span!("ingest listener")),
         );
+        let sources = start_sources(&config, &pipelines, &tokens, &ingest).await?;
         readiness.set(true);
         tracing::info!(listen = %ingest_addr, scheme, pipelines = pipelines.len(), "weir started");
         Ok(App {
@@ -193,6 +197,7 @@ impl App {
             scheduler,
             runs,
             config,
+            sources,
         })
     }
 
@@ -240,6 +245,11 @@ impl App {
         let grace = self.config.server.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         self.readiness.set(false);
+        if let Some(mut cron) = self.sources
+            && let Err(e) = cron.shutdown().await
+        {
+            tracing::warn!(error = %e, "stopping the source ticks failed");
+        }
         if !self.ingest.stop_within(deadline).await {
             tracing::warn!(grace = ?grace, "requests still running at the end of the grace period");
         }
@@ -292,6 +302,70 @@ async fn open_queue(capacity_rows: u64, cfg: &QueueConfig) -> anyhow::Result<Arc
     }
 }
 
+/// Starts one poller per `[[sources]]` entry on the ingest stage: sources feed queues as
+/// ingest does and stop with it.
+async fn start_sources(
+    config: &Config,
+    pipelines: &[Arc<Pipeline>],
+    tokens: &Tokens,
+    stage: &Stage,
+) -> anyhow::Result<Option<tokio_cron_scheduler::JobScheduler>> {
+    if config.sources.is_empty() {
+        return Ok(None);
+    }
+    let limits = ingest::parse_limits(&config.server.limits, config.server.max_body_bytes);
+    let mut pollers = Vec::new();
+    for (i, s) in config.sources.iter().enumerate() {
+        let pipeline = pipelines
+            .iter()
+            .find(|p| p.name() == s.pipeline)
+            .with_context(|| format!("sources[{i}].pipeline: no pipeline is named {}", s.pipeline))?
+            .clone();
+        let http = crate::sink::client_builder(s.timeout, s.proxy.as_ref())
+            .and_then(|b| b.redirect(sources::redirect_policy()).build())
+            .with_context(|| format!("building the HTTP client of sources[{i}]"))?;
+        let token = match &s.auth {
+            crate::config::HttpAuth::OAuth2(o) => {
+                let source = tokens
+                    .source(o, s.timeout, s.proxy.as_ref())
+                    .with_context(|| format!("building the token client of sources[{i}]"))?;
+                Some(Arc::new(SourceToken(source)) as Arc<dyn sources::BearerToken>)
+            }
+            _ => None,
+        };
+        pollers.push(sources::Poller {
+            config: s.clone(),
+            pipeline,
+            http,
+            token,
+            limits,
+        });
+    }
+    let cron = sources::start(pollers, stage.tracker(), stage.token())
+        .await
+        .context("starting the sources")?;
+    tracing::info!(sources = config.sources.len(), "sources started");
+    Ok(Some(cron))
+}
+
+/// A source's OAuth token, from the token cache the sinks share.
+struct SourceToken(Arc<crate::sink::oauth::TokenSource>);
+
+impl sources::BearerToken for SourceToken {
+    fn token(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            self.0
+                .token()
+                .await
+                .map(|t| t.expose().to_owned())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// Starts the in-process emulator of `[emulator]` on `stage`.
 async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::Result<SocketAddr> {
     let config = EmulatorConfig {
@@ -308,6 +382,7 @@ async fn start_emulator(settings: &EmulatorSettings, stage: &Stage) -> anyhow::R
             .collect(),
         token_ttl: settings.token_ttl,
         pools: settings.pools.clone(),
+        finops: settings.finops,
         ..EmulatorConfig::default()
     };
     emulator::start(config, settings.listen, stage.tracker(), stage.token())

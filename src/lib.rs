@@ -24,5 +24,6 @@ pub mod row;
 pub mod schedule;
 pub mod shutdown;
 pub mod sink;
+pub mod sources;
 pub mod sync;
 pub mod values;

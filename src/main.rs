@@ -106,6 +106,13 @@ struct EmulatorArgs {
     /// every UUID names a pool.
     #[arg(long = "pool", value_name = "UUID", value_parser = parse_pool)]
     pools: Vec<String>,
+    /// Also serve a Dynamics 365 FinOps dequeue/ack API (`/api/connector/dequeue/{id}`,
+    /// `/api/connector/ack/{id}`) with generated zip packages.
+    #[arg(long)]
+    finops: bool,
+    /// Sample packages queued at start with --finops.
+    #[arg(long, default_value_t = 1, requires = "finops")]
+    finops_packages: u32,
 }
 
 /// A data pool id: a UUID, lowercase.
@@ -322,6 +329,7 @@ fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
             app_keys: args.app_key.into_iter().collect(),
             database: Some(args.database),
             pools: (!args.pools.is_empty()).then_some(args.pools),
+            finops: args.finops.then_some(args.finops_packages),
             ..Default::default()
         };
         let stage = weir::shutdown::Stage::new();

@@ -11,6 +11,9 @@ mod outbound;
 pub use describe::describe;
 mod raw;
 mod security;
+mod sources;
+
+pub use sources::{PackageFormat, SourceConfig};
 
 pub use security::{
     AuthConfig, AuthMethod, ForwardedHeader, HmacAlgorithm, HmacConfig, HmacPreset, RateLimit,
@@ -110,6 +113,8 @@ pub struct Config {
     /// `[proxy]`, already filled into every sink without its own.
     pub proxy: Option<Proxy>,
     pub pipelines: Vec<PipelineConfig>,
+    /// `[[sources]]`: dequeue/ack APIs polled into pipelines.
+    pub sources: Vec<SourceConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +173,9 @@ pub struct EmulatorSettings {
     /// The data pools that exist (UUIDs, lowercase); any other pool is 404. `None`: every
     /// UUID names a pool.
     pub pools: Option<Vec<String>>,
+    /// `[emulator.finops]`: also serve a FinOps dequeue/ack API with this many sample
+    /// packages queued at start.
+    pub finops: Option<u32>,
 }
 
 /// Celonis' job-submission limits, applied per team (one budget per team host), and the
@@ -912,6 +920,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         oauth_clients: v.oauth_clients("emulator.oauth_clients", e.oauth_clients),
         token_ttl: v.duration("emulator.token_ttl", e.token_ttl.as_deref(), 3600),
         pools: e.pools.map(|pools| v.pools("emulator.pools", pools)),
+        finops: e.finops.map(|f| f.packages.unwrap_or(1)),
     });
     let celonis = match raw.celonis {
         Some(c) => CelonisLimits {
@@ -973,6 +982,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
             }
         }
     }
+    let sources = v.sources(raw.sources, &pipelines, proxy.as_ref());
     Config {
         data_dir,
         server,
@@ -981,6 +991,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
         celonis,
         proxy,
         pipelines,
+        sources,
     }
 }
 

@@ -195,7 +195,7 @@ impl Validator<'_> {
         }
     }
 
-    fn text(&mut self, path: &str, raw: RawText, vars: &[&str]) -> Text {
+    pub(super) fn text(&mut self, path: &str, raw: RawText, vars: &[&str]) -> Text {
         match raw {
             RawText::Literal(s) => Text::Literal(s),
             RawText::Expr(e) => self
@@ -316,7 +316,7 @@ impl Validator<'_> {
         }
     }
 
-    fn url(&mut self, path: &str, text: &str) -> Url {
+    pub(super) fn url(&mut self, path: &str, text: &str) -> Url {
         match Url::parse(text) {
             Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => u,
             _ => {
@@ -337,7 +337,7 @@ impl Validator<'_> {
         }
     }
 
-    fn http_auth(&mut self, path: &str, a: Option<RawAuth>) -> HttpAuth {
+    pub(super) fn http_auth(&mut self, path: &str, a: Option<RawAuth>) -> HttpAuth {
         let Some(a) = a else { return HttpAuth::None };
         let required = |v: &mut Validator, key: &str, value: Option<String>| {
             value.unwrap_or_else(|| {

@@ -13,6 +13,26 @@ pub(super) struct RawConfig {
     pub proxy: Option<RawProxy>,
     #[serde(default)]
     pub pipelines: Vec<RawPipeline>,
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+}
+
+/// `[[sources]]`: rows weir fetches itself (`kind = "poll"`: a dequeue/ack API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub kind: String,
+    pub pipeline: String,
+    pub schedule: Option<String>,
+    pub dequeue_url: Option<String>,
+    pub ack_url: Option<RawText>,
+    pub download_url_field: Option<String>,
+    pub format: Option<String>,
+    pub entries: Option<Vec<String>>,
+    pub max_bytes: Option<ByteSize>,
+    pub timeout: Option<String>,
+    pub auth: Option<RawAuth>,
+    pub proxy: Option<RawProxy>,
 }
 
 /// `[proxy]`, or `proxy = { … }` on a sink: the HTTP proxy outbound calls go through.
@@ -63,6 +83,15 @@ pub(super) struct RawEmulator {
     pub token_ttl: Option<String>,
     /// The data pool ids that exist; absent: every UUID names a pool.
     pub pools: Option<Vec<String>>,
+    /// `[emulator.finops]`: also serve a FinOps dequeue/ack API.
+    pub finops: Option<RawFinops>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFinops {
+    /// Packages queued at start: each a list of CSV entities.
+    pub packages: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -66,7 +66,16 @@ pub(super) fn router(emulator: Emulator) -> Router {
             emulator.clone(),
             guard_hooks,
         ));
+    let finops = if emulator.inner.config.finops.is_some() {
+        super::finops::routes().route_layer(middleware::from_fn_with_state(
+            emulator.clone(),
+            guard_hooks,
+        ))
+    } else {
+        Router::new()
+    };
     let inner = Router::new()
+        .merge(finops)
         .route(
             "/continuous-batch-processing/api/v1/{pool}/items",
             post(upload_item),

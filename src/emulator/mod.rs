@@ -8,6 +8,7 @@
 
 mod chunk;
 mod faults;
+mod finops;
 mod http;
 mod items;
 mod limiter;
@@ -61,6 +62,9 @@ pub struct EmulatorConfig {
     /// The data pools that exist (UUIDs): any other pool id is 404. `None`: every UUID
     /// names a pool.
     pub pools: Option<Vec<String>>,
+    /// Also serve a FinOps dequeue/ack API ([`finops`]) with this many sample packages
+    /// queued at start; `None`: not served.
+    pub finops: Option<u32>,
 }
 
 impl Default for EmulatorConfig {
@@ -75,6 +79,7 @@ impl Default for EmulatorConfig {
             oauth_clients: Vec::new(),
             token_ttl: Duration::from_secs(3600),
             pools: None,
+            finops: None,
         }
     }
 }
@@ -110,6 +115,8 @@ struct Inner {
     /// Continuous uploads applied.
     items: Mutex<items::Items>,
     faults: Mutex<Faults>,
+    /// The FinOps package queue (served only when `config.finops` is set).
+    finops: Mutex<finops::Finops>,
     limiter: Mutex<RateLimiter>,
     tokens: Mutex<oauth::TokenStore>,
     db: Arc<Mutex<Connection>>,
@@ -256,12 +263,14 @@ impl Emulator {
         };
         db.busy_timeout(Duration::from_secs(5))?;
         let limiter = RateLimiter::new(config.jobs_per_second, config.jobs_per_hour);
+        let finops = finops::Finops::with_samples(config.finops.unwrap_or(0));
         Ok(Emulator {
             inner: Arc::new(Inner {
                 config,
                 jobs: Mutex::new(Vec::new()),
                 items: Mutex::new(items::Items::default()),
                 faults: Mutex::new(Faults::default()),
+                finops: Mutex::new(finops),
                 limiter: Mutex::new(limiter),
                 tokens: Mutex::new(oauth::TokenStore::default()),
                 db: Arc::new(Mutex::new(db)),

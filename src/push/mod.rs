@@ -197,22 +197,24 @@ impl From<&InFlightState> for InFlight {
 }
 
 /// What one record of the file became.
-enum Item {
+pub(crate) enum Item {
     Row(Row, Source),
     /// A record that is not a row (a malformed line, a CSV record with the wrong number
     /// of fields): why.
     Bad(String),
 }
 
-/// A file read record by record: (record number, what it is, the byte where it ends).
-enum Records {
+/// A file (or any reader, such as a zip entry) read record by record: (record number, what
+/// it is, the byte where it ends). Shared with `sources::package`, so a package's entries
+/// become rows exactly as a pushed file's records do.
+pub(crate) enum Records {
     Csv {
-        reader: csv::Reader<BufReader<File>>,
+        reader: csv::Reader<Box<dyn BufRead + Send>>,
         headers: Vec<String>,
         record: csv::StringRecord,
     },
     Lines {
-        reader: BufReader<File>,
+        reader: Box<dyn BufRead + Send>,
         line: Vec<u8>,
         at: u64,
         limits: Limits,
@@ -231,11 +233,25 @@ impl Records {
             source,
         };
         let file = File::open(path).map_err(io)?;
+        Records::from_reader(Box::new(BufReader::new(file)), path, format, bytes, limits)
+    }
+
+    /// Reads `reader` as a file of `format` named `path` (for errors); `bytes` is its size
+    /// when known, for progress.
+    pub(crate) fn from_reader(
+        mut reader: Box<dyn BufRead + Send>,
+        path: &Path,
+        format: Format,
+        bytes: u64,
+        limits: &Limits,
+    ) -> Result<Records, Error> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         match format {
             Format::Csv => {
-                let mut reader = csv::ReaderBuilder::new()
-                    .flexible(true)
-                    .from_reader(BufReader::new(file));
+                let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
                 let headers = reader
                     .headers()
                     .map_err(|e| Error::Parse {
@@ -252,7 +268,7 @@ impl Records {
                 })
             }
             Format::JsonLines => Ok(Records::Lines {
-                reader: BufReader::new(file),
+                reader,
                 line: Vec::new(),
                 at: 0,
                 limits: Limits {
@@ -261,8 +277,8 @@ impl Records {
                 },
             }),
             Format::Json => {
-                let mut body = Vec::with_capacity(bytes as usize);
-                BufReader::new(file).read_to_end(&mut body).map_err(io)?;
+                let mut body = Vec::with_capacity(bytes.min(64 << 20) as usize);
+                reader.read_to_end(&mut body).map_err(io)?;
                 let limits = Limits {
                     max_rows: usize::MAX,
                     ..*limits
@@ -284,7 +300,7 @@ impl Records {
     }
 
     /// The next record and where it ends in the file, or `None` at the end.
-    fn next(&mut self) -> Result<Option<(Item, u64)>, String> {
+    pub(crate) fn next(&mut self) -> Result<Option<(Item, u64)>, String> {
         match self {
             Records::Csv {
                 reader,

@@ -26,6 +26,7 @@ mod push;
 mod security;
 mod shaping;
 mod soak;
+mod sources;
 mod spool;
 mod tidy;
 mod types;

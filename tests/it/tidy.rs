@@ -84,3 +84,19 @@ fn the_emulator_depends_on_no_other_weir_module() {
         }
     }
 }
+
+#[test]
+fn sources_feed_queues_and_never_name_the_sink_module() {
+    let files = rust_files(&root().join("src/sources"));
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for forbidden in ["crate::sink", "sink::", ".queue()", ".commit("] {
+            assert!(
+                !text.contains(forbidden),
+                "{} uses {forbidden}: sources only push rows (Pipeline::push), as ingest does",
+                file.display()
+            );
+        }
+    }
+}

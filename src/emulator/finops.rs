@@ -1,0 +1,282 @@
+//! A Dynamics 365 FinOps recurring-integrations emulator: a queue of generated zip packages
+//! behind `GET /api/connector/dequeue/{activityId}` and `POST /api/connector/ack/{activityId}`
+//! (seed 003), the packages' download URLs, and test hooks under `/emulator/finops` to
+//! queue packages, read counts and slow or fail the ack.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Emulator, lock};
+
+/// One package: its correlation id and its entities (file name, CSV text).
+struct Package {
+    id: Uuid,
+    pop_receipt: Uuid,
+    entities: Vec<(String, String)>,
+}
+
+/// The queue and what was done with it.
+#[derive(Default)]
+pub(super) struct Finops {
+    queue: VecDeque<Package>,
+    dequeues: u64,
+    downloads: u64,
+    /// Ack requests received (counted before any delay).
+    acks_started: u64,
+    /// Packages removed by an ack.
+    acks: u64,
+    ack_delay: Duration,
+    /// Answer acks with this status (and keep the package) instead of 200.
+    ack_status: Option<u16>,
+}
+
+impl Finops {
+    /// `n` sample packages, each with a customer-groups and a vendor-groups entity.
+    pub(super) fn with_samples(n: u32) -> Finops {
+        let mut f = Finops::default();
+        for i in 0..n {
+            f.queue.push_back(Package {
+                id: Uuid::new_v4(),
+                pop_receipt: Uuid::new_v4(),
+                entities: vec![
+                    (
+                        "Customer groups.csv".to_owned(),
+                        format!(
+                            "CustomerGroupId,Description,dataAreaId\nCG{i}A,Wholesale,usmf\nCG{i}B,Retail,usmf\n"
+                        ),
+                    ),
+                    (
+                        "Vendor groups.csv".to_owned(),
+                        format!("VendorGroupId,Description,dataAreaId\nVG{i},Services,usmf\n"),
+                    ),
+                ],
+            });
+        }
+        f
+    }
+}
+
+pub(super) fn routes() -> Router<Emulator> {
+    Router::new()
+        .route("/api/connector/dequeue/{activity}", get(dequeue))
+        .route("/api/connector/ack/{activity}", post(ack))
+        .route("/emulator/finops/download/{id}", get(download))
+        .route("/emulator/finops", get(show))
+        .route("/emulator/finops/packages", post(add_package))
+        .route(
+            "/emulator/finops/faults",
+            post(set_faults).delete(clear_faults),
+        )
+}
+
+async fn dequeue(
+    State(emulator): State<Emulator>,
+    Path(_activity): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let mut f = lock(&emulator.inner.finops);
+    f.dequeues += 1;
+    let Some(p) = f.queue.front() else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    // The signature stands in for the SAS token of a real blob URL.
+    let answer = json!({
+        "CorrelationId": p.id.to_string(),
+        "PopReceipt": p.pop_receipt.to_string(),
+        "DownloadLocation": format!("http://{host}/emulator/finops/download/{}?sig=secret-signature", p.id),
+        "IsDownloadFileExisting": true,
+        "FileDownloadErrorMessage": null,
+        "LastDequeueDateTime": chrono_like_now(),
+    });
+    Json(answer).into_response()
+}
+
+async fn download(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    let entities = {
+        let mut f = lock(&emulator.inner.finops);
+        let Some(p) = f.queue.iter().find(|p| p.id.to_string() == id) else {
+            return (StatusCode::NOT_FOUND, "no such package").into_response();
+        };
+        let entities = p.entities.clone();
+        f.downloads += 1;
+        entities
+    };
+    match zip_package(&entities) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/zip")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Manifest.xml, PackageHeader.xml and the entities (each with a UTF-8 BOM, as FinOps
+/// writes them), deflated.
+fn zip_package(entities: &[(String, String)]) -> Result<Vec<u8>, zip::result::ZipError> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let mut manifest = String::from(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<DataManagementPackageManifest><DataEntityList>",
+    );
+    for (name, _) in entities {
+        let entity = name.trim_end_matches(".csv");
+        manifest.push_str(&format!(
+            "<DataManagementPackageEntityData><EntityName>{entity}</EntityName><DefaultRefreshType>FullPush</DefaultRefreshType></DataManagementPackageEntityData>"
+        ));
+    }
+    manifest.push_str("</DataEntityList></DataManagementPackageManifest>\n");
+    w.start_file("Manifest.xml", opts)?;
+    w.write_all(manifest.as_bytes())?;
+    w.start_file("PackageHeader.xml", opts)?;
+    w.write_all(
+        b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<DataManagementPackageHeader><PackageType>DataPackage</PackageType><PackageVersion>2</PackageVersion></DataManagementPackageHeader>\n",
+    )?;
+    for (name, csv) in entities {
+        w.start_file(name.as_str(), opts)?;
+        w.write_all(b"\xEF\xBB\xBF")?;
+        w.write_all(csv.as_bytes())?;
+    }
+    Ok(w.finish()?.into_inner())
+}
+
+async fn ack(
+    State(emulator): State<Emulator>,
+    Path(_activity): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let (delay, status) = {
+        let mut f = lock(&emulator.inner.finops);
+        f.acks_started += 1;
+        (f.ack_delay, f.ack_status)
+    };
+    if !delay.is_zero() {
+        emulator.pause(delay).await;
+    }
+    if let Some(s) = status {
+        return StatusCode::from_u16(s)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response();
+    }
+    let Some(id) = body.get("CorrelationId").and_then(Value::as_str) else {
+        return (StatusCode::BAD_REQUEST, "the ack body needs CorrelationId").into_response();
+    };
+    let mut f = lock(&emulator.inner.finops);
+    let before = f.queue.len();
+    f.queue.retain(|p| p.id.to_string() != id);
+    if f.queue.len() == before {
+        return (StatusCode::NOT_FOUND, "no such package").into_response();
+    }
+    f.acks += 1;
+    StatusCode::OK.into_response()
+}
+
+async fn show(State(emulator): State<Emulator>) -> Json<Value> {
+    let f = lock(&emulator.inner.finops);
+    Json(json!({
+        "queued": f.queue.len(),
+        "dequeues": f.dequeues,
+        "downloads": f.downloads,
+        "acks_started": f.acks_started,
+        "acks": f.acks,
+    }))
+}
+
+/// `{"entities": {"Customer groups.csv": "ID,Name\n1,a\n"}}`, in order.
+#[derive(Deserialize)]
+struct NewPackage {
+    entities: serde_json::Map<String, Value>,
+}
+
+async fn add_package(State(emulator): State<Emulator>, Json(p): Json<NewPackage>) -> Response {
+    let mut entities = Vec::new();
+    for (name, csv) in p.entities {
+        let Some(text) = csv.as_str() else {
+            return (StatusCode::BAD_REQUEST, "each entity is CSV text").into_response();
+        };
+        entities.push((name, text.to_owned()));
+    }
+    let id = Uuid::new_v4();
+    lock(&emulator.inner.finops).queue.push_back(Package {
+        id,
+        pop_receipt: Uuid::new_v4(),
+        entities,
+    });
+    (
+        StatusCode::CREATED,
+        Json(json!({ "CorrelationId": id.to_string() })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckFaults {
+    ack_delay_ms: Option<u64>,
+    ack_status: Option<u16>,
+}
+
+async fn set_faults(State(emulator): State<Emulator>, Json(faults): Json<AckFaults>) -> StatusCode {
+    let mut f = lock(&emulator.inner.finops);
+    f.ack_delay = Duration::from_millis(faults.ack_delay_ms.unwrap_or(0));
+    f.ack_status = faults.ack_status;
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(emulator): State<Emulator>) -> StatusCode {
+    let mut f = lock(&emulator.inner.finops);
+    f.ack_delay = Duration::ZERO;
+    f.ack_status = None;
+    StatusCode::NO_CONTENT
+}
+
+/// Now as FinOps writes it: `2026-12-03T14:00:00Z`, to the second.
+fn chrono_like_now() -> String {
+    let secs = super::now_ms() / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 as a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn days_become_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_790), (2026, 12, 3));
+    }
+}
