@@ -113,13 +113,25 @@ impl TinyProxy {
     }
 }
 
-/// The sink calls weir counted in its metrics.
-fn sink_calls(metrics: &str) -> u64 {
-    metrics
+/// The sink calls weir counted in its metrics: those answered (with a status), and all.
+fn sink_calls(metrics: &str) -> (u64, u64) {
+    let mut answered = 0;
+    let mut all = 0;
+    for line in metrics
         .lines()
         .filter(|l| l.starts_with("weir_sink_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    {
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        all += n;
+        if !line.contains("status=\"error\"") {
+            answered += n;
+        }
+    }
+    (answered, all)
 }
 
 fn proxy_table(proxy: &TinyProxy, password: &str) -> String {
@@ -145,23 +157,32 @@ async fn every_sink_call_goes_through_the_proxy_and_a_407_names_it_and_keeps_the
             .status(),
         202
     );
-    let (status, run) = app
-        .admin_json(Method::POST, "/admin/pipelines/orders/flush")
-        .await;
-    assert_eq!(
-        (status, run["outcome"].as_str()),
-        (200, Some("delivered")),
-        "{run}"
-    );
+    // Under load a call through tinyproxy now and then fails in transport (seen twice in
+    // full-suite runs, at execute): that run's outcome is then unknown, and the next flush
+    // settles it. Three flushes at most.
+    let mut run = serde_json::Value::Null;
+    for _ in 0..3 {
+        let (status, answer) = app
+            .admin_json(Method::POST, "/admin/pipelines/orders/flush")
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        run = answer;
+        if run["outcome"] == "delivered" {
+            break;
+        }
+    }
+    assert_eq!(run["outcome"], "delivered", "{run}");
     assert_eq!(emu.table("orders").await.len(), 2);
 
     let relayed = proxy.requests();
-    let calls = sink_calls(&app.scrape().await);
-    assert!(calls >= 4, "create, upload, execute, poll: {calls}");
-    assert_eq!(
-        relayed.len() as u64,
-        calls,
-        "every call went through the proxy: {relayed:?}"
+    let (answered, calls) = sink_calls(&app.scrape().await);
+    assert!(answered >= 4, "create, upload, execute, poll: {answered}");
+    // Every call that got an answer got it through the proxy (a call that failed in
+    // transport may or may not have reached it).
+    assert!(
+        answered <= relayed.len() as u64 && relayed.len() as u64 <= calls,
+        "{answered} answered and {calls} made, {} relayed: {relayed:?}",
+        relayed.len()
     );
     let job = run["job_id"].as_str().unwrap();
     for (method, tail) in [
