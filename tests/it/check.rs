@@ -101,21 +101,27 @@ fn check_reads_weir_config_from_the_environment() {
 }
 
 #[test]
-fn the_shipped_config_is_valid_with_no_environment() {
-    let out = weir()
-        .args([
-            "check",
-            "-c",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/weir.toml"),
-        ])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn the_shipped_configs_are_valid_with_no_environment() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = vec![root.join("config/weir.toml")];
+    for entry in std::fs::read_dir(root.join("config/examples")).unwrap() {
+        configs.push(entry.unwrap().path());
+    }
+    assert!(configs.len() >= 3, "{configs:?}");
+    for config in configs {
+        let out = weir()
+            .args(["check", "-c"])
+            .arg(&config)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
