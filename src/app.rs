@@ -180,7 +180,7 @@ impl App {
             listener::serve(listener, router, settings, ingest.token())
                 .instrument(tracing::info_span!("ingest listener")),
         );
-        let sources = start_sources(&config, &pipelines, &tokens, &ingest).await?;
+        let sources = start_sources(&config, &pipelines, &tokens, &metrics, &ingest).await?;
         readiness.set(true);
         tracing::info!(listen = %ingest_addr, scheme, pipelines = pipelines.len(), "weir started");
         Ok(App {
@@ -308,6 +308,7 @@ async fn start_sources(
     config: &Config,
     pipelines: &[Arc<Pipeline>],
     tokens: &Tokens,
+    metrics: &Arc<Metrics>,
     stage: &Stage,
 ) -> anyhow::Result<Option<tokio_cron_scheduler::JobScheduler>> {
     if config.sources.is_empty() {
@@ -339,6 +340,8 @@ async fn start_sources(
             http,
             token,
             limits,
+            index: i,
+            metrics: metrics.clone(),
         });
     }
     let cron = sources::start(pollers, stage.tracker(), stage.token())

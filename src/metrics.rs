@@ -23,6 +23,15 @@ pub struct PipelineLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The source's index in `[[sources]]`.
+    pub source: String,
+    pub pipeline: String,
+    /// acked, empty or failed
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkCallLabels {
     pub pipeline: String,
     /// create, upload, execute, poll, delete, token, request
@@ -86,6 +95,7 @@ pub struct Metrics {
     pub sink_calls: Family<SinkCallLabels, Counter>,
     pub batches_cut: Family<PipelineLabels, Counter>,
     pub unknown_pipeline_requests: Counter,
+    pub source_polls: Family<SourceLabels, Counter>,
 }
 
 impl Metrics {
@@ -119,6 +129,12 @@ impl Metrics {
             "Requests to /hooks/{name} for a pipeline that does not exist",
             unknown_pipeline_requests.clone(),
         );
+        let source_polls = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "weir_source_polls",
+            "Polls of a [[sources]] dequeue API by outcome: acked (a package queued and acked), empty (nothing to dequeue), failed (not acked: handed out again)",
+            source_polls.clone(),
+        );
         registry.register_collector(Box::new(ScrapeCollector { source }));
         Metrics {
             registry,
@@ -126,7 +142,19 @@ impl Metrics {
             sink_calls,
             batches_cut,
             unknown_pipeline_requests,
+            source_polls,
         }
+    }
+
+    /// Counts one poll of source `index` (its rows are counted in the pipeline's `accepted`).
+    pub fn source_poll(&self, index: usize, pipeline: &str, outcome: &'static str) {
+        self.source_polls
+            .get_or_create(&SourceLabels {
+                source: index.to_string(),
+                pipeline: pipeline.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// The whole exposition, in the OpenMetrics text format.

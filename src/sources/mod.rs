@@ -38,6 +38,9 @@ pub struct Poller {
     pub http: reqwest::Client,
     pub token: Option<Arc<dyn BearerToken>>,
     pub limits: Limits,
+    /// Its index in `[[sources]]`, for logs and metrics.
+    pub index: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What one tick did.
@@ -144,14 +147,21 @@ impl Poller {
 
     /// One tick: dequeue, download, queue, ack. Logs what happened.
     pub async fn poll(&self) -> Polled {
-        match self.try_poll().await {
-            Ok(Polled::Acked { rows }) => Polled::Acked { rows },
-            Ok(other) => other,
+        let polled = match self.try_poll().await {
+            Ok(polled) => polled,
             Err(e) => {
                 tracing::warn!(error = %e, "package not acked");
                 Polled::Failed(e.to_string())
             }
-        }
+        };
+        let outcome = match polled {
+            Polled::Acked { .. } => "acked",
+            Polled::Empty => "empty",
+            Polled::Failed(_) => "failed",
+        };
+        self.metrics
+            .source_poll(self.index, self.pipeline.name(), outcome);
+        polled
     }
 
     async fn try_poll(&self) -> Result<Polled, PollError> {

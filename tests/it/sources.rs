@@ -129,6 +129,13 @@ async fn a_dequeued_package_lands_in_the_queue_in_one_push_and_is_acked() {
         "rows count as accepted"
     );
     assert_eq!(count(&emu, "queued").await, 0);
+    let metrics = app.app().metrics().render();
+    assert!(
+        metrics.contains(
+            "weir_source_polls_total{source=\"0\",pipeline=\"orders\",outcome=\"acked\"} 1"
+        ),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
 
@@ -161,6 +168,14 @@ async fn refused_and_not_acked(emu: &TestEmulator, source_extra: &str) {
     assert_eq!(c["acks_started"], 0, "{c}");
     assert_eq!(c["queued"], 1, "{c}");
     assert!(app.queued("orders").await.is_empty());
+    let metrics = app.app().metrics().render();
+    assert!(
+        metrics.contains(
+            "weir_source_polls_total{source=\"0\",pipeline=\"orders\",outcome=\"failed\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("outcome=\"acked\""), "{metrics}");
     app.shutdown().await;
 }
 
