@@ -407,8 +407,9 @@ struct LastRun {
     duration_ms: u64,
 }
 
-fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
-    let dir = work_dir(&env.work, "emulator")?;
+/// A `weir emulator` process in its own work directory `name`, answering, with its address.
+fn emulator(env: &Env, name: &str) -> anyhow::Result<(Proc, std::net::SocketAddr)> {
+    let dir = work_dir(&env.work, name)?;
     let emu_addr = free_addr()?;
     let listen = emu_addr.to_string();
     let db = dir.join("emulator.db").to_string_lossy().into_owned();
@@ -428,6 +429,11 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
         &dir,
     )?;
     emulator.wait_for("/emulator/tables/none", 404)?;
+    Ok((emulator, emu_addr))
+}
+
+fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
+    let (mut emulator, emu_addr) = emulator(env, "emulator")?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
@@ -545,26 +551,7 @@ pub fn apis_only(args: ApisArgs) -> anyhow::Result<()> {
 /// DONE) and with `api = "continuous"` (one upload) to a `weir emulator` process, best of
 /// `reps` runs each; each run refills the queue first.
 fn apis(env: &Env, rows: u64, reps: u32) -> anyhow::Result<ApiDelivery> {
-    let dir = work_dir(&env.work, "apis-emulator")?;
-    let emu_addr = free_addr()?;
-    let listen = emu_addr.to_string();
-    let db = dir.join("emulator.db").to_string_lossy().into_owned();
-    let mut emulator = Proc::spawn(
-        "emulator",
-        &env.weir,
-        &[
-            "emulator",
-            "--listen",
-            &listen,
-            "--database",
-            &db,
-            "--app-key",
-            APP_KEY,
-        ],
-        emu_addr,
-        &dir,
-    )?;
-    emulator.wait_for("/emulator/tables/none", 404)?;
+    let (mut emulator, emu_addr) = emulator(env, "apis-emulator")?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;

@@ -105,6 +105,19 @@ async fn until(c: &fantoccini::Client, xpath: &str) -> fantoccini::elements::Ele
         .unwrap_or_else(|e| panic!("the page never showed {xpath}: {e}"))
 }
 
+/// Types `token` into the sign-in form (emptied first) and submits it.
+async fn sign_in(c: &fantoccini::Client, token: &str) {
+    let field = c.find(fantoccini::Locator::Id("token")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(token).await.unwrap();
+    c.find(fantoccini::Locator::Id("sign-in-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_browser() {
     use fantoccini::{ClientBuilder, Locator};
@@ -145,30 +158,11 @@ async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_bro
 
     // A wrong token is told, not silently shown an empty page.
     c.goto(&app.admin_url("/")).await.unwrap();
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("not-a-token")
-        .await
-        .unwrap();
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, "not-a-token").await;
     until(&c, "//*[contains(text(), 'was not accepted')]").await;
 
     // The write token: the pipeline, ACTIVE, with its buttons.
-    let token = c.find(Locator::Id("token")).await.unwrap();
-    token.clear().await.unwrap();
-    token.send_keys(WRITE_TOKEN).await.unwrap();
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, WRITE_TOKEN).await;
     until(
         &c,
         "//*[@data-pipeline='orders']//*[@data-field='state' and text()='ACTIVE']",
@@ -305,14 +299,8 @@ async fn the_status_page_signs_in_counts_pauses_flushes_and_charts_in_a_real_bro
         .click()
         .await
         .unwrap();
-    let token = until(&c, "//input[@id='token']").await;
-    token.send_keys(READ_TOKEN).await.unwrap();
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    until(&c, "//input[@id='token']").await;
+    sign_in(&c, READ_TOKEN).await;
     until(
         &c,
         "//*[@data-pipeline='orders']//*[@data-counter='delivered' and normalize-space(text())='3']",
