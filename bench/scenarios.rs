@@ -407,6 +407,20 @@ struct LastRun {
     duration_ms: u64,
 }
 
+/// Flushes pipeline `bench` through the admin API at `admin` and returns the run.
+async fn flush_run(
+    client: &reqwest::Client,
+    admin: std::net::SocketAddr,
+) -> anyhow::Result<LastRun> {
+    let resp = client
+        .post(format!("http://{admin}/admin/pipelines/bench/flush"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(resp.json().await?)
+}
+
 /// A `weir emulator` process in its own work directory `name`, answering, with its address.
 fn emulator(env: &Env, name: &str) -> anyhow::Result<(Proc, std::net::SocketAddr)> {
     let dir = work_dir(&env.work, name)?;
@@ -448,15 +462,7 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
         let before = proc.memory()?;
         let flush = |expect: &str| -> anyhow::Result<(LastRun, Memory)> {
             proc.reset_peak()?;
-            let run: LastRun = env.rt.block_on(async {
-                let resp = client
-                    .post(format!("http://{admin}/admin/pipelines/bench/flush"))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                anyhow::Ok(resp.json().await?)
-            })?;
+            let run = env.rt.block_on(flush_run(&client, admin))?;
             if run.outcome != expect || run.rows != n {
                 bail!(
                     "delivery of {n} rows: expected a {expect} run of {n} rows, got {} of {} ({})",
@@ -569,15 +575,7 @@ fn apis(env: &Env, rows: u64, reps: u32) -> anyhow::Result<ApiDelivery> {
         for rep in 0..reps {
             env.rt
                 .block_on(load::fill(proc.addr, u64::from(rep) * rows, rows, 1000, 4))?;
-            let run: LastRun = env.rt.block_on(async {
-                let resp = client
-                    .post(format!("http://{admin}/admin/pipelines/bench/flush"))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                anyhow::Ok(resp.json().await?)
-            })?;
+            let run = env.rt.block_on(flush_run(&client, admin))?;
             if run.outcome != "delivered" || run.rows != rows {
                 bail!(
                     "{api}: expected a delivered run of {rows} rows, got {} of {} ({})",

@@ -219,7 +219,7 @@ async fn hook(
         Ok(Answer::DryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
         Ok(Answer::SharedDryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
         Ok(Answer::Shared(routed)) => match state.pipelines.get(&lead) {
-            Some(entry) => shared_success(&entry.pipeline.config.response, &routed),
+            Some(entry) => success(&entry.pipeline.config.response, &routed),
             None => IngestError::Internal("the pipeline went away").into_response(),
         },
         Ok(Answer::Queued(a, last)) => match state.pipelines.get(&lead) {
@@ -291,33 +291,16 @@ async fn wait_delivered(
     }
 }
 
-/// The answer to a request on a shared hook: the first pipeline's `response`, by default
-/// 202 with the totals and each pipeline's counts.
-fn shared_success(response: &SuccessResponse, routed: &shared::Routed) -> Response {
-    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::ACCEPTED);
-    if status == StatusCode::NO_CONTENT {
-        return status.into_response();
-    }
-    match &response.body {
-        None => (status, axum::Json(routed)).into_response(),
-        Some(body) => (
-            status,
-            [(header::CONTENT_TYPE, response.content_type.clone())],
-            body.clone(),
-        )
-            .into_response(),
-    }
-}
-
 /// The answer to a request whose rows were queued (or a replay of one): the pipeline's
-/// `response`, by default 202 with the counts.
-fn success(response: &SuccessResponse, a: Accepted) -> Response {
+/// `response`, by default 202 with `counts` (the counts, or for a shared hook the totals
+/// and each pipeline's counts).
+fn success(response: &SuccessResponse, counts: impl serde::Serialize) -> Response {
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::ACCEPTED);
     if status == StatusCode::NO_CONTENT {
         return status.into_response();
     }
     match &response.body {
-        None => (status, axum::Json(a)).into_response(),
+        None => (status, axum::Json(counts)).into_response(),
         Some(body) => (
             status,
             [(header::CONTENT_TYPE, response.content_type.clone())],
