@@ -169,6 +169,10 @@ impl App {
             ingest.token(),
             metrics.clone(),
         );
+        let state = match start_fetches(&config, &pipelines, &tokens, &ingest)? {
+            Some(fetcher) => state.with_fetches(fetcher),
+            None => state,
+        };
         let router = ingest::router(state);
         let settings = listener::Settings::from_limits(&config.server.limits)?;
         let scheme = if settings.tls.is_some() {
@@ -349,6 +353,55 @@ async fn start_sources(
         .context("starting the sources")?;
     tracing::info!(sources = config.sources.len(), "sources started");
     Ok(Some(cron))
+}
+
+/// The downloads of pipelines with `[pipelines.fetch]`: resumes the pending ones and starts
+/// their worker on the ingest stage (they feed queues as ingest does and stop with it).
+fn start_fetches(
+    config: &Config,
+    pipelines: &[Arc<Pipeline>],
+    tokens: &Tokens,
+    stage: &Stage,
+) -> anyhow::Result<Option<Arc<sources::fetch::Fetcher>>> {
+    let limits = ingest::parse_limits(&config.server.limits, config.server.max_body_bytes);
+    let mut fetches = Vec::new();
+    for p in pipelines {
+        let Some(f) = &p.config.fetch else { continue };
+        let http = crate::sink::client_builder(f.timeout, f.proxy.as_ref())
+            .and_then(|b| b.redirect(sources::redirect_policy()).build())
+            .with_context(|| {
+                format!("building the HTTP client of pipeline {}'s fetch", p.name())
+            })?;
+        let token = match &f.auth {
+            crate::config::HttpAuth::OAuth2(o) => {
+                let source = tokens
+                    .source(o, f.timeout, f.proxy.as_ref())
+                    .with_context(|| {
+                        format!("building the token client of pipeline {}'s fetch", p.name())
+                    })?;
+                Some(Arc::new(SourceToken(source)) as Arc<dyn sources::BearerToken>)
+            }
+            _ => None,
+        };
+        fetches.push(sources::fetch::Fetch {
+            pipeline: p.clone(),
+            config: f.clone(),
+            http,
+            token,
+            limits,
+        });
+    }
+    if fetches.is_empty() {
+        return Ok(None);
+    }
+    let fetcher = Arc::new(sources::fetch::Fetcher::open(fetches, &config.data_dir)?);
+    stage.tracker().spawn(
+        fetcher
+            .clone()
+            .run(stage.token())
+            .instrument(tracing::info_span!("fetches")),
+    );
+    Ok(Some(fetcher))
 }
 
 /// A source's OAuth token, from the token cache the sinks share.

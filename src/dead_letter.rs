@@ -66,6 +66,26 @@ pub async fn record(p: &Pipeline, rows: Vec<Entry>, reason: String) -> std::io::
         .map_err(std::io::Error::other)?
 }
 
+/// The offset column of a download that failed (`[pipelines.fetch]`): its record holds the
+/// event (the URL without its query string), not rows, so it is never queued again.
+pub const FAILED_FETCH: &str = "fetch";
+
+/// Appends a download that failed after its retries, fsynced: `event` is what the event
+/// row said (the URL without its query string) and `reason` names the host and the status.
+pub async fn record_failed_fetch(p: &Pipeline, event: Row, reason: String) -> std::io::Result<()> {
+    let path = p.dead_letter_path();
+    tokio::task::spawn_blocking(move || {
+        let entry = Entry {
+            offset: 0,
+            received_ms: now_ms(),
+            row: event,
+        };
+        append_as(&path, &[entry], &reason, Some(FAILED_FETCH))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Why dead-lettered rows could not be queued again. The file is unchanged in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum RequeueError {
@@ -87,11 +107,12 @@ pub async fn requeue(p: &Pipeline, offsets: Option<Vec<Offset>>) -> Result<u64, 
         .await
         .map_err(std::io::Error::other)??;
     let wanted = |r: &csv::StringRecord| {
-        offsets.as_ref().is_none_or(|o| {
-            r.get(0)
-                .and_then(|v| v.parse::<Offset>().ok())
-                .is_some_and(|v| o.contains(&v))
-        })
+        r.get(0) != Some(FAILED_FETCH)
+            && offsets.as_ref().is_none_or(|o| {
+                r.get(0)
+                    .and_then(|v| v.parse::<Offset>().ok())
+                    .is_some_and(|v| o.contains(&v))
+            })
     };
     let (chosen, kept): (Vec<_>, Vec<_>) = records.into_iter().partition(wanted);
     if chosen.is_empty() {
@@ -202,6 +223,16 @@ fn row_from_json(text: &str) -> Result<Row, String> {
 /// Appends rows as CSV records `offset,received_at,reason,row` (row as JSON). Writes the
 /// header when the file is new. The file is fsynced before the rows leave the queue.
 fn append(path: &Path, rows: &[Entry], reason: &str) -> std::io::Result<()> {
+    append_as(path, rows, reason, None)
+}
+
+/// [`append`], with `offset` written in place of each row's offset when given.
+fn append_as(
+    path: &Path,
+    rows: &[Entry],
+    reason: &str,
+    offset: Option<&str>,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -216,7 +247,8 @@ fn append(path: &Path, rows: &[Entry], reason: &str) -> std::io::Result<()> {
             humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.received_ms))
                 .to_string();
         let row = serde_json::to_string(&e.row).map_err(std::io::Error::other)?;
-        w.write_record([e.offset.to_string().as_str(), &at, reason, &row])?;
+        let off = offset.map_or_else(|| e.offset.to_string(), str::to_owned);
+        w.write_record([off.as_str(), &at, reason, &row])?;
     }
     w.flush()?;
     drop(w);

@@ -13,7 +13,7 @@ mod raw;
 mod security;
 mod sources;
 
-pub use sources::{PackageFormat, SourceConfig};
+pub use sources::{FetchConfig, FetchMode, PackageFormat, SourceConfig};
 
 pub use security::{
     AuthConfig, AuthMethod, ForwardedHeader, HmacAlgorithm, HmacConfig, HmacPreset, RateLimit,
@@ -247,6 +247,8 @@ pub struct PipelineConfig {
     pub allow_sync: bool,
     /// Fields pseudonymised at ingest, right after the schema check (`pseudonymise`).
     pub pseudonymise: crate::pseudonymise::Pseudonymiser,
+    /// `[pipelines.fetch]`: the event rows name files whose rows are queued instead.
+    pub fetch: Option<FetchConfig>,
 }
 
 /// `max_wait` unless configured.
@@ -980,6 +982,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Config {
                 SinkConfig::Http(h) if h.proxy.is_none() => h.proxy = Some(global.clone()),
                 _ => {}
             }
+            if let Some(f) = &mut p.fetch
+                && f.proxy.is_none()
+            {
+                f.proxy = Some(global.clone());
+            }
         }
     }
     let sources = v.sources(raw.sources, &pipelines, proxy.as_ref());
@@ -1014,6 +1021,15 @@ fn shared_hooks(v: &mut Validator<'_>, pipelines: &[PipelineConfig], unrouted_se
             continue;
         }
         let lead = &pipelines[group[0]];
+        if p.fetch.is_some() {
+            v.error(
+                format!("{path}.fetch"),
+                format!(
+                    "pipeline {} shares hook \"{}\": fetch applies to a pipeline with a hook of its own",
+                    p.name, p.hook
+                ),
+            );
+        }
         if group[0] != i {
             for (key, set) in [
                 ("allow_ips", p.allow_ips.is_some()),
@@ -1371,7 +1387,9 @@ impl Validator<'_> {
                 false
             }
         };
+        let fetch = p.fetch.map(|f| self.fetch(&format!("{path}.fetch"), f));
         PipelineConfig {
+            fetch,
             name: p.name,
             hook,
             unrouted_reject,

@@ -35,6 +35,23 @@ pub(super) struct RawSource {
     pub proxy: Option<RawProxy>,
 }
 
+/// `[pipelines.fetch]`: each event row names a file to download; its rows are queued.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFetch {
+    pub url_field: Option<String>,
+    pub when: Option<String>,
+    pub mode: Option<String>,
+    pub format: Option<String>,
+    pub entries: Option<Vec<String>>,
+    pub max_bytes: Option<ByteSize>,
+    pub timeout: Option<String>,
+    pub retries: Option<i64>,
+    pub event_fields: Option<Vec<String>>,
+    pub auth: Option<RawAuth>,
+    pub proxy: Option<RawProxy>,
+}
+
 /// `[proxy]`, or `proxy = { … }` on a sink: the HTTP proxy outbound calls go through.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +169,7 @@ pub(super) struct RawPipeline {
     pub wait_timeout: Option<String>,
     pub allow_sync: Option<bool>,
     pub pseudonymise: Option<RawPseudonymiseRules>,
+    pub fetch: Option<RawFetch>,
 }
 
 /// `[[pipelines.pseudonymise]]` (several rules) or one `[pipelines.pseudonymise]` table.

@@ -1,12 +1,14 @@
 //! Validation of `[[sources]]`: `kind = "poll"`, a dequeue/ack API (Dynamics 365 FinOps
-//! recurring integrations) polled on a schedule into a pipeline's queue.
+//! recurring integrations) polled on a schedule into a pipeline's queue; and of
+//! `[pipelines.fetch]`, business events whose rows name a file to download.
 
 use std::time::Duration;
 
 use reqwest::Url;
 
-use super::raw::{RawSource, RawText};
+use super::raw::{RawFetch, RawSource, RawText};
 use super::{HttpAuth, PipelineConfig, Proxy, Schedule, Text, Validator};
+use crate::expr::Expr;
 
 /// The most bytes a package may have, downloaded or unpacked, unless `max_bytes` says.
 pub(super) const DEFAULT_MAX_BYTES: u64 = 256 << 20;
@@ -45,6 +47,41 @@ pub struct SourceConfig {
 }
 
 const ACK_VARS: &[&str] = &["response"];
+
+/// How many times a failed download is tried again unless `retries` says.
+const DEFAULT_FETCH_RETRIES: u32 = 3;
+
+/// When a business event's 202 is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchMode {
+    /// After the file's rows are queued; a failed download is 502.
+    Inline,
+    /// At once, with the download recorded as a pending task a worker runs promptly.
+    Deferred,
+}
+
+/// `[pipelines.fetch]`: each event row (that `when` accepts) names, in `url_field`, a file
+/// whose rows are queued in the event's place.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub url_field: String,
+    /// CEL over `row`: which event rows name a file; the others are ignored.
+    pub when: Option<Expr>,
+    pub mode: FetchMode,
+    pub format: PackageFormat,
+    /// Globs over entry names; empty: every data entry.
+    pub entries: Vec<String>,
+    /// Caps the bytes downloaded and, separately, the bytes unpacked.
+    pub max_bytes: u64,
+    pub timeout: Duration,
+    /// Tries after the first, for a transport error or a 5xx / 429.
+    pub retries: u32,
+    /// Fields of the event row added to each fetched row (when the event has them).
+    pub event_fields: Vec<String>,
+    pub auth: HttpAuth,
+    /// Its own `proxy`, else `[proxy]`.
+    pub proxy: Option<Proxy>,
+}
 
 impl Validator<'_> {
     pub(super) fn sources(
@@ -108,30 +145,8 @@ impl Validator<'_> {
                 }
                 None => "DownloadLocation".to_owned(),
             };
-            let format = match s.format.as_deref() {
-                None | Some("auto") => PackageFormat::Auto,
-                Some("csv") => PackageFormat::Csv,
-                Some("json") => PackageFormat::Json,
-                Some("ndjson") => PackageFormat::Ndjson,
-                Some(other) => {
-                    self.error(
-                        format!("{path}.format"),
-                        format!("\"{other}\" is not \"csv\", \"json\", \"ndjson\" or \"auto\""),
-                    );
-                    PackageFormat::Auto
-                }
-            };
-            let mut entries = Vec::new();
-            for (j, e) in s.entries.unwrap_or_default().into_iter().enumerate() {
-                if e.trim().is_empty() {
-                    self.error(
-                        format!("{path}.entries[{j}]"),
-                        "must be a glob like \"*.csv\"",
-                    );
-                } else {
-                    entries.push(e);
-                }
-            }
+            let format = self.package_format(&path, s.format.as_deref());
+            let entries = self.entries(&path, s.entries);
             let max_bytes = self.size(
                 &format!("{path}.max_bytes"),
                 s.max_bytes.as_ref(),
@@ -161,6 +176,121 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    fn package_format(&mut self, path: &str, format: Option<&str>) -> PackageFormat {
+        match format {
+            None | Some("auto") => PackageFormat::Auto,
+            Some("csv") => PackageFormat::Csv,
+            Some("json") => PackageFormat::Json,
+            Some("ndjson") => PackageFormat::Ndjson,
+            Some(other) => {
+                self.error(
+                    format!("{path}.format"),
+                    format!("\"{other}\" is not \"csv\", \"json\", \"ndjson\" or \"auto\""),
+                );
+                PackageFormat::Auto
+            }
+        }
+    }
+
+    fn entries(&mut self, path: &str, raw: Option<Vec<String>>) -> Vec<String> {
+        let mut entries = Vec::new();
+        for (j, e) in raw.unwrap_or_default().into_iter().enumerate() {
+            if e.trim().is_empty() {
+                self.error(
+                    format!("{path}.entries[{j}]"),
+                    "must be a glob like \"*.csv\"",
+                );
+            } else {
+                entries.push(e);
+            }
+        }
+        entries
+    }
+
+    /// `[pipelines.fetch]` at `path`; `[proxy]` is filled in later.
+    pub(super) fn fetch(&mut self, path: &str, f: RawFetch) -> FetchConfig {
+        let url_field = match f.url_field {
+            Some(u) if !u.trim().is_empty() => u,
+            Some(_) => {
+                self.error(
+                    format!("{path}.url_field"),
+                    "must name the event field that holds the download URL",
+                );
+                String::new()
+            }
+            None => "DownloadURL".to_owned(),
+        };
+        let when = f
+            .when
+            .and_then(|w| self.expr(&format!("{path}.when"), &w, &["row"]));
+        let mode = match f.mode.as_deref() {
+            None | Some("deferred") => FetchMode::Deferred,
+            Some("inline") => FetchMode::Inline,
+            Some(other) => {
+                self.error(
+                    format!("{path}.mode"),
+                    format!("\"{other}\" is not a mode: use \"inline\" or \"deferred\""),
+                );
+                FetchMode::Deferred
+            }
+        };
+        let format = self.package_format(path, f.format.as_deref());
+        let entries = self.entries(path, f.entries);
+        let max_bytes = self.size(
+            &format!("{path}.max_bytes"),
+            f.max_bytes.as_ref(),
+            DEFAULT_MAX_BYTES,
+        );
+        let timeout = self.duration(&format!("{path}.timeout"), f.timeout.as_deref(), 60);
+        if timeout.is_zero() {
+            self.error(format!("{path}.timeout"), "must be longer than 0s");
+        }
+        let retries = match f.retries {
+            None => DEFAULT_FETCH_RETRIES,
+            Some(n @ 0..=20) => n as u32,
+            Some(n) => {
+                self.error(
+                    format!("{path}.retries"),
+                    format!("{n} is not between 0 and 20"),
+                );
+                DEFAULT_FETCH_RETRIES
+            }
+        };
+        let mut event_fields = Vec::new();
+        for (j, e) in f.event_fields.unwrap_or_default().into_iter().enumerate() {
+            if e.trim().is_empty() {
+                self.error(
+                    format!("{path}.event_fields[{j}]"),
+                    "must name a field of the event row",
+                );
+            } else if e == url_field {
+                self.error(
+                    format!("{path}.event_fields[{j}]"),
+                    format!("\"{e}\" is the url_field: its signed URL is never copied into rows"),
+                );
+            } else {
+                event_fields.push(e);
+            }
+        }
+        let auth = self.http_auth(&format!("{path}.auth"), f.auth);
+        let proxy = f
+            .proxy
+            .and_then(|p| self.proxy(&format!("{path}.proxy"), p));
+        FetchConfig {
+            url_field,
+            when,
+            mode,
+            format,
+            entries,
+            max_bytes,
+            timeout,
+            retries,
+            event_fields,
+            auth,
+            proxy,
+        }
     }
 }
 

@@ -46,6 +46,10 @@ pub enum IngestError {
     RowsExpression(String),
     #[error("{0}")]
     Unrouted(String),
+    /// `[pipelines.fetch]` with `mode = "inline"`: the download failed (host and status,
+    /// never the URL's query string).
+    #[error("{0}")]
+    FetchFailed(String),
     #[error(
         "the request has neither a body nor a query string: send a row as ?field=value or as a JSON, NDJSON or form body"
     )]
@@ -107,6 +111,7 @@ impl IngestError {
             E::NoRows => (StatusCode::BAD_REQUEST, "no_rows", None),
             E::RowsExpression(_) => (StatusCode::BAD_REQUEST, "rows_expression_failed", None),
             E::Unrouted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unrouted", None),
+            E::FetchFailed(_) => (StatusCode::BAD_GATEWAY, "fetch_failed", None),
             E::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -183,6 +188,7 @@ mod tests {
             E::MalformedQuery(s()),
             E::RowsExpression(s()),
             E::Unrouted(s()),
+            E::FetchFailed(s()),
             E::NoRows,
             E::UnsupportedMediaType(s()),
             E::TooManyRows(s()),
@@ -220,6 +226,7 @@ mod tests {
             | E::MalformedQuery(_)
             | E::RowsExpression(_)
             | E::Unrouted(_)
+            | E::FetchFailed(_)
             | E::NoRows
             | E::UnsupportedMediaType(_)
             | E::TooManyRows(_)

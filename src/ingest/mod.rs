@@ -56,6 +56,34 @@ struct Entry {
     preview: Option<Arc<dyn Preview>>,
 }
 
+/// What a pipeline with `[pipelines.fetch]` does with a request's event rows (wired by
+/// `app.rs`; the sources module downloads): with `mode = "inline"`, download each file and
+/// queue its rows before answering; with `mode = "deferred"`, record the downloads durably
+/// for a worker. Either way ingest itself queues none of those rows.
+pub trait Fetches: Send + Sync {
+    fn fetch<'a>(
+        &'a self,
+        pipeline: &'a Arc<Pipeline>,
+        events: Vec<Row>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Fetched, IngestError>> + Send + 'a>,
+    >;
+}
+
+/// The answer to a business event: rows queued (inline), events ignored (no URL, or `when`
+/// false), and downloads recorded for the worker (deferred).
+#[derive(Debug, Default, Serialize)]
+pub struct Fetched {
+    pub accepted: usize,
+    pub ignored: usize,
+    /// Inline: the files downloaded and queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<usize>,
+    /// Deferred: the downloads recorded as pending tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetches_queued: Option<usize>,
+}
+
 /// The pipelines' sinks as dry runs see them, by pipeline name (wired by `app.rs`).
 pub type Previews = HashMap<String, Arc<dyn Preview>>;
 
@@ -78,6 +106,8 @@ pub struct IngestState {
     /// Cancelled when shutdown starts: new requests get 503 from then on.
     stopping: CancellationToken,
     metrics: Arc<Metrics>,
+    /// The downloads of pipelines with `[pipelines.fetch]`.
+    fetches: Option<Arc<dyn Fetches>>,
 }
 
 impl IngestState {
@@ -128,7 +158,14 @@ impl IngestState {
             in_flight_capacity,
             stopping,
             metrics,
+            fetches: None,
         }
+    }
+
+    /// Hands the event rows of pipelines with `[pipelines.fetch]` to `fetches`.
+    pub fn with_fetches(mut self, fetches: Arc<dyn Fetches>) -> IngestState {
+        self.fetches = Some(fetches);
+        self
     }
 
     fn parse_limits(&self) -> Limits {
@@ -174,6 +211,8 @@ enum Answer {
     /// JSON of what would be).
     Shared(shared::Routed),
     SharedDryRun(serde_json::Value),
+    /// A business event: its downloads ran (inline) or were recorded (deferred).
+    Fetched(Fetched),
 }
 
 /// weir's own query parameters: never a field of a query-string row.
@@ -218,6 +257,10 @@ async fn hook(
     match accept(&state, &name, peer, &method, &uri, &headers, body).await {
         Ok(Answer::DryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
         Ok(Answer::SharedDryRun(d)) => (StatusCode::OK, axum::Json(d)).into_response(),
+        Ok(Answer::Fetched(f)) => match state.pipelines.get(&lead) {
+            Some(entry) => success(&entry.pipeline.config.response, &f),
+            None => IngestError::Internal("the pipeline went away").into_response(),
+        },
         Ok(Answer::Shared(routed)) => match state.pipelines.get(&lead) {
             Some(entry) => success(&entry.pipeline.config.response, &routed),
             None => IngestError::Internal("the pipeline went away").into_response(),
@@ -427,6 +470,26 @@ async fn accept(
             )));
         }
         return accept_shared(state, name, group, &body.decoded, query, content_type, dry).await;
+    }
+    if pipeline.config.fetch.is_some() {
+        if dry || query_param(uri.query(), "wait").is_some() {
+            return Err(IngestError::MalformedQuery(format!(
+                "pipeline {name} downloads the files its events name: ?dry_run and ?wait do not apply"
+            )));
+        }
+        let fetches = state
+            .fetches
+            .clone()
+            .ok_or(IngestError::Internal("no downloader for this pipeline"))?;
+        let (events, _) = shaped_rows(
+            &pipeline.config,
+            &body.decoded,
+            query.as_deref(),
+            &content_type,
+            &parse_limits,
+        )?;
+        let fetched = fetches.fetch(pipeline, events).await?;
+        return Ok(Answer::Fetched(fetched));
     }
     if dry {
         let preview = entry
@@ -1028,7 +1091,8 @@ fn apply_filter(pipeline: &Pipeline, rows: Vec<Row>) -> (Vec<Row>, usize) {
     (kept, ignored)
 }
 
-fn push_error(pipeline: &Pipeline, e: PushError) -> IngestError {
+/// A queue's refusal as ingest answers it (also for rows the sources queue for a request).
+pub fn push_error(pipeline: &Pipeline, e: PushError) -> IngestError {
     match e {
         PushError::FullRows { .. } | PushError::FullBytes { .. } => {
             tracing::warn!(pipeline = pipeline.name(), error = %e, "queue full");

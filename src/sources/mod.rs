@@ -1,8 +1,10 @@
 //! Sources: rows weir fetches itself rather than receives. `kind = "poll"` polls a
 //! dequeue/ack API (Dynamics 365 FinOps recurring integrations): dequeue a package, download
 //! and unpack it ([`package`]), screen its rows as ingest does, queue them all-or-nothing
-//! with `Pipeline::push`, then ack. Sources feed queues only; they never talk to sinks.
+//! with `Pipeline::push`, then ack. [`fetch`] downloads the files business events name
+//! (`[pipelines.fetch]`) the same way. Sources feed queues only; they never talk to sinks.
 
+pub mod fetch;
 pub mod package;
 
 use std::future::Future;
@@ -231,7 +233,8 @@ impl Poller {
         })
         .await
         .map_err(|e| PollError::Answer(format!("reading the package failed: {e}")))??;
-        let (rows, ignored, filtered) = self.screen(&pkg)?;
+        let (rows, ignored, filtered) =
+            screen_package(&self.pipeline.config, &pkg).map_err(PollError::Answer)?;
         let n = rows.len() as u64;
         if n > 0 {
             self.pipeline
@@ -254,36 +257,6 @@ impl Poller {
         self.ack(&answer).await?;
         tracing::info!(rows = n, "package acked");
         Ok(Polled::Acked { rows: n })
-    }
-
-    /// The package's rows as ingest would queue them; a mismatch refuses the package when
-    /// the pipeline's schema is in `reject` mode. (rows, ignored, filtered)
-    fn screen(
-        &self,
-        pkg: &package::Package,
-    ) -> Result<(Vec<crate::row::Row>, u64, u64), PollError> {
-        let config = &self.pipeline.config;
-        let reject = config
-            .schema
-            .as_ref()
-            .is_none_or(|s| s.on_mismatch == OnMismatch::Reject);
-        let (mut rows, mut ignored, mut filtered) = (Vec::new(), 0, 0);
-        for entry in &pkg.entries {
-            if let Some(bad) = entry.bad.first() {
-                return Err(PollError::Answer(format!("entry {}: {bad}", entry.name)));
-            }
-            for (row, source) in &entry.records {
-                match screen::judge(config, row.clone(), *source) {
-                    Verdict::Keep(r) => rows.push(r),
-                    Verdict::Filtered(_) => filtered += 1,
-                    Verdict::Mismatch(why) if reject => {
-                        return Err(PollError::Answer(format!("entry {}: {why}", entry.name)));
-                    }
-                    Verdict::Mismatch(_) => ignored += 1,
-                }
-            }
-        }
-        Ok((rows, ignored, filtered))
     }
 
     async fn ack(&self, answer: &serde_json::Value) -> Result<(), PollError> {
@@ -318,39 +291,77 @@ impl Poller {
 
     async fn authorized(
         &self,
-        mut request: reqwest::RequestBuilder,
+        request: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<reqwest::RequestBuilder, PollError> {
-        request = match &self.config.auth {
-            HttpAuth::None => request,
-            HttpAuth::ApiKey {
-                location: ApiKeyLocation::Header,
-                name,
-                value,
-            } => request.header(name.as_str(), value.expose()),
-            HttpAuth::ApiKey {
-                location: ApiKeyLocation::Query,
-                name,
-                value,
-            } => request.query(&[(name.as_str(), value.expose())]),
-            HttpAuth::Bearer(t) => request.bearer_auth(t.expose()),
-            HttpAuth::Basic { username, password } => {
-                request.basic_auth(username, Some(password.expose()))
-            }
-            HttpAuth::OAuth2(_) => match &self.token {
-                Some(t) => {
-                    let token = t.token().await.map_err(|detail| PollError::Transport {
-                        call: "token request",
-                        host: host(url),
-                        detail,
-                    })?;
-                    request.bearer_auth(token)
-                }
-                None => request,
-            },
-        };
-        Ok(request)
+        authorize(request, &self.config.auth, self.token.as_deref())
+            .await
+            .map_err(|detail| PollError::Transport {
+                call: "token request",
+                host: host(url),
+                detail,
+            })
     }
+}
+
+/// Adds an outbound `auth` to a request; an OAuth 2.0 token comes from `token`. The error
+/// is why the token request failed.
+pub(crate) async fn authorize(
+    request: reqwest::RequestBuilder,
+    auth: &HttpAuth,
+    token: Option<&dyn BearerToken>,
+) -> Result<reqwest::RequestBuilder, String> {
+    Ok(match auth {
+        HttpAuth::None => request,
+        HttpAuth::ApiKey {
+            location: ApiKeyLocation::Header,
+            name,
+            value,
+        } => request.header(name.as_str(), value.expose()),
+        HttpAuth::ApiKey {
+            location: ApiKeyLocation::Query,
+            name,
+            value,
+        } => request.query(&[(name.as_str(), value.expose())]),
+        HttpAuth::Bearer(t) => request.bearer_auth(t.expose()),
+        HttpAuth::Basic { username, password } => {
+            request.basic_auth(username, Some(password.expose()))
+        }
+        HttpAuth::OAuth2(_) => match token {
+            Some(t) => request.bearer_auth(t.token().await?),
+            None => request,
+        },
+    })
+}
+
+/// A package's rows as ingest would queue them; a mismatch refuses the package when the
+/// pipeline's schema is in `reject` mode, and so does a record that is not a row.
+/// (rows, ignored, filtered)
+pub(crate) fn screen_package(
+    config: &crate::config::PipelineConfig,
+    pkg: &package::Package,
+) -> Result<(Vec<crate::row::Row>, u64, u64), String> {
+    let reject = config
+        .schema
+        .as_ref()
+        .is_none_or(|s| s.on_mismatch == OnMismatch::Reject);
+    let (mut rows, mut ignored, mut filtered) = (Vec::new(), 0, 0);
+    for entry in &pkg.entries {
+        if let Some(bad) = entry.bad.first() {
+            return Err(format!("entry {}: {bad}", entry.name));
+        }
+        for (row, source) in &entry.records {
+            match screen::judge(config, row.clone(), *source) {
+                Verdict::Keep(r) => rows.push(r),
+                Verdict::Filtered(_) => filtered += 1,
+                Verdict::Mismatch(why) if reject => {
+                    return Err(format!("entry {}: {why}", entry.name));
+                }
+                Verdict::Mismatch(_) => ignored += 1,
+            }
+        }
+    }
+    Ok((rows, ignored, filtered))
 }
 
 /// Reads a response body up to `max` bytes.
