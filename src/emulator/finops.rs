@@ -1,9 +1,12 @@
 //! A Dynamics 365 FinOps recurring-integrations emulator: a queue of generated zip packages
 //! behind `GET /api/connector/dequeue/{activityId}` and `POST /api/connector/ack/{activityId}`
 //! (seed 003), the packages' download URLs, and test hooks under `/emulator/finops` to
-//! queue packages, read counts and slow or fail the ack.
+//! queue packages, read counts and slow or fail the ack. Business events with a download URL
+//! too: `POST /emulator/finops/events` makes a package and answers the business event whose
+//! `DownloadURL` (signed, as a blob URL is) serves it; `POST …/files/{id}/expire` makes that
+//! link answer 403, as an expired one does.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::time::Duration;
 
@@ -39,7 +42,24 @@ pub(super) struct Finops {
     ack_delay: Duration,
     /// Answer acks with this status (and keep the package) instead of 200.
     ack_status: Option<u16>,
+    /// The packages behind business events' download URLs.
+    files: HashMap<Uuid, EventFile>,
+    /// Download requests of those files received (counted before any delay).
+    file_requests: u64,
+    /// Those files served.
+    file_downloads: u64,
+    file_delay: Duration,
 }
+
+/// The package a business event names.
+struct EventFile {
+    entities: Vec<(String, String)>,
+    /// Its link answers 403, as one past its hour does.
+    expired: bool,
+}
+
+/// The signature of every download URL, standing in for a SAS token.
+const SIGNATURE: &str = "sig=secret-signature&se=2099-01-01T00%3A00%3A00Z";
 
 impl Finops {
     /// `n` sample packages, each with a customer-groups and a vendor-groups entity.
@@ -73,6 +93,9 @@ pub(super) fn routes() -> Router<Emulator> {
         .route("/api/connector/ack/{activity}", post(ack))
         .route("/emulator/finops/download/{id}", get(download))
         .route("/emulator/finops", get(show))
+        .route("/emulator/finops/events", post(add_event))
+        .route("/emulator/finops/files/{id}", get(file))
+        .route("/emulator/finops/files/{id}/expire", post(expire))
         .route("/emulator/finops/packages", post(add_package))
         .route(
             "/emulator/finops/faults",
@@ -192,6 +215,9 @@ async fn show(State(emulator): State<Emulator>) -> Json<Value> {
         "downloads": f.downloads,
         "acks_started": f.acks_started,
         "acks": f.acks,
+        "files": f.files.len(),
+        "file_requests": f.file_requests,
+        "file_downloads": f.file_downloads,
     }))
 }
 
@@ -222,17 +248,127 @@ async fn add_package(State(emulator): State<Emulator>, Json(p): Json<NewPackage>
         .into_response()
 }
 
+/// A business event's package: `{"entity": "Customer groups", "entities": {…}}`, both
+/// optional (the sample customer- and vendor-groups package by default).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewEvent {
+    entity: Option<String>,
+    entities: Option<serde_json::Map<String, Value>>,
+}
+
+/// Makes a package and answers the business event that names it, as FinOps posts it.
+async fn add_event(
+    State(emulator): State<Emulator>,
+    headers: HeaderMap,
+    body: Option<Json<NewEvent>>,
+) -> Response {
+    let e = body.map(|Json(e)| e).unwrap_or_default();
+    let entities = match e.entities {
+        None => Finops::with_samples(1)
+            .queue
+            .pop_front()
+            .map(|p| p.entities)
+            .unwrap_or_default(),
+        Some(map) => {
+            let mut entities = Vec::new();
+            for (name, csv) in map {
+                let Some(text) = csv.as_str() else {
+                    return (StatusCode::BAD_REQUEST, "each entity is CSV text").into_response();
+                };
+                entities.push((name, text.to_owned()));
+            }
+            entities
+        }
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let id = Uuid::new_v4();
+    lock(&emulator.inner.finops).files.insert(
+        id,
+        EventFile {
+            entities,
+            expired: false,
+        },
+    );
+    let event = json!({
+        "BusinessEventId": "DataExportCompleted",
+        "EventId": Uuid::new_v4().to_string(),
+        "EntityName": e.entity.unwrap_or_else(|| "Customer groups".to_owned()),
+        "DownloadURL": format!("http://{host}/emulator/finops/files/{id}?{SIGNATURE}"),
+        "EventTime": chrono_like_now(),
+        "FileId": id.to_string(),
+    });
+    (StatusCode::CREATED, Json(event)).into_response()
+}
+
+async fn file(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let delay = {
+        let mut f = lock(&emulator.inner.finops);
+        f.file_requests += 1;
+        f.file_delay
+    };
+    if !delay.is_zero() {
+        emulator.pause(delay).await;
+    }
+    let entities = {
+        let mut f = lock(&emulator.inner.finops);
+        let file = Uuid::parse_str(&id).ok().and_then(|id| f.files.get(&id));
+        let Some(file) = file else {
+            return (StatusCode::NOT_FOUND, "no such file").into_response();
+        };
+        if file.expired || query.as_deref() != Some(SIGNATURE) {
+            return (
+                StatusCode::FORBIDDEN,
+                "AuthenticationFailed: the signature is not valid or has expired",
+            )
+                .into_response();
+        }
+        let entities = file.entities.clone();
+        f.file_downloads += 1;
+        entities
+    };
+    match zip_package(&entities) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/zip")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn expire(State(emulator): State<Emulator>, Path(id): Path<String>) -> StatusCode {
+    let mut f = lock(&emulator.inner.finops);
+    match Uuid::parse_str(&id)
+        .ok()
+        .and_then(|id| f.files.get_mut(&id))
+    {
+        Some(file) => {
+            file.expired = true;
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AckFaults {
     ack_delay_ms: Option<u64>,
     ack_status: Option<u16>,
+    /// Holds each business event file download this long before answering.
+    file_delay_ms: Option<u64>,
 }
 
 async fn set_faults(State(emulator): State<Emulator>, Json(faults): Json<AckFaults>) -> StatusCode {
     let mut f = lock(&emulator.inner.finops);
     f.ack_delay = Duration::from_millis(faults.ack_delay_ms.unwrap_or(0));
     f.ack_status = faults.ack_status;
+    f.file_delay = Duration::from_millis(faults.file_delay_ms.unwrap_or(0));
     StatusCode::NO_CONTENT
 }
 
@@ -240,6 +376,7 @@ async fn clear_faults(State(emulator): State<Emulator>) -> StatusCode {
     let mut f = lock(&emulator.inner.finops);
     f.ack_delay = Duration::ZERO;
     f.ack_status = None;
+    f.file_delay = Duration::ZERO;
     StatusCode::NO_CONTENT
 }
 

@@ -247,10 +247,7 @@ impl Fetcher {
 
     /// The downloads an event asks for: (URL, event fields) of each row `when` accepts and
     /// whose `url_field` is a URL; the number of the other rows.
-    fn wanted(
-        fetch: &Fetch,
-        events: &[Row],
-    ) -> Result<(Vec<Wanted>, usize), IngestError> {
+    fn wanted(fetch: &Fetch, events: &[Row]) -> Result<(Vec<Wanted>, usize), IngestError> {
         let c = &fetch.config;
         let mut wanted = Vec::new();
         let mut ignored = 0;
@@ -355,11 +352,7 @@ impl Fetches for Fetcher {
 impl Fetch {
     /// `mode = "inline"`: every file is downloaded and read first, then all their rows are
     /// queued in one push, so a failure queues nothing.
-    async fn inline(
-        &self,
-        wanted: Vec<Wanted>,
-        ignored: usize,
-    ) -> Result<Fetched, IngestError> {
+    async fn inline(&self, wanted: Vec<Wanted>, ignored: usize) -> Result<Fetched, IngestError> {
         let mut rows = Vec::new();
         let files = wanted.len();
         for (url, fields) in &wanted {

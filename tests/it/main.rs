@@ -15,6 +15,7 @@ mod delivery;
 mod delta;
 mod deploy;
 mod emulator;
+mod fetch;
 mod helpers;
 mod ingest;
 mod isolation;
