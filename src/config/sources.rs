@@ -421,4 +421,123 @@ auth = { kind = "magic" }
             "{e:?}"
         );
     }
+
+    fn pipeline_with_fetch(fetch: &str) -> String {
+        format!(
+            r#"
+[[pipelines]]
+name = "events"
+[pipelines.sink]
+kind = "celonis"
+url = "https://t.eu-1.celonis.cloud"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "groups"
+app_key = "k"
+[pipelines.fetch]
+{fetch}
+"#
+        )
+    }
+
+    #[test]
+    fn a_fetch_loads_with_its_defaults() {
+        let c = Config::load(&pipeline_with_fetch(""), &HashMap::new()).unwrap();
+        let f = c.pipelines[0].fetch.as_ref().unwrap();
+        assert_eq!(f.url_field, "DownloadURL");
+        assert_eq!(f.mode, FetchMode::Deferred);
+        assert_eq!(f.format, PackageFormat::Auto);
+        assert_eq!(f.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!(f.timeout, Duration::from_secs(60));
+        assert_eq!(f.retries, DEFAULT_FETCH_RETRIES);
+        assert!(f.when.is_none() && f.event_fields.is_empty());
+        assert!(matches!(f.auth, HttpAuth::None));
+        let c = Config::load(
+            &pipeline_with_fetch(
+                "mode = \"inline\"\nwhen = \"row.EntityName == 'x'\"\nevent_fields = [\"EntityName\"]\nentries = [\"*.csv\"]\nretries = 0\nauth = { kind = \"bearer\", token = \"t\" }",
+            ),
+            &HashMap::new(),
+        )
+        .unwrap();
+        let f = c.pipelines[0].fetch.as_ref().unwrap();
+        assert_eq!(f.mode, FetchMode::Inline);
+        assert_eq!((f.retries, f.entries.len()), (0, 1));
+        assert!(f.when.is_some() && matches!(f.auth, HttpAuth::Bearer(_)));
+    }
+
+    #[test]
+    fn each_mistake_in_a_fetch_names_its_key() {
+        let text = pipeline_with_fetch(
+            r#"url_field = ""
+when = "body.x"
+mode = "later"
+format = "xml"
+entries = [""]
+max_bytes = 0
+timeout = "0s"
+retries = 99
+event_fields = ["DownloadURL2", ""]
+auth = { kind = "magic" }"#,
+        );
+        let Err(ConfigErrors(errs)) = Config::load(&text, &HashMap::new()) else {
+            panic!("config should not load");
+        };
+        let e: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        for expected in [
+            "pipelines[0].fetch.url_field: must name the event field",
+            "pipelines[0].fetch.when: uses \"body\"",
+            "pipelines[0].fetch.mode: \"later\" is not a mode",
+            "pipelines[0].fetch.format: \"xml\" is not",
+            "pipelines[0].fetch.entries[0]: must be a glob",
+            "pipelines[0].fetch.max_bytes: 0 is not a positive size",
+            "pipelines[0].fetch.timeout: must be longer than 0s",
+            "pipelines[0].fetch.retries: 99 is not between 0 and 20",
+            "pipelines[0].fetch.event_fields[1]: must name a field",
+            "pipelines[0].fetch.auth.kind: \"magic\" is not an auth kind",
+        ] {
+            assert!(
+                e.iter().any(|m| m.starts_with(expected)),
+                "missing {expected:?} in {e:#?}"
+            );
+        }
+        let Err(ConfigErrors(errs)) = Config::load(
+            &pipeline_with_fetch("event_fields = [\"DownloadURL\"]\nfetch_url = 1"),
+            &HashMap::new(),
+        ) else {
+            panic!("unknown keys are errors");
+        };
+        assert!(!errs.is_empty());
+        let Err(ConfigErrors(errs)) = Config::load(
+            &pipeline_with_fetch("event_fields = [\"DownloadURL\"]"),
+            &HashMap::new(),
+        ) else {
+            panic!("the url_field is never copied");
+        };
+        assert!(
+            errs.iter().any(|e| e
+                .to_string()
+                .starts_with("pipelines[0].fetch.event_fields[0]")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_fetch_needs_a_hook_of_its_own() {
+        let text = format!(
+            "{}\n{}",
+            pipeline_with_fetch("")
+                .replace("name = \"events\"", "name = \"events\"\nhook = \"finops\""),
+            pipeline_with_fetch("")
+                .replace("name = \"events\"", "name = \"other\"\nhook = \"finops\"")
+                .replace("[pipelines.fetch]\n", "")
+        );
+        let Err(ConfigErrors(errs)) = Config::load(&text, &HashMap::new()) else {
+            panic!("config should not load");
+        };
+        assert!(
+            errs.iter().any(|e| e
+                .to_string()
+                .starts_with("pipelines[0].fetch: pipeline events shares hook \"finops\"")),
+            "{errs:?}"
+        );
+    }
 }
