@@ -13,7 +13,7 @@ mod raw;
 mod security;
 mod sources;
 
-pub use sources::{FetchConfig, FetchMode, PackageFormat, SourceConfig};
+pub use sources::{CsvInput, FetchConfig, FetchMode, PackageFormat, SourceConfig};
 
 pub use security::{
     AuthConfig, AuthMethod, ForwardedHeader, HmacAlgorithm, HmacConfig, HmacPreset, RateLimit,

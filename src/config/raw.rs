@@ -44,12 +44,21 @@ pub(super) struct RawFetch {
     pub mode: Option<String>,
     pub format: Option<String>,
     pub entries: Option<Vec<String>>,
+    pub csv: Option<RawCsvInput>,
     pub max_bytes: Option<ByteSize>,
     pub timeout: Option<String>,
     pub retries: Option<i64>,
     pub event_fields: Option<Vec<String>>,
     pub auth: Option<RawAuth>,
     pub proxy: Option<RawProxy>,
+}
+
+/// `csv = { … }` of `[pipelines.fetch]`: how a downloaded file's CSV is read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCsvInput {
+    pub separator: Option<String>,
+    pub quote: Option<String>,
 }
 
 /// `[proxy]`, or `proxy = { … }` on a sink: the HTTP proxy outbound calls go through.

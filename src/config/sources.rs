@@ -48,6 +48,22 @@ pub struct SourceConfig {
 
 const ACK_VARS: &[&str] = &["response"];
 
+/// How a downloaded file's CSV is read: `csv = { separator = ";", quote = "'" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsvInput {
+    pub separator: u8,
+    pub quote: u8,
+}
+
+impl Default for CsvInput {
+    fn default() -> Self {
+        CsvInput {
+            separator: b',',
+            quote: b'"',
+        }
+    }
+}
+
 /// How many times a failed download is tried again unless `retries` says.
 const DEFAULT_FETCH_RETRIES: u32 = 3;
 
@@ -71,6 +87,8 @@ pub struct FetchConfig {
     pub format: PackageFormat,
     /// Globs over entry names; empty: every data entry.
     pub entries: Vec<String>,
+    /// How CSV entries are read.
+    pub csv: CsvInput,
     /// Caps the bytes downloaded and, separately, the bytes unpacked.
     pub max_bytes: u64,
     pub timeout: Duration,
@@ -194,6 +212,23 @@ impl Validator<'_> {
         }
     }
 
+    fn csv_char(&mut self, path: &str, key: &str, value: Option<String>, default: u8) -> u8 {
+        match value {
+            None => default,
+            Some(s) if s.len() == 1 && s.is_ascii() && s != "\n" && s != "\r" => s.as_bytes()[0],
+            Some(s) => {
+                self.error(
+                    format!("{path}.{key}"),
+                    format!(
+                        "\"{}\" must be a single ASCII character other than a line break",
+                        s.escape_default()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     fn entries(&mut self, path: &str, raw: Option<Vec<String>>) -> Vec<String> {
         let mut entries = Vec::new();
         for (j, e) in raw.unwrap_or_default().into_iter().enumerate() {
@@ -238,6 +273,12 @@ impl Validator<'_> {
         };
         let format = self.package_format(path, f.format.as_deref());
         let entries = self.entries(path, f.entries);
+        let mut csv = CsvInput::default();
+        if let Some(c) = f.csv {
+            let cpath = format!("{path}.csv");
+            csv.separator = self.csv_char(&cpath, "separator", c.separator, b',');
+            csv.quote = self.csv_char(&cpath, "quote", c.quote, b'"');
+        }
         let max_bytes = self.size(
             &format!("{path}.max_bytes"),
             f.max_bytes.as_ref(),
@@ -284,6 +325,7 @@ impl Validator<'_> {
             mode,
             format,
             entries,
+            csv,
             max_bytes,
             timeout,
             retries,
@@ -460,6 +502,7 @@ app_key = "k"
         .unwrap();
         let f = c.pipelines[0].fetch.as_ref().unwrap();
         assert_eq!(f.mode, FetchMode::Inline);
+        assert_eq!(f.csv, CsvInput::default());
         assert_eq!((f.retries, f.entries.len()), (0, 1));
         assert!(f.when.is_some() && matches!(f.auth, HttpAuth::Bearer(_)));
     }
@@ -472,6 +515,7 @@ when = "body.x"
 mode = "later"
 format = "xml"
 entries = [""]
+csv = { separator = ";;", quote = "\n" }
 max_bytes = 0
 timeout = "0s"
 retries = 99
@@ -488,6 +532,8 @@ auth = { kind = "magic" }"#,
             "pipelines[0].fetch.mode: \"later\" is not a mode",
             "pipelines[0].fetch.format: \"xml\" is not",
             "pipelines[0].fetch.entries[0]: must be a glob",
+            "pipelines[0].fetch.csv.separator: \";;\" must be a single ASCII character",
+            "pipelines[0].fetch.csv.quote: \"\\n\" must be a single ASCII character",
             "pipelines[0].fetch.max_bytes: 0 is not a positive size",
             "pipelines[0].fetch.timeout: must be longer than 0s",
             "pipelines[0].fetch.retries: 99 is not between 0 and 20",

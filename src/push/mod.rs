@@ -233,17 +233,25 @@ impl Records {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        Records::from_reader(Box::new(BufReader::new(file)), path, format, bytes, limits)
+        Records::from_reader(
+            Box::new(BufReader::new(file)),
+            path,
+            format,
+            bytes,
+            limits,
+            crate::config::CsvInput::default(),
+        )
     }
 
     /// Reads `reader` as a file of `format` named `path` (for errors); `bytes` is its size
-    /// when known, for progress.
+    /// when known, for progress; `csv` says how CSV is read.
     pub(crate) fn from_reader(
         mut reader: Box<dyn BufRead + Send>,
         path: &Path,
         format: Format,
         bytes: u64,
         limits: &Limits,
+        csv: crate::config::CsvInput,
     ) -> Result<Records, Error> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
@@ -251,7 +259,11 @@ impl Records {
         };
         match format {
             Format::Csv => {
-                let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+                let mut reader = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .delimiter(csv.separator)
+                    .quote(csv.quote)
+                    .from_reader(reader);
                 let headers = reader
                     .headers()
                     .map_err(|e| Error::Parse {

@@ -436,12 +436,16 @@ impl Fetch {
             .unwrap_or("package.zip")
             .to_owned();
         let limits = self.limits;
-        let (format, entries, max_bytes) = (c.format, c.entries.clone(), c.max_bytes);
+        let (format, entries, max_bytes, csv) = (c.format, c.entries.clone(), c.max_bytes, c.csv);
         let read_host = file_host.clone();
         let pkg = tokio::task::spawn_blocking(move || {
-            package::read(
-                &body, &name, &read_host, format, &entries, max_bytes, &limits,
-            )
+            let reading = package::Reading {
+                format,
+                entries: &entries,
+                max_bytes,
+                csv,
+            };
+            package::read_with(&body, &name, &read_host, &reading, &limits)
         })
         .await
         .map_err(|e| FetchError::Rows {

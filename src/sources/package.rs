@@ -7,7 +7,7 @@ use std::path::Path;
 
 use reqwest::Url;
 
-use crate::config::PackageFormat;
+use crate::config::{CsvInput, PackageFormat};
 use crate::ingest::parse::Limits;
 use crate::ingest::screen::Source;
 use crate::push::{Format, Item, Records};
@@ -94,10 +94,16 @@ pub async fn download(
     Ok(body)
 }
 
-/// Reads a downloaded package: a zip's data entries (those matching `entries`, when given;
-/// never `Manifest.xml` or `PackageHeader.xml`), or the file itself when it is not a zip
-/// (`name` is its URL's last path segment). At most `max_bytes` are unpacked in all, counted
-/// as read, whatever the zip's headers claim.
+/// How a package is read: its format, which entries, the cap on bytes unpacked, and how
+/// CSV is read.
+pub struct Reading<'a> {
+    pub format: PackageFormat,
+    pub entries: &'a [String],
+    pub max_bytes: u64,
+    pub csv: CsvInput,
+}
+
+/// [`read_with`] with CSV read as RFC 4180 (`,` and `"`).
 pub fn read(
     body: &[u8],
     name: &str,
@@ -107,6 +113,32 @@ pub fn read(
     max_bytes: u64,
     limits: &Limits,
 ) -> Result<Package, PackageError> {
+    let reading = Reading {
+        format,
+        entries,
+        max_bytes,
+        csv: CsvInput::default(),
+    };
+    read_with(body, name, host, &reading, limits)
+}
+
+/// Reads a downloaded package: a zip's data entries (those matching `entries`, when given;
+/// never `Manifest.xml` or `PackageHeader.xml`), or the file itself when it is not a zip
+/// (`name` is its URL's last path segment). At most `max_bytes` are unpacked in all, counted
+/// as read, whatever the zip's headers claim.
+pub fn read_with(
+    body: &[u8],
+    name: &str,
+    host: &str,
+    reading: &Reading<'_>,
+    limits: &Limits,
+) -> Result<Package, PackageError> {
+    let Reading {
+        format,
+        entries,
+        max_bytes,
+        csv,
+    } = *reading;
     let mut out = Package {
         entries: Vec::new(),
         bytes: body.len() as u64,
@@ -116,7 +148,7 @@ pub fn read(
         if let Some(f) = entry_format(name, format) {
             out.unpacked = body.len() as u64;
             out.entries
-                .push(read_entry(name, body.to_vec(), f, limits)?);
+                .push(read_entry(name, body.to_vec(), f, limits, csv)?);
         }
         return Ok(out);
     }
@@ -158,7 +190,7 @@ pub fn read(
             });
         }
         out.unpacked += data.len() as u64;
-        out.entries.push(read_entry(&name, data, f, limits)?);
+        out.entries.push(read_entry(&name, data, f, limits, csv)?);
     }
     Ok(out)
 }
@@ -178,6 +210,7 @@ fn read_entry(
     mut data: Vec<u8>,
     format: Format,
     limits: &Limits,
+    csv: CsvInput,
 ) -> Result<Entry, PackageError> {
     if data.starts_with(b"\xEF\xBB\xBF") {
         data.drain(..3);
@@ -193,6 +226,7 @@ fn read_entry(
         format,
         bytes,
         limits,
+        csv,
     )
     .map_err(|e| failed(e.to_string()))?;
     let mut entry = Entry {
@@ -328,6 +362,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.entries[0].records.len(), 2);
+    }
+
+    #[test]
+    fn csv_entries_are_read_with_the_separator_and_quote_given() {
+        let body = zip_of(&[("a.csv", b"ID;Name\n1;'a;b'\n")]);
+        let reading = Reading {
+            format: PackageFormat::Auto,
+            entries: &[],
+            max_bytes: 1 << 20,
+            csv: CsvInput {
+                separator: b';',
+                quote: b'\'',
+            },
+        };
+        let p = read_with(&body, "p.zip", "h", &reading, &limits()).unwrap();
+        let row = &p.entries[0].records[0].0;
+        assert_eq!(row.get("Name").unwrap().text, "a;b");
     }
 
     #[test]

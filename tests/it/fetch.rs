@@ -140,6 +140,27 @@ async fn inline_answers_once_both_csv_entries_of_the_zip_are_queued() {
 }
 
 #[tokio::test]
+async fn csv_entries_are_read_with_the_fetchs_csv_options() {
+    let emu = finops_emulator().await;
+    let app = spawn_app(&fetching_config(
+        "mode = \"inline\"\ncsv = { separator = \";\", quote = \"'\" }",
+    ))
+    .await;
+    let e = event(&emu, &[("Groups.csv", "ID;Name\nCG1;'Whole;sale'\n")]).await;
+    let (status, body) = status_and_json(app.post_json("groups", &e.to_string()).await).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(1)),
+        "{body}"
+    );
+    assert_eq!(
+        app.queued_fields("groups").await,
+        vec![with_entity("CG1", "Whole;sale")]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn deferred_answers_at_once_with_fetches_queued_and_the_worker_queues_the_rows() {
     let emu = finops_emulator().await;
     // The download is held: the 202 cannot have waited for it.
