@@ -49,6 +49,9 @@ pub(super) struct Finops {
     /// Those files served.
     file_downloads: u64,
     file_delay: Duration,
+    /// Answer this many file downloads with `file_status` before serving them.
+    file_failures: u32,
+    file_status: u16,
 }
 
 /// The package a business event names.
@@ -310,11 +313,18 @@ async fn file(
     Path(id): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    let delay = {
+    let (delay, fail) = {
         let mut f = lock(&emulator.inner.finops);
         f.file_requests += 1;
-        f.file_delay
+        let fail = (f.file_failures > 0).then_some(f.file_status);
+        f.file_failures = f.file_failures.saturating_sub(1);
+        (f.file_delay, fail)
     };
+    if let Some(status) = fail {
+        return StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            .into_response();
+    }
     if !delay.is_zero() {
         emulator.pause(delay).await;
     }
@@ -362,6 +372,9 @@ struct AckFaults {
     ack_status: Option<u16>,
     /// Holds each business event file download this long before answering.
     file_delay_ms: Option<u64>,
+    /// Answers the next this many file downloads with `file_status` (default 503).
+    file_failures: Option<u32>,
+    file_status: Option<u16>,
 }
 
 async fn set_faults(State(emulator): State<Emulator>, Json(faults): Json<AckFaults>) -> StatusCode {
@@ -369,6 +382,8 @@ async fn set_faults(State(emulator): State<Emulator>, Json(faults): Json<AckFaul
     f.ack_delay = Duration::from_millis(faults.ack_delay_ms.unwrap_or(0));
     f.ack_status = faults.ack_status;
     f.file_delay = Duration::from_millis(faults.file_delay_ms.unwrap_or(0));
+    f.file_failures = faults.file_failures.unwrap_or(0);
+    f.file_status = faults.file_status.unwrap_or(503);
     StatusCode::NO_CONTENT
 }
 
@@ -377,6 +392,7 @@ async fn clear_faults(State(emulator): State<Emulator>) -> StatusCode {
     f.ack_delay = Duration::ZERO;
     f.ack_status = None;
     f.file_delay = Duration::ZERO;
+    f.file_failures = 0;
     StatusCode::NO_CONTENT
 }
 

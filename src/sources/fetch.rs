@@ -190,25 +190,25 @@ impl Fetcher {
         let event = fields_row(&task.fields);
         let outcome = match Url::parse(&task.url) {
             Ok(url) => fetch.download_and_queue(&url, event.as_ref()).await,
-            Err(_) => Err(FetchError::Rows {
-                host: "?".to_owned(),
-                detail: "the event's URL is not a URL".to_owned(),
-            }),
+            Err(_) => Err((
+                FetchError::Rows {
+                    host: "?".to_owned(),
+                    detail: "the event's URL is not a URL".to_owned(),
+                },
+                1,
+            )),
         };
         match outcome {
             Ok(rows) => {
                 tracing::info!(pipeline = task.pipeline, rows, "business event file queued");
             }
-            Err(FetchError::Queue(e)) => {
-                tracing::warn!(pipeline = task.pipeline, error = %e, "the queue refused a file's rows; trying again");
-                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            Err((FetchError::Queue(e), _)) => {
+                // Closing: the task stays pending for the next start.
+                tracing::info!(pipeline = task.pipeline, error = %e, "download left pending");
                 return;
             }
-            Err(e) => {
-                let reason = format!(
-                    "download failed after {} tries: {e}",
-                    fetch.config.retries + 1
-                );
+            Err((e, tries)) => {
+                let reason = tried(&e, tries);
                 tracing::warn!(pipeline = task.pipeline, error = %e, "business event file dead-lettered");
                 let record = failed_event(&task, &fetch.config.url_field);
                 if let Err(io) =
@@ -357,10 +357,10 @@ impl Fetch {
         let files = wanted.len();
         for (url, fields) in &wanted {
             let event = fields_row(fields);
-            let (file_rows, file_ignored) = self
-                .download_with_retries(url, event.as_ref())
-                .await
-                .map_err(|e| IngestError::FetchFailed(e.to_string()))?;
+            let (file_rows, file_ignored) =
+                self.download_with_retries(url, event.as_ref())
+                    .await
+                    .map_err(|(e, tries)| IngestError::FetchFailed(tried(&e, tries)))?;
             Counters::add(&self.pipeline.counters.ignored, file_ignored);
             rows.extend(file_rows);
         }
@@ -381,14 +381,30 @@ impl Fetch {
     }
 
     /// Downloads one file (with retries) and queues its rows in one push. Returns how many.
-    async fn download_and_queue(&self, url: &Url, event: Option<&Row>) -> Result<u64, FetchError> {
+    /// A full or failing queue is offered the same rows again (the file is not downloaded
+    /// again); only a closing queue gives up, leaving the task pending.
+    async fn download_and_queue(
+        &self,
+        url: &Url,
+        event: Option<&Row>,
+    ) -> Result<u64, (FetchError, u32)> {
         let (rows, ignored) = self.download_with_retries(url, event).await?;
         Counters::add(&self.pipeline.counters.ignored, ignored);
         let n = rows.len() as u64;
-        if n > 0 {
-            self.pipeline.push(rows).await.map_err(FetchError::Queue)?;
-            self.pipeline.counters.accept(n);
+        if n == 0 {
+            return Ok(0);
         }
+        loop {
+            match self.pipeline.push(rows.clone()).await {
+                Ok(_) => break,
+                Err(PushError::Closed) => return Err((FetchError::Queue(PushError::Closed), 1)),
+                Err(e) => {
+                    tracing::warn!(pipeline = self.pipeline.name(), error = %e, "the queue refused a file's rows; offering them again");
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+            }
+        }
+        self.pipeline.counters.accept(n);
         Ok(n)
     }
 
@@ -398,7 +414,7 @@ impl Fetch {
         &self,
         url: &Url,
         event: Option<&Row>,
-    ) -> Result<(Vec<Row>, u64), FetchError> {
+    ) -> Result<(Vec<Row>, u64), (FetchError, u32)> {
         let mut wait = FIRST_BACKOFF;
         let mut tries = 0;
         loop {
@@ -410,7 +426,7 @@ impl Fetch {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_BACKOFF);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err((e, tries)),
             }
         }
     }
@@ -465,6 +481,14 @@ impl Fetch {
             None => rows,
         };
         Ok((rows, ignored))
+    }
+}
+
+/// A failed download as the dead-letter file and a 502 say it.
+fn tried(e: &FetchError, tries: u32) -> String {
+    match tries {
+        1 => e.to_string(),
+        n => format!("{e} (after {n} tries)"),
     }
 }
 

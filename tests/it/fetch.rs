@@ -184,6 +184,34 @@ async fn deferred_answers_at_once_with_fetches_queued_and_the_worker_queues_the_
 }
 
 #[tokio::test]
+async fn a_transient_failure_is_tried_again_and_one_past_the_retries_is_dead_lettered() {
+    let emu = finops_emulator().await;
+    // retries = 1: one 503 is survived.
+    faults(&emu, json!({ "file_failures": 1, "file_status": 503 })).await;
+    let app = spawn_app(&fetching_config("")).await;
+    let e = event(&emu, TWO_ENTITIES).await;
+    let (status, _) = status_and_json(app.post_json("groups", &e.to_string()).await).await;
+    assert_eq!(status, 202);
+    wait_until(15, "the second try queues the rows", || async {
+        app.queued("groups").await.len() == 3
+    })
+    .await;
+    assert_eq!(count(&emu, "file_requests").await, 2);
+    // Two 503s exhaust it: dead-lettered with the status and the tries.
+    faults(&emu, json!({ "file_failures": 2, "file_status": 503 })).await;
+    let e = event(&emu, TWO_ENTITIES).await;
+    let (status, _) = status_and_json(app.post_json("groups", &e.to_string()).await).await;
+    assert_eq!(status, 202);
+    let path = app.app().pipeline("groups").unwrap().dead_letter_path();
+    wait_until(15, "the exhausted download is dead-lettered", || async {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("HTTP 503 (after 2 tries)"))
+    })
+    .await;
+    assert_eq!(app.queued("groups").await.len(), 3, "nothing more queued");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_event_without_a_url_is_ignored_and_a_bad_url_is_400() {
     let emu = finops_emulator().await;
     let app = spawn_app(&fetching_config("mode = \"inline\"")).await;
