@@ -217,6 +217,29 @@ pub fn describe(c: &Config) -> String {
         if let Some(f) = &p.filter {
             let _ = writeln!(w, "  filter: {:?}", f.source());
         }
+        if let Some(f) = &p.fetch {
+            let mode = match f.mode {
+                super::FetchMode::Inline => "inline (202 after the rows are queued)",
+                super::FetchMode::Deferred => "deferred (202 at once, pending in fetches.json)",
+            };
+            let when = f
+                .when
+                .as_ref()
+                .map(|e| format!(" when {:?}", e.source()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                w,
+                "  fetch: the file at each event's {}{when}, {mode}, format {:?}, entries [{}], at most {} bytes, timeout {}, {} retries, event fields [{}], auth {}",
+                f.url_field,
+                f.format,
+                f.entries.join(", "),
+                f.max_bytes,
+                humantime::format_duration(f.timeout),
+                f.retries,
+                f.event_fields.join(", "),
+                http_auth(&f.auth),
+            );
+        }
         if !p.columns.is_empty() {
             let cols: Vec<String> = p
                 .columns
@@ -315,25 +338,7 @@ pub fn describe(c: &Config) -> String {
                 }
             }
             SinkConfig::Http(h) => {
-                let auth = match &h.auth {
-                    HttpAuth::None => "none".to_owned(),
-                    HttpAuth::ApiKey {
-                        location,
-                        name,
-                        value,
-                    } => {
-                        let at = match location {
-                            ApiKeyLocation::Header => "header",
-                            ApiKeyLocation::Query => "query",
-                        };
-                        format!("api_key in {at} {name} = {value}")
-                    }
-                    HttpAuth::Bearer(t) => format!("Bearer {t}"),
-                    HttpAuth::Basic { username, password } => {
-                        format!("basic {username}:{password}")
-                    }
-                    HttpAuth::OAuth2(o) => oauth2(o),
-                };
+                let auth = http_auth(&h.auth);
                 let body = match &h.body {
                     BodyMode::JsonArray => "json_array".to_owned(),
                     BodyMode::Ndjson => "ndjson".to_owned(),
@@ -371,6 +376,27 @@ pub fn describe(c: &Config) -> String {
 
 /// A sink's proxy as `weir check` shows it: the URL, the user (the password masked), the
 /// hosts that bypass it; or what the environment decides.
+/// An outbound `auth`, secrets masked by their `Display`.
+fn http_auth(auth: &HttpAuth) -> String {
+    match auth {
+        HttpAuth::None => "none".to_owned(),
+        HttpAuth::ApiKey {
+            location,
+            name,
+            value,
+        } => {
+            let at = match location {
+                ApiKeyLocation::Header => "header",
+                ApiKeyLocation::Query => "query",
+            };
+            format!("api_key in {at} {name} = {value}")
+        }
+        HttpAuth::Bearer(t) => format!("Bearer {t}"),
+        HttpAuth::Basic { username, password } => format!("basic {username}:{password}"),
+        HttpAuth::OAuth2(o) => oauth2(o),
+    }
+}
+
 fn describe_proxy(proxy: Option<&super::Proxy>) -> String {
     let Some(p) = proxy else {
         return "from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), if set".to_owned();
