@@ -410,7 +410,7 @@ fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
         "paused": p.is_paused(),
         "schedule": p.config.schedule.to_string(),
         "queue": {
-            "kind": match p.config.queue { QueueConfig::Memory { .. } => "memory", QueueConfig::Disk { .. } => "disk" },
+            "kind": match p.config.queue { QueueConfig::Memory { .. } => "memory", QueueConfig::Disk { .. } => "disk", QueueConfig::Nats(_) => "nats" },
             "rows": stats.rows,
             "bytes": stats.bytes,
             "capacity_rows": stats.capacity_rows,
