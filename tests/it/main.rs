@@ -18,6 +18,7 @@ mod emulator;
 mod helpers;
 mod ingest;
 mod isolation;
+mod nats;
 mod outbound;
 mod page;
 mod privacy;
