@@ -139,6 +139,18 @@ pub trait Queue: Send + Sync + 'static {
         Box::pin(async { Ok(true) })
     }
 
+    /// The pause flag every process using this queue shares, or `None` when the queue is
+    /// this process's own (the pipeline's state file holds the flag then).
+    fn shared_pause(&self) -> Option<bool> {
+        None
+    }
+
+    /// Stores the shared pause flag (a no-op for a queue this process owns).
+    fn share_pause(&self, paused: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        let _ = paused;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Makes rows from `from` on deliverable again (those still retained).
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
         let _ = from;

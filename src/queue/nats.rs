@@ -17,6 +17,8 @@
 //!   `lease_ttl`) names the replica that delivers. It is taken with create-if-absent, renewed
 //!   by revision every third of the TTL while the process lives, and released at shutdown.
 //!   A replica that dies stops renewing; the key expires and another takes it over.
+//! - **Pause** is a key of the `{stream}_state` bucket: paused on one replica, every replica
+//!   shows it and none delivers (each reads it at least once a second).
 //! - **The batch in flight** is kept in the `{stream}_state` bucket, so the next lease holder
 //!   settles a job the previous one left open instead of pushing its rows again.
 
@@ -60,6 +62,8 @@ struct Cache {
     in_flight: Option<InFlight>,
     /// The revision of our lease key while this replica holds the lease.
     lease: Option<u64>,
+    /// The pause flag of the state bucket, as last read.
+    paused: bool,
     /// Rows and bytes of pushes checked against the bounds but not yet acknowledged.
     reserved: (u64, u64),
 }
@@ -83,6 +87,7 @@ pub struct NatsQueue {
 
 const LEASE_KEY: &str = "delivery";
 const IN_FLIGHT_KEY: &str = "in-flight";
+const PAUSED_KEY: &str = "paused";
 
 async fn connect(cfg: &NatsQueueConfig, name: &str) -> anyhow::Result<async_nats::Client> {
     let mut opts = async_nats::ConnectOptions::new()
@@ -184,6 +189,9 @@ impl NatsQueue {
         q.refresh().await.map_err(|e| {
             anyhow::anyhow!("reading stream {} on NATS at {}: {e}", cfg.stream, cfg.url)
         })?;
+        q.load_paused()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the state bucket on NATS at {}: {e}", cfg.url))?;
         q.load_in_flight()
             .await
             .map_err(|e| anyhow::anyhow!("reading the state bucket on NATS at {}: {e}", cfg.url))?;
@@ -202,6 +210,9 @@ impl NatsQueue {
                 let Some(q) = weak.upgrade() else { return };
                 if let Err(e) = q.refresh().await {
                     tracing::debug!(url = %q.url, error = %e, "refreshing the stream state failed");
+                }
+                if let Err(e) = q.load_paused().await {
+                    tracing::debug!(url = %q.url, error = %e, "reading the shared pause flag failed");
                 }
                 if last_renew.elapsed() >= q.lease_ttl / 3 {
                     q.renew().await;
@@ -229,6 +240,22 @@ impl NatsQueue {
                 .then(|| (s.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64),
             next_offset: s.last_sequence,
         };
+        Ok(())
+    }
+
+    async fn load_paused(&self) -> Result<(), QueueError> {
+        let stored = self.state_bucket.get(PAUSED_KEY).await.map_err(Self::io)?;
+        lock(&self.cache).paused = stored.is_some_and(|b| b.as_ref() == b"true");
+        Ok(())
+    }
+
+    async fn store_paused(&self, paused: bool) -> Result<(), QueueError> {
+        let value = if paused { "true" } else { "false" };
+        self.state_bucket
+            .put(PAUSED_KEY, Bytes::from_static(value.as_bytes()))
+            .await
+            .map_err(Self::io)?;
+        lock(&self.cache).paused = paused;
         Ok(())
     }
 
@@ -587,6 +614,14 @@ impl Queue for NatsQueue {
 
     fn lease(&self) -> BoxFuture<'_, Result<bool, QueueError>> {
         Box::pin(self.take_lease())
+    }
+
+    fn shared_pause(&self) -> Option<bool> {
+        Some(lock(&self.cache).paused)
+    }
+
+    fn share_pause(&self, paused: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.store_paused(paused))
     }
 
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {

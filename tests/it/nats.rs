@@ -8,7 +8,7 @@ use std::time::Duration;
 use weir::emulator::EmulatorConfig;
 
 use crate::crash::Weir;
-use crate::helpers::{TestEmulator, spawn_emulator, wait_until};
+use crate::helpers::{ADMIN, TestEmulator, WRITE_TOKEN, spawn_emulator, wait_until};
 
 /// A nats-server with JetStream on a free loopback port, stopped when dropped.
 struct Nats {
@@ -84,6 +84,7 @@ data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
 target_name = "orders"
 {keys}
 app_key = "test-key"
+{ADMIN}
 "#,
         data = data.display(),
         nats = nats.url,
@@ -235,4 +236,85 @@ async fn a_killed_lease_holder_is_replaced_and_its_running_job_is_settled_not_pu
     let ids = emu.column("orders", "id").await;
     assert_eq!(ids.len(), 50, "no row pushed twice: {ids:?}");
     assert_eq!(emu.jobs().await.len(), 1, "the rows went in one job");
+}
+
+/// An admin call on a replica with the write token: the status and the JSON body.
+async fn admin(w: &Weir, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
+    let resp = client()
+        .request(method, format!("{}{path}", w.admin.as_ref().unwrap()))
+        .bearer_auth(WRITE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() {
+    let nats = nats().await;
+    let emu = spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Weir> = (0..3)
+        .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, r#"keys = ["id"]"#)))
+        .collect();
+    let (status, _) = admin(
+        &replicas[0],
+        reqwest::Method::PATCH,
+        "/admin/pipelines/orders/pause",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for w in &replicas {
+        wait_until(10, "every replica showing the pause", || async {
+            admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
+                .await
+                .1["paused"]
+                == true
+        })
+        .await;
+    }
+    let resp = client()
+        .post(format!("{}/hooks/orders", replicas[2].base))
+        .header("content-type", "application/json")
+        .body(r#"[{"id":"a"},{"id":"b"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    for w in &replicas {
+        let (status, body) = admin(w, reqwest::Method::POST, "/admin/pipelines/orders/flush").await;
+        assert_eq!(
+            status, 409,
+            "a flush on a paused pipeline is refused everywhere: {body}"
+        );
+        // Each replica reads the stream's depth at least once a second.
+        wait_until(10, "every replica seeing the queued rows", || async {
+            admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
+                .await
+                .1["queue"]["rows"]
+                == 2
+        })
+        .await;
+    }
+    assert!(
+        emu.jobs().await.is_empty(),
+        "no replica delivered while paused"
+    );
+
+    let (status, _) = admin(
+        &replicas[1],
+        reqwest::Method::PATCH,
+        "/admin/pipelines/orders/resume",
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_until(30, "the rows in the table after the resume", || async {
+        emu.table("orders").await.len() == 2
+    })
+    .await;
 }
