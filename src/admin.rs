@@ -410,7 +410,7 @@ fn view(s: &AdminState, p: &Pipeline) -> serde_json::Value {
         "paused": p.is_paused(),
         "schedule": p.config.schedule.to_string(),
         "queue": {
-            "kind": match p.config.queue { QueueConfig::Memory { .. } => "memory", QueueConfig::Disk { .. } => "disk" },
+            "kind": match p.config.queue { QueueConfig::Memory { .. } => "memory", QueueConfig::Disk { .. } => "disk", QueueConfig::Nats(_) => "nats" },
             "rows": stats.rows,
             "bytes": stats.bytes,
             "capacity_rows": stats.capacity_rows,
@@ -519,18 +519,23 @@ async fn pause(
     State(s): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Response, AdminError> {
-    set_paused(&s, &name, true)
+    set_paused(&s, &name, true).await
 }
 
 async fn resume(
     State(s): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Response, AdminError> {
-    set_paused(&s, &name, false)
+    set_paused(&s, &name, false).await
 }
 
-fn set_paused(s: &AdminState, name: &str, paused: bool) -> Result<Response, AdminError> {
+async fn set_paused(s: &AdminState, name: &str, paused: bool) -> Result<Response, AdminError> {
     let p = s.pipeline(name)?;
+    // A queue shared by several replicas keeps the flag for all of them first.
+    p.queue()
+        .share_pause(paused)
+        .await
+        .map_err(|e| AdminError::StateNotSaved(std::io::Error::other(e.to_string())))?;
     p.set_paused(paused).map_err(AdminError::StateNotSaved)?;
     tracing::warn!(pipeline = name, paused, "pipeline pause flag changed");
     Ok(axum::Json(view(s, p)).into_response())

@@ -59,7 +59,7 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<App> {
         let mut pipelines = Vec::new();
         for p in &config.pipelines {
-            let queue = open_queue(p.queue_capacity, &p.queue)
+            let queue = open_queue(&p.name, p.queue_capacity, &p.queue)
                 .await
                 .with_context(|| format!("opening the queue of pipeline {}", p.name))?;
             let pipeline = Pipeline::new(p.clone(), queue);
@@ -272,8 +272,18 @@ impl App {
     }
 }
 
-async fn open_queue(capacity_rows: u64, cfg: &QueueConfig) -> anyhow::Result<Arc<dyn Queue>> {
+async fn open_queue(
+    name: &str,
+    capacity_rows: u64,
+    cfg: &QueueConfig,
+) -> anyhow::Result<Arc<dyn Queue>> {
     match cfg {
+        QueueConfig::Nats(n) => {
+            let q = Arc::new(crate::queue::nats::NatsQueue::open(name, capacity_rows, n).await?);
+            q.start_background();
+            tracing::info!(url = %n.url, stream = %n.stream, replicas = n.replicas, "NATS queue opened");
+            Ok(q)
+        }
         QueueConfig::Memory { max_bytes } => {
             Ok(Arc::new(MemoryQueue::new(capacity_rows, *max_bytes)))
         }

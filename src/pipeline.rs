@@ -232,7 +232,9 @@ impl Pipeline {
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
+        self.queue
+            .shared_pause()
+            .unwrap_or_else(|| self.paused.load(Ordering::SeqCst))
     }
 
     /// Sets the pause flag and persists it in the pipeline's state directory, so a pause

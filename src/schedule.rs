@@ -38,6 +38,8 @@ pub enum Outcome {
     Empty,
     /// The batch stays queued; a retry is scheduled.
     Failed,
+    /// Another replica holds the pipeline's delivery lease (a shared NATS queue): it delivers.
+    Standby,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,6 +199,24 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, carry: &mut Carry, max_rows: us
         retry_after: None,
         cut: false,
     };
+    match p.queue().lease().await {
+        Ok(true) => {}
+        Ok(false) => {
+            report.outcome = Outcome::Standby;
+            tracing::debug!(
+                pipeline = p.name(),
+                "another replica delivers this pipeline"
+            );
+            return report;
+        }
+        Err(e) => {
+            report.outcome = Outcome::Failed;
+            report.error = Some(format!("taking the delivery lease: {e}"));
+            Counters::add(&p.counters.runs_failed, 1);
+            tracing::warn!(pipeline = p.name(), error = %e, "delivery waits for the queue");
+            return report;
+        }
+    }
     match settle_open(p, sink, carry).await {
         Err(e) => {
             report.outcome = Outcome::Failed;
@@ -225,6 +245,7 @@ pub async fn run_once(p: &Pipeline, sink: &Sink, carry: &mut Carry, max_rows: us
                 "delivery run"
             );
         }
+        Outcome::Standby => {}
         Outcome::Delivered | Outcome::Empty => {
             Counters::add(&p.counters.runs_ok, 1);
             tracing::info!(
@@ -1069,6 +1090,10 @@ impl Worker {
 
     /// Moves rows past retention to the dead-letter file.
     async fn sweep(&self) {
+        // Only the replica that delivers moves rows out of a shared queue.
+        if !matches!(self.pipeline.queue().lease().await, Ok(true)) {
+            return;
+        }
         let reason = match lock(&self.last_run).back() {
             Some(RunReport { error: Some(e), .. }) => {
                 format!("not delivered within retention; last error: {e}")

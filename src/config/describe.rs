@@ -160,6 +160,18 @@ pub fn describe(c: &Config) -> String {
                     p.queue_capacity
                 );
             }
+            QueueConfig::Nats(n) => {
+                let _ = writeln!(
+                    w,
+                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}",
+                    n.url,
+                    n.stream,
+                    n.replicas,
+                    p.queue_capacity,
+                    n.max_bytes,
+                    humantime::format_duration(n.lease_ttl)
+                );
+            }
             QueueConfig::Disk {
                 dir,
                 max_bytes,

@@ -297,6 +297,35 @@ pub enum QueueConfig {
         segment_bytes: u64,
         retention: Duration,
     },
+    /// A NATS JetStream stream shared by every replica (`src/queue/nats.rs`).
+    Nats(NatsQueueConfig),
+}
+
+/// `queue = { kind = "nats", … }`: where the stream lives and how weir signs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsQueueConfig {
+    pub url: String,
+    pub stream: String,
+    pub replicas: usize,
+    pub max_bytes: u64,
+    /// Create the stream when it does not exist (else refuse to start).
+    pub create: bool,
+    /// How long a replica's delivery lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// How long a request waits for JetStream to acknowledge its rows.
+    pub publish_timeout: Duration,
+    pub auth: NatsAuth,
+    /// A CA file to trust for TLS (`tls://` URLs).
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    None,
+    Token(String),
+    UserPassword(String, String),
+    NkeySeed(String),
+    CredsFile(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1211,15 +1240,15 @@ impl Validator<'_> {
             self.positive(&format!("{path}.queue_capacity"), p.queue_capacity, 100_000);
         let queue = self.queue(path, p.queue, &p.name, data_dir, p.retention.as_deref());
         let drain_on_shutdown = p.drain_on_shutdown.unwrap_or(false);
-        if drain_on_shutdown && matches!(queue, QueueConfig::Disk { .. }) {
+        if drain_on_shutdown && !matches!(queue, QueueConfig::Memory { .. }) {
             self.error(
                 format!("{path}.drain_on_shutdown"),
-                "only applies to the memory queue: the disk spool keeps its rows across restarts",
+                "only applies to the memory queue: the disk spool and NATS keep their rows across restarts",
             );
         }
         let state_dir = match &queue {
             QueueConfig::Disk { dir, .. } => dir.clone(),
-            QueueConfig::Memory { .. } => data_dir.join(&p.name),
+            QueueConfig::Memory { .. } | QueueConfig::Nats(_) => data_dir.join(&p.name),
         };
         let schedule = self.schedule(&format!("{path}.schedule"), p.schedule.as_deref());
         let max_rows_per_run = self.positive(
@@ -1589,7 +1618,28 @@ impl Validator<'_> {
             };
         };
         let qpath = format!("{path}.queue");
+        if q.kind != "nats" {
+            for (key, set) in [
+                ("url", q.url.is_some()),
+                ("stream", q.stream.is_some()),
+                ("replicas", q.replicas.is_some()),
+                ("create", q.create.is_some()),
+                ("lease_ttl", q.lease_ttl.is_some()),
+                ("publish_timeout", q.publish_timeout.is_some()),
+                ("token", q.token.is_some()),
+                ("user", q.user.is_some()),
+                ("password", q.password.is_some()),
+                ("nkey_seed", q.nkey_seed.is_some()),
+                ("creds_file", q.creds_file.is_some()),
+                ("ca_file", q.ca_file.is_some()),
+            ] {
+                if set {
+                    self.error(format!("{qpath}.{key}"), "only applies to kind = \"nats\"");
+                }
+            }
+        }
         match q.kind.as_str() {
+            "nats" => QueueConfig::Nats(self.nats_queue(&qpath, q, name)),
             "memory" => {
                 for (key, set) in [
                     ("dir", q.dir.is_some()),
@@ -1627,12 +1677,126 @@ impl Validator<'_> {
             other => {
                 self.error(
                     format!("{qpath}.kind"),
-                    format!("\"{other}\" is not a queue kind: use \"memory\" or \"disk\""),
+                    format!(
+                        "\"{other}\" is not a queue kind: use \"memory\", \"disk\" or \"nats\""
+                    ),
                 );
                 QueueConfig::Memory {
                     max_bytes: MEMORY_MAX_BYTES,
                 }
             }
+        }
+    }
+
+    fn nats_queue(&mut self, qpath: &str, q: raw::RawQueue, name: &str) -> NatsQueueConfig {
+        for (key, set) in [
+            ("dir", q.dir.is_some()),
+            ("segment_bytes", q.segment_bytes.is_some()),
+            ("retention", q.retention.is_some()),
+        ] {
+            if set {
+                self.error(
+                    format!("{qpath}.{key}"),
+                    "does not apply to kind = \"nats\": the stream holds the rows",
+                );
+            }
+        }
+        let url = q.url.unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+        if !url.split(',').all(|u| {
+            let u = u.trim();
+            ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| u.starts_with(s) && u.len() > s.len())
+        }) {
+            self.error(
+                format!("{qpath}.url"),
+                format!("\"{url}\" is not a NATS URL: use nats://host:port (or tls://; several joined by commas)"),
+            );
+        }
+        let stream = q.stream.unwrap_or_else(|| {
+            format!(
+                "WEIR_{}",
+                name.replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-',
+                    "_"
+                )
+            )
+        });
+        if stream.is_empty()
+            || !stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            self.error(
+                format!("{qpath}.stream"),
+                format!("\"{stream}\" is not a stream name: use letters, digits, _ and -"),
+            );
+        }
+        let replicas = q.replicas.unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            self.error(
+                format!("{qpath}.replicas"),
+                format!("{replicas} replicas: JetStream keeps 1 to 5 copies of a stream"),
+            );
+        }
+        let secret = |v: &Option<String>| v.as_ref().is_some_and(|s| !s.is_empty());
+        let methods = [
+            secret(&q.token),
+            secret(&q.user) || secret(&q.password),
+            secret(&q.nkey_seed),
+            secret(&q.creds_file),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            self.error(
+                qpath.to_owned(),
+                "sign in one way: token, user and password, nkey_seed or creds_file",
+            );
+        }
+        let auth = if let Some(t) = q.token.filter(|t| !t.is_empty()) {
+            NatsAuth::Token(t)
+        } else if q.user.is_some() || q.password.is_some() {
+            match (q.user, q.password) {
+                (Some(u), Some(p)) => NatsAuth::UserPassword(u, p),
+                (None, _) => {
+                    self.error(format!("{qpath}.user"), "is needed with password");
+                    NatsAuth::None
+                }
+                (_, None) => {
+                    self.error(format!("{qpath}.password"), "is needed with user");
+                    NatsAuth::None
+                }
+            }
+        } else if let Some(seed) = q.nkey_seed.filter(|s| !s.is_empty()) {
+            if !seed.starts_with("SU") {
+                self.error(
+                    format!("{qpath}.nkey_seed"),
+                    "is not a user NKey seed (it starts with SU)",
+                );
+            }
+            NatsAuth::NkeySeed(seed)
+        } else if let Some(f) = q.creds_file.filter(|f| !f.is_empty()) {
+            NatsAuth::CredsFile(PathBuf::from(f))
+        } else {
+            NatsAuth::None
+        };
+        let lease_ttl = self.duration(&format!("{qpath}.lease_ttl"), q.lease_ttl.as_deref(), 15);
+        if lease_ttl < Duration::from_secs(1) {
+            self.error(format!("{qpath}.lease_ttl"), "must be at least 1s");
+        }
+        NatsQueueConfig {
+            url,
+            stream,
+            replicas: replicas as usize,
+            max_bytes: self.size(&format!("{qpath}.max_bytes"), q.max_bytes.as_ref(), 1 << 30),
+            create: q.create.unwrap_or(true),
+            lease_ttl,
+            publish_timeout: self.duration(
+                &format!("{qpath}.publish_timeout"),
+                q.publish_timeout.as_deref(),
+                5,
+            ),
+            auth,
+            ca_file: q.ca_file.map(PathBuf::from),
         }
     }
 

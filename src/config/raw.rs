@@ -237,6 +237,18 @@ pub(super) struct RawQueue {
     pub max_bytes: Option<ByteSize>,
     pub segment_bytes: Option<ByteSize>,
     pub retention: Option<String>,
+    pub url: Option<String>,
+    pub stream: Option<String>,
+    pub replicas: Option<u64>,
+    pub create: Option<bool>,
+    pub lease_ttl: Option<String>,
+    pub publish_timeout: Option<String>,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub nkey_seed: Option<String>,
+    pub creds_file: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -979,7 +979,7 @@ pub async fn push(
                 failures = 0;
                 watch.delivered(&progress(&queue), &report);
             }
-            Outcome::Empty => break,
+            Outcome::Empty | Outcome::Standby => break,
             Outcome::Failed => {
                 failures += 1;
                 let error = report.error.clone().unwrap_or_default();

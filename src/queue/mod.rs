@@ -2,7 +2,8 @@
 //!
 //! [`Queue`] is the one interface ingest, the scheduler and the admin API use; they never know
 //! which backend is behind it. Backends: [`memory::MemoryQueue`] (fast, lost on restart) and
-//! [`disk::DiskSpool`] (a crash-safe, segmented log on disk).
+//! [`disk::DiskSpool`] (a crash-safe, segmented log on disk) and [`nats::NatsQueue`] (a
+//! NATS JetStream stream shared by several replicas).
 //!
 //! Every row gets an [`Offset`] when it is pushed: a per-pipeline number that only grows.
 //! Rows leave a queue only through [`Queue::commit`], once a sink has delivered them.
@@ -11,6 +12,7 @@
 pub(crate) mod contract;
 pub mod disk;
 pub mod memory;
+pub mod nats;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -128,6 +130,26 @@ pub trait Queue: Send + Sync + 'static {
 
     /// The batch that was in flight when the process last stopped, if any.
     fn in_flight(&self) -> Option<InFlight>;
+
+    /// Takes or keeps this process's right to deliver from the queue (checked before every
+    /// run). A queue only this process uses always grants it; one shared by several replicas
+    /// (NATS) grants it to one replica at a time, and after a takeover [`Queue::in_flight`]
+    /// returns the batch the previous holder left open.
+    fn lease(&self) -> BoxFuture<'_, Result<bool, QueueError>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    /// The pause flag every process using this queue shares, or `None` when the queue is
+    /// this process's own (the pipeline's state file holds the flag then).
+    fn shared_pause(&self) -> Option<bool> {
+        None
+    }
+
+    /// Stores the shared pause flag (a no-op for a queue this process owns).
+    fn share_pause(&self, paused: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        let _ = paused;
+        Box::pin(async { Ok(()) })
+    }
 
     /// Makes rows from `from` on deliverable again (those still retained).
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {

