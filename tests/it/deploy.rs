@@ -13,12 +13,15 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every YAML document of every manifest, by kind.
-fn manifests() -> HashMap<String, Vec<Value>> {
+/// Every YAML document of every manifest in `deploy/{dir}`, by kind.
+fn manifests_in(dir: &str) -> HashMap<String, Vec<Value>> {
     let mut by_kind: HashMap<String, Vec<Value>> = HashMap::new();
-    let dir = root().join("deploy/kubernetes");
+    let dir = root().join("deploy").join(dir);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -29,6 +32,67 @@ fn manifests() -> HashMap<String, Vec<Value>> {
         }
     }
     by_kind
+}
+
+fn manifests() -> HashMap<String, Vec<Value>> {
+    manifests_in("kubernetes")
+}
+
+#[test]
+fn the_scale_out_manifests_run_three_replicas_on_a_three_node_nats_cluster() {
+    let m = manifests_in("kubernetes/scale-out");
+    let env: HashMap<String, String> = m["Secret"][0]["stringData"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let weir_config = m["ConfigMap"]
+        .iter()
+        .find(|c| c["metadata"]["name"] == "weir-scale-out-config")
+        .unwrap();
+    let toml = weir_config["data"]["weir.toml"].as_str().unwrap();
+    let config = Config::load(toml, &env).unwrap_or_else(|e| panic!("scale-out weir.toml:\n{e}"));
+    let QueueConfig::Nats(nats) = &config.pipelines[0].queue else {
+        panic!("the scale-out queue is NATS");
+    };
+    assert_eq!(nats.replicas, 3, "the stream keeps three copies");
+    let sts = &m["StatefulSet"][0];
+    assert_eq!(sts["spec"]["replicas"], 3, "three NATS nodes");
+    for u in nats.url.split(',') {
+        let host = u.trim().trim_start_matches("nats://");
+        let pod = host.split('.').next().unwrap();
+        assert!(
+            ["nats-0", "nats-1", "nats-2"].contains(&pod),
+            "{u} names a pod of the NATS StatefulSet"
+        );
+    }
+    let deploy = &m["Deployment"][0];
+    assert_eq!(deploy["spec"]["replicas"], 3, "three weir replicas");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        m["Secret"][0]["metadata"]["name"]
+    );
+    assert_eq!(
+        pod["volumes"][1]["configMap"]["name"],
+        "weir-scale-out-config"
+    );
+    let pdbs = &m["PodDisruptionBudget"];
+    assert_eq!(pdbs.len(), 2, "one budget for weir, one for NATS");
+    assert!(pdbs.iter().all(|p| p["spec"]["maxUnavailable"] == 1));
+    let listed: Vec<String> = m["Kustomization"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    for entry in std::fs::read_dir(root().join("deploy/kubernetes/scale-out")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name != "kustomization.yaml" {
+            assert!(listed.contains(&name), "kustomization.yaml lists {name}");
+        }
+    }
 }
 
 fn port_of(addr: &std::net::SocketAddr) -> u64 {
