@@ -105,7 +105,13 @@ async fn connect(cfg: &NatsQueueConfig, name: &str) -> anyhow::Result<async_nats
     if let Some(ca) = &cfg.ca_file {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    opts.connect(cfg.url.as_str())
+    let servers = cfg
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the NATS URL {}: {e}", cfg.url))?;
+    opts.connect(servers.as_slice())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", cfg.url))
 }

@@ -50,11 +50,113 @@ async fn nats() -> Nats {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Three nats-servers clustered with JetStream on loopback; node `i` is stopped when its
+/// entry is dropped.
+struct Cluster {
+    nodes: Vec<Option<Nats>>,
+    url: String,
+}
+
+async fn cluster() -> Cluster {
+    let client = (0..3).map(|_| free_port()).collect::<Vec<_>>();
+    let routes = (0..3).map(|_| free_port()).collect::<Vec<_>>();
+    let monitor = free_port();
+    let all_routes = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new("nats-server");
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &client[i].to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(dir.path())
+        .args(["-n", &format!("node-{i}"), "--cluster_name", "weir-test"])
+        .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+        .args(["--routes", &all_routes]);
+        if i == 1 {
+            cmd.args(["-m", &monitor.to_string()]);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH");
+        nodes.push(Some(Nats {
+            child,
+            url: format!("nats://127.0.0.1:{}", client[i]),
+            _dir: dir,
+        }));
+    }
+    // JetStream in a cluster answers once its meta group has a leader.
+    let http = client_for_loopback();
+    wait_until(
+        30,
+        "the NATS cluster electing a JetStream leader",
+        || async {
+            let Ok(resp) = http
+                .get(format!("http://127.0.0.1:{monitor}/jsz"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            v["meta_cluster"]["leader"]
+                .as_str()
+                .is_some_and(|l| !l.is_empty())
+                && v["meta_cluster"]["cluster_size"] == 3
+        },
+    )
+    .await;
+    let url = nodes
+        .iter()
+        .map(|n| n.as_ref().unwrap().url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    Cluster { nodes, url }
+}
+
+fn client_for_loopback() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 /// Replica `n`'s config: the same pipeline on the same stream, its own data directory.
 fn replica(
     dir: &std::path::Path,
     n: usize,
     nats: &Nats,
+    emu: &TestEmulator,
+    keys: &str,
+) -> std::path::PathBuf {
+    replica_on(dir, n, &nats.url, r#"lease_ttl = "2s""#, emu, keys)
+}
+
+/// Replica `n`'s config on the NATS servers `url`, with more keys of the queue table.
+fn replica_on(
+    dir: &std::path::Path,
+    n: usize,
+    url: &str,
+    queue_extra: &str,
     emu: &TestEmulator,
     keys: &str,
 ) -> std::path::PathBuf {
@@ -71,7 +173,7 @@ shutdown_grace = "5s"
 [[pipelines]]
 name = "orders"
 queue_capacity = 100000
-queue = {{ kind = "nats", url = "{nats}", stream = "WEIR_orders", lease_ttl = "2s" }}
+queue = {{ kind = "nats", url = "{url}", stream = "WEIR_orders", {queue_extra} }}
 schedule = "1s"
 max_rows_per_run = 100
 retry_initial = "200ms"
@@ -79,7 +181,7 @@ retry_max_interval = "1s"
 
 [pipelines.sink]
 kind = "celonis"
-url = "{url}"
+url = "{emu}"
 data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
 target_name = "orders"
 {keys}
@@ -87,8 +189,7 @@ app_key = "test-key"
 {ADMIN}
 "#,
         data = data.display(),
-        nats = nats.url,
-        url = emu.base,
+        emu = emu.base,
     );
     let path = data.join("weir.toml");
     std::fs::write(&path, text).unwrap();
@@ -317,4 +418,101 @@ async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() 
         emu.table("orders").await.len() == 2
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_under_load_costs_a_bounded_pause_and_no_acknowledged_row() {
+    let mut cluster = cluster().await;
+    let emu = spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Weir> = (0..2)
+        .map(|n| {
+            Weir::start(&replica_on(
+                dir.path(),
+                n,
+                &cluster.url,
+                r#"replicas = 3, lease_ttl = "2s", publish_timeout = "3s""#,
+                &emu,
+                r#"keys = ["id"]"#,
+            ))
+        })
+        .collect();
+    let bases: Vec<String> = replicas.iter().map(|w| w.base.clone()).collect();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(String, tokio::time::Instant)>::new(),
+    ));
+    let killed = std::sync::Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+    let sender = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let client = client();
+            // Each row is sent until it gets a 202 (a sender retries a 503), for at most
+            // 400 rows and 60 s.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            for n in 0..400usize {
+                let id = format!("r{n:03}");
+                loop {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the sender ran out of time"
+                    );
+                    let base = &bases[n % bases.len()];
+                    let sent = client
+                        .post(format!("{base}/hooks/orders"))
+                        .header("content-type", "application/json")
+                        .body(format!(r#"{{"id":"{id}"}}"#))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => break,
+                        Ok(r) => assert_eq!(r.status(), 503, "only 503 while a node is gone"),
+                        Err(_) => {}
+                    }
+                    tokio::task::yield_now().await;
+                }
+                acked
+                    .lock()
+                    .unwrap()
+                    .push((id, tokio::time::Instant::now()));
+            }
+        })
+    };
+    wait_until(30, "100 rows acknowledged", || async {
+        acked.lock().unwrap().len() >= 100
+    })
+    .await;
+    // Node 0 is the first URL every replica tried: its clients must move to another node.
+    cluster.nodes[0].take();
+    *killed.lock().unwrap() = Some(tokio::time::Instant::now());
+    sender.await.unwrap();
+
+    let at = killed.lock().unwrap().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let first_after = acked.iter().find(|(_, t)| *t > at).map(|(_, t)| *t - at);
+    let pause = first_after.expect("rows were acknowledged after the kill");
+    assert!(
+        pause < Duration::from_secs(30),
+        "ingest paused {pause:?} after the node was killed"
+    );
+    println!("first 202 after the NATS node was killed: {pause:?}");
+    wait_until(60, "every acknowledged row in the table", || async {
+        emu.table("orders").await.len() >= acked.len()
+    })
+    .await;
+    let ids = emu.column("orders", "id").await;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for id in &ids {
+        *count.entry(id).or_default() += 1;
+    }
+    assert!(
+        acked
+            .iter()
+            .all(|(id, _)| count.get(id.as_str()) == Some(&1)),
+        "every acknowledged row once"
+    );
+    drop(replicas);
 }
