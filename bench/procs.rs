@@ -25,6 +25,8 @@ pub struct Proc {
     pub started: Instant,
     /// Time from the spawn to the first expected answer (set by [`Proc::wait_for`]).
     pub ready_after: Duration,
+    /// A server this one needs (weir's nats-server), stopped after it.
+    pub companion: Option<Box<Proc>>,
 }
 
 impl Proc {
@@ -54,6 +56,7 @@ impl Proc {
             log,
             started,
             ready_after: Duration::ZERO,
+            companion: None,
         })
     }
 
@@ -62,6 +65,21 @@ impl Proc {
     }
 
     /// Waits until `GET path` answers `want`; returns the time since the spawn.
+    /// Waits until the process accepts TCP connections (a server that speaks no HTTP).
+    pub fn wait_for_port(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            if let Some(exit) = self.child.try_wait()? {
+                bail!("{} exited ({exit}):\n{}", self.name, self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not listen within 30 s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     pub fn wait_for(&mut self, path: &str, want: u16) -> anyhow::Result<Duration> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

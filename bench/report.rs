@@ -36,6 +36,8 @@ pub struct Ingest {
     pub limit: WrkResult,
     pub memory: WrkResult,
     pub disk: WrkResult,
+    /// The NATS JetStream queue on one local node.
+    pub nats: WrkResult,
 }
 
 /// RSS of one weir process as its backlog grows.
@@ -137,7 +139,11 @@ impl Report {
         let mut lines = Vec::new();
         for i in &self.ingest {
             let single = i.rows == 1;
-            for (queue, r, min) in [("memory queue", i.memory, 0.8), ("disk spool", i.disk, 0.5)] {
+            for (queue, r, min) in [
+                ("memory queue", i.memory, 0.8),
+                ("disk spool", i.disk, 0.5),
+                ("NATS queue, one node", i.nats, 0.3),
+            ] {
                 let ratio = r.req_per_s / i.limit.req_per_s;
                 let mut target = single.then(|| (format!("≥ {min}× limit"), ratio >= min));
                 let rows_per_s = r.req_per_s * i.rows as f64;
@@ -165,6 +171,14 @@ impl Report {
                     target: None,
                 });
             }
+            lines.push(Line {
+                area: "intake",
+                measure: format!("NATS queue vs disk spool, {}: requests/s", i.body),
+                baseline: format!("{} req/s (disk spool)", int(i.disk.req_per_s)),
+                weir: format!("{} req/s", int(i.nats.req_per_s)),
+                ratio: x(i.nats.req_per_s / i.disk.req_per_s),
+                target: None,
+            });
         }
         let c = &self.csv;
         lines.push(Line {

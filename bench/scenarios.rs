@@ -56,6 +56,8 @@ enum Target {
     Limit,
     Memory,
     Disk,
+    /// weir on a NATS JetStream stream, one nats-server node.
+    Nats,
 }
 
 impl Target {
@@ -64,6 +66,7 @@ impl Target {
             Target::Limit => "limit",
             Target::Memory => "weir-memory",
             Target::Disk => "weir-disk",
+            Target::Nats => "weir-nats",
         }
     }
 }
@@ -112,24 +115,47 @@ impl Env {
                     &dir,
                 )?
             }
-            Target::Memory | Target::Disk => {
+            Target::Memory | Target::Disk | Target::Nats => {
+                let nats = match target {
+                    Target::Nats => {
+                        let naddr = free_addr()?;
+                        let store = dir.join("nats");
+                        let port = naddr.port().to_string();
+                        let store_arg = store.to_string_lossy().into_owned();
+                        let mut n = Proc::spawn(
+                            "nats-server",
+                            Path::new("nats-server"),
+                            &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store_arg],
+                            naddr,
+                            &dir,
+                        )?;
+                        n.wait_for_port()?;
+                        Some(n)
+                    }
+                    _ => None,
+                };
                 let config = dir.join("weir.toml");
+                let nats_url = nats.as_ref().map(|n| format!("nats://{}", n.addr));
                 std::fs::write(
                     &config,
-                    weir_toml(&dir, addr, target, admin, sink, sink_lines),
+                    weir_toml(&dir, addr, target, admin, sink, sink_lines, nats_url),
                 )?;
                 let config = config.to_string_lossy().into_owned();
-                Proc::spawn(
+                let mut weir = Proc::spawn(
                     target.name(),
                     &self.weir,
                     &["serve", "-c", &config],
                     addr,
                     &dir,
-                )?
+                )?;
+                weir.companion = nats.map(Box::new);
+                weir
             }
         };
         match (quiet, target) {
-            (true, Target::Memory | Target::Disk) => proc.wait_for("/healthz", 200)?,
+            (true, Target::Memory | Target::Disk | Target::Nats) => {
+                proc.wait_for("/healthz", 200)?
+            }
             _ => proc.wait_for("/hooks/bench?OrderId=0", 202)?,
         };
         Ok(proc)
@@ -149,8 +175,13 @@ fn weir_toml(
     admin: Option<SocketAddr>,
     sink: Option<SocketAddr>,
     sink_lines: &str,
+    nats_url: Option<String>,
 ) -> String {
     let queue = match target {
+        Target::Nats => format!(
+            "{{ kind = \"nats\", url = \"{}\", stream = \"WEIR_bench\", max_bytes = \"64GiB\" }}",
+            nats_url.unwrap_or_default()
+        ),
         Target::Disk => format!(
             "{{ kind = \"disk\", dir = {:?}, max_bytes = \"64GiB\" }}",
             dir.join("spool").display().to_string()
@@ -307,7 +338,7 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
     for round in 0..rounds {
         for (b, body) in load::bodies().iter().enumerate() {
             let mut results = Vec::new();
-            for target in [Target::Limit, Target::Memory, Target::Disk] {
+            for target in [Target::Limit, Target::Memory, Target::Disk, Target::Nats] {
                 let tag = format!("ingest-{}-{b}", target.name());
                 let mut proc = env.start(target, &tag, None, None, true)?;
                 let dir = env.work.join(&tag);
@@ -341,6 +372,7 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
                     prev.limit = best(prev.limit, results[0]);
                     prev.memory = best(prev.memory, results[1]);
                     prev.disk = best(prev.disk, results[2]);
+                    prev.nats = best(prev.nats, results[3]);
                 }
                 None => out.push(Ingest {
                     body: body.name,
@@ -348,6 +380,7 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
                     limit: results[0],
                     memory: results[1],
                     disk: results[2],
+                    nats: results[3],
                 }),
             }
         }

@@ -323,6 +323,14 @@ impl NatsQueue {
         if rows.is_empty() {
             return Ok(());
         }
+        // While disconnected the client would buffer the messages and send them on
+        // reconnect, after the sender got its 503: refuse before anything is sent.
+        if self.js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(PushError::Unavailable(format!(
+                "NATS at {}: not connected",
+                self.url
+            )));
+        }
         let push = self.pushes.fetch_add(1, Ordering::Relaxed);
         let ids: Vec<String> = (0..rows.len())
             .map(|i| format!("{}-{push}-{i}", self.holder))
@@ -360,18 +368,28 @@ impl NatsQueue {
             cache.reserved.0 -= incoming;
             cache.reserved.1 -= bytes;
         }
-        let landed = match result {
+        // The stream's state after the push, read within the publish timeout: a lost server
+        // must not hold the sender's answer longer than that.
+        let e = match result {
             Ok(_) => {
-                let _ = self.refresh().await;
+                let _ = tokio::time::timeout(self.publish_timeout, self.refresh()).await;
                 return Ok(());
             }
             Err((landed, e)) => {
-                self.roll_back(&landed).await;
-                let _ = self.refresh().await;
-                (landed.len(), e)
+                let undo = async {
+                    self.roll_back(&landed).await;
+                    let _ = self.refresh().await;
+                };
+                if tokio::time::timeout(self.publish_timeout, undo)
+                    .await
+                    .is_err()
+                    && !landed.is_empty()
+                {
+                    tracing::error!(url = %self.url, rows = landed.len(), "could not take back the rows of a refused request in time; they will be delivered");
+                }
+                e
             }
         };
-        let (_, e) = landed;
         let text = e.to_string();
         if text.contains("maximum messages") {
             let queued = self.stats().rows;

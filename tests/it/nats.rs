@@ -30,9 +30,19 @@ async fn nats() -> Nats {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
+    let child = nats_server(port, dir.path()).await;
+    Nats {
+        child,
+        url: format!("nats://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// Starts one JetStream node on `port` storing in `dir`, once it listens.
+async fn nats_server(port: u16, dir: &std::path::Path) -> std::process::Child {
     let child = std::process::Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -43,10 +53,17 @@ async fn nats() -> Nats {
             .is_ok()
     })
     .await;
-    Nats {
-        child,
-        url: format!("nats://127.0.0.1:{port}"),
-        _dir: dir,
+    child
+}
+
+impl Nats {
+    /// Stops the server (its data stays), then starts it again on the same port.
+    async fn restart_after<F: std::future::Future<Output = ()>>(&mut self, while_down: F) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while_down.await;
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = nats_server(port, self._dir.path()).await;
     }
 }
 
@@ -515,4 +532,81 @@ async fn a_nats_node_killed_under_load_costs_a_bounded_pause_and_no_acknowledged
         "every acknowledged row once"
     );
     drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_lost_while_running_is_503_with_retry_after_and_both_sides_recover_by_themselves() {
+    let mut nats = nats().await;
+    let emu = spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&replica_on(
+        dir.path(),
+        0,
+        &nats.url,
+        r#"lease_ttl = "2s", publish_timeout = "1s""#,
+        &emu,
+        r#"keys = ["id"]"#,
+    ));
+    let post = |id: String| {
+        let base = weir.base.clone();
+        async move {
+            client()
+                .post(format!("{base}/hooks/orders"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"id":"{id}"}}"#))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post("before".into()).await.status(), 202);
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let refused_ids = std::sync::Mutex::new(Vec::<String>::new());
+    nats.restart_after(async {
+        // Once weir's client saw the server go, every request is refused before anything
+        // is sent. (One sent in the moment the connection broke may still be stored: its
+        // outcome is unknown to weir, and only those "not connected" answers are checked.)
+        wait_until(10, "a 503 for a lost NATS", || async {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let id = format!("lost-{n}");
+            let resp = post(id.clone()).await;
+            if resp.status() == 202 {
+                return false;
+            }
+            assert_eq!(resp.status(), 503, "no 202 without NATS");
+            assert!(resp.headers().contains_key("retry-after"));
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["error"], "queue_unavailable", "{body}");
+            let refused = body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not connected"));
+            if refused {
+                refused_ids.lock().unwrap().push(id);
+            }
+            refused
+        })
+        .await;
+    })
+    .await;
+    // The client reconnects by itself; the sender's retry gets its 202.
+    wait_until(30, "a 202 after NATS came back", || async {
+        post("after".into()).await.status() == 202
+    })
+    .await;
+    wait_until(30, "both acknowledged rows delivered", || async {
+        let ids = emu.column("orders", "id").await;
+        ids.contains(&"before".to_owned()) && ids.contains(&"after".to_owned())
+    })
+    .await;
+    let table = emu.column("orders", "id").await;
+    let refused = refused_ids.lock().unwrap().clone();
+    assert!(!refused.is_empty());
+    assert!(
+        refused.iter().all(|id| !table.contains(id)),
+        "a row refused before anything was sent is never delivered: {table:?}"
+    );
 }

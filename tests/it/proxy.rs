@@ -201,6 +201,8 @@ async fn every_sink_call_goes_through_the_proxy_and_a_407_names_it_and_keeps_the
         );
     }
     app.shutdown().await;
+    // A transport failure above may have left a job made but not answered: count from here.
+    let jobs_before = emu.jobs().await.len();
 
     // No credentials for a proxy that wants them: it answers 407, the run fails naming the
     // proxy, the rows stay. (tinyproxy 1.11 answers a wrong password with 401, not 407.)
@@ -233,7 +235,11 @@ async fn every_sink_call_goes_through_the_proxy_and_a_407_names_it_and_keeps_the
         1,
         "the row stays queued"
     );
-    assert_eq!(emu.jobs().await.len(), 1, "nothing reached the emulator");
+    assert_eq!(
+        emu.jobs().await.len(),
+        jobs_before,
+        "nothing reached the emulator"
+    );
     app.shutdown().await;
 }
 
