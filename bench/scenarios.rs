@@ -179,7 +179,7 @@ fn weir_toml(
 ) -> String {
     let queue = match target {
         Target::Nats => format!(
-            "{{ kind = \"nats\", url = \"{}\", stream = \"WEIR_bench\", max_bytes = \"64GiB\" }}",
+            "{{ kind = \"nats\", url = \"{}\", stream = \"WEIR_bench\", max_bytes = \"8GiB\" }}",
             nats_url.unwrap_or_default()
         ),
         Target::Disk => format!(

@@ -213,6 +213,22 @@ app_key = "test-key"
     path
 }
 
+/// The Data Push emulator every test here delivers to.
+async fn emulator() -> TestEmulator {
+    spawn_emulator(EmulatorConfig {
+        app_keys: vec!["test-key".into()],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Three replicas of a pipeline with `keys = ["id"]` on the one-node server `nats`.
+fn three_replicas(dir: &std::path::Path, nats: &Nats, emu: &TestEmulator) -> Vec<Weir> {
+    (0..3)
+        .map(|n| Weir::start(&replica(dir, n, nats, emu, r#"keys = ["id"]"#)))
+        .collect()
+}
+
 fn logged(w: &Weir, message: &str) -> bool {
     w.logs.lock().unwrap().iter().any(|l| l.contains(message))
 }
@@ -228,15 +244,9 @@ fn client() -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_posted_to_three_replicas_reach_the_table_once_each_in_order_from_one_deliverer() {
     let nats = nats().await;
-    let emu = spawn_emulator(EmulatorConfig {
-        app_keys: vec!["test-key".into()],
-        ..Default::default()
-    })
-    .await;
+    let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<Weir> = (0..3)
-        .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, r#"keys = ["id"]"#)))
-        .collect();
+    let replicas = three_replicas(dir.path(), &nats, &emu);
     let bases: Vec<String> = replicas.iter().map(|w| w.base.clone()).collect();
 
     // Three senders, each sending its rows one request at a time, round-robin over the
@@ -300,11 +310,7 @@ async fn rows_posted_to_three_replicas_reach_the_table_once_each_in_order_from_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lease_holder_is_replaced_and_its_running_job_is_settled_not_pushed_again() {
     let nats = nats().await;
-    let emu = spawn_emulator(EmulatorConfig {
-        app_keys: vec!["test-key".into()],
-        ..Default::default()
-    })
-    .await;
+    let emu = emulator().await;
     // The first job stays RUNNING long enough for its replica to be killed meanwhile.
     emu.fault(serde_json::json!({"job_running_ms": 4000})).await;
     let dir = tempfile::tempdir().unwrap();
@@ -371,15 +377,9 @@ async fn admin(w: &Weir, method: reqwest::Method, path: &str) -> (u16, serde_jso
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() {
     let nats = nats().await;
-    let emu = spawn_emulator(EmulatorConfig {
-        app_keys: vec!["test-key".into()],
-        ..Default::default()
-    })
-    .await;
+    let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<Weir> = (0..3)
-        .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, r#"keys = ["id"]"#)))
-        .collect();
+    let replicas = three_replicas(dir.path(), &nats, &emu);
     let (status, _) = admin(
         &replicas[0],
         reqwest::Method::PATCH,
@@ -440,11 +440,7 @@ async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_under_load_costs_a_bounded_pause_and_no_acknowledged_row() {
     let mut cluster = cluster().await;
-    let emu = spawn_emulator(EmulatorConfig {
-        app_keys: vec!["test-key".into()],
-        ..Default::default()
-    })
-    .await;
+    let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let replicas: Vec<Weir> = (0..2)
         .map(|n| {
@@ -537,11 +533,7 @@ async fn a_nats_node_killed_under_load_costs_a_bounded_pause_and_no_acknowledged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_lost_while_running_is_503_with_retry_after_and_both_sides_recover_by_themselves() {
     let mut nats = nats().await;
-    let emu = spawn_emulator(EmulatorConfig {
-        app_keys: vec!["test-key".into()],
-        ..Default::default()
-    })
-    .await;
+    let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let weir = Weir::start(&replica_on(
         dir.path(),
