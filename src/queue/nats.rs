@@ -59,6 +59,9 @@ struct StoredInFlight {
 #[derive(Default)]
 struct Cache {
     stats: QueueStats,
+    /// The stream's first sequence: where reading starts (deleted messages of a refused
+    /// request leave gaps, so it is not derived from the row count).
+    first_sequence: u64,
     in_flight: Option<InFlight>,
     /// The revision of our lease key while this replica holds the lease.
     lease: Option<u64>,
@@ -237,6 +240,7 @@ impl NatsQueue {
         let info = self.stream.get_info().await.map_err(Self::io)?;
         let s = info.state;
         let mut cache = lock(&self.cache);
+        cache.first_sequence = s.first_sequence;
         cache.stats = QueueStats {
             rows: s.messages,
             bytes: s.bytes,
@@ -473,7 +477,7 @@ impl NatsQueue {
         if stats.rows == 0 {
             return Ok(Vec::new());
         }
-        let first = stats.next_offset + 1 - stats.rows.min(stats.next_offset);
+        let first = lock(&self.cache).first_sequence;
         let want = (max_rows as u64).min(stats.rows) as usize;
         let reader: consumer::PullConsumer = self
             .stream
@@ -766,6 +770,29 @@ pub(crate) mod tests {
             .unwrap();
         b.refresh().await.unwrap();
         assert_eq!(b.stats().rows, 1, "every replica sees the same queue");
+    }
+
+    #[tokio::test]
+    async fn rows_before_a_deleted_message_are_still_read_first() {
+        let server = server();
+        let q = NatsQueue::open("p", 100, &config(&server.url, "WEIR_gap", 1 << 20))
+            .await
+            .unwrap();
+        let rows: Vec<Row> = (0..4)
+            .map(|i| Row::from_pairs([("i", i.to_string().as_str())]).unwrap())
+            .collect();
+        q.push(rows).await.unwrap();
+        // A refused request's message taken back in the middle of the stream.
+        q.stream.delete_message(3).await.unwrap();
+        q.refresh().await.unwrap();
+        let offsets: Vec<Offset> = q
+            .peek(100, u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(offsets, vec![0, 1, 3]);
     }
 
     #[tokio::test]
