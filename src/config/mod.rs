@@ -314,6 +314,8 @@ pub struct NatsQueueConfig {
     pub lease_ttl: Duration,
     /// How long a request waits for JetStream to acknowledge its rows.
     pub publish_timeout: Duration,
+    /// How long delivered rows stay in the stream for replay.
+    pub retention: Duration,
     pub auth: NatsAuth,
     /// A CA file to trust for TLS (`tls://` URLs).
     pub ca_file: Option<PathBuf>,
@@ -1639,7 +1641,7 @@ impl Validator<'_> {
             }
         }
         match q.kind.as_str() {
-            "nats" => QueueConfig::Nats(self.nats_queue(&qpath, q, name)),
+            "nats" => QueueConfig::Nats(self.nats_queue(&qpath, q, name, pipeline_retention)),
             "memory" => {
                 for (key, set) in [
                     ("dir", q.dir.is_some()),
@@ -1688,11 +1690,16 @@ impl Validator<'_> {
         }
     }
 
-    fn nats_queue(&mut self, qpath: &str, q: raw::RawQueue, name: &str) -> NatsQueueConfig {
+    fn nats_queue(
+        &mut self,
+        qpath: &str,
+        q: raw::RawQueue,
+        name: &str,
+        pipeline_retention: Option<&str>,
+    ) -> NatsQueueConfig {
         for (key, set) in [
             ("dir", q.dir.is_some()),
             ("segment_bytes", q.segment_bytes.is_some()),
-            ("retention", q.retention.is_some()),
         ] {
             if set {
                 self.error(
@@ -1794,6 +1801,11 @@ impl Validator<'_> {
                 &format!("{qpath}.publish_timeout"),
                 q.publish_timeout.as_deref(),
                 5,
+            ),
+            retention: self.duration(
+                &format!("{qpath}.retention"),
+                q.retention.as_deref().or(pipeline_retention),
+                7 * 86_400,
             ),
             auth,
             ca_file: q.ca_file.map(PathBuf::from),

@@ -6,9 +6,17 @@
 //!   any publish fails, the messages of the request that did land are deleted again, so a 503
 //!   leaves nothing of the request behind (unless NATS is gone for the deletes too, which is
 //!   logged: those rows are then delivered, at least once).
-//! - **Offsets** are stream sequences minus one. What is queued is what the stream holds:
-//!   [`Queue::commit`] purges the stream through the delivered sequence, so depth, bytes and
-//!   the oldest row's age come straight from the stream's state, the same for every replica.
+//! - **Offsets** are stream sequences minus one. The delivery cursor (the last delivered
+//!   sequence) is a versioned record in the `{stream}_state` bucket, written by
+//!   [`Queue::commit`] with compare-and-swap by revision. Delivered messages stay in the
+//!   stream for `retention` after they were written (what [`Queue::replay_from`] reads from)
+//!   and are purged once older, or earlier, oldest first, when the stream needs room. A stream
+//!   written by a weir that purged at every commit has no cursor record: everything it holds
+//!   is queued.
+//! - **Depth** is the messages after the cursor, from the stream's state (its deleted
+//!   sequences, when a refused request left gaps, are subtracted); bytes are the stream's bytes
+//!   in the same proportion. Each replica reads them at least once a second and counts its own
+//!   pushes at once.
 //! - **Bounds**: the stream has `max_msgs` = the pipeline's `queue_capacity`, `max_bytes` and
 //!   `discard = new`, so JetStream itself refuses rows beyond them across all replicas; each
 //!   replica checks the same bounds before it publishes, so a request that cannot fit is
@@ -42,6 +50,11 @@ fn stored_len(subject: &str, headers: usize, payload: usize) -> u64 {
     (22 + subject.len() + headers + payload + 8 + if headers > 0 { 4 } else { 0 }) as u64
 }
 
+/// A JetStream timestamp in milliseconds since the epoch.
+fn ms(t: async_nats::datetime::DateTime) -> u64 {
+    (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+}
+
 /// `Nats-Msg-Id: <id>\r\n` inside `NATS/1.0\r\n … \r\n`.
 fn header_len(id: &str) -> usize {
     "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + id.len() + 2 + 2
@@ -56,12 +69,34 @@ struct StoredInFlight {
     job_id: Option<String>,
 }
 
+/// The delivery cursor as the state bucket keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredCursor {
+    v: u32,
+    /// The last delivered stream sequence (0: none yet).
+    sequence: u64,
+    /// Delivered sequences with the write time (ms) of the row at each: rows through a
+    /// sequence whose time is past `retention` may be purged. Oldest first, at most
+    /// [`MAX_KEPT`] entries (older ones are merged upward, which only keeps rows longer).
+    kept: Vec<(u64, u64)>,
+}
+
+/// Checkpoints the cursor record keeps for the retention sweep.
+const MAX_KEPT: usize = 256;
+
 #[derive(Default)]
 struct Cache {
     stats: QueueStats,
-    /// The stream's first sequence: where reading starts (deleted messages of a refused
-    /// request leave gaps, so it is not derived from the row count).
+    /// The stream's own counts, delivered rows kept for replay included.
+    stream_rows: u64,
+    stream_bytes: u64,
+    /// The stream's first sequence (0 when empty).
     first_sequence: u64,
+    cursor: StoredCursor,
+    /// The cursor record's revision in the state bucket (0: not written yet).
+    cursor_revision: u64,
+    /// A commit whose cursor write failed: kept in effect locally until it is written.
+    unwritten: bool,
     in_flight: Option<InFlight>,
     /// The revision of our lease key while this replica holds the lease.
     lease: Option<u64>,
@@ -69,6 +104,16 @@ struct Cache {
     paused: bool,
     /// Rows and bytes of pushes checked against the bounds but not yet acknowledged.
     reserved: (u64, u64),
+}
+
+impl Cache {
+    /// The last delivered sequence in effect: the cursor, or just before the first message
+    /// the stream still has when it was purged past the cursor.
+    fn delivered(&self) -> u64 {
+        self.cursor
+            .sequence
+            .max(self.first_sequence.saturating_sub(1))
+    }
 }
 
 pub struct NatsQueue {
@@ -84,6 +129,8 @@ pub struct NatsQueue {
     max_bytes: u64,
     publish_timeout: Duration,
     lease_ttl: Duration,
+    /// How long delivered rows stay in the stream for replay.
+    retention: Duration,
     cache: Mutex<Cache>,
     pushes: AtomicU64,
 }
@@ -91,6 +138,7 @@ pub struct NatsQueue {
 const LEASE_KEY: &str = "delivery";
 const IN_FLIGHT_KEY: &str = "in-flight";
 const PAUSED_KEY: &str = "paused";
+const CURSOR_KEY: &str = "cursor";
 
 async fn connect(cfg: &NatsQueueConfig, name: &str) -> anyhow::Result<async_nats::Client> {
     let mut opts = async_nats::ConnectOptions::new()
@@ -192,6 +240,7 @@ impl NatsQueue {
             max_bytes: cfg.max_bytes,
             publish_timeout: cfg.publish_timeout,
             lease_ttl: cfg.lease_ttl,
+            retention: cfg.retention,
             cache: Mutex::new(Cache::default()),
             pushes: AtomicU64::new(0),
         };
@@ -226,6 +275,12 @@ impl NatsQueue {
                 if last_renew.elapsed() >= q.lease_ttl / 3 {
                     q.renew().await;
                     last_renew = Instant::now();
+                    // The lease holder drops delivered rows past retention.
+                    if lock(&q.cache).lease.is_some()
+                        && let Err(e) = q.purge_expired().await
+                    {
+                        tracing::debug!(url = %q.url, error = %e, "purging delivered rows past retention failed");
+                    }
                 }
             }
         });
@@ -235,21 +290,173 @@ impl NatsQueue {
         QueueError::Io(std::io::Error::other(e.to_string()))
     }
 
-    /// Reads the stream's state into the cached stats.
+    /// Reads the stream's state and the cursor into the cached stats.
     async fn refresh(&self) -> Result<(), QueueError> {
-        let info = self.stream.get_info().await.map_err(Self::io)?;
-        let s = info.state;
+        let (cursor, revision) = self.read_cursor().await?;
+        let mut s = self.stream.get_info().await.map_err(Self::io)?.state;
+        if s.deleted_count.unwrap_or(0) > 0 {
+            // A refused request's messages were taken back: count the gaps after the cursor.
+            s = self
+                .stream
+                .info_builder()
+                .with_deleted(true)
+                .fetch()
+                .await
+                .map_err(Self::io)?
+                .info
+                .state;
+        }
+        let delivered = {
+            let mut cache = lock(&self.cache);
+            if !cache.unwritten {
+                cache.cursor = cursor;
+                cache.cursor_revision = revision;
+            }
+            cache.first_sequence = if s.messages == 0 { 0 } else { s.first_sequence };
+            cache.delivered()
+        };
+        let gaps = s
+            .deleted
+            .as_ref()
+            .map_or(0, |d| d.iter().filter(|&&q| q > delivered).count() as u64);
+        let queued = if s.messages == 0 {
+            0
+        } else {
+            s.last_sequence
+                .saturating_sub(delivered)
+                .saturating_sub(gaps)
+                .min(s.messages)
+        };
+        let oldest_ms = if queued == 0 {
+            None
+        } else if delivered < s.first_sequence {
+            Some(ms(s.first_timestamp))
+        } else {
+            self.message_at(delivered + 1).await?.map(|(_, t)| t)
+        };
         let mut cache = lock(&self.cache);
-        cache.first_sequence = s.first_sequence;
+        cache.stream_rows = s.messages;
+        cache.stream_bytes = s.bytes;
         cache.stats = QueueStats {
-            rows: s.messages,
-            bytes: s.bytes,
+            rows: queued,
+            // Messages of one pipeline are alike in size: the queued share of the bytes.
+            bytes: if s.messages == 0 {
+                0
+            } else {
+                (s.bytes as u128 * queued as u128 / s.messages as u128) as u64
+            },
             capacity_rows: self.capacity_rows,
             capacity_bytes: Some(self.max_bytes),
-            oldest_ms: (s.messages > 0)
-                .then(|| (s.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64),
+            oldest_ms,
             next_offset: s.last_sequence,
         };
+        Ok(())
+    }
+
+    /// The first message at or after `sequence`: its sequence and write time (ms).
+    async fn message_at(&self, sequence: u64) -> Result<Option<(u64, u64)>, QueueError> {
+        match self
+            .stream
+            .raw_message_builder()
+            .sequence(sequence)
+            .next_by_subject(self.subject.clone())
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some((m.sequence, ms(m.time)))),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Self::io(e)),
+        }
+    }
+
+    /// The cursor record and its revision. A stream without one was written by a weir that
+    /// purged delivered rows at once: all it holds is queued.
+    async fn read_cursor(&self) -> Result<(StoredCursor, u64), QueueError> {
+        let entry = self
+            .state_bucket
+            .entry(CURSOR_KEY)
+            .await
+            .map_err(Self::io)?;
+        let Some(entry) = entry else {
+            return Ok((StoredCursor::default(), 0));
+        };
+        if entry.operation != kv::Operation::Put || entry.value.is_empty() {
+            return Ok((StoredCursor::default(), entry.revision));
+        }
+        let c: StoredCursor = serde_json::from_slice(&entry.value).map_err(|e| {
+            Self::io(format!(
+                "the cursor record in {}: {e}",
+                self.state_bucket.name
+            ))
+        })?;
+        if c.v != 1 {
+            return Err(Self::io(format!(
+                "the cursor record is of version {}, newer than this weir reads",
+                c.v
+            )));
+        }
+        Ok((c, entry.revision))
+    }
+
+    /// Writes `cursor` if the record is still at `revision`. `Ok(false)`: another replica
+    /// wrote it first (a replay), and the cache now holds what it wrote.
+    async fn write_cursor(&self, cursor: StoredCursor, revision: u64) -> Result<bool, QueueError> {
+        let value = serde_json::to_vec(&cursor).map_err(Self::io)?;
+        match self
+            .state_bucket
+            .update(CURSOR_KEY, Bytes::from(value), revision)
+            .await
+        {
+            Ok(next) => {
+                let mut cache = lock(&self.cache);
+                cache.cursor = cursor;
+                cache.cursor_revision = next;
+                cache.unwritten = false;
+                Ok(true)
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let (stored, revision) = self.read_cursor().await?;
+                let mut cache = lock(&self.cache);
+                cache.cursor = stored;
+                cache.cursor_revision = revision;
+                cache.unwritten = false;
+                Ok(false)
+            }
+            Err(e) => Err(Self::io(format!("writing the delivery cursor: {e}"))),
+        }
+    }
+
+    /// Purges delivered rows written longer than `retention` ago (the lease holder's sweep).
+    async fn purge_expired(&self) -> Result<(), QueueError> {
+        let cutoff = crate::clock::now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let (through, first) = {
+            let cache = lock(&self.cache);
+            let through = cache
+                .cursor
+                .kept
+                .iter()
+                .take_while(|(_, t)| *t < cutoff)
+                .map(|(s, _)| *s)
+                .last();
+            (through, cache.first_sequence)
+        };
+        match through {
+            Some(through) if through >= first && first > 0 => self.purge_through(through).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every message up to and including `through` (never past the cursor).
+    async fn purge_through(&self, through: u64) -> Result<(), QueueError> {
+        let through = through.min(lock(&self.cache).cursor.sequence);
+        if through == 0 {
+            return Ok(());
+        }
+        self.stream
+            .purge()
+            .sequence(through + 1)
+            .await
+            .map_err(Self::io)?;
         Ok(())
     }
 
@@ -345,26 +552,23 @@ impl NatsQueue {
             .zip(&ids)
             .map(|(r, id)| stored_len(&self.subject, header_len(id), r.encoded_len()))
             .sum();
-        {
-            let mut cache = lock(&self.cache);
-            let queued = cache.stats.rows + cache.reserved.0;
-            if queued + incoming > self.capacity_rows {
-                return Err(PushError::FullRows {
-                    queued,
-                    capacity: self.capacity_rows,
-                    incoming,
-                });
+        if self.reserve(incoming, bytes)? {
+            // Delivered rows kept for replay fill the stream: make room, oldest first.
+            if let Err(e) = self.make_room(incoming, bytes).await {
+                tracing::warn!(url = %self.url, error = %e, "could not purge delivered rows to make room");
             }
-            let queued_bytes = cache.stats.bytes + cache.reserved.1;
-            if queued_bytes + bytes > self.max_bytes {
-                return Err(PushError::FullBytes {
-                    queued: queued_bytes,
-                    capacity: self.max_bytes,
-                    incoming: bytes,
-                });
-            }
-            cache.reserved.0 += incoming;
-            cache.reserved.1 += bytes;
+            self.reserve(incoming, bytes).and_then(|short| {
+                if short {
+                    let cache = lock(&self.cache);
+                    Err(PushError::FullRows {
+                        queued: cache.stream_rows,
+                        capacity: self.capacity_rows,
+                        incoming,
+                    })
+                } else {
+                    Ok(())
+                }
+            })?;
         }
         let result = self.publish(rows, ids).await;
         {
@@ -372,11 +576,21 @@ impl NatsQueue {
             cache.reserved.0 -= incoming;
             cache.reserved.1 -= bytes;
         }
-        // The stream's state after the push, read within the publish timeout: a lost server
-        // must not hold the sender's answer longer than that.
         let e = match result {
-            Ok(_) => {
-                let _ = tokio::time::timeout(self.publish_timeout, self.refresh()).await;
+            Ok(landed) => {
+                // Counted at once; the background refresh corrects it from the stream.
+                let mut cache = lock(&self.cache);
+                let last = landed.iter().copied().max().unwrap_or(0);
+                cache.stream_rows += incoming;
+                cache.stream_bytes += bytes;
+                if cache.first_sequence == 0 {
+                    cache.first_sequence = landed.iter().copied().min().unwrap_or(0);
+                }
+                let stats = &mut cache.stats;
+                stats.rows += incoming;
+                stats.bytes += bytes;
+                stats.next_offset = stats.next_offset.max(last);
+                stats.oldest_ms.get_or_insert_with(crate::clock::now_ms);
                 return Ok(());
             }
             Err((landed, e)) => {
@@ -414,6 +628,58 @@ impl NatsQueue {
             "NATS at {}: {text}",
             self.url
         )))
+    }
+
+    /// Checks a push against the bounds and reserves its room. Queued rows beyond the bounds
+    /// refuse it; `Ok(true)` means it fits the queue but not the stream, because delivered
+    /// rows kept for replay take the room (nothing is reserved then).
+    fn reserve(&self, incoming: u64, bytes: u64) -> Result<bool, PushError> {
+        let mut cache = lock(&self.cache);
+        let queued = cache.stats.rows + cache.reserved.0;
+        if queued + incoming > self.capacity_rows {
+            return Err(PushError::FullRows {
+                queued,
+                capacity: self.capacity_rows,
+                incoming,
+            });
+        }
+        let queued_bytes = cache.stats.bytes + cache.reserved.1;
+        if queued_bytes + bytes > self.max_bytes {
+            return Err(PushError::FullBytes {
+                queued: queued_bytes,
+                capacity: self.max_bytes,
+                incoming: bytes,
+            });
+        }
+        if cache.stream_rows + cache.reserved.0 + incoming > self.capacity_rows
+            || cache.stream_bytes + cache.reserved.1 + bytes > self.max_bytes
+        {
+            return Ok(true);
+        }
+        cache.reserved.0 += incoming;
+        cache.reserved.1 += bytes;
+        Ok(false)
+    }
+
+    /// Purges the oldest delivered rows, enough for `incoming` rows of `bytes`.
+    async fn make_room(&self, incoming: u64, bytes: u64) -> Result<(), QueueError> {
+        // The cursor as stored now: a replay may have moved it back since the last read.
+        self.refresh().await?;
+        let through = {
+            let cache = lock(&self.cache);
+            let rows_short = (cache.stream_rows + cache.reserved.0 + incoming)
+                .saturating_sub(self.capacity_rows);
+            let avg = cache.stream_bytes / cache.stream_rows.max(1);
+            let bytes_short = (cache.stream_bytes + cache.reserved.1 + bytes)
+                .saturating_sub(self.max_bytes)
+                .div_ceil(avg.max(1));
+            let need = rows_short.max(bytes_short);
+            (cache.first_sequence + need)
+                .saturating_sub(1)
+                .min(cache.cursor.sequence)
+        };
+        self.purge_through(through).await?;
+        self.refresh().await
     }
 
     /// Publishes every row with its id, all acks in flight at once. On failure returns the
@@ -477,13 +743,13 @@ impl NatsQueue {
         if stats.rows == 0 {
             return Ok(Vec::new());
         }
-        let first = lock(&self.cache).first_sequence;
+        let from = lock(&self.cache).delivered() + 1;
         let want = (max_rows as u64).min(stats.rows) as usize;
         let reader: consumer::PullConsumer = self
             .stream
             .create_consumer(consumer::pull::Config {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: first.max(1),
+                    start_sequence: from,
                 },
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
@@ -550,11 +816,96 @@ impl NatsQueue {
     }
 
     async fn commit_through(&self, through: Offset) -> Result<(), QueueError> {
-        // Offset `through` is sequence `through + 1`; purge keeps the sequence it is given.
-        let last = self.stats().next_offset;
-        let keep = through.saturating_add(2).min(last.saturating_add(1));
-        self.stream.purge().sequence(keep).await.map_err(Self::io)?;
+        // Offset `through` is sequence `through + 1`, never past the last one written.
+        let (mut cursor, revision, sequence) = {
+            let mut cache = lock(&self.cache);
+            let sequence = through.saturating_add(1).min(cache.stats.next_offset);
+            if cache.cursor.sequence < sequence {
+                // In effect at once: peek no longer returns these rows, written or not.
+                cache.cursor.sequence = sequence;
+                cache.unwritten = true;
+            }
+            (cache.cursor.clone(), cache.cursor_revision, sequence)
+        };
+        if sequence == 0 {
+            return Ok(());
+        }
+        let written_at = self
+            .message_at(sequence)
+            .await?
+            .filter(|(s, _)| *s == sequence)
+            .map_or_else(crate::clock::now_ms, |(_, t)| t);
+        let first = lock(&self.cache).first_sequence;
+        cursor.v = 1;
+        cursor.kept.retain(|(s, _)| *s >= first && *s < sequence);
+        cursor.kept.push((sequence, written_at));
+        if cursor.kept.len() > MAX_KEPT {
+            // Merge the older half pairwise into the later of each pair: rows are kept longer,
+            // never shorter.
+            let half = cursor.kept.len() / 2;
+            let mut merged: Vec<(u64, u64)> = cursor.kept[..half]
+                .chunks(2)
+                .map(|pair| pair[pair.len() - 1])
+                .collect();
+            merged.extend_from_slice(&cursor.kept[half..]);
+            cursor.kept = merged;
+        }
+        if !self.write_cursor(cursor, revision).await? {
+            // A replay moved the cursor back meanwhile: these rows are delivered again with
+            // the replayed ones. A lease holder that already wrote further keeps its cursor.
+            tracing::info!(url = %self.url, through, "the cursor moved meanwhile; keeping it");
+        }
+        if self.retention.is_zero() {
+            self.purge_through(sequence).await?;
+        } else {
+            self.purge_expired().await?;
+        }
         self.refresh().await
+    }
+
+    /// Moves the cursor back so rows from `from` on are delivered again.
+    async fn rewind(&self, from: Offset) -> Result<u64, QueueError> {
+        for _ in 0..5 {
+            self.refresh().await?;
+            let (cursor, revision, first, next) = {
+                let cache = lock(&self.cache);
+                (
+                    cache.cursor.clone(),
+                    cache.cursor_revision,
+                    cache.first_sequence,
+                    cache.stats.next_offset,
+                )
+            };
+            if from > next {
+                return Err(QueueError::OffsetAhead {
+                    requested: from,
+                    next,
+                });
+            }
+            // Offset `from` is sequence `from + 1`; the oldest retained one is `first`.
+            let oldest = if first == 0 { next } else { first - 1 };
+            if from < oldest {
+                return Err(QueueError::OffsetGone {
+                    requested: from,
+                    oldest,
+                });
+            }
+            if from >= lock(&self.cache).delivered() {
+                return Ok(self.stats().rows);
+            }
+            let mut back = cursor;
+            back.v = 1;
+            back.sequence = from;
+            back.kept.retain(|(s, _)| *s <= from);
+            if self.write_cursor(back, revision).await? {
+                self.refresh().await?;
+                tracing::info!(url = %self.url, from, "delivery cursor moved back for a replay");
+                return Ok(self.stats().rows);
+            }
+        }
+        Err(Self::io(
+            "the delivery cursor kept changing during the replay; try again",
+        ))
     }
 
     async fn store_in_flight(&self, batch: Option<InFlight>) -> Result<(), QueueError> {
@@ -652,18 +1003,28 @@ impl Queue for NatsQueue {
         Box::pin(self.store_paused(paused))
     }
 
+    /// Moves the delivery cursor back to `from` (stream sequence `from + 1`); never forward.
+    /// Returns the rows queued afterwards.
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
-        let _ = from;
-        Box::pin(async {
-            Err(QueueError::Unsupported(
-                "replay is not available on the NATS queue yet: delivered rows leave the stream",
-            ))
-        })
+        Box::pin(self.rewind(from))
     }
 
-    /// At shutdown: hands the delivery lease back, so another replica takes over at once.
+    /// At shutdown: writes a cursor whose write failed, then hands the delivery lease back,
+    /// so another replica takes over at once.
     fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
-        Box::pin(self.release())
+        Box::pin(async {
+            let pending = {
+                let cache = lock(&self.cache);
+                cache
+                    .unwritten
+                    .then(|| (cache.cursor.clone(), cache.cursor_revision))
+            };
+            if let Some((mut cursor, revision)) = pending {
+                cursor.v = 1;
+                self.write_cursor(cursor, revision).await?;
+            }
+            self.release().await
+        })
     }
 }
 
@@ -724,6 +1085,7 @@ pub(crate) mod tests {
             create: true,
             lease_ttl: Duration::from_secs(3),
             publish_timeout: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
             auth: NatsAuth::None,
             ca_file: None,
         }
@@ -793,6 +1155,152 @@ pub(crate) mod tests {
             .map(|e| e.offset)
             .collect();
         assert_eq!(offsets, vec![0, 1, 3]);
+    }
+
+    fn numbered(range: std::ops::Range<u32>) -> Vec<Row> {
+        range
+            .map(|i| Row::from_pairs([("i", i.to_string().as_str())]).unwrap())
+            .collect()
+    }
+
+    async fn offsets(q: &NatsQueue) -> Vec<Offset> {
+        q.peek(1000, u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_replay_on_any_replica_moves_the_shared_cursor_back_and_wins_over_a_late_commit() {
+        let server = server();
+        let cfg = config(&server.url, "WEIR_replay", 1 << 20);
+        let holder = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        let other = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        holder.push(numbered(0..6)).await.unwrap();
+        holder.commit(3).await.unwrap();
+        other.refresh().await.unwrap();
+        assert_eq!(
+            other.stats().rows,
+            2,
+            "every replica reads the shared cursor"
+        );
+        assert_eq!(offsets(&holder).await, vec![4, 5]);
+
+        // The holder peeks 4..5 and delivers; meanwhile an operator replays from 1 elsewhere.
+        assert_eq!(other.replay_from(1).await.unwrap(), 5);
+        holder.commit(5).await.unwrap();
+        assert_eq!(
+            offsets(&holder).await,
+            vec![1, 2, 3, 4, 5],
+            "the commit of the batch in flight does not undo the replay"
+        );
+        assert!(matches!(
+            other.replay_from(7).await,
+            Err(QueueError::OffsetAhead {
+                requested: 7,
+                next: 6
+            })
+        ));
+        holder.commit(5).await.unwrap();
+        assert_eq!(holder.stats().rows, 0);
+        assert_eq!(
+            other.replay_from(0).await.unwrap(),
+            6,
+            "delivered rows stay in the stream for retention"
+        );
+    }
+
+    #[tokio::test]
+    async fn delivered_rows_make_room_for_new_ones_oldest_first_and_then_are_gone_for_replay() {
+        let server = server();
+        let q = NatsQueue::open("p", 4, &config(&server.url, "WEIR_room", 1 << 20))
+            .await
+            .unwrap();
+        q.push(numbered(0..4)).await.unwrap();
+        q.commit(2).await.unwrap();
+        q.push(numbered(4..6)).await.unwrap();
+        assert_eq!(offsets(&q).await, vec![3, 4, 5]);
+        assert!(
+            matches!(
+                q.push(numbered(6..8)).await,
+                Err(PushError::FullRows {
+                    queued: 3,
+                    capacity: 4,
+                    incoming: 2
+                })
+            ),
+            "queued rows are never purged for room"
+        );
+        assert!(matches!(
+            q.replay_from(0).await,
+            Err(QueueError::OffsetGone {
+                requested: 0,
+                oldest: 2
+            })
+        ));
+        assert_eq!(q.replay_from(2).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn delivered_rows_leave_the_stream_once_past_retention() {
+        let server = server();
+        let mut cfg = config(&server.url, "WEIR_expire", 1 << 20);
+        cfg.retention = Duration::from_millis(1);
+        let q = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        q.push(numbered(0..3)).await.unwrap();
+        q.commit(1).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&q.cache).first_sequence != 3 {
+            assert!(Instant::now() < deadline, "delivered rows were not purged");
+            q.purge_expired().await.unwrap();
+            q.refresh().await.unwrap();
+        }
+        assert_eq!(offsets(&q).await, vec![2]);
+
+        cfg.retention = Duration::ZERO;
+        cfg.stream = "WEIR_expire_now".into();
+        let q = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        q.push(numbered(0..3)).await.unwrap();
+        q.commit(1).await.unwrap();
+        assert!(
+            matches!(
+                q.replay_from(0).await,
+                Err(QueueError::OffsetGone { oldest: 2, .. })
+            ),
+            "retention = 0 purges at every commit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_an_older_weir_wrote_without_a_cursor_is_read_whole() {
+        let server = server();
+        let cfg = config(&server.url, "WEIR_old", 1 << 20);
+        let q = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        q.push(numbered(0..4)).await.unwrap();
+        // The weir before the cursor record committed by purging through the sequence.
+        q.stream.purge().sequence(3).await.unwrap();
+        drop(q);
+        let q = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        assert_eq!(q.stats().rows, 2);
+        assert_eq!(offsets(&q).await, vec![2, 3]);
+        q.commit(2).await.unwrap();
+        assert_eq!(offsets(&q).await, vec![3]);
+
+        // A cursor record from a newer weir is refused, not misread.
+        q.state_bucket
+            .put(
+                CURSOR_KEY,
+                Bytes::from_static(br#"{"v":2,"sequence":1,"kept":[]}"#),
+            )
+            .await
+            .unwrap();
+        let err = NatsQueue::open("p", 100, &cfg)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("version 2"), "{err}");
     }
 
     #[tokio::test]
