@@ -163,13 +163,14 @@ pub fn describe(c: &Config) -> String {
             QueueConfig::Nats(n) => {
                 let _ = writeln!(
                     w,
-                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}",
+                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}, retention {}",
                     n.url,
                     n.stream,
                     n.replicas,
                     p.queue_capacity,
                     n.max_bytes,
-                    humantime::format_duration(n.lease_ttl)
+                    humantime::format_duration(n.lease_ttl),
+                    humantime::format_duration(n.retention)
                 );
             }
             QueueConfig::Disk {

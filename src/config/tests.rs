@@ -1297,3 +1297,101 @@ fn pipelines_sharing_a_hook_are_checked_by_key() {
         );
     }
 }
+
+/// A pipeline named orders with `pipeline` in its table and a Celonis data-push sink.
+fn with_queue(pipeline: &str) -> String {
+    format!(
+        r#"
+[[pipelines]]
+name = "orders"
+{pipeline}
+[pipelines.sink]
+kind = "celonis"
+url = "https://myteam.eu-1.celonis.cloud"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "orders"
+app_key = "k"
+"#
+    )
+}
+
+#[test]
+fn a_nats_queue_has_defaults_and_keeps_delivered_rows_for_the_pipelines_retention() {
+    let config = Config::load(
+        &with_queue("retention = \"2d\"\nqueue = { kind = \"nats\" }"),
+        &env(),
+    )
+    .unwrap();
+    let QueueConfig::Nats(n) = &config.pipelines[0].queue else {
+        panic!("a NATS queue: {:?}", config.pipelines[0].queue);
+    };
+    assert_eq!(
+        (
+            n.url.as_str(),
+            n.stream.as_str(),
+            n.replicas,
+            n.max_bytes,
+            n.create,
+            n.lease_ttl,
+            n.publish_timeout,
+            n.retention,
+            &n.auth,
+        ),
+        (
+            "nats://127.0.0.1:4222",
+            "WEIR_orders",
+            1,
+            1 << 30,
+            true,
+            Duration::from_secs(15),
+            Duration::from_secs(5),
+            Duration::from_secs(2 * 86_400),
+            &NatsAuth::None,
+        )
+    );
+    let config = Config::load(
+        &with_queue(
+            "retention = \"2d\"\nqueue = { kind = \"nats\", retention = \"0s\", user = \"weir\", password = \"pw\" }",
+        ),
+        &env(),
+    )
+    .unwrap();
+    let QueueConfig::Nats(n) = &config.pipelines[0].queue else {
+        panic!("a NATS queue");
+    };
+    assert_eq!(
+        n.retention,
+        Duration::ZERO,
+        "the queue's own retention wins"
+    );
+    assert_eq!(n.auth, NatsAuth::UserPassword("weir".into(), "pw".into()));
+}
+
+#[test]
+fn a_nats_queue_names_each_key_it_refuses() {
+    let errors = errors_of(&with_queue(
+        r#"queue = { kind = "nats", url = "http://nats:4222", stream = "a.b", replicas = 7, lease_ttl = "500ms", dir = "/x", token = "t", nkey_seed = "SUabc" }"#,
+    ));
+    for expected in [
+        "pipelines[0].queue.url: \"http://nats:4222\" is not a NATS URL",
+        "pipelines[0].queue.stream: \"a.b\" is not a stream name",
+        "pipelines[0].queue.replicas: 7 replicas",
+        "pipelines[0].queue.lease_ttl: must be at least 1s",
+        "pipelines[0].queue.dir: does not apply to kind = \"nats\"",
+        "pipelines[0].queue: sign in one way",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected} not in {errors:#?}"
+        );
+    }
+    let errors = errors_of(&with_queue(
+        r#"queue = { kind = "disk", lease_ttl = "2s" }"#,
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipelines[0].queue.lease_ttl: only applies to kind = \"nats\"")),
+        "{errors:#?}"
+    );
+}

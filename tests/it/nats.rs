@@ -602,3 +602,72 @@ async fn nats_lost_while_running_is_503_with_retry_after_and_both_sides_recover_
         "a row refused before anything was sent is never delivered: {table:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_stream_sequence_on_a_replica_that_does_not_deliver_redelivers_once() {
+    let nats = nats().await;
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No keys: an append table, so what is delivered again shows again.
+    let replicas: Vec<Weir> = (0..3)
+        .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, "")))
+        .collect();
+    let rows: Vec<String> = (0..5).map(|i| format!(r#"{{"id":"r{i}"}}"#)).collect();
+    let resp = client()
+        .post(format!("{}/hooks/orders", replicas[0].base))
+        .header("content-type", "application/json")
+        .body(format!("[{}]", rows.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    wait_until(30, "the five rows in the table", || async {
+        emu.table("orders").await.len() == 5
+    })
+    .await;
+    let bystander = replicas
+        .iter()
+        .find(|w| !logged(w, "took the delivery lease"))
+        .expect("two replicas do not deliver");
+    wait_until(10, "the bystander seeing the rows delivered", || async {
+        admin(bystander, reqwest::Method::GET, "/admin/pipelines/orders")
+            .await
+            .1["queue"]["rows"]
+            == 0
+    })
+    .await;
+
+    // Offsets are stream sequences minus one: offset 2 is the third row.
+    let (status, body) = admin(
+        bystander,
+        reqwest::Method::PATCH,
+        "/admin/pipelines/orders/replay?fromOffset=2",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["queued"]),
+        (200, &serde_json::json!(3)),
+        "{body}"
+    );
+    wait_until(30, "the replayed rows in the table", || async {
+        emu.table("orders").await.len() == 8
+    })
+    .await;
+    let mut ids = emu.column("orders", "id").await;
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["r0", "r1", "r2", "r2", "r3", "r3", "r4", "r4"],
+        "rows from the offset on, each once more"
+    );
+    let (status, body) = admin(
+        bystander,
+        reqwest::Method::PATCH,
+        "/admin/pipelines/orders/replay?fromOffset=99",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("offset_ahead"))
+    );
+}
