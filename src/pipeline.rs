@@ -179,7 +179,20 @@ impl Pipeline {
         &self,
         rows: Vec<crate::row::Row>,
     ) -> Result<crate::queue::Offset, crate::queue::PushError> {
-        self.queue.push(rows).await?;
+        self.push_delivery(rows, None).await
+    }
+
+    /// [`Pipeline::push`] with the id the sender gave the delivery, if any, so a shared queue
+    /// stores a retry of it once ([`crate::queue::Queue::push_delivery`]).
+    pub async fn push_delivery(
+        &self,
+        rows: Vec<crate::row::Row>,
+        delivery: Option<Vec<u8>>,
+    ) -> Result<crate::queue::Offset, crate::queue::PushError> {
+        match delivery {
+            Some(id) => self.queue.push_delivery(rows, id).await?,
+            None => self.queue.push(rows).await?,
+        }
         if self.config.schedule == Schedule::Continuous {
             self.queue_changed.notify_one();
         }

@@ -518,10 +518,9 @@ async fn accept(
         return Ok(Answer::DryRun(Box::new(d)));
     }
     let mut reservation = None;
-    if let (Some(replays), Some(auth)) = (&entry.replays, signed)
-        && let Some(id) = replay::delivery_id(auth, headers, &body.decoded)
-    {
-        match replays.check(&id, crate::clock::unix_secs()) {
+    let signed_id = signed.and_then(|auth| replay::delivery_id(auth, headers, &body.decoded));
+    if let (Some(replays), Some(id)) = (&entry.replays, &signed_id) {
+        match replays.check(id, crate::clock::unix_secs()) {
             replay::Check::New(r) => reservation = Some(r),
             replay::Check::Done(answer) => {
                 tracing::info!(pipeline = name, client = %client, "replayed delivery answered again");
@@ -560,10 +559,23 @@ async fn accept(
             &parse_limits,
         )?
     };
+    // The sender's name for this delivery: the signed delivery id, else an Idempotency-Key
+    // with the body it came with (a key reused for other rows must not drop them).
+    let delivery = signed_id.or_else(|| {
+        headers.get("idempotency-key").map(|v| {
+            [
+                b"idempotency-key ".as_slice(),
+                v.as_bytes(),
+                b"\n",
+                body.decoded.as_ref(),
+            ]
+            .concat()
+        })
+    });
     let accepted = rows.len();
     let mut last = None;
     if accepted > 0 {
-        last = Some(pipeline.push(rows).await.map_err(|e| {
+        last = Some(pipeline.push_delivery(rows, delivery).await.map_err(|e| {
             Counters::add(&pipeline.counters.rejected, accepted as u64);
             push_error(pipeline, e)
         })?);

@@ -101,6 +101,19 @@ pub trait Queue: Send + Sync + 'static {
     /// backend makes them (for the disk spool: fsynced), so a 2xx can be sent.
     fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>>;
 
+    /// [`Queue::push`] for the rows of a delivery the sender named (its delivery id or
+    /// `Idempotency-Key`), so a queue shared by several replicas stores a retry of it once,
+    /// whichever replica takes the retry. Local queues push as usual (the pipeline's replay
+    /// memory answers a retry there).
+    fn push_delivery(
+        &self,
+        rows: Vec<Row>,
+        delivery: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), PushError>> {
+        let _ = delivery;
+        self.push(rows)
+    }
+
     /// The oldest queued rows, oldest first, without removing them: at most `max_rows` rows
     /// and at most `max_bytes` of row data (`Row::encoded_len`), except that a batch always
     /// holds the oldest row even when that row alone is larger. Never returns a row at or

@@ -2,10 +2,12 @@
 //!
 //! - **Rows** are messages on `{stream}.rows`, one per row, published pipelined (every ack of a
 //!   request in flight at once) with a `Nats-Msg-Id`, so a re-sent publish is dropped by the
-//!   stream's duplicate window. A push resolves once JetStream acknowledged every message; if
-//!   any publish fails, the messages of the request that did land are deleted again, so a 503
-//!   leaves nothing of the request behind (unless NATS is gone for the deletes too, which is
-//!   logged: those rows are then delivered, at least once).
+//!   stream's duplicate window. The ids of a delivery the sender named (its signed delivery id
+//!   or `Idempotency-Key`) derive from that name, so its retry is stored once on any replica.
+//!   A push resolves once JetStream acknowledged every message; if any publish fails, the
+//!   messages of an unnamed request that did land are deleted again, so a 503 leaves nothing
+//!   of it behind (unless NATS is gone for the deletes too, which is logged: those rows are
+//!   then delivered, at least once). A named request's landed rows are kept for its retry.
 //! - **Offsets** are stream sequences minus one. The delivery cursor (the last delivered
 //!   sequence) is a versioned record in the `{stream}_state` bucket, written by
 //!   [`Queue::commit`] with compare-and-swap by revision. Delivered messages stay in the
@@ -530,7 +532,8 @@ impl NatsQueue {
         }
     }
 
-    async fn push_rows(&self, rows: Vec<Row>) -> Result<(), PushError> {
+    /// Pushes `rows`; `delivery` is the sender's id of the delivery, if it named one.
+    async fn push_rows(&self, rows: Vec<Row>, delivery: Option<Vec<u8>>) -> Result<(), PushError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -542,10 +545,21 @@ impl NatsQueue {
                 self.url
             )));
         }
-        let push = self.pushes.fetch_add(1, Ordering::Relaxed);
-        let ids: Vec<String> = (0..rows.len())
-            .map(|i| format!("{}-{push}-{i}", self.holder))
-            .collect();
+        // A named delivery's ids are the same on every replica, so the stream's duplicate
+        // window stores a retry of it once; any other push gets ids of its own.
+        let prefix = match &delivery {
+            Some(id) => {
+                use sha2::{Digest, Sha256};
+                let digest = Sha256::digest(id);
+                digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+            }
+            None => format!(
+                "{}-{}",
+                self.holder,
+                self.pushes.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let ids: Vec<String> = (0..rows.len()).map(|i| format!("{prefix}-{i}")).collect();
         let incoming = rows.len() as u64;
         let bytes: u64 = rows
             .iter()
@@ -578,24 +592,46 @@ impl NatsQueue {
         }
         let e = match result {
             Ok(landed) => {
-                // Counted at once; the background refresh corrects it from the stream.
+                // Counted at once; the background refresh corrects it from the stream. A
+                // retry's rows that were stored before are not counted again.
+                let fresh: Vec<u64> = landed
+                    .iter()
+                    .filter(|(_, duplicate)| !duplicate)
+                    .map(|(s, _)| *s)
+                    .collect();
+                let stored = fresh.len() as u64;
+                let stored_bytes = bytes * stored / incoming;
                 let mut cache = lock(&self.cache);
-                let last = landed.iter().copied().max().unwrap_or(0);
-                cache.stream_rows += incoming;
-                cache.stream_bytes += bytes;
+                let last = fresh.iter().copied().max().unwrap_or(0);
+                cache.stream_rows += stored;
+                cache.stream_bytes += stored_bytes;
                 if cache.first_sequence == 0 {
-                    cache.first_sequence = landed.iter().copied().min().unwrap_or(0);
+                    cache.first_sequence = fresh.iter().copied().min().unwrap_or(0);
                 }
                 let stats = &mut cache.stats;
-                stats.rows += incoming;
-                stats.bytes += bytes;
+                stats.rows += stored;
+                stats.bytes += stored_bytes;
                 stats.next_offset = stats.next_offset.max(last);
                 stats.oldest_ms.get_or_insert_with(crate::clock::now_ms);
                 return Ok(());
             }
+            Err((landed, e)) if delivery.is_some() => {
+                // Kept, not taken back: the sender's retry carries the same ids, so the rows
+                // that landed are stored once and the rest are added (taken back, their ids
+                // would stay in the duplicate window and the retry would lose them).
+                if !landed.is_empty() {
+                    tracing::warn!(url = %self.url, rows = landed.len(), "a named delivery was refused after some of its rows were stored; its retry stores the rest");
+                }
+                e
+            }
             Err((landed, e)) => {
+                let fresh: Vec<u64> = landed
+                    .iter()
+                    .filter(|(_, duplicate)| !duplicate)
+                    .map(|(s, _)| *s)
+                    .collect();
                 let undo = async {
-                    self.roll_back(&landed).await;
+                    self.roll_back(&fresh).await;
                     let _ = self.refresh().await;
                 };
                 if tokio::time::timeout(self.publish_timeout, undo)
@@ -682,13 +718,14 @@ impl NatsQueue {
         self.refresh().await
     }
 
-    /// Publishes every row with its id, all acks in flight at once. On failure returns the
-    /// sequences that did land, so they can be taken back.
+    /// Publishes every row with its id, all acks in flight at once: the sequence of each row
+    /// and whether the stream had it already (a duplicate id). On failure returns those that
+    /// did land, so they can be taken back.
     async fn publish(
         &self,
         rows: Vec<Row>,
         ids: Vec<String>,
-    ) -> Result<Vec<u64>, (Vec<u64>, anyhow::Error)> {
+    ) -> Result<Vec<(u64, bool)>, (Vec<(u64, bool)>, anyhow::Error)> {
         let deadline = Instant::now() + self.publish_timeout;
         let mut acks = Vec::with_capacity(rows.len());
         let mut failed = None;
@@ -716,7 +753,7 @@ impl NatsQueue {
         let mut landed = Vec::with_capacity(acks.len());
         for ack in acks {
             match tokio::time::timeout_at(deadline, ack).await {
-                Ok(Ok(a)) => landed.push(a.sequence),
+                Ok(Ok(a)) => landed.push((a.sequence, a.duplicate)),
                 Ok(Err(e)) => {
                     failed.get_or_insert(anyhow::anyhow!("{e}"));
                 }
@@ -961,7 +998,15 @@ impl NatsQueue {
 
 impl Queue for NatsQueue {
     fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>> {
-        Box::pin(self.push_rows(rows))
+        Box::pin(self.push_rows(rows, None))
+    }
+
+    fn push_delivery(
+        &self,
+        rows: Vec<Row>,
+        delivery: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), PushError>> {
+        Box::pin(self.push_rows(rows, Some(delivery)))
     }
 
     fn peek(

@@ -671,3 +671,76 @@ async fn a_replay_by_stream_sequence_on_a_replica_that_does_not_deliver_redelive
         (400, Some("offset_ahead"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_on_another_replica_is_stored_once() {
+    let nats = nats().await;
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No keys: an append table, so a row stored twice would show twice.
+    let replicas: Vec<Weir> = (0..2)
+        .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, "")))
+        .collect();
+    // Paused, so both posts are in the stream before anything is delivered.
+    let (status, _) = admin(
+        &replicas[0],
+        reqwest::Method::PATCH,
+        "/admin/pipelines/orders/pause",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let post = |w: &Weir, key: &'static str, body: &'static str| {
+        let url = format!("{}/hooks/orders", w.base);
+        async move {
+            let resp = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    let first = r#"[{"id":"a"},{"id":"b"}]"#;
+    assert_eq!(post(&replicas[0], "order-7", first).await, 202);
+    // The sender did not see the answer and retries through the other replica.
+    assert_eq!(post(&replicas[1], "order-7", first).await, 202);
+    // The same key with other rows is another delivery: nothing of it is dropped.
+    assert_eq!(post(&replicas[1], "order-7", r#"[{"id":"c"}]"#).await, 202);
+    for w in &replicas {
+        wait_until(10, "each replica seeing three rows queued", || async {
+            admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
+                .await
+                .1["queue"]["rows"]
+                == 3
+        })
+        .await;
+    }
+    let (status, _) = admin(
+        &replicas[1],
+        reqwest::Method::PATCH,
+        "/admin/pipelines/orders/resume",
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_until(30, "the rows in the table", || async {
+        emu.table("orders").await.len() >= 3
+    })
+    .await;
+    wait_until(10, "the queue drained", || async {
+        admin(
+            &replicas[0],
+            reqwest::Method::GET,
+            "/admin/pipelines/orders",
+        )
+        .await
+        .1["queue"]["rows"]
+            == 0
+    })
+    .await;
+    let mut ids = emu.column("orders", "id").await;
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c"], "the retried rows once each");
+}
