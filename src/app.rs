@@ -87,6 +87,14 @@ impl App {
         };
 
         let budgets = Arc::new(Budgets::persisted(config.data_dir.join("job-budget")));
+        // A team pushed to from a pipeline queued on NATS spends one budget across replicas.
+        for p in &pipelines {
+            if let (crate::config::SinkConfig::Celonis(c), Some(store)) =
+                (&p.config.sink, p.queue().shared_store())
+            {
+                budgets.share(&c.team_key(), store);
+            }
+        }
         let metrics = Arc::new(Metrics::new(Box::new(Collector::new(
             pipelines.clone(),
             budgets.clone(),

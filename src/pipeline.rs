@@ -114,7 +114,7 @@ impl Counters {
 }
 
 /// A pipeline's delivery health, as the worker sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Health {
     /// Delivering normally.
@@ -288,6 +288,10 @@ impl Pipeline {
     /// Delivery health and, when failing, since when (ms since the epoch). After a restart
     /// this is the failure clock restored from `pipeline.json`, until the first run.
     pub fn health(&self) -> (Health, Option<u64>) {
+        // Another replica delivers a shared queue: its health is the pipeline's.
+        if let Some(h) = self.queue.shared_health() {
+            return (h.health, h.failing_since_ms);
+        }
         *lock(&self.health)
     }
 

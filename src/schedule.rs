@@ -545,6 +545,9 @@ pub struct Policy {
     /// How long the pipeline had been failing before this process started (restored from
     /// `pipeline.json`), counted towards `suspend_after`.
     failed_before: Duration,
+    /// When the failure began (ms since the epoch), exactly as restored or first seen, so
+    /// every replica shows the same instant.
+    since_ms: Option<u64>,
 }
 
 impl Policy {
@@ -557,6 +560,7 @@ impl Policy {
             failures: 0,
             failing_since: None,
             failed_before: Duration::ZERO,
+            since_ms: None,
         }
     }
 
@@ -567,6 +571,7 @@ impl Policy {
             self.health = Health::Failing;
             self.failing_since = Some(Instant::now());
             self.failed_before = Duration::from_millis(now_ms().saturating_sub(since_ms));
+            self.since_ms = Some(since_ms);
         }
         self
     }
@@ -586,6 +591,7 @@ impl Policy {
         self.failures = 0;
         self.failing_since = None;
         self.failed_before = Duration::ZERO;
+        self.since_ms = None;
     }
 
     /// Records a failed run at `now`; returns how long to wait before the next attempt.
@@ -594,6 +600,9 @@ impl Policy {
     pub fn on_failure(&mut self, now: Instant, asked: Option<Duration>) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let since = *self.failing_since.get_or_insert(now);
+        self.since_ms.get_or_insert_with(|| {
+            now_ms().saturating_sub(Instant::now().saturating_duration_since(now).as_millis() as u64)
+        });
         if now.duration_since(since) + self.failed_before >= self.suspend_after {
             self.health = Health::Suspended;
             self.max.max(asked.unwrap_or_default())
@@ -601,6 +610,29 @@ impl Policy {
             self.health = Health::Failing;
             backoff(self.failures, self.initial, self.max, asked)
         }
+    }
+
+    /// Takes on the health the replica that delivers a shared queue published, so a
+    /// takeover continues its failure clock (and a SUSPENDED pipeline stays suspended).
+    pub fn adopt(&mut self, shared: crate::queue::SharedHealth) {
+        match shared.failing_since_ms {
+            None => self.on_success(),
+            Some(since_ms) => {
+                self.health = match shared.health {
+                    Health::Active => Health::Failing,
+                    h => h,
+                };
+                self.failures = self.failures.max(1);
+                self.failing_since = Some(Instant::now());
+                self.failed_before = Duration::from_millis(now_ms().saturating_sub(since_ms));
+                self.since_ms = Some(since_ms);
+            }
+        }
+    }
+
+    /// When the current failure began, ms since the epoch.
+    pub fn failing_since_ms(&self) -> Option<u64> {
+        self.since_ms
     }
 
     /// Rows the next run may take: one small probe while SUSPENDED.
@@ -843,6 +875,7 @@ impl Scheduler {
                 retry_at: None,
                 due: None,
                 carry: Carry::default(),
+                shared: None,
             };
             let stopped = Arc::new(Mutex::new(None));
             worker_errors.insert(p.name().to_owned(), stopped.clone());
@@ -886,6 +919,8 @@ struct Worker {
     /// `schedule = "continuous"`: when the queued rows ask for a run (see [`commit_due`]).
     due: Option<Instant>,
     carry: Carry,
+    /// The health last shared with the other replicas (a shared queue).
+    shared: Option<crate::queue::SharedHealth>,
 }
 
 impl Worker {
@@ -960,6 +995,10 @@ impl Worker {
     /// One delivery run under the failure policy.
     async fn attempt(&mut self) -> RunReport {
         let cfg = &self.pipeline.config;
+        // While another replica delivers, its health is ours, should we take over.
+        if let Some(shared) = self.pipeline.queue().shared_health() {
+            self.policy.adopt(shared);
+        }
         let report = run_once(
             &self.pipeline,
             &self.sink,
@@ -974,6 +1013,12 @@ impl Worker {
                     pipeline: cfg.name.clone(),
                 })
                 .observe(report.duration_ms as f64 / 1000.0);
+        }
+        if report.outcome == Outcome::Standby {
+            // The holder retries on its own clock; this replica checks again on the schedule.
+            self.retry_at = None;
+            self.record(&report);
+            return report;
         }
         let before = self.policy.health();
         if report.outcome == Outcome::Failed {
@@ -991,17 +1036,32 @@ impl Worker {
         if before != after {
             tracing::warn!(from = ?before, to = ?after, "pipeline state changed");
         }
-        let since_ms = self.policy.failing_since().map(|t| {
-            now_ms().saturating_sub(Instant::now().saturating_duration_since(t).as_millis() as u64)
-        });
-        self.pipeline.set_health(after, since_ms);
+        self.pipeline
+            .set_health(after, self.policy.failing_since_ms());
+        let (health, failing_since_ms) = self.pipeline.health();
+        let shared = crate::queue::SharedHealth {
+            health,
+            failing_since_ms,
+        };
+        if self.shared != Some(shared) {
+            match self.pipeline.queue().share_health(shared).await {
+                Ok(()) => self.shared = Some(shared),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sharing the delivery health failed; retried after the next run");
+                }
+            }
+        }
+        self.record(&report);
+        report
+    }
+
+    /// Keeps `report` among the recent runs.
+    fn record(&self, report: &RunReport) {
         let mut runs = lock(&self.last_run);
         if runs.len() == RECENT_RUNS {
             runs.pop_front();
         }
         runs.push_back(report.clone());
-        drop(runs);
-        report
     }
 
     async fn command(&mut self, command: Command) {
@@ -1287,6 +1347,7 @@ mod tests {
             failures: 0,
             failing_since: None,
             failed_before: Duration::ZERO,
+            since_ms: None,
         }
     }
 
@@ -1314,6 +1375,30 @@ mod tests {
             "a success clears the old clock"
         );
         assert!(policy(10, 60, 3600).resumed(None).failing_since().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_taking_over_continues_the_shared_failure_and_suspension() {
+        let since = now_ms() - 3_000_000;
+        let mut p = policy(10, 60, 3600);
+        p.adopt(crate::queue::SharedHealth {
+            health: Health::Suspended,
+            failing_since_ms: Some(since),
+        });
+        assert_eq!(p.health(), Health::Suspended);
+        assert_eq!(p.batch_size(500), 1, "still probing with one row");
+        assert_eq!(
+            p.failing_since_ms(),
+            Some(since),
+            "the same instant, exactly"
+        );
+        p.on_failure(Instant::now(), None);
+        assert_eq!(p.failing_since_ms(), Some(since));
+        p.adopt(crate::queue::SharedHealth {
+            health: Health::Active,
+            failing_since_ms: None,
+        });
+        assert_eq!((p.health(), p.failing_since_ms()), (Health::Active, None));
     }
 
     #[tokio::test(start_paused = true)]

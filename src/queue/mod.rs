@@ -164,6 +164,25 @@ pub trait Queue: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// The delivery health the replica that delivers shared, while another replica delivers
+    /// (a shared queue); `None` while this process delivers, and for a queue it owns.
+    fn shared_health(&self) -> Option<SharedHealth> {
+        None
+    }
+
+    /// Shares this process's delivery health with the other replicas (a no-op for a queue
+    /// this process owns).
+    fn share_health(&self, health: SharedHealth) -> BoxFuture<'_, Result<(), QueueError>> {
+        let _ = health;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A key-value store every process using this queue shares (for a team's job budget),
+    /// or `None` for a queue this process owns.
+    fn shared_store(&self) -> Option<std::sync::Arc<dyn SharedStore>> {
+        None
+    }
+
     /// Makes rows from `from` on deliverable again (those still retained).
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
         let _ = from;
@@ -184,6 +203,36 @@ pub trait Queue: Send + Sync + 'static {
     fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// A pipeline's delivery health as the replica that delivers shares it, so every replica
+/// shows, and a replica that takes over continues, the same FAILING/SUSPENDED clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedHealth {
+    pub health: crate::pipeline::Health,
+    /// When the current run of failures began (ms since the epoch).
+    pub failing_since_ms: Option<u64>,
+}
+
+/// A record of a [`SharedStore`]: its value and its revision.
+pub type Revisioned = (Vec<u8>, u64);
+
+/// Records every process using a shared queue reads and writes with compare-and-swap.
+pub trait SharedStore: Send + Sync + 'static {
+    /// The value of `key` and its revision, or `None` when it was never written.
+    fn load(&self, key: String) -> BoxFuture<'_, Result<Option<Revisioned>, QueueError>>;
+
+    /// Writes `value` if `key` is still at `revision` (0: never written). `Ok(false)` when
+    /// another process wrote it first: load it again and retry.
+    fn store(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+
+    /// Where the records live, for messages.
+    fn describe(&self) -> String;
 }
 
 impl PushError {

@@ -41,7 +41,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats};
+use super::{
+    BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, SharedHealth,
+    SharedStore,
+};
 use crate::config::{NatsAuth, NatsQueueConfig};
 use crate::row::Row;
 use crate::sync::lock;
@@ -104,6 +107,8 @@ struct Cache {
     lease: Option<u64>,
     /// The pause flag of the state bucket, as last read.
     paused: bool,
+    /// The delivery health the lease holder shared, as last read.
+    health: Option<SharedHealth>,
     /// Rows and bytes of pushes checked against the bounds but not yet acknowledged.
     reserved: (u64, u64),
 }
@@ -125,6 +130,8 @@ pub struct NatsQueue {
     url: String,
     lease_bucket: kv::Store,
     state_bucket: kv::Store,
+    /// Records shared by every pipeline on this NATS (the teams' job budgets).
+    shared_bucket: kv::Store,
     /// This process, as the lease names it.
     holder: String,
     capacity_rows: u64,
@@ -141,6 +148,19 @@ const LEASE_KEY: &str = "delivery";
 const IN_FLIGHT_KEY: &str = "in-flight";
 const PAUSED_KEY: &str = "paused";
 const CURSOR_KEY: &str = "cursor";
+const HEALTH_KEY: &str = "health";
+
+/// The bucket of records every pipeline on the same NATS shares: each Celonis team's job
+/// budget.
+pub const SHARED_BUCKET: &str = "WEIR_shared";
+
+/// The health record as the state bucket keeps it.
+#[derive(Serialize, Deserialize)]
+struct StoredHealth {
+    v: u32,
+    #[serde(flatten)]
+    health: SharedHealth,
+}
 
 async fn connect(cfg: &NatsQueueConfig, name: &str) -> anyhow::Result<async_nats::Client> {
     let mut opts = async_nats::ConnectOptions::new()
@@ -230,7 +250,23 @@ impl NatsQueue {
             .create_or_update_key_value(bucket("state", Duration::ZERO))
             .await
             .map_err(|e| anyhow::anyhow!("opening the state bucket on NATS at {}: {e}", cfg.url))?;
+        let shared_bucket = js
+            .create_or_update_key_value(kv::Config {
+                bucket: SHARED_BUCKET.to_owned(),
+                history: 1,
+                num_replicas: cfg.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the {SHARED_BUCKET} bucket on NATS at {}: {e}",
+                    cfg.url
+                )
+            })?;
         let q = NatsQueue {
+            shared_bucket,
             js,
             stream,
             subject,
@@ -462,9 +498,35 @@ impl NatsQueue {
         Ok(())
     }
 
+    /// Reads the pause flag and the lease holder's health.
     async fn load_paused(&self) -> Result<(), QueueError> {
         let stored = self.state_bucket.get(PAUSED_KEY).await.map_err(Self::io)?;
         lock(&self.cache).paused = stored.is_some_and(|b| b.as_ref() == b"true");
+        let health = match self.state_bucket.get(HEALTH_KEY).await.map_err(Self::io)? {
+            Some(b) if !b.is_empty() => match serde_json::from_slice::<StoredHealth>(&b) {
+                Ok(h) if h.v == 1 => Some(h.health),
+                Ok(h) => {
+                    tracing::warn!(url = %self.url, version = h.v, "the shared health record is of a newer version; shown as unknown");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(url = %self.url, error = %e, "the shared health record is unreadable; shown as unknown");
+                    None
+                }
+            },
+            _ => None,
+        };
+        lock(&self.cache).health = health;
+        Ok(())
+    }
+
+    async fn store_health(&self, health: SharedHealth) -> Result<(), QueueError> {
+        let value = serde_json::to_vec(&StoredHealth { v: 1, health }).map_err(Self::io)?;
+        self.state_bucket
+            .put(HEALTH_KEY, Bytes::from(value))
+            .await
+            .map_err(Self::io)?;
+        lock(&self.cache).health = Some(health);
         Ok(())
     }
 
@@ -1048,6 +1110,26 @@ impl Queue for NatsQueue {
         Box::pin(self.store_paused(paused))
     }
 
+    fn shared_health(&self) -> Option<SharedHealth> {
+        let cache = lock(&self.cache);
+        if cache.lease.is_some() {
+            None
+        } else {
+            cache.health
+        }
+    }
+
+    fn share_health(&self, health: SharedHealth) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.store_health(health))
+    }
+
+    fn shared_store(&self) -> Option<Arc<dyn SharedStore>> {
+        Some(Arc::new(KvStore {
+            bucket: self.shared_bucket.clone(),
+            url: self.url.clone(),
+        }))
+    }
+
     /// Moves the delivery cursor back to `from` (stream sequence `from + 1`); never forward.
     /// Returns the rows queued afterwards.
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
@@ -1070,6 +1152,47 @@ impl Queue for NatsQueue {
             }
             self.release().await
         })
+    }
+}
+
+/// A bucket of [`SHARED_BUCKET`], as a [`SharedStore`].
+struct KvStore {
+    bucket: kv::Store,
+    url: String,
+}
+
+impl SharedStore for KvStore {
+    fn load(&self, key: String) -> BoxFuture<'_, Result<Option<super::Revisioned>, QueueError>> {
+        Box::pin(async move {
+            let entry = self.bucket.entry(&key).await.map_err(NatsQueue::io)?;
+            Ok(entry.map(|e| {
+                let value = if e.operation == kv::Operation::Put {
+                    e.value.to_vec()
+                } else {
+                    Vec::new()
+                };
+                (value, e.revision)
+            }))
+        })
+    }
+
+    fn store(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        Box::pin(async move {
+            match self.bucket.update(&key, Bytes::from(value), revision).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(NatsQueue::io(e)),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("the {SHARED_BUCKET} bucket on NATS at {}", self.url)
     }
 }
 

@@ -5,6 +5,10 @@
 //! so a restart mid-hour never allows more than M. The budget also holds the team's "not
 //! before" instant: after a 429 with `Retry-After`, no call of any kind goes to the team
 //! until it has passed.
+//!
+//! When the team's pipelines queue on NATS (several replicas), the hour's count, the last
+//! second's submissions and the "not before" instant live in one record of the shared
+//! bucket instead, taken with compare-and-swap, so every replica spends one budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::CelonisLimits;
+use crate::queue::SharedStore;
 use crate::sync::lock;
 
 /// The wall clock, injectable so the hour window can be tested.
@@ -28,7 +33,34 @@ pub struct JobBudget {
     clock: Clock,
     /// Where the hour's count is persisted; `None` keeps it in memory only.
     file: Option<PathBuf>,
+    /// The team's record in a store every replica shares, and its key (instead of `file`).
+    shared: Option<(Arc<dyn SharedStore>, String)>,
     state: Mutex<State>,
+}
+
+/// The version of the shared record this weir writes.
+const SHARED_VERSION: u32 = 1;
+
+/// Compare-and-swap attempts per acquire before it waits a moment and tries again.
+const CAS_ATTEMPTS: usize = 16;
+
+/// How often a shared budget reads the record for what it shows (`remaining_this_hour`).
+const SHARED_REFRESH: Duration = Duration::from_secs(2);
+
+/// The team's budget as the shared bucket keeps it. Times are wall-clock milliseconds, as
+/// every replica reads the same record.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SharedRecord {
+    v: u32,
+    /// The UTC hour `used` counts for (hours since the epoch).
+    hour: u64,
+    used: u32,
+    /// Submissions of the last second.
+    #[serde(default)]
+    recent_ms: Vec<u64>,
+    /// No job is created for the team before this (a server-requested wait).
+    #[serde(default)]
+    not_before_ms: u64,
 }
 
 #[derive(Default)]
@@ -60,8 +92,39 @@ impl JobBudget {
             limits,
             clock,
             file: None,
+            shared: None,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// A budget kept in `store` under `key`, which every replica opening the same record
+    /// shares. What it shows is read again every [`SHARED_REFRESH`] while it lives.
+    pub fn shared(
+        limits: CelonisLimits,
+        clock: Clock,
+        store: Arc<dyn SharedStore>,
+        key: String,
+    ) -> Arc<JobBudget> {
+        let budget = Arc::new(JobBudget {
+            shared: Some((store, key)),
+            ..JobBudget::with_clock(limits, clock)
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&budget);
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(SHARED_REFRESH).await;
+                    let Some(b) = weak.upgrade() else { return };
+                    let Some((store, key)) = &b.shared else {
+                        return;
+                    };
+                    if let Err(e) = b.load_shared(store.as_ref(), key).await {
+                        tracing::debug!(error = %e, "reading the shared job budget failed");
+                    }
+                }
+            });
+        }
+        budget
     }
 
     /// A budget whose hour count lives in `file` (created on the first job). Every budget
@@ -77,7 +140,11 @@ impl JobBudget {
     /// when the count cannot be persisted: then no job may be created.
     pub async fn acquire(&self) -> std::io::Result<()> {
         loop {
-            match self.try_acquire()? {
+            let next = match &self.shared {
+                Some((store, key)) => self.try_acquire_shared(store.as_ref(), key).await?,
+                None => self.try_acquire()?,
+            };
+            match next {
                 Ok(()) => return Ok(()),
                 Err(wait) => {
                     tracing::info!(
@@ -138,13 +205,113 @@ impl JobBudget {
         Ok(Ok(()))
     }
 
-    /// Holds every call to the team for `wait` (longer waits already set are kept).
+    /// Holds every call to the team for `wait` (longer waits already set are kept). A
+    /// shared budget also holds the other replicas' job creation for it.
     pub fn defer(&self, wait: Duration) {
         let now = Instant::now();
         let wait = wait.min(super::MAX_RETRY_AFTER);
         let at = now.checked_add(wait).unwrap_or(now);
         let mut s = lock(&self.state);
         s.not_before = Some(s.not_before.map_or(at, |t| t.max(at)));
+        drop(s);
+        if let Some((store, key)) = &self.shared
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, key) = (store.clone(), key.clone());
+            let until_ms = self.wall_ms().saturating_add(wait.as_millis() as u64);
+            rt.spawn(async move {
+                if let Err(e) = share_not_before(store.as_ref(), &key, until_ms).await {
+                    tracing::warn!(error = %e, "sharing the team's wait with the other replicas failed");
+                }
+            });
+        }
+    }
+
+    fn wall_ms(&self) -> u64 {
+        (self.clock)()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64
+    }
+
+    /// [`JobBudget::try_acquire`] against the shared record: takes one submission with
+    /// compare-and-swap, or says how long to wait for one. Fails when the store cannot be
+    /// read or written: then no job may be created.
+    async fn try_acquire_shared(
+        &self,
+        store: &dyn SharedStore,
+        key: &str,
+    ) -> std::io::Result<Result<(), Duration>> {
+        let now = Instant::now();
+        if let Some(at) = lock(&self.state).not_before
+            && at > now
+        {
+            return Ok(Err(at - now));
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let wall = self.wall_ms();
+            let hour = wall / 3_600_000;
+            let until_next_hour =
+                Duration::from_millis((hour + 1) * 3_600_000 - wall).max(Duration::from_millis(10));
+            let Some((mut rec, revision)) = read_shared(store, key).await? else {
+                return Ok(Err(until_next_hour));
+            };
+            if rec.not_before_ms > wall {
+                return Ok(Err(Duration::from_millis(rec.not_before_ms - wall)));
+            }
+            if rec.hour != hour {
+                rec.hour = hour;
+                rec.used = 0;
+            }
+            self.note_used(hour, rec.used);
+            if rec.used >= self.limits.jobs_per_hour {
+                return Ok(Err(until_next_hour));
+            }
+            rec.recent_ms
+                .retain(|&t| t + 1000 > wall && t <= wall + 1000);
+            if rec.recent_ms.len() as u32 >= self.limits.jobs_per_second {
+                let oldest = rec.recent_ms.iter().copied().min().unwrap_or(wall);
+                return Ok(Err(Duration::from_millis(
+                    (oldest + 1000).saturating_sub(wall).max(1),
+                )));
+            }
+            rec.v = SHARED_VERSION;
+            rec.used += 1;
+            rec.recent_ms.push(wall);
+            let value = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+            if store
+                .store(key.to_owned(), value, revision)
+                .await
+                .map_err(std::io::Error::other)?
+            {
+                self.note_used(hour, rec.used);
+                return Ok(Ok(()));
+            }
+        }
+        // Other replicas won every attempt: try again in a moment.
+        Ok(Err(Duration::from_millis(20)))
+    }
+
+    /// Reads the shared record into what this budget shows.
+    async fn load_shared(&self, store: &dyn SharedStore, key: &str) -> std::io::Result<()> {
+        let hour = self.wall_ms() / 3_600_000;
+        let used = match read_shared(store, key).await? {
+            Some((rec, _)) if rec.hour == hour => rec.used,
+            Some(_) => 0,
+            None => self.limits.jobs_per_hour,
+        };
+        self.note_used(hour, used);
+        Ok(())
+    }
+
+    /// Records that `used` submissions of `hour` are spent (as the shared record says).
+    fn note_used(&self, hour: u64, used: u32) {
+        let mut s = lock(&self.state);
+        if s.hour != hour {
+            s.hour = hour;
+            s.used_this_hour = 0;
+        }
+        s.used_this_hour = s.used_this_hour.max(used);
     }
 
     /// Whether the team asked to wait and the wait is not over.
@@ -183,6 +350,69 @@ impl JobBudget {
         };
         self.limits.jobs_per_hour.saturating_sub(used)
     }
+}
+
+/// The team's shared record and its revision (a fresh record at revision 0 when there is
+/// none), or `None` when it is of an unknown version or unreadable: that hour counts as
+/// spent, as for the file.
+async fn read_shared(
+    store: &dyn SharedStore,
+    key: &str,
+) -> std::io::Result<Option<(SharedRecord, u64)>> {
+    let fresh = SharedRecord {
+        v: SHARED_VERSION,
+        ..SharedRecord::default()
+    };
+    let Some((bytes, revision)) = store
+        .load(key.to_owned())
+        .await
+        .map_err(std::io::Error::other)?
+    else {
+        return Ok(Some((fresh, 0)));
+    };
+    if bytes.is_empty() {
+        return Ok(Some((fresh, revision)));
+    }
+    match serde_json::from_slice::<SharedRecord>(&bytes) {
+        Ok(r) if r.v == SHARED_VERSION => Ok(Some((r, revision))),
+        Ok(r) => {
+            tracing::warn!(store = %store.describe(), key, version = r.v, "shared job budget of an unknown version; treating this hour as spent");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!(store = %store.describe(), key, error = %e, "shared job budget unreadable; treating this hour as spent");
+            Ok(None)
+        }
+    }
+}
+
+/// Holds job creation for the team on every replica until `until_ms` (wall clock).
+async fn share_not_before(
+    store: &dyn SharedStore,
+    key: &str,
+    until_ms: u64,
+) -> std::io::Result<()> {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((mut rec, revision)) = read_shared(store, key).await? else {
+            return Ok(());
+        };
+        if rec.not_before_ms >= until_ms {
+            return Ok(());
+        }
+        rec.v = SHARED_VERSION;
+        rec.not_before_ms = until_ms;
+        let value = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+        if store
+            .store(key.to_owned(), value, revision)
+            .await
+            .map_err(std::io::Error::other)?
+        {
+            return Ok(());
+        }
+    }
+    Err(std::io::Error::other(
+        "other replicas kept writing the shared record",
+    ))
 }
 
 /// Jobs the file says were created in `hour`. A file that cannot be read or is of an
@@ -228,22 +458,39 @@ fn write_file(file: &Path, hour: u64, used: u32) -> std::io::Result<()> {
 
 /// One budget per team, created on first use; and one upload rate per team for continuous
 /// sinks, which spend no job budget.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct Budgets {
     teams: Mutex<HashMap<String, Arc<JobBudget>>>,
     uploads: Mutex<HashMap<String, Arc<JobBudget>>>,
     /// Where each team's hour count is persisted; `None` keeps counts in memory.
     dir: Option<PathBuf>,
+    /// Teams whose budget lives in a store several replicas share.
+    shared: Mutex<HashMap<String, Arc<dyn SharedStore>>>,
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budgets")
+            .field("teams", &self.teams)
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 impl Budgets {
     /// Budgets whose hour counts persist in `dir` (one file per team).
     pub fn persisted(dir: PathBuf) -> Budgets {
         Budgets {
-            teams: Mutex::default(),
-            uploads: Mutex::default(),
             dir: Some(dir),
+            ..Budgets::default()
         }
+    }
+
+    /// Keeps `team`'s budget in `store`, shared with every replica that does the same
+    /// (a pipeline queued on NATS); called before the team's budget is first taken. The
+    /// first store named for a team is kept.
+    pub fn share(&self, team: &str, store: Arc<dyn SharedStore>) {
+        lock(&self.shared).entry(team.to_owned()).or_insert(store);
     }
 
     /// The team's continuous upload rate: `per_second` uploads in any second, no hourly
@@ -265,6 +512,14 @@ impl Budgets {
         teams
             .entry(team.to_owned())
             .or_insert_with(|| {
+                if let Some(store) = lock(&self.shared).get(team) {
+                    return JobBudget::shared(
+                        limits,
+                        Arc::new(SystemTime::now),
+                        store.clone(),
+                        shared_key(team),
+                    );
+                }
                 Arc::new(match &self.dir {
                     Some(dir) => JobBudget::persisted(
                         limits,
@@ -287,6 +542,16 @@ impl Budgets {
         out.sort();
         out
     }
+}
+
+/// The key of a team's record in the shared bucket: `job-budget.` and the team's key with
+/// every character but letters and digits replaced.
+pub fn shared_key(team: &str) -> String {
+    let name: String = team
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("job-budget.{name}")
 }
 
 /// The file of a team's budget: its key with every character but letters and digits replaced.
@@ -453,5 +718,123 @@ mod tests {
         assert!(budget.try_acquire().unwrap().is_ok());
         // A huge wait does not overflow the clock.
         budget.defer(Duration::MAX);
+    }
+
+    /// A shared store in memory with compare-and-swap, which yields inside every call so
+    /// concurrent acquires interleave as they would over the network.
+    #[derive(Default)]
+    struct MemStore(Mutex<HashMap<String, (Vec<u8>, u64)>>);
+
+    impl SharedStore for MemStore {
+        fn load(
+            &self,
+            key: String,
+        ) -> crate::queue::BoxFuture<
+            '_,
+            Result<Option<crate::queue::Revisioned>, crate::queue::QueueError>,
+        > {
+            Box::pin(async move {
+                let value = lock(&self.0).get(&key).cloned();
+                tokio::task::yield_now().await;
+                Ok(value)
+            })
+        }
+
+        fn store(
+            &self,
+            key: String,
+            value: Vec<u8>,
+            revision: u64,
+        ) -> crate::queue::BoxFuture<'_, Result<bool, crate::queue::QueueError>> {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                let mut map = lock(&self.0);
+                let current = map.get(&key).map_or(0, |(_, r)| *r);
+                if current != revision {
+                    return Ok(false);
+                }
+                map.insert(key, (value, current + 1));
+                Ok(true)
+            })
+        }
+
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    fn wall_clock_at(secs: u64) -> Clock {
+        Arc::new(move || UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replicas_sharing_a_record_never_exceed_the_hour_budget_together() {
+        let store: Arc<dyn SharedStore> = Arc::new(MemStore::default());
+        // Mid-hour, so the test never sees the hour turn.
+        let clock = wall_clock_at(1_700_000_000 / 3600 * 3600 + 1800);
+        let replicas: Vec<Arc<JobBudget>> = (0..3)
+            .map(|_| {
+                JobBudget::shared(
+                    limits(100, 5),
+                    clock.clone(),
+                    store.clone(),
+                    shared_key("acme:443"),
+                )
+            })
+            .collect();
+        let tries: Vec<_> = (0..30)
+            .map(|i| {
+                let b = replicas[i % 3].clone();
+                tokio::spawn(async move {
+                    let (store, key) = b.shared.clone().unwrap();
+                    b.try_acquire_shared(store.as_ref(), &key).await.unwrap()
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        for t in tries {
+            if t.await.unwrap().is_ok() {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 5, "five submissions for the three together");
+        for b in &replicas {
+            let (store, key) = b.shared.clone().unwrap();
+            b.load_shared(store.as_ref(), &key).await.unwrap();
+            assert_eq!(b.remaining_this_hour(), 0, "every replica shows the same");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_asked_of_one_replica_holds_the_others_and_an_unknown_record_spends_the_hour() {
+        let store: Arc<dyn SharedStore> = Arc::new(MemStore::default());
+        let clock = wall_clock_at(1_700_000_000 / 3600 * 3600 + 1800);
+        let key = shared_key("acme:443");
+        let a = JobBudget::shared(limits(100, 50), clock.clone(), store.clone(), key.clone());
+        let b = JobBudget::shared(limits(100, 50), clock.clone(), store.clone(), key.clone());
+        share_not_before(
+            store.as_ref(),
+            &key,
+            1_700_000_000 / 3600 * 3600 * 1000 + 1_830_000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            b.try_acquire_shared(store.as_ref(), &key).await.unwrap(),
+            Err(Duration::from_secs(30)),
+            "the other replica waits as long as the team asked"
+        );
+        drop(a);
+
+        store
+            .store(key.clone(), br#"{"v":2,"hour":0,"used":0}"#.to_vec(), 1)
+            .await
+            .unwrap();
+        let wait = b.try_acquire_shared(store.as_ref(), &key).await.unwrap();
+        assert_eq!(
+            wait,
+            Err(Duration::from_secs(1800)),
+            "a record of a newer weir spends the hour"
+        );
     }
 }

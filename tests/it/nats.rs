@@ -744,3 +744,212 @@ async fn a_retry_with_the_same_idempotency_key_on_another_replica_is_stored_once
     ids.sort();
     assert_eq!(ids, ["a", "b", "c"], "the retried rows once each");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_shows_the_holders_failure_and_a_takeover_keeps_its_clock() {
+    let nats = nats().await;
+    let emu = emulator().await;
+    emu.fault(serde_json::json!({"status": 500, "count": 100000}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas: Vec<Option<Weir>> = three_replicas(dir.path(), &nats, &emu)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let resp = client()
+        .post(format!(
+            "{}/hooks/orders",
+            replicas[0].as_ref().unwrap().base
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"id":"a"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    let view = |w: &Weir| {
+        let w = w.admin.clone().unwrap();
+        async move {
+            client()
+                .get(format!("{w}/admin/pipelines/orders"))
+                .bearer_auth(WRITE_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let mut since = None;
+    for w in replicas.iter().flatten() {
+        wait_until(30, "every replica showing FAILING", || async {
+            view(w).await["state"] == "FAILING"
+        })
+        .await;
+        let v = view(w).await;
+        let here = v["failing_since"].as_str().map(str::to_owned);
+        assert!(here.is_some(), "{v}");
+        assert!(since.is_none() || since == here, "one failure clock: {v}");
+        since = here;
+    }
+
+    let holder = replicas
+        .iter()
+        .position(|w| {
+            w.as_ref()
+                .is_some_and(|w| logged(w, "took the delivery lease"))
+        })
+        .expect("a replica holds the lease");
+    replicas[holder].take().unwrap().kill();
+    // Another replica takes over and fails too: it continues the failure, not a new one.
+    wait_until(30, "a new holder's failed run", || async {
+        for w in replicas.iter().flatten() {
+            if view(w).await["counters"]["failed_runs"].as_u64() > Some(0) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    for w in replicas.iter().flatten() {
+        let v = view(w).await;
+        assert_eq!(v["state"], "FAILING", "{v}");
+        assert_eq!(
+            v["failing_since"].as_str().map(str::to_owned),
+            since,
+            "the failure clock survives the takeover: {v}"
+        );
+    }
+
+    emu.clear_faults().await;
+    wait_until(30, "the row delivered", || async {
+        emu.table("orders").await.len() == 1
+    })
+    .await;
+    for w in replicas.iter().flatten() {
+        wait_until(10, "every replica showing ACTIVE again", || async {
+            view(w).await["state"] == "ACTIVE"
+        })
+        .await;
+    }
+}
+
+/// Replica `n` of the budget test: a pipeline of its own (`orders{n}` on its own stream, so
+/// this replica alone delivers it) pushing to the one team all three share, which allows
+/// `jobs_per_hour` jobs.
+fn budget_replica(
+    dir: &std::path::Path,
+    n: usize,
+    nats: &Nats,
+    emu: &TestEmulator,
+    jobs_per_hour: u32,
+) -> Weir {
+    let data = dir.join(format!("replica-{n}"));
+    std::fs::create_dir_all(&data).unwrap();
+    let text = format!(
+        r#"
+data_dir = "{data}"
+
+[server]
+listen = "127.0.0.1:0"
+
+[celonis]
+jobs_per_hour = {jobs_per_hour}
+
+[[pipelines]]
+name = "orders{n}"
+queue = {{ kind = "nats", url = "{url}", stream = "WEIR_orders{n}", lease_ttl = "2s" }}
+schedule = "1s"
+
+[pipelines.sink]
+kind = "celonis"
+url = "{emu}"
+data_pool_id = "8f2c1f9e-0000-4000-8000-000000000001"
+target_name = "orders"
+app_key = "test-key"
+{ADMIN}
+"#,
+        data = data.display(),
+        url = nats.url,
+        emu = emu.base,
+    );
+    let path = data.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    Weir::start(&path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_pushing_to_one_team_never_exceed_its_job_budget_together() {
+    let nats = nats().await;
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hour = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 3600
+    };
+    let started_in = hour();
+    let replicas: Vec<Weir> = (0..3)
+        .map(|n| budget_replica(dir.path(), n, &nats, &emu, 4))
+        .collect();
+    let post = |n: usize, round: usize| {
+        let url = format!("{}/hooks/orders{n}", replicas[n].base);
+        async move {
+            let resp = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"id":"{n}-{round}"}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+        }
+    };
+    // Round one: each replica delivers its row, three jobs of the four.
+    for n in 0..3 {
+        post(n, 0).await;
+    }
+    wait_until(30, "three rows in the table", || async {
+        emu.table("orders").await.len() == 3
+    })
+    .await;
+    // Round two: one job is left for the three of them.
+    for n in 0..3 {
+        post(n, 1).await;
+    }
+    wait_until(
+        30,
+        "one more row delivered, two replicas waiting",
+        || async {
+            emu.table("orders").await.len() == 4
+                && replicas
+                    .iter()
+                    .filter(|w| logged(w, "job budget spent, waiting"))
+                    .count()
+                    >= 2
+        },
+    )
+    .await;
+    // Round three: the replica that took the last job has rows again and waits too.
+    for n in 0..3 {
+        post(n, 2).await;
+    }
+    wait_until(30, "every replica waiting for the budget", || async {
+        replicas
+            .iter()
+            .all(|w| logged(w, "job budget spent, waiting"))
+    })
+    .await;
+    let jobs = emu.jobs().await;
+    if hour() == started_in {
+        assert_eq!(jobs.len(), 4, "one budget for the team: {jobs:?}");
+        assert_eq!(emu.table("orders").await.len(), 4);
+    } else {
+        // The UTC hour turned during the test: the budget renewed, as it should.
+        assert!(jobs.len() <= 8, "{jobs:?}");
+    }
+}
