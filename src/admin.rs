@@ -345,6 +345,23 @@ fn find_token<'a>(tokens: &'a [AdminToken], presented: &str) -> Option<&'a Admin
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
+    let waiting: Vec<String> = s
+        .order
+        .iter()
+        .filter_map(|name| {
+            let p = s.pipelines.get(name)?;
+            let what = p.queue().waiting_for()?;
+            Some(format!("pipeline {name} waits for {what}"))
+        })
+        .collect();
+    if s.readiness.is_ready() && !waiting.is_empty() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_waiting",
+            waiting.join("; "),
+        )
+        .into_response();
+    }
     if s.readiness.is_ready() && s.runs.workers_running() {
         (StatusCode::OK, "ready").into_response()
     } else if s.readiness.is_ready() {

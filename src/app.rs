@@ -287,7 +287,18 @@ async fn open_queue(
 ) -> anyhow::Result<Arc<dyn Queue>> {
     match cfg {
         QueueConfig::Nats(n) => {
-            let q = Arc::new(crate::queue::nats::NatsQueue::open(name, capacity_rows, n).await?);
+            let q = match crate::queue::nats::NatsQueue::open(name, capacity_rows, n).await {
+                Ok(q) => Arc::new(q),
+                Err(e) if n.wait_for_nats => {
+                    return Ok(crate::queue::waiting::WaitingQueue::start(
+                        name,
+                        capacity_rows,
+                        n,
+                        &e,
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
             q.start_background();
             tracing::info!(url = %n.url, stream = %n.stream, replicas = n.replicas, "NATS queue opened");
             Ok(q)

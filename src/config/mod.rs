@@ -310,6 +310,9 @@ pub struct NatsQueueConfig {
     pub max_bytes: u64,
     /// Create the stream when it does not exist (else refuse to start).
     pub create: bool,
+    /// Start even when NATS cannot be reached: `/readyz` answers 503 and ingest 503 until
+    /// it is, instead of refusing to start.
+    pub wait_for_nats: bool,
     /// How long a replica's delivery lease lasts without renewal.
     pub lease_ttl: Duration,
     /// How long a request waits for JetStream to acknowledge its rows.
@@ -1626,6 +1629,7 @@ impl Validator<'_> {
                 ("stream", q.stream.is_some()),
                 ("replicas", q.replicas.is_some()),
                 ("create", q.create.is_some()),
+                ("wait_for_nats", q.wait_for_nats.is_some()),
                 ("lease_ttl", q.lease_ttl.is_some()),
                 ("publish_timeout", q.publish_timeout.is_some()),
                 ("token", q.token.is_some()),
@@ -1796,6 +1800,7 @@ impl Validator<'_> {
             replicas: replicas as usize,
             max_bytes: self.size(&format!("{qpath}.max_bytes"), q.max_bytes.as_ref(), 1 << 30),
             create: q.create.unwrap_or(true),
+            wait_for_nats: q.wait_for_nats.unwrap_or(false),
             lease_ttl,
             publish_timeout: self.duration(
                 &format!("{qpath}.publish_timeout"),

@@ -241,6 +241,7 @@ pub(super) struct RawQueue {
     pub stream: Option<String>,
     pub replicas: Option<u64>,
     pub create: Option<bool>,
+    pub wait_for_nats: Option<bool>,
     pub lease_ttl: Option<String>,
     pub publish_timeout: Option<String>,
     pub token: Option<String>,

@@ -13,6 +13,7 @@ pub(crate) mod contract;
 pub mod disk;
 pub mod memory;
 pub mod nats;
+pub mod waiting;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -180,6 +181,12 @@ pub trait Queue: Send + Sync + 'static {
     /// A key-value store every process using this queue shares (for a team's job budget),
     /// or `None` for a queue this process owns.
     fn shared_store(&self) -> Option<std::sync::Arc<dyn SharedStore>> {
+        None
+    }
+
+    /// What the queue still waits for before it takes rows (`/readyz` is 503 meanwhile), or
+    /// `None` when it is ready.
+    fn waiting_for(&self) -> Option<String> {
         None
     }
 

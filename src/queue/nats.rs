@@ -1251,6 +1251,7 @@ pub(crate) mod tests {
             replicas: 1,
             max_bytes,
             create: true,
+            wait_for_nats: false,
             lease_ttl: Duration::from_secs(3),
             publish_timeout: Duration::from_secs(5),
             retention: Duration::from_secs(3600),

@@ -953,3 +953,71 @@ async fn three_replicas_pushing_to_one_team_never_exceed_its_job_budget_together
         assert!(jobs.len() <= 8, "{jobs:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_for_nats_weir_starts_unready_and_becomes_ready_when_nats_comes() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let config = replica_on(
+        dir.path(),
+        0,
+        &url,
+        r#"lease_ttl = "2s", wait_for_nats = true"#,
+        &emu,
+        r#"keys = ["id"]"#,
+    );
+    let weir = Weir::start(&config);
+    let admin_url = weir.admin.clone().unwrap();
+    let ready = || async {
+        let resp = client()
+            .get(format!("{admin_url}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    };
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "queue_waiting");
+    assert!(
+        body["message"].as_str().unwrap().contains(&url),
+        "names the URL: {body}"
+    );
+    let post = || async {
+        client()
+            .post(format!("{}/hooks/orders", weir.base))
+            .header("content-type", "application/json")
+            .body(r#"{"id":"a"}"#)
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = post().await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "queue_unavailable", "{body}");
+
+    // NATS comes: weir opens the stream by itself, turns ready and takes rows.
+    let nats_dir = tempfile::tempdir().unwrap();
+    let _nats = Nats {
+        child: nats_server(port, nats_dir.path()).await,
+        url: url.clone(),
+        _dir: nats_dir,
+    };
+    wait_until(30, "/readyz answering 200", || async {
+        ready().await.0 == 200
+    })
+    .await;
+    assert!(logged(&weir, "NATS reached; the queue is open"));
+    let resp = post().await;
+    assert_eq!(resp.status(), 202);
+    wait_until(30, "the row in the table", || async {
+        emu.table("orders").await.len() == 1
+    })
+    .await;
+}
