@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::load::{self, Load, WrkResult};
-use crate::procs::{Memory, Proc, free_addr};
+use crate::procs::{Memory, Proc, free_addr, get_status};
 use crate::report::{
     ApiDelivery, Backlog, Delivery, Ingest, Machine, MemoryResults, Report, Startup, StartupSet,
 };
@@ -58,6 +58,8 @@ enum Target {
     Disk,
     /// weir on a NATS JetStream stream, one nats-server node.
     Nats,
+    /// weir on a stream with three replicas on a three-node NATS cluster.
+    Nats3,
 }
 
 impl Target {
@@ -67,6 +69,7 @@ impl Target {
             Target::Memory => "weir-memory",
             Target::Disk => "weir-disk",
             Target::Nats => "weir-nats",
+            Target::Nats3 => "weir-nats3",
         }
     }
 }
@@ -115,8 +118,8 @@ impl Env {
                     &dir,
                 )?
             }
-            Target::Memory | Target::Disk | Target::Nats => {
-                let nats = match target {
+            Target::Memory | Target::Disk | Target::Nats | Target::Nats3 => {
+                let (nats, nats_url) = match target {
                     Target::Nats => {
                         let naddr = free_addr()?;
                         let store = dir.join("nats");
@@ -130,12 +133,16 @@ impl Env {
                             &dir,
                         )?;
                         n.wait_for_port()?;
-                        Some(n)
+                        let url = format!("nats://{}", n.addr);
+                        (Some(n), Some(url))
                     }
-                    _ => None,
+                    Target::Nats3 => {
+                        let (n, url) = nats_cluster(&dir)?;
+                        (Some(n), Some(url))
+                    }
+                    _ => (None, None),
                 };
                 let config = dir.join("weir.toml");
-                let nats_url = nats.as_ref().map(|n| format!("nats://{}", n.addr));
                 std::fs::write(
                     &config,
                     weir_toml(&dir, addr, target, admin, sink, sink_lines, nats_url),
@@ -153,13 +160,87 @@ impl Env {
             }
         };
         match (quiet, target) {
-            (true, Target::Memory | Target::Disk | Target::Nats) => {
+            (true, Target::Memory | Target::Disk | Target::Nats | Target::Nats3) => {
                 proc.wait_for("/healthz", 200)?
             }
             _ => proc.wait_for("/hooks/bench?OrderId=0", 202)?,
         };
         Ok(proc)
     }
+}
+
+/// Three clustered nats-servers with JetStream on loopback, once JetStream has a meta leader:
+/// node 0, which stops nodes 1 and 2 after itself (its companions), and the client URL of
+/// all three.
+fn nats_cluster(dir: &Path) -> anyhow::Result<(Proc, String)> {
+    let client: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect::<Result<_, _>>()?;
+    let routes: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect::<Result<_, _>>()?;
+    let monitor = free_addr()?;
+    let all_routes = routes
+        .iter()
+        .map(|a| format!("nats://{a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let store = dir.join(format!("nats-{i}"));
+        let (port, store, name, route) = (
+            client[i].port().to_string(),
+            store.to_string_lossy().into_owned(),
+            format!("node-{i}"),
+            format!("nats://{}", routes[i]),
+        );
+        let monitor_port = monitor.port().to_string();
+        let mut args = vec![
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-js",
+            "-sd",
+            &store,
+            "-n",
+            &name,
+            "--cluster_name",
+            "weir-bench",
+            "--cluster",
+            &route,
+            "--routes",
+            &all_routes,
+        ];
+        if i == 0 {
+            args.extend(["-m", &monitor_port]);
+        }
+        let mut n = Proc::spawn(
+            &format!("nats-server-{i}"),
+            Path::new("nats-server"),
+            &args,
+            client[i],
+            dir,
+        )?;
+        n.wait_for_port()?;
+        nodes.push(n);
+    }
+    // JetStream answers once the cluster's meta group has elected a leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_status(monitor, "/healthz").ok() != Some(200) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the NATS cluster's JetStream was not ready within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = client
+        .iter()
+        .map(|a| format!("nats://{a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut last = nodes.pop().expect("three nodes");
+    while let Some(mut n) = nodes.pop() {
+        n.companion = Some(Box::new(last));
+        last = n;
+    }
+    Ok((last, url))
 }
 
 /// The sink lines of every scenario but the API comparison.
@@ -182,11 +263,16 @@ fn weir_toml(
             "{{ kind = \"nats\", url = \"{}\", stream = \"WEIR_bench\", max_bytes = \"8GiB\" }}",
             nats_url.unwrap_or_default()
         ),
+        Target::Nats3 => format!(
+            "{{ kind = \"nats\", url = \"{}\", stream = \"WEIR_bench\", replicas = 3, max_bytes = \"4GiB\" }}",
+            nats_url.unwrap_or_default()
+        ),
         Target::Disk => format!(
             "{{ kind = \"disk\", dir = {:?}, max_bytes = \"64GiB\" }}",
             dir.join("spool").display().to_string()
         ),
-        _ => "{ kind = \"memory\" }".to_owned(),
+        // Far more than a run sends: a full queue's 503 would end the run.
+        _ => "{ kind = \"memory\", max_bytes = \"8GiB\" }".to_owned(),
     };
     let admin = admin.map_or(String::new(), |a| {
         format!(
@@ -338,7 +424,13 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
     for round in 0..rounds {
         for (b, body) in load::bodies().iter().enumerate() {
             let mut results = Vec::new();
-            for target in [Target::Limit, Target::Memory, Target::Disk, Target::Nats] {
+            for target in [
+                Target::Limit,
+                Target::Memory,
+                Target::Disk,
+                Target::Nats,
+                Target::Nats3,
+            ] {
                 let tag = format!("ingest-{}-{b}", target.name());
                 let mut proc = env.start(target, &tag, None, None, true)?;
                 let dir = env.work.join(&tag);
@@ -373,6 +465,7 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
                     prev.memory = best(prev.memory, results[1]);
                     prev.disk = best(prev.disk, results[2]);
                     prev.nats = best(prev.nats, results[3]);
+                    prev.nats3 = best(prev.nats3, results[4]);
                 }
                 None => out.push(Ingest {
                     body: body.name,
@@ -381,6 +474,7 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
                     memory: results[1],
                     disk: results[2],
                     nats: results[3],
+                    nats3: results[4],
                 }),
             }
         }
