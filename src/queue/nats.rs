@@ -29,6 +29,10 @@
 //!   shows it and none delivers (each reads it at least once a second).
 //! - **The batch in flight** is kept in the `{stream}_state` bucket, so the next lease holder
 //!   settles a job the previous one left open instead of pushing its rows again.
+//! - **Dead letters** go to the `{stream}_dead` stream ([`dead::StreamStore`]), so any replica
+//!   downloads and requeues them.
+
+mod dead;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,6 +43,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::dead_letters::DeadLetters;
 use super::{BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats};
 use crate::config::{NatsAuth, NatsQueueConfig};
 use crate::row::Row;
@@ -133,6 +138,8 @@ pub struct NatsQueue {
     retention: Duration,
     cache: Mutex<Cache>,
     pushes: AtomicU64,
+    /// The pipeline's dead letters, shared by every replica.
+    dead: Arc<dead::StreamStore>,
 }
 
 const LEASE_KEY: &str = "delivery";
@@ -228,6 +235,14 @@ impl NatsQueue {
             .create_or_update_key_value(bucket("state", Duration::ZERO))
             .await
             .map_err(|e| anyhow::anyhow!("opening the state bucket on NATS at {}: {e}", cfg.url))?;
+        let dead = dead::StreamStore::open(
+            js.clone(),
+            &cfg.stream,
+            cfg.replicas,
+            &cfg.url,
+            cfg.publish_timeout,
+        )
+        .await?;
         let q = NatsQueue {
             js,
             stream,
@@ -243,6 +258,7 @@ impl NatsQueue {
             retention: cfg.retention,
             cache: Mutex::new(Cache::default()),
             pushes: AtomicU64::new(0),
+            dead: Arc::new(dead),
         };
         q.refresh().await.map_err(|e| {
             anyhow::anyhow!("reading stream {} on NATS at {}: {e}", cfg.stream, cfg.url)
@@ -1007,6 +1023,11 @@ impl Queue for NatsQueue {
     /// Returns the rows queued afterwards.
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
         Box::pin(self.rewind(from))
+    }
+
+    /// The `{stream}_dead` stream: every replica appends to and reads the same dead letters.
+    fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
+        Some(self.dead.clone())
     }
 
     /// At shutdown: writes a cursor whose write failed, then hands the delivery lease back,
