@@ -163,14 +163,15 @@ pub fn describe(c: &Config) -> String {
             QueueConfig::Nats(n) => {
                 let _ = writeln!(
                     w,
-                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}, retention {}",
+                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}, retention {}, dead letters in stream {}",
                     n.url,
                     n.stream,
                     n.replicas,
                     p.queue_capacity,
                     n.max_bytes,
                     humantime::format_duration(n.lease_ttl),
-                    humantime::format_duration(n.retention)
+                    humantime::format_duration(n.retention),
+                    n.dead_letter_stream()
                 );
             }
             QueueConfig::Disk {

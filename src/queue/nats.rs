@@ -237,7 +237,7 @@ impl NatsQueue {
             .map_err(|e| anyhow::anyhow!("opening the state bucket on NATS at {}: {e}", cfg.url))?;
         let dead = dead::StreamStore::open(
             js.clone(),
-            &cfg.stream,
+            cfg.dead_letter_stream(),
             cfg.replicas,
             &cfg.url,
             cfg.publish_timeout,
@@ -1153,6 +1153,42 @@ pub(crate) mod tests {
             .unwrap();
         b.refresh().await.unwrap();
         assert_eq!(b.stats().rows, 1, "every replica sees the same queue");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_go_to_the_stream_named_after_the_queue_and_every_replica_reads_them() {
+        use crate::queue::dead_letters::DeadLetter;
+        let server = server();
+        let cfg = config(&server.url, "WEIR_orders", 1 << 20);
+        let a = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        let b = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        let record = DeadLetter {
+            offset: "7".into(),
+            received_ms: 1,
+            reason: "HTTP 400".into(),
+            row: r#"{"id":"x"}"#.into(),
+        };
+        a.dead_letters()
+            .expect("a shared store")
+            .append(vec![record])
+            .await
+            .unwrap();
+        let dead = a.js.get_stream("WEIR_orders_dead").await.unwrap();
+        let info = dead.get_info().await.unwrap();
+        assert_eq!(info.state.messages, 1);
+        assert_eq!(info.config.subjects, ["WEIR_orders_dead.rows"]);
+        assert_eq!(info.config.num_replicas, cfg.replicas);
+        let listed = b.dead_letters().unwrap().list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].offset.as_str(), listed[0].row.as_str()),
+            ("7", r#"{"id":"x"}"#)
+        );
+        let info = a.stream.get_info().await.unwrap();
+        assert_eq!(
+            info.state.messages, 0,
+            "the rows' stream holds no dead letter"
+        );
     }
 
     #[tokio::test]

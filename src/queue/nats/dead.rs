@@ -105,16 +105,15 @@ pub(super) struct StreamStore {
 }
 
 impl StreamStore {
-    /// Finds or creates `{stream}_dead` with the queue's `replicas`. Dead letters stay until
-    /// they are requeued: the stream has no limits.
+    /// Finds or creates the stream `name` (`{stream}_dead`) with the queue's `replicas`.
+    /// Dead letters stay until they are requeued: the stream has no limits.
     pub(super) async fn open(
         js: jetstream::Context,
-        stream: &str,
+        name: String,
         replicas: usize,
         url: &str,
         publish_timeout: Duration,
     ) -> anyhow::Result<StreamStore> {
-        let name = format!("{stream}_dead");
         let subject = format!("{name}.rows");
         let handle = js
             .get_or_create_stream(stream::Config {
@@ -136,12 +135,6 @@ impl StreamStore {
             url: url.to_owned(),
             publish_timeout,
         })
-    }
-
-    /// The stream's name.
-    #[cfg(test)]
-    pub(super) fn name(&self) -> String {
-        self.subject.trim_end_matches(".rows").to_owned()
     }
 
     fn nats(&self, e: impl std::fmt::Display) -> std::io::Error {
@@ -345,7 +338,7 @@ mod tests {
         let client = async_nats::connect(url).await.unwrap();
         StreamStore::open(
             jetstream::new(client),
-            "WEIR_dl",
+            "WEIR_dl_dead".to_owned(),
             1,
             url,
             Duration::from_secs(2),
@@ -367,7 +360,6 @@ mod tests {
     async fn the_stream_downloads_the_same_csv_the_file_holds_across_pages() {
         let server = server();
         let a = open(&server.url).await;
-        assert_eq!(a.name(), "WEIR_dl_dead");
         assert_eq!(
             downloaded(&a).await,
             "offset,received_at,reason,row\n",
