@@ -9,7 +9,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::pipeline::{Counters, Pipeline};
-use crate::queue::dead_letters::DeadLetter;
+use crate::queue::dead_letters::{DeadLetter, FileStore};
 use crate::queue::{Entry, Offset, PushError, QueueError, now_ms};
 use crate::row::{Kind, Row};
 
@@ -93,6 +93,32 @@ fn records(rows: &[Entry], reason: &str, offset: Option<&str>) -> std::io::Resul
             })
         })
         .collect()
+}
+
+/// Records appended to a shared store per step of an import.
+const IMPORT_PAGE: usize = 1000;
+
+/// At start, for a pipeline whose queue keeps its dead letters (NATS): moves the records of a
+/// `dead-letter.csv` this replica kept before (an older weir, or the same pipeline on a local
+/// queue) into that store, then renames the file to `dead-letter.csv.imported`. A crash
+/// between the two imports them again at the next start (listed twice, never lost). Returns
+/// how many records moved.
+pub async fn import_local_file(p: &Pipeline) -> std::io::Result<u64> {
+    if p.queue().dead_letters().is_none() {
+        return Ok(0);
+    }
+    let file = FileStore::new(p.dead_letter_path());
+    let Some(records) = file.records().await? else {
+        return Ok(0);
+    };
+    let n = records.len() as u64;
+    for page in records.chunks(IMPORT_PAGE) {
+        p.dead_letters().append(page.to_vec()).await?;
+    }
+    let imported = file.path().with_extension("csv.imported");
+    tokio::fs::rename(file.path(), &imported).await?;
+    tracing::info!(pipeline = p.name(), rows = n, file = %imported.display(), "this replica's dead-letter file moved to the shared dead letters");
+    Ok(n)
 }
 
 /// Why dead-lettered rows could not be queued again. The dead letters are unchanged in
@@ -212,5 +238,69 @@ mod tests {
         let json = serde_json::to_string(&row).unwrap();
         assert_eq!(row_from_json(&json).unwrap(), row);
         assert!(row_from_json("[1]").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_replicas_own_dead_letter_file_moves_to_the_shared_store_once_byte_for_byte() {
+        use crate::queue::dead_letters::{DeadLetters, FileStore};
+        use futures_util::StreamExt;
+        let server = crate::queue::nats::tests::server();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"data_dir = "{}"
+[server]
+listen = "127.0.0.1:0"
+[[pipelines]]
+name = "orders"
+schedule = "1h"
+queue = {{ kind = "nats", url = "{}", stream = "WEIR_orders" }}
+[pipelines.sink]
+kind = "http"
+base_url = "http://127.0.0.1:9"
+"#,
+            dir.path().display(),
+            server.url
+        );
+        let config = crate::config::Config::load(&text, &Default::default()).unwrap();
+        let cfg = config.pipelines.into_iter().next().unwrap();
+        let crate::config::QueueConfig::Nats(n) = &cfg.queue else {
+            panic!("a NATS queue")
+        };
+        let queue = crate::queue::nats::NatsQueue::open("orders", 100, n)
+            .await
+            .unwrap();
+        let p = Pipeline::new(cfg, std::sync::Arc::new(queue));
+        assert_eq!(import_local_file(&p).await.unwrap(), 0, "no file");
+
+        // What this replica wrote before its dead letters were shared.
+        let file = FileStore::new(p.dead_letter_path());
+        let entry = |offset, id: &str| Entry {
+            offset,
+            received_ms: 1_764_876_543_210 + offset,
+            row: Row::from_pairs([("id", id), ("note", "a,\"b\"")]).unwrap(),
+        };
+        file.append(records(&[entry(3, "a"), entry(4, "b")], "HTTP 400: \"x\"", None).unwrap())
+            .await
+            .unwrap();
+        let written = std::fs::read(p.dead_letter_path()).unwrap();
+
+        assert_eq!(import_local_file(&p).await.unwrap(), 2);
+        assert!(!p.dead_letter_path().exists());
+        assert!(p.dead_letter_path().with_extension("csv.imported").exists());
+        assert_eq!(import_local_file(&p).await.unwrap(), 0, "moved once");
+        let mut chunks = p.dead_letters().download().await.unwrap();
+        let mut downloaded = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            downloaded.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(
+            String::from_utf8(downloaded).unwrap(),
+            String::from_utf8(written).unwrap()
+        );
+        assert_eq!(requeue(&p, Some(vec![4])).await.unwrap(), 1);
+        let left = p.dead_letters().list().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].offset, "3");
+        assert_eq!(p.queue().stats().rows, 1, "the requeued row is queued");
     }
 }

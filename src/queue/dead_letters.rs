@@ -106,6 +106,40 @@ impl FileStore {
         &self.path
     }
 
+    /// Every record of the file, whole (`None` when there is no file).
+    pub async fn records(&self) -> std::io::Result<Option<Vec<DeadLetter>>> {
+        self.blocking(|path| {
+            if !path.exists() {
+                return Ok(None);
+            }
+            read_records(path)?
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let text = r.get(1).unwrap_or_default();
+                    let at = humantime::parse_rfc3339(text)
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .ok_or_else(|| {
+                            std::io::Error::other(format!(
+                                "{} record {}: received_at {text:?} is not an RFC 3339 time",
+                                path.display(),
+                                i + 1
+                            ))
+                        })?;
+                    Ok(DeadLetter {
+                        offset: r.get(0).unwrap_or_default().to_owned(),
+                        received_ms: at.as_millis() as u64,
+                        reason: r.get(2).unwrap_or_default().to_owned(),
+                        row: r.get(3).unwrap_or_default().to_owned(),
+                    })
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map(Some)
+        })
+        .await
+    }
+
     /// Runs `f` on the blocking pool with the write lock held.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -332,5 +366,28 @@ mod tests {
         // A stale listing (the record at key 0 is another one now) removes nothing.
         store.remove(vec![listed[0].clone()]).await.unwrap();
         assert_eq!(store.list().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_file_reads_back_whole_with_each_time_to_the_millisecond() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("dead-letter.csv"));
+        assert_eq!(store.records().await.unwrap(), None);
+        let written = vec![
+            DeadLetter {
+                received_ms: 1_764_876_543_210,
+                ..record("5", "a", "HTTP 400: \"x\"")
+            },
+            record("fetch", "b", "HTTP 403 from files.example"),
+        ];
+        store.append(written.clone()).await.unwrap();
+        assert_eq!(store.records().await.unwrap(), Some(written));
+        std::fs::write(
+            store.path(),
+            "offset,received_at,reason,row\n1,yesterday,r,{}\n",
+        )
+        .unwrap();
+        let err = store.records().await.unwrap_err();
+        assert!(err.to_string().contains("record 1: received_at"), "{err}");
     }
 }

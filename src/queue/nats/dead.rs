@@ -279,23 +279,24 @@ impl StreamStore {
             return Ok(Box::pin(futures_util::stream::iter([Ok(header_only())])));
         };
         // Header first, then one chunk per page until the last record.
-        let state = (self.clone(), Some(reader), true);
-        let chunks = futures_util::stream::unfold(state, |(store, reader, first)| async move {
-            let reader = reader?;
-            let chunk = match store.page(&reader).await {
-                Ok((page, more)) => {
-                    let records: Vec<DeadLetter> = page.into_iter().map(|(_, r)| r).collect();
-                    let chunk = encode(&records, first).map(Bytes::from);
-                    if !more || records.is_empty() {
-                        store.done_with(reader);
-                        return Some((chunk, (store, None, false)));
-                    }
-                    return Some((chunk, (store, Some(reader), false)));
+        let start = Some((self.clone(), reader, true));
+        let chunks = futures_util::stream::unfold(start, |state| async move {
+            let (store, reader, first) = state?;
+            let (page, more) = match store.page(&reader).await {
+                Ok(read) => read,
+                Err(e) => {
+                    store.done_with(reader);
+                    return Some((Err(e), None));
                 }
-                Err(e) => Err(e),
             };
-            store.done_with(reader);
-            Some((chunk, (store, None, false)))
+            let records: Vec<DeadLetter> = page.into_iter().map(|(_, r)| r).collect();
+            let chunk = encode(&records, first).map(Bytes::from);
+            if more && !records.is_empty() {
+                Some((chunk, Some((store, reader, false))))
+            } else {
+                store.done_with(reader);
+                Some((chunk, None))
+            }
         });
         Ok(Box::pin(chunks))
     }
