@@ -21,7 +21,6 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
-use tokio_util::io::ReaderStream;
 
 use crate::api_error::ApiError;
 use crate::config::{AdminToken, QueueConfig, Scope};
@@ -71,7 +70,7 @@ pub enum AdminError {
     ConfirmRequired,
     #[error("could not persist the pause flag: {0}")]
     StateNotSaved(#[source] std::io::Error),
-    #[error("cannot read the dead-letter file: {0}")]
+    #[error("cannot read the dead letters: {0}")]
     DeadLetterUnreadable(#[source] std::io::Error),
     #[error("cannot queue the dead-lettered rows again: {0}")]
     RequeueFailed(#[source] crate::dead_letter::RequeueError),
@@ -679,15 +678,14 @@ async fn dead_letter(
     Path(name): Path<String>,
 ) -> Result<Response, AdminError> {
     let p = s.pipeline(&name)?;
-    let path = p.dead_letter_path();
-    // Streamed from the file in chunks, so a large file never sits in memory whole.
-    let body = match tokio::fs::File::open(&path).await {
-        Ok(file) => Body::from_stream(ReaderStream::new(file)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Body::from("offset,received_at,reason,row\n")
-        }
-        Err(e) => return Err(AdminError::DeadLetterUnreadable(e)),
-    };
+    // Streamed from the store in chunks (the file, or the dead-letter stream page by page),
+    // so a large download never sits in memory whole.
+    let chunks = p
+        .dead_letters()
+        .download()
+        .await
+        .map_err(AdminError::DeadLetterUnreadable)?;
+    let body = Body::from_stream(chunks);
     let disposition = format!("attachment; filename=\"{name}-dead-letter.csv\"");
     Ok((
         [
@@ -738,7 +736,7 @@ mod tests {
             AdminError::ConfirmRequired,
             AdminError::StateNotSaved(io()),
             AdminError::DeadLetterUnreadable(io()),
-            AdminError::RequeueFailed(crate::dead_letter::RequeueError::File(io())),
+            AdminError::RequeueFailed(crate::dead_letter::RequeueError::Store(io())),
             AdminError::RequeueFailed(crate::dead_letter::RequeueError::Queue(
                 crate::queue::PushError::FullRows {
                     queued: 1,

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::admin::{self, AdminState, Readiness};
 use crate::collector::Collector;
 use crate::config::{Config, EmulatorSettings, QueueConfig};
+use crate::dead_letter;
 use crate::emulator::{self, EmulatorConfig};
 use crate::ingest::{self, IngestState};
 use crate::listener;
@@ -75,6 +76,9 @@ impl App {
                     pipeline = p.name,
                     "pipeline is paused (persisted); it accepts rows but delivers none"
                 );
+            }
+            if let Err(e) = dead_letter::import_local_file(&pipeline).await {
+                tracing::error!(pipeline = p.name, error = %e, "this replica's dead-letter file could not be moved to the shared dead letters; it stays where it is");
             }
             pipelines.push(Arc::new(pipeline));
         }

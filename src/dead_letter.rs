@@ -1,22 +1,22 @@
-//! The dead-letter file: rows that could not be delivered within `retention` are moved out of
-//! the queue into `{state_dir}/dead-letter.csv` with their offset, arrival time and the
-//! reason, never silently dropped. The admin API serves the file for download.
-
-use std::fs::OpenOptions;
-use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
+//! Dead letters: rows that could not be delivered within `retention`, or that the sink refused
+//! alone for their data, are moved out of the queue into the pipeline's dead-letter store with
+//! their offset, arrival time and the reason, never silently dropped; and queued again from
+//! there. The store is `{state_dir}/dead-letter.csv` for a queue this process owns, the
+//! `{stream}_dead` stream for a NATS queue ([`crate::queue::dead_letters`]); the admin API
+//! downloads either as the same CSV.
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::pipeline::{Counters, Pipeline};
+use crate::queue::dead_letters::{DeadLetter, FileStore};
 use crate::queue::{Entry, Offset, PushError, QueueError, now_ms};
 use crate::row::{Kind, Row};
 
 /// Rows read per step while sweeping.
 const SWEEP_PAGE: usize = 1000;
 
-/// Moves every queued row older than the pipeline's retention to its dead-letter file.
+/// Moves every queued row older than the pipeline's retention to its dead letters.
 /// Returns how many rows were moved.
 pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
     let retention_ms = p.config.retention.as_millis() as u64;
@@ -36,12 +36,10 @@ pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
         let Some(last) = expired.last().map(|e| e.offset) else {
             break;
         };
-        let path = p.dead_letter_path();
-        let reason = reason.to_owned();
         let n = expired.len() as u64;
-        tokio::task::spawn_blocking(move || append(&path, &expired, &reason))
-            .await
-            .map_err(std::io::Error::other)??;
+        p.dead_letters()
+            .append(records(&expired, reason, None)?)
+            .await?;
         p.queue().commit(last).await?;
         Counters::add(&p.counters.dead_lettered, n);
         moved += n;
@@ -50,47 +48,85 @@ pub async fn sweep(p: &Pipeline, reason: &str) -> Result<u64, QueueError> {
         }
     }
     if moved > 0 {
-        tracing::warn!(pipeline = p.name(), rows = moved, retention = %humantime::format_duration(p.config.retention), reason, "rows not delivered within retention moved to the dead-letter file");
+        tracing::warn!(pipeline = p.name(), rows = moved, retention = %humantime::format_duration(p.config.retention), reason, "rows not delivered within retention moved to the dead letters");
     }
     Ok(moved)
 }
 
-/// Appends rows that failed alone with a permanent error to the dead-letter file (fsynced)
-/// with the service's reason. The caller commits them out of the queue afterwards: a crash
-/// between the two leaves them in both (delivered again, and dead-lettered twice if they
-/// fail again), never in neither.
+/// Appends rows that failed alone with a permanent error to the dead letters (the file
+/// fsynced, the stream's publishes acknowledged) with the service's reason. The caller commits
+/// them out of the queue afterwards: a crash between the two leaves them in both (delivered
+/// again, and dead-lettered twice if they fail again), never in neither.
 pub async fn record(p: &Pipeline, rows: Vec<Entry>, reason: String) -> std::io::Result<()> {
-    let path = p.dead_letter_path();
-    tokio::task::spawn_blocking(move || append(&path, &rows, &reason))
+    p.dead_letters()
+        .append(records(&rows, &reason, None)?)
         .await
-        .map_err(std::io::Error::other)?
 }
 
 /// The offset column of a download that failed (`[pipelines.fetch]`): its record holds the
 /// event (the URL without its query string), not rows, so it is never queued again.
 pub const FAILED_FETCH: &str = "fetch";
 
-/// Appends a download that failed after its retries, fsynced: `event` is what the event
+/// Appends a download that failed after its retries, durably: `event` is what the event
 /// row said (the URL without its query string) and `reason` names the host and the status.
 pub async fn record_failed_fetch(p: &Pipeline, event: Row, reason: String) -> std::io::Result<()> {
-    let path = p.dead_letter_path();
-    tokio::task::spawn_blocking(move || {
-        let entry = Entry {
-            offset: 0,
-            received_ms: now_ms(),
-            row: event,
-        };
-        append_as(&path, &[entry], &reason, Some(FAILED_FETCH))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    let entry = Entry {
+        offset: 0,
+        received_ms: now_ms(),
+        row: event,
+    };
+    p.dead_letters()
+        .append(records(&[entry], &reason, Some(FAILED_FETCH))?)
+        .await
 }
 
-/// Why dead-lettered rows could not be queued again. The file is unchanged in every case.
+/// Dead-letter records of `rows` with `reason`, and `offset` written in place of each row's
+/// offset when given.
+fn records(rows: &[Entry], reason: &str, offset: Option<&str>) -> std::io::Result<Vec<DeadLetter>> {
+    rows.iter()
+        .map(|e| {
+            Ok(DeadLetter {
+                offset: offset.map_or_else(|| e.offset.to_string(), str::to_owned),
+                received_ms: e.received_ms,
+                reason: reason.to_owned(),
+                row: serde_json::to_string(&e.row).map_err(std::io::Error::other)?,
+            })
+        })
+        .collect()
+}
+
+/// Records appended to a shared store per step of an import.
+const IMPORT_PAGE: usize = 1000;
+
+/// At start, for a pipeline whose queue keeps its dead letters (NATS): moves the records of a
+/// `dead-letter.csv` this replica kept before (an older weir, or the same pipeline on a local
+/// queue) into that store, then renames the file to `dead-letter.csv.imported`. A crash
+/// between the two imports them again at the next start (listed twice, never lost). Returns
+/// how many records moved.
+pub async fn import_local_file(p: &Pipeline) -> std::io::Result<u64> {
+    if p.queue().dead_letters().is_none() {
+        return Ok(0);
+    }
+    let file = FileStore::new(p.dead_letter_path());
+    let Some(records) = file.records().await? else {
+        return Ok(0);
+    };
+    let n = records.len() as u64;
+    for page in records.chunks(IMPORT_PAGE) {
+        p.dead_letters().append(page.to_vec()).await?;
+    }
+    let imported = file.path().with_extension("csv.imported");
+    tokio::fs::rename(file.path(), &imported).await?;
+    tracing::info!(pipeline = p.name(), rows = n, file = %imported.display(), "this replica's dead-letter file moved to the shared dead letters");
+    Ok(n)
+}
+
+/// Why dead-lettered rows could not be queued again. The dead letters are unchanged in
+/// every case.
 #[derive(Debug, thiserror::Error)]
 pub enum RequeueError {
-    #[error("the dead-letter file: {0}")]
-    File(#[from] std::io::Error),
+    #[error("the dead letters: {0}")]
+    Store(#[from] std::io::Error),
     #[error("dead-letter record {offset}: the row is not a JSON object of fields: {detail}")]
     BadRecord { offset: String, detail: String },
     #[error(transparent)]
@@ -98,31 +134,33 @@ pub enum RequeueError {
 }
 
 /// Queues dead-lettered rows again (all of them, or those with the given offsets), as new
-/// rows at the end of the queue, then rewrites the file without them. A crash between the
-/// two leaves them queued and still in the file, never in neither. Returns how many.
+/// rows at the end of the queue, then takes them out of the dead letters. A crash between the
+/// two leaves them queued and still listed, never in neither. Returns how many.
 pub async fn requeue(p: &Pipeline, offsets: Option<Vec<Offset>>) -> Result<u64, RequeueError> {
-    let path = p.dead_letter_path();
-    let read_path = path.clone();
-    let records = tokio::task::spawn_blocking(move || read_records(&read_path))
-        .await
-        .map_err(std::io::Error::other)??;
-    let wanted = |r: &csv::StringRecord| {
-        r.get(0) != Some(FAILED_FETCH)
+    let store = p.dead_letters();
+    let wanted = |offset: &str| {
+        offset != FAILED_FETCH
             && offsets.as_ref().is_none_or(|o| {
-                r.get(0)
-                    .and_then(|v| v.parse::<Offset>().ok())
+                offset
+                    .parse::<Offset>()
+                    .ok()
                     .is_some_and(|v| o.contains(&v))
             })
     };
-    let (chosen, kept): (Vec<_>, Vec<_>) = records.into_iter().partition(wanted);
+    let chosen: Vec<_> = store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| wanted(&r.offset))
+        .collect();
     if chosen.is_empty() {
         return Ok(0);
     }
     let rows = chosen
         .iter()
         .map(|r| {
-            row_from_json(r.get(3).unwrap_or_default()).map_err(|detail| RequeueError::BadRecord {
-                offset: r.get(0).unwrap_or_default().to_owned(),
+            row_from_json(&r.row).map_err(|detail| RequeueError::BadRecord {
+                offset: r.offset.clone(),
                 detail,
             })
         })
@@ -130,50 +168,13 @@ pub async fn requeue(p: &Pipeline, offsets: Option<Vec<Offset>>) -> Result<u64, 
     let n = rows.len() as u64;
     p.queue().push(rows).await?;
     p.counters.accept(n);
-    tokio::task::spawn_blocking(move || rewrite(&path, &kept))
-        .await
-        .map_err(std::io::Error::other)??;
+    store.remove(chosen).await?;
     tracing::info!(
         pipeline = p.name(),
         rows = n,
         "dead-lettered rows queued again"
     );
     Ok(n)
-}
-
-/// The file's records (without the header); none when there is no file.
-fn read_records(path: &Path) -> std::io::Result<Vec<csv::StringRecord>> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    csv::Reader::from_reader(file)
-        .records()
-        .map(|r| r.map_err(std::io::Error::other))
-        .collect()
-}
-
-/// Replaces the file with `records` (and the header), atomically: a temporary file,
-/// fsynced, renamed over it, and the directory fsynced.
-fn rewrite(path: &Path, records: &[csv::StringRecord]) -> std::io::Result<()> {
-    let tmp = path.with_extension("csv.tmp");
-    {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = csv::Writer::from_writer(&file);
-        w.write_record(["offset", "received_at", "reason", "row"])?;
-        for r in records {
-            w.write_record(r)?;
-        }
-        w.flush()?;
-        drop(w);
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A JSON object's fields in their order, each value as its raw text.
@@ -220,41 +221,6 @@ fn row_from_json(text: &str) -> Result<Row, String> {
     Ok(b.finish())
 }
 
-/// Appends rows as CSV records `offset,received_at,reason,row` (row as JSON). Writes the
-/// header when the file is new. The file is fsynced before the rows leave the queue.
-fn append(path: &Path, rows: &[Entry], reason: &str) -> std::io::Result<()> {
-    append_as(path, rows, reason, None)
-}
-
-/// [`append`], with `offset` written in place of each row's offset when given.
-fn append_as(
-    path: &Path,
-    rows: &[Entry],
-    reason: &str,
-    offset: Option<&str>,
-) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let new = !path.exists();
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
-    let mut w = csv::Writer::from_writer(&file);
-    if new {
-        w.write_record(["offset", "received_at", "reason", "row"])?;
-    }
-    for e in rows {
-        let at =
-            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.received_ms))
-                .to_string();
-        let row = serde_json::to_string(&e.row).map_err(std::io::Error::other)?;
-        let off = offset.map_or_else(|| e.offset.to_string(), str::to_owned);
-        w.write_record([off.as_str(), &at, reason, &row])?;
-    }
-    w.flush()?;
-    drop(w);
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,36 +240,67 @@ mod tests {
         assert!(row_from_json("[1]").is_err());
     }
 
-    #[test]
-    fn dead_letters_are_csv_with_offset_time_reason_and_row() {
+    #[tokio::test]
+    async fn a_replicas_own_dead_letter_file_moves_to_the_shared_store_once_byte_for_byte() {
+        use crate::queue::dead_letters::{DeadLetters, FileStore};
+        use futures_util::StreamExt;
+        let server = crate::queue::nats::tests::server();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dl").join("dead-letter.csv");
-        let e = |offset, id: &str| Entry {
-            offset,
-            received_ms: 0,
-            row: Row::from_pairs([("id", id)]).unwrap(),
+        let text = format!(
+            r#"data_dir = "{}"
+[server]
+listen = "127.0.0.1:0"
+[[pipelines]]
+name = "orders"
+schedule = "1h"
+queue = {{ kind = "nats", url = "{}", stream = "WEIR_orders" }}
+[pipelines.sink]
+kind = "http"
+base_url = "http://127.0.0.1:9"
+"#,
+            dir.path().display(),
+            server.url
+        );
+        let config = crate::config::Config::load(&text, &Default::default()).unwrap();
+        let cfg = config.pipelines.into_iter().next().unwrap();
+        let crate::config::QueueConfig::Nats(n) = &cfg.queue else {
+            panic!("a NATS queue")
         };
-        append(&path, &[e(3, "a")], "HTTP 500").unwrap();
-        append(&path, &[e(4, "b,\"c\"")], "paused").unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.starts_with("offset,received_at,reason,row\n3,1970-01-01T00:00:00.000Z,HTTP 500,"),
-            "{text}"
-        );
-        let records: Vec<Vec<String>> = csv::Reader::from_path(&path)
-            .unwrap()
-            .records()
-            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
-            .collect();
-        assert_eq!(records.len(), 2, "one header, two rows");
+        let queue = crate::queue::nats::NatsQueue::open("orders", 100, n)
+            .await
+            .unwrap();
+        let p = Pipeline::new(cfg, std::sync::Arc::new(queue));
+        assert_eq!(import_local_file(&p).await.unwrap(), 0, "no file");
+
+        // What this replica wrote before its dead letters were shared.
+        let file = FileStore::new(p.dead_letter_path());
+        let entry = |offset, id: &str| Entry {
+            offset,
+            received_ms: 1_764_876_543_210 + offset,
+            row: Row::from_pairs([("id", id), ("note", "a,\"b\"")]).unwrap(),
+        };
+        file.append(records(&[entry(3, "a"), entry(4, "b")], "HTTP 400: \"x\"", None).unwrap())
+            .await
+            .unwrap();
+        let written = std::fs::read(p.dead_letter_path()).unwrap();
+
+        assert_eq!(import_local_file(&p).await.unwrap(), 2);
+        assert!(!p.dead_letter_path().exists());
+        assert!(p.dead_letter_path().with_extension("csv.imported").exists());
+        assert_eq!(import_local_file(&p).await.unwrap(), 0, "moved once");
+        let mut chunks = p.dead_letters().download().await.unwrap();
+        let mut downloaded = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            downloaded.extend_from_slice(&chunk.unwrap());
+        }
         assert_eq!(
-            records[1],
-            [
-                "4",
-                "1970-01-01T00:00:00.000Z",
-                "paused",
-                r#"{"id":"b,\"c\""}"#
-            ]
+            String::from_utf8(downloaded).unwrap(),
+            String::from_utf8(written).unwrap()
         );
+        assert_eq!(requeue(&p, Some(vec![4])).await.unwrap(), 1);
+        let left = p.dead_letters().list().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].offset, "3");
+        assert_eq!(p.queue().stats().rows, 1, "the requeued row is queued");
     }
 }

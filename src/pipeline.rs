@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::auth_failure::AuthFailures;
 use crate::config::{PipelineConfig, Schedule};
 use crate::history::History;
+use crate::queue::dead_letters::{DeadLetters, FileStore};
 use crate::queue::{Queue, now_ms};
 use crate::sync::lock;
 
@@ -17,6 +18,9 @@ pub struct Pipeline {
     /// Behind [`Pipeline::push`] for ingest and [`Pipeline::queue`] for the worker and the
     /// admin API; `tests/it/tidy.rs` checks that ingest never takes the whole queue.
     queue: Arc<dyn Queue>,
+    /// Where rows that cannot be delivered go: the queue's own store when it is shared by
+    /// replicas (NATS), else `{state_dir}/dead-letter.csv`.
+    dead_letters: Arc<dyn DeadLetters>,
     pub counters: Counters,
     /// When the scheduler will next run this pipeline (ms since the epoch, 0 = unknown).
     next_run_ms: AtomicU64,
@@ -156,9 +160,13 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, queue: Arc<dyn Queue>) -> Pipeline {
+        let dead_letters = queue
+            .dead_letters()
+            .unwrap_or_else(|| Arc::new(FileStore::new(config.state_dir.join(DEAD_LETTER_FILE))));
         Pipeline {
             config,
             queue,
+            dead_letters,
             counters: Counters::default(),
             next_run_ms: AtomicU64::new(0),
             paused: AtomicBool::new(false),
@@ -361,9 +369,14 @@ impl Pipeline {
         }
     }
 
-    /// The dead-letter file of this pipeline.
+    /// The dead-letter file of this pipeline (used unless its queue keeps the dead letters).
     pub fn dead_letter_path(&self) -> std::path::PathBuf {
-        self.config.state_dir.join("dead-letter.csv")
+        self.config.state_dir.join(DEAD_LETTER_FILE)
+    }
+
+    /// This pipeline's dead letters, wherever they are kept.
+    pub fn dead_letters(&self) -> &Arc<dyn DeadLetters> {
+        &self.dead_letters
     }
 
     pub fn name(&self) -> &str {
@@ -392,6 +405,9 @@ impl Pipeline {
 }
 
 const STATE_FILE: &str = "pipeline.json";
+
+/// The dead letters of a pipeline whose queue is this process's own, in its state directory.
+const DEAD_LETTER_FILE: &str = "dead-letter.csv";
 
 /// The version of `pipeline.json` this weir writes. Version 1 (no `version` field) held only
 /// `paused`; version 2 adds `failing_since_ms`.

@@ -462,7 +462,7 @@ impl Isolation<'_> {
         let p = self.p;
         tracing::warn!(pipeline = p.name(), offset = row.offset, error = %reason, "row refused alone moved to the dead-letter file");
         if let Err(e) = dead_letter::record(p, vec![row.clone()], reason).await {
-            return Piece::Stop(format!("writing the dead-letter file: {e}"), None);
+            return Piece::Stop(format!("writing the dead letters: {e}"), None);
         }
         if let Err(e) = p.queue().commit(row.offset).await {
             return Piece::Stop(
@@ -1164,7 +1164,7 @@ impl Worker {
             _ => "not delivered within retention".to_owned(),
         };
         if let Err(e) = dead_letter::sweep(&self.pipeline, &reason).await {
-            tracing::error!(error = %e, "moving expired rows to the dead-letter file failed");
+            tracing::error!(error = %e, "moving expired rows to the dead letters failed");
         }
     }
 

@@ -163,7 +163,7 @@ pub fn describe(c: &Config) -> String {
             QueueConfig::Nats(n) => {
                 let _ = writeln!(
                     w,
-                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}, retention {}{}",
+                    "  queue: nats at {}, stream {} ({} replicas), {} rows, {} bytes, delivery lease {}, retention {}, dead letters in stream {}{}",
                     n.url,
                     n.stream,
                     n.replicas,
@@ -171,6 +171,7 @@ pub fn describe(c: &Config) -> String {
                     n.max_bytes,
                     humantime::format_duration(n.lease_ttl),
                     humantime::format_duration(n.retention),
+                    n.dead_letter_stream(),
                     if n.wait_for_nats {
                         ", starts without NATS and waits for it"
                     } else {

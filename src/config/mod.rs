@@ -324,6 +324,14 @@ pub struct NatsQueueConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+impl NatsQueueConfig {
+    /// The stream that holds the pipeline's dead letters, beside the rows' stream (as the
+    /// `{stream}_lease` and `{stream}_state` buckets are).
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_dead", self.stream)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NatsAuth {
     None,

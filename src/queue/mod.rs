@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod dead_letters;
 pub mod disk;
 pub mod memory;
 pub mod nats;
@@ -17,6 +18,7 @@ pub mod waiting;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::row::Row;
@@ -198,6 +200,13 @@ pub trait Queue: Send + Sync + 'static {
                 "replay needs the disk spool: the memory queue forgets delivered rows",
             ))
         })
+    }
+
+    /// Where the dead letters of this queue's pipeline go when the queue names a store of its
+    /// own: one every replica sharing the queue reads and writes (NATS). `None` (local queues):
+    /// the pipeline's `dead-letter.csv` file.
+    fn dead_letters(&self) -> Option<Arc<dyn dead_letters::DeadLetters>> {
+        None
     }
 
     /// fsyncs done so far and the time they took, for backends that fsync.

@@ -31,6 +31,10 @@
 //!   shows it and none delivers (each reads it at least once a second).
 //! - **The batch in flight** is kept in the `{stream}_state` bucket, so the next lease holder
 //!   settles a job the previous one left open instead of pushing its rows again.
+//! - **Dead letters** go to the `{stream}_dead` stream ([`dead::StreamStore`]), so any replica
+//!   downloads and requeues them.
+
+mod dead;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -41,6 +45,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::dead_letters::DeadLetters;
 use super::{
     BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, SharedHealth,
     SharedStore,
@@ -142,6 +147,8 @@ pub struct NatsQueue {
     retention: Duration,
     cache: Mutex<Cache>,
     pushes: AtomicU64,
+    /// The pipeline's dead letters, shared by every replica.
+    dead: Arc<dead::StreamStore>,
 }
 
 const LEASE_KEY: &str = "delivery";
@@ -160,6 +167,16 @@ struct StoredHealth {
     v: u32,
     #[serde(flatten)]
     health: SharedHealth,
+}
+
+/// How long opening the queue retries reads a just-created stream does not answer yet.
+const OPEN_RETRIES_FOR: Duration = Duration::from_secs(15);
+
+/// Whether a read failed only because JetStream has no leader for the stream or bucket yet
+/// (it answers "no responders" or times out meanwhile).
+fn transient(e: &QueueError) -> bool {
+    let text = e.to_string();
+    text.contains("no responders") || text.contains("timed out")
 }
 
 async fn connect(cfg: &NatsQueueConfig, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -265,6 +282,14 @@ impl NatsQueue {
                     cfg.url
                 )
             })?;
+        let dead = dead::StreamStore::open(
+            js.clone(),
+            cfg.dead_letter_stream(),
+            cfg.replicas,
+            &cfg.url,
+            cfg.publish_timeout,
+        )
+        .await?;
         let q = NatsQueue {
             shared_bucket,
             js,
@@ -281,17 +306,30 @@ impl NatsQueue {
             retention: cfg.retention,
             cache: Mutex::new(Cache::default()),
             pushes: AtomicU64::new(0),
+            dead: Arc::new(dead),
         };
-        q.refresh().await.map_err(|e| {
-            anyhow::anyhow!("reading stream {} on NATS at {}: {e}", cfg.stream, cfg.url)
-        })?;
-        q.load_paused()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the state bucket on NATS at {}: {e}", cfg.url))?;
-        q.load_in_flight()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the state bucket on NATS at {}: {e}", cfg.url))?;
-        Ok(q)
+        // A replicated stream or bucket just created answers "no responders" until its
+        // leader is elected: such errors are retried for a while, any other fails at once.
+        let deadline = Instant::now() + OPEN_RETRIES_FOR;
+        loop {
+            let read = async {
+                q.refresh().await.map_err(|e| (e, "stream"))?;
+                q.load_paused().await.map_err(|e| (e, "state bucket"))?;
+                q.load_in_flight().await.map_err(|e| (e, "state bucket"))
+            };
+            match read.await {
+                Ok(()) => return Ok(q),
+                Err((e, _)) if transient(&e) && Instant::now() < deadline => {
+                    tracing::debug!(url = %cfg.url, error = %e, "the stream is not answering yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err((e, what)) => anyhow::bail!(
+                    "reading the {what} of stream {} on NATS at {}: {e}",
+                    cfg.stream,
+                    cfg.url
+                ),
+            }
+        }
     }
 
     /// Keeps the cached stats fresh (other replicas push and commit too) and renews the lease
@@ -1136,6 +1174,11 @@ impl Queue for NatsQueue {
         Box::pin(self.rewind(from))
     }
 
+    /// The `{stream}_dead` stream: every replica appends to and reads the same dead letters.
+    fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
+        Some(self.dead.clone())
+    }
+
     /// At shutdown: writes a cursor whose write failed, then hands the delivery lease back,
     /// so another replica takes over at once.
     fn sync(&self) -> BoxFuture<'_, Result<(), QueueError>> {
@@ -1301,6 +1344,42 @@ pub(crate) mod tests {
             .unwrap();
         b.refresh().await.unwrap();
         assert_eq!(b.stats().rows, 1, "every replica sees the same queue");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_go_to_the_stream_named_after_the_queue_and_every_replica_reads_them() {
+        use crate::queue::dead_letters::DeadLetter;
+        let server = server();
+        let cfg = config(&server.url, "WEIR_orders", 1 << 20);
+        let a = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        let b = NatsQueue::open("p", 100, &cfg).await.unwrap();
+        let record = DeadLetter {
+            offset: "7".into(),
+            received_ms: 1,
+            reason: "HTTP 400".into(),
+            row: r#"{"id":"x"}"#.into(),
+        };
+        a.dead_letters()
+            .expect("a shared store")
+            .append(vec![record])
+            .await
+            .unwrap();
+        let dead = a.js.get_stream("WEIR_orders_dead").await.unwrap();
+        let info = dead.get_info().await.unwrap();
+        assert_eq!(info.state.messages, 1);
+        assert_eq!(info.config.subjects, ["WEIR_orders_dead.rows"]);
+        assert_eq!(info.config.num_replicas, cfg.replicas);
+        let listed = b.dead_letters().unwrap().list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].offset.as_str(), listed[0].row.as_str()),
+            ("7", r#"{"id":"x"}"#)
+        );
+        let info = a.stream.get_info().await.unwrap();
+        assert_eq!(
+            info.state.messages, 0,
+            "the rows' stream holds no dead letter"
+        );
     }
 
     #[tokio::test]

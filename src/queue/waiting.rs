@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use super::dead_letters::{Chunks, DeadLetter, DeadLetters, Listed};
 use super::nats::NatsQueue;
 use super::{
     BoxFuture, Entry, InFlight, Offset, PushError, Queue, QueueError, QueueStats, Revisioned,
@@ -184,6 +185,15 @@ impl Queue for WaitingQueue {
         }))
     }
 
+    /// The shared dead letters as soon as NATS is reached; until then every call to them
+    /// fails naming the URL (a replica's own file is never written instead).
+    fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
+        Some(Arc::new(LaterDeadLetters {
+            queue: self.inner.clone(),
+            url: self.url.clone(),
+        }))
+    }
+
     fn replay_from(&self, from: Offset) -> BoxFuture<'_, Result<u64, QueueError>> {
         match self.open() {
             Some(q) => q.replay_from(from),
@@ -242,5 +252,38 @@ impl SharedStore for LaterStore {
 
     fn describe(&self) -> String {
         format!("the shared bucket on NATS at {}", self.url)
+    }
+}
+
+/// The dead letters of a queue that may not be open yet.
+struct LaterDeadLetters {
+    queue: Arc<OnceLock<Arc<NatsQueue>>>,
+    url: String,
+}
+
+impl LaterDeadLetters {
+    fn opened(&self) -> std::io::Result<Arc<dyn DeadLetters>> {
+        self.queue
+            .get()
+            .and_then(|q| q.dead_letters())
+            .ok_or_else(|| std::io::Error::other(format!("waiting for NATS at {}", self.url)))
+    }
+}
+
+impl DeadLetters for LaterDeadLetters {
+    fn append(&self, records: Vec<DeadLetter>) -> BoxFuture<'_, std::io::Result<()>> {
+        Box::pin(async move { self.opened()?.append(records).await })
+    }
+
+    fn list(&self) -> BoxFuture<'_, std::io::Result<Vec<Listed>>> {
+        Box::pin(async move { self.opened()?.list().await })
+    }
+
+    fn remove(&self, records: Vec<Listed>) -> BoxFuture<'_, std::io::Result<()>> {
+        Box::pin(async move { self.opened()?.remove(records).await })
+    }
+
+    fn download(&self) -> BoxFuture<'_, std::io::Result<Chunks>> {
+        Box::pin(async move { self.opened()?.download().await })
     }
 }

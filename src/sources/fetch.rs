@@ -214,7 +214,7 @@ impl Fetcher {
                 if let Err(io) =
                     crate::dead_letter::record_failed_fetch(&fetch.pipeline, record, reason).await
                 {
-                    tracing::error!(pipeline = task.pipeline, error = %io, "the dead-letter file cannot be written; the download stays pending");
+                    tracing::error!(pipeline = task.pipeline, error = %io, "the dead letters cannot be written; the download stays pending");
                     tokio::time::sleep(QUEUE_FULL_WAIT).await;
                     return;
                 }

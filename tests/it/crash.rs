@@ -40,7 +40,7 @@ impl Weir {
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let lines = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut admin = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
@@ -55,9 +55,21 @@ impl Weir {
                 lines.lock().unwrap().push(line);
             }
         });
-        let (listen, admin) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("weir logged its address");
+        let (listen, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                // Once the process is gone the reader has every line it wrote.
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = reader.join();
+                let logs = logs.lock().unwrap();
+                let tail = &logs[logs.len().saturating_sub(10)..];
+                panic!(
+                    "weir did not log its address ({e}); its last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
+        };
         Weir {
             child,
             base: format!("http://{listen}"),

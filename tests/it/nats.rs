@@ -8,7 +8,7 @@ use std::time::Duration;
 use weir::emulator::EmulatorConfig;
 
 use crate::crash::Weir;
-use crate::helpers::{ADMIN, TestEmulator, WRITE_TOKEN, spawn_emulator, wait_until};
+use crate::helpers::{ADMIN, READ_TOKEN, TestEmulator, WRITE_TOKEN, spawn_emulator, wait_until};
 
 /// A nats-server with JetStream on a free loopback port, stopped when dropped.
 struct Nats {
@@ -629,11 +629,13 @@ async fn a_replay_by_stream_sequence_on_a_replica_that_does_not_deliver_redelive
         .iter()
         .find(|w| !logged(w, "took the delivery lease"))
         .expect("two replicas do not deliver");
+    // The table fills before the holder sees the job DONE and commits: wait until the
+    // bystander has read the five rows (next offset 5) and the commit (none queued).
     wait_until(10, "the bystander seeing the rows delivered", || async {
-        admin(bystander, reqwest::Method::GET, "/admin/pipelines/orders")
+        let queue = &admin(bystander, reqwest::Method::GET, "/admin/pipelines/orders")
             .await
-            .1["queue"]["rows"]
-            == 0
+            .1["queue"];
+        queue["next_offset"] == 5 && queue["rows"] == 0
     })
     .await;
 
@@ -689,6 +691,15 @@ async fn a_retry_with_the_same_idempotency_key_on_another_replica_is_stored_once
     )
     .await;
     assert_eq!(status, 200);
+    for w in &replicas {
+        wait_until(10, "every replica showing the pause", || async {
+            admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
+                .await
+                .1["paused"]
+                == true
+        })
+        .await;
+    }
     let post = |w: &Weir, key: &'static str, body: &'static str| {
         let url = format!("{}/hooks/orders", w.base);
         async move {
@@ -1020,4 +1031,121 @@ async fn with_wait_for_nats_weir_starts_unready_and_becomes_ready_when_nats_come
         emu.table("orders").await.len() == 1
     })
     .await;
+}
+
+/// A replica's dead-letter download with the read token: the status and the CSV text.
+async fn dead_letter_csv(w: &Weir) -> (u16, String) {
+    let resp = client()
+        .get(format!(
+            "{}/admin/pipelines/orders/dead-letter",
+            w.admin.as_ref().unwrap()
+        ))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_dead_lettered_on_one_replica_is_downloaded_and_requeued_from_the_other() {
+    let nats = nats().await;
+    let emu = emulator().await;
+    // Any job holding this value ends ERROR with a data error naming the row: it is isolated
+    // by bisection and dead-lettered by the replica that delivers.
+    emu.fault(serde_json::json!({"bad_value": "not-a-price"}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Weir> = (0..2)
+        .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, r#"keys = ["id"]"#)))
+        .collect();
+    let rows: Vec<String> = (0..5)
+        .map(|i| {
+            let price = if i == 2 { "not-a-price" } else { "1.50" };
+            format!(r#"{{"id":"r{i}","Price":"{price}"}}"#)
+        })
+        .collect();
+    let resp = client()
+        .post(format!("{}/hooks/orders", replicas[0].base))
+        .header("content-type", "application/json")
+        .body(format!("[{}]", rows.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    wait_until(60, "the four good rows in the table", || async {
+        emu.table("orders").await.len() == 4
+    })
+    .await;
+    let holder = replicas
+        .iter()
+        .position(|w| logged(w, "took the delivery lease"))
+        .expect("a replica delivers");
+    let other = &replicas[1 - holder];
+    wait_until(10, "the refused row dead-lettered", || async {
+        admin(
+            &replicas[holder],
+            reqwest::Method::GET,
+            "/admin/pipelines/orders",
+        )
+        .await
+        .1["counters"]["dead_lettered"]
+            == 1
+    })
+    .await;
+
+    // The replica that did not deliver serves the same CSV the delivering one wrote.
+    let (status, csv) = dead_letter_csv(other).await;
+    assert_eq!(status, 200, "{csv}");
+    assert_eq!(dead_letter_csv(&replicas[holder]).await, (200, csv.clone()));
+    let records: Vec<Vec<String>> = csv::Reader::from_reader(csv.as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    assert!(csv.starts_with("offset,received_at,reason,row\n"), "{csv}");
+    assert_eq!(records.len(), 1, "{csv}");
+    assert_eq!(records[0][0], "2", "the row's offset (stream sequence 3)");
+    assert!(records[0][2].contains("column Price"), "{csv}");
+    assert_eq!(records[0][3], r#"{"id":"r2","Price":"not-a-price"}"#);
+    for n in 0..2 {
+        assert!(
+            !dir.path()
+                .join(format!("replica-{n}/orders/dead-letter.csv"))
+                .exists(),
+            "no replica keeps a file of its own"
+        );
+    }
+
+    // The cause fixed, the row is requeued from the replica that does not deliver.
+    emu.clear_faults().await;
+    let (status, body) = admin(
+        other,
+        reqwest::Method::POST,
+        "/admin/pipelines/orders/dead-letter/requeue",
+    )
+    .await;
+    assert_eq!((status, &body), (200, &serde_json::json!({"requeued": 1})));
+    wait_until(30, "the requeued row in the table", || async {
+        emu.column("orders", "id").await.contains(&"r2".to_owned())
+    })
+    .await;
+    for w in &replicas {
+        assert_eq!(
+            dead_letter_csv(w).await,
+            (200, "offset,received_at,reason,row\n".to_owned()),
+            "the requeued record is gone for every replica"
+        );
+    }
+    let (status, body) = admin(
+        &replicas[holder],
+        reqwest::Method::POST,
+        "/admin/pipelines/orders/dead-letter/requeue",
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (200, &serde_json::json!({"requeued": 0})),
+        "nothing is queued twice"
+    );
+    assert_eq!(emu.table("orders").await.len(), 5);
 }
