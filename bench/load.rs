@@ -37,6 +37,41 @@ pub fn row_json(i: u64) -> String {
     )
 }
 
+/// A row of `fields` fields (about 20 bytes of JSON each): the first ten are
+/// [`row_json`]'s, then `Extra01`, `Extra02`, … with short varying text.
+pub fn wide_row_json(i: u64, fields: u32) -> String {
+    if fields == 10 {
+        return row_json(i);
+    }
+    let names = [
+        ("OrderId", format!("\"{:010}\"", 145_632_053 + i)),
+        ("Position", format!("\"{:06}\"", (i % 1000) * 10)),
+        ("Customer", format!("\"CUST-{:06}\"", i % 100_000)),
+        ("Material", format!("\"MAT-{:08}\"", i % 10_000_000)),
+        ("Quantity", format!("{}", 1 + i % 50)),
+        ("Price", format!("{}.{:02}", 10 + i % 990, i % 100)),
+        ("Currency", "\"EUR\"".to_owned()),
+        ("Plant", format!("\"DE{:02}\"", i % 20)),
+        ("DeliveryDate", format!("\"{:02}.03.2021\"", 1 + i % 28)),
+        ("Status", "\"OPEN\"".to_owned()),
+    ];
+    let mut s = String::with_capacity(fields as usize * 24);
+    s.push('{');
+    for f in 0..fields {
+        if f > 0 {
+            s.push(',');
+        }
+        match names.get(f as usize) {
+            Some((name, value)) => {
+                s.push_str(&format!("\"{name}\":{value}"));
+            }
+            None => s.push_str(&format!("\"Extra{f:03}\":\"v{:06}\"", (i + u64::from(f)) % 1_000_000)),
+        }
+    }
+    s.push('}');
+    s
+}
+
 /// `n` rows as one JSON array.
 pub fn array_json(first: u64, n: u64) -> String {
     let mut s = String::with_capacity(n as usize * 210 + 2);
@@ -51,7 +86,7 @@ pub fn array_json(first: u64, n: u64) -> String {
     s
 }
 
-/// The three request kinds of issue 8: one row per request in the query string, one row as
+/// The three request kinds: one row per request in the query string, one row as
 /// a JSON object, 100 rows as a JSON array.
 pub fn bodies() -> Vec<Body> {
     vec![
@@ -83,7 +118,7 @@ pub fn bodies() -> Vec<Body> {
 }
 
 /// What one wrk run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct WrkResult {
     pub req_per_s: f64,
     pub p50_us: f64,
@@ -186,6 +221,18 @@ pub async fn fill(
     per_request: u64,
     concurrency: u64,
 ) -> anyhow::Result<u64> {
+    fill_wide(addr, first, n, per_request, concurrency, 10).await
+}
+
+/// [`fill`] with rows of `fields` fields ([`wide_row_json`]).
+pub async fn fill_wide(
+    addr: SocketAddr,
+    first: u64,
+    n: u64,
+    per_request: u64,
+    concurrency: u64,
+    fields: u32,
+) -> anyhow::Result<u64> {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/hooks/bench");
     let requests = n.div_ceil(per_request);
@@ -198,7 +245,13 @@ pub async fn fill(
             while r < requests {
                 let start = first + r * per_request;
                 let count = per_request.min(first + n - start);
-                let body = array_json(start, count);
+                let body = if fields == 10 {
+                    array_json(start, count)
+                } else {
+                    let rows: Vec<String> =
+                        (start..start + count).map(|i| wide_row_json(i, fields)).collect();
+                    format!("[{}]", rows.join(","))
+                };
                 raw += body.len() as u64 - 2 - (count - 1);
                 let resp = client
                     .post(&url)

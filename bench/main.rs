@@ -1,4 +1,4 @@
-//! weir-bench: the benchmark harness behind `bash bench/run.sh` (issue 8). It measures weir
+//! weir-bench: the benchmark harness behind `bash bench/run.sh`. It measures weir
 //! against baselines on the same machine in the same run — a bare axum server for intake,
 //! the csv crate for CSV writing — and writes the ratios to BENCHMARKS.md.
 //!
@@ -14,6 +14,7 @@
 
 mod csvbench;
 mod formats;
+mod growth;
 mod limit;
 mod load;
 mod procs;

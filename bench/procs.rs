@@ -131,6 +131,26 @@ impl Proc {
         })
     }
 
+    /// CPU time the process has used so far (user and system), from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .context("reading /proc/<pid>/stat")?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("reading /proc/<pid>/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = fields
+            .get(11..13)
+            .context("short /proc/<pid>/stat")?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()? as f64))
+    }
+
     /// Resets VmHWM to the current RSS, so the next peak belongs to what happens next.
     pub fn reset_peak(&self) -> anyhow::Result<()> {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
@@ -187,4 +207,21 @@ pub fn get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
         .and_then(|t| t.get(9..12))
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), the unit of /proc/<pid>/stat.
+fn clock_ticks() -> anyhow::Result<u64> {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(t) = TICKS.get() {
+        return Ok(*t);
+    }
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running getconf CLK_TCK")?;
+    let ticks: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("reading getconf CLK_TCK")?;
+    Ok(*TICKS.get_or_init(|| ticks.max(1)))
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# weir's benchmarks (issue 8): builds release binaries, then measures intake, delivery, memory
+# weir's benchmarks: builds release binaries, then measures intake, delivery, memory
 # and start-up on 127.0.0.1 against baselines taken in the same run, prints the table and
 # writes it to BENCHMARKS.md. Takes a few minutes on 2 cores; not part of .ci/run.
 #
@@ -23,6 +23,13 @@ if ! command -v nats-server >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 
+# The plots of "How cost grows" are drawn with matplotlib (PyPI).
+if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
+  echo "== installing matplotlib (PyPI)"
+  python3 -m pip install --user --quiet matplotlib \
+    || python3 -m pip install --user --quiet --break-system-packages matplotlib
+fi
+
 echo "== cargo build --release --features bench"
 cargo build --release --locked --features bench --bins
 
@@ -36,3 +43,4 @@ trap 'rm -rf "$work"' EXIT
   --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --wrk-version "$(wrk -v 2>&1 | head -n 1 | cut -d ' ' -f 1-2)" \
   "$@"
+python3 bench/plot.py bench/plots

@@ -1,6 +1,8 @@
-//! The measurements of issue 8, in the order they run: start-up and idle memory, CSV
-//! writing, intake under wrk, memory with a 1M-row backlog, delivery to the emulator, and
-//! the same batch delivered with each Celonis API.
+//! The measurements, in the order they run: start-up and idle memory, CSV and Parquet
+//! writing, intake under wrk (every queue, the NATS ones included), intake against
+//! connections, memory with a 1M-row backlog and against row width, disk spool recovery
+//! against backlog, delivery to the emulator against batch size, and the same batch delivered
+//! with each Celonis API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use crate::procs::{Memory, Proc, free_addr, get_status};
 use crate::report::{
     ApiDelivery, Backlog, Delivery, Ingest, Machine, MemoryResults, Report, Startup, StartupSet,
 };
-use crate::{csvbench, formats, work_dir};
+use crate::{csvbench, formats, growth, work_dir};
 
 const APP_KEY: &str = "bench-app-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -29,16 +31,20 @@ pub struct RunArgs {
     /// Scratch directory for configs, spools and logs (emptied first).
     #[arg(long)]
     work: PathBuf,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     connections: u32,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     threads: u32,
-    /// Seconds of each measured wrk run (each follows a 1 s warm-up).
-    #[arg(long, default_value_t = 5)]
-    seconds: u32,
-    /// Rounds over all intake scenarios; the best round of each counts.
+    /// Seconds of each measured wrk run (each server's first follows a 1 s warm-up).
     #[arg(long, default_value_t = 2)]
+    seconds: u32,
+    /// Rounds over all intake scenarios, alternating the order of the servers; the median
+    /// of each counts.
+    #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Where the plots go (PNG files drawn by bench/plot.py from growth.json).
+    #[arg(long, default_value = "bench/plots")]
+    plots: PathBuf,
     /// Rows in the memory and largest delivery measurements.
     #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
@@ -52,7 +58,7 @@ pub struct RunArgs {
 
 /// Which server a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
+pub enum Target {
     Limit,
     Memory,
     Disk,
@@ -63,7 +69,7 @@ enum Target {
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Target::Limit => "limit",
             Target::Memory => "weir-memory",
@@ -74,17 +80,38 @@ impl Target {
     }
 }
 
-struct Env {
+pub struct Env {
     weir: PathBuf,
     bench: PathBuf,
-    work: PathBuf,
-    rt: tokio::runtime::Runtime,
+    pub work: PathBuf,
+    pub rt: tokio::runtime::Runtime,
+}
+
+/// The run whose requests per second are the median of `runs` (its latencies with it).
+pub fn median(runs: &[WrkResult]) -> WrkResult {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.req_per_s.total_cmp(&b.req_per_s));
+    sorted[sorted.len() / 2]
 }
 
 impl Env {
+    /// Kills `prev` (SIGKILL: a crash) and starts weir again on its directory `tag`, with the
+    /// same config and spool; returns once `/healthz` answers (`ready_after` is the time from
+    /// the spawn).
+    pub fn restart(&self, prev: Proc, tag: &str) -> anyhow::Result<Proc> {
+        let addr = prev.addr;
+        let name = prev.name.clone();
+        drop(prev);
+        let dir = self.work.join(tag);
+        let config = dir.join("weir.toml").to_string_lossy().into_owned();
+        let mut weir = Proc::spawn(&name, &self.weir, &["serve", "-c", &config], addr, &dir)?;
+        weir.wait_for("/healthz", 200)?;
+        Ok(weir)
+    }
+
     /// Starts `target` in a fresh directory and waits until it answers: until its first 202
     /// (which queues one row) or, with `quiet`, until `/healthz` answers (queues nothing).
-    fn start(
+    pub fn start(
         &self,
         target: Target,
         tag: &str,
@@ -351,12 +378,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("== memory with a {}-row backlog", args.backlog);
     let memory = memory(&env, args.backlog)?;
     println!("== delivery to the emulator");
-    let mut sizes = vec![10_000, 100_000, args.backlog];
+    let mut sizes = vec![1_000, 10_000, 100_000, args.backlog];
     sizes.sort_unstable();
     sizes.dedup();
     let delivery = delivery(&env, &sizes)?;
     println!("== the same batch with each Celonis API");
     let apis = apis(&env, 100_000, 3)?;
+    println!("== intake against connections ({} rounds)", args.rounds);
+    let sweep = growth::sweep(&env, args.threads, args.seconds, args.rounds)?;
+    println!("== disk spool recovery against backlog");
+    let recovery = growth::recovery(
+        &env,
+        &[100_000, 1_000_000, 10_000_000],
+        5_000_000,
+        load,
+        args.rounds,
+    )?;
+    println!("== memory per queued row against row width");
+    let widths = growth::widths(&env, &[5, 20, 100], 200_000)?;
+    let plot_data = serde_json::json!({
+        "sweep": &sweep,
+        "recovery": &recovery,
+        "widths": &widths,
+        "delivery": delivery.iter().map(|d| serde_json::json!({
+            "rows": d.rows, "upload_ms": d.upload_ms, "done_ms": d.done_ms,
+            "upload_cpu_ms": d.upload_cpu.as_secs_f64() * 1000.0,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::create_dir_all(&args.plots)?;
+    let data = args.plots.join("growth.json");
+    std::fs::write(&data, serde_json::to_vec_pretty(&plot_data)?)
+        .with_context(|| format!("writing {}", data.display()))?;
 
     let report = Report {
         machine: Machine {
@@ -376,6 +428,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         memory,
         delivery,
         apis,
+        sweep,
+        recovery,
+        widths,
     };
     let md = report.markdown();
     println!("\n{md}");
@@ -420,17 +475,22 @@ fn startup(env: &Env) -> anyhow::Result<StartupSet> {
 
 fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
     let warmup = Load { seconds: 1, ..load };
-    let mut out: Vec<Ingest> = Vec::new();
+    let targets = [
+        Target::Limit,
+        Target::Memory,
+        Target::Disk,
+        Target::Nats,
+        Target::Nats3,
+    ];
+    let bodies = load::bodies();
+    // runs[body][target] = one result per round
+    let mut runs = vec![vec![Vec::new(); targets.len()]; bodies.len()];
     for round in 0..rounds {
-        for (b, body) in load::bodies().iter().enumerate() {
-            let mut results = Vec::new();
-            for target in [
-                Target::Limit,
-                Target::Memory,
-                Target::Disk,
-                Target::Nats,
-                Target::Nats3,
-            ] {
+        for (b, body) in bodies.iter().enumerate() {
+            // Each round starts with another server, so none always runs first or last.
+            for k in 0..targets.len() {
+                let t = (k + round as usize) % targets.len();
+                let target = targets[t];
                 let tag = format!("ingest-{}-{b}", target.name());
                 let mut proc = env.start(target, &tag, None, None, true)?;
                 let dir = env.work.join(&tag);
@@ -450,36 +510,23 @@ fn ingest(env: &Env, load: Load, rounds: u32) -> anyhow::Result<Vec<Ingest>> {
                 drop(proc);
                 // Spools can be large; keep the disk free for the next runs.
                 let _ = std::fs::remove_dir_all(&dir);
-                results.push(r);
-            }
-            let best = |old: WrkResult, new: WrkResult| {
-                if new.req_per_s > old.req_per_s {
-                    new
-                } else {
-                    old
-                }
-            };
-            match out.get_mut(b) {
-                Some(prev) => {
-                    prev.limit = best(prev.limit, results[0]);
-                    prev.memory = best(prev.memory, results[1]);
-                    prev.disk = best(prev.disk, results[2]);
-                    prev.nats = best(prev.nats, results[3]);
-                    prev.nats3 = best(prev.nats3, results[4]);
-                }
-                None => out.push(Ingest {
-                    body: body.name,
-                    rows: body.rows,
-                    limit: results[0],
-                    memory: results[1],
-                    disk: results[2],
-                    nats: results[3],
-                    nats3: results[4],
-                }),
+                runs[b][t].push(r);
             }
         }
     }
-    Ok(out)
+    Ok(bodies
+        .iter()
+        .zip(runs)
+        .map(|(body, r)| Ingest {
+            body: body.name,
+            rows: body.rows,
+            limit: median(&r[0]),
+            memory: median(&r[1]),
+            disk: median(&r[2]),
+            nats: median(&r[3]),
+            nats3: median(&r[4]),
+        })
+        .collect())
 }
 
 fn memory(env: &Env, backlog: u64) -> anyhow::Result<MemoryResults> {
@@ -587,9 +634,11 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
         let idle = proc.memory()?.rss;
         env.rt.block_on(load::fill(proc.addr, 0, n, 1000, 4))?;
         let before = proc.memory()?;
-        let flush = |expect: &str| -> anyhow::Result<(LastRun, Memory)> {
+        let flush = |expect: &str| -> anyhow::Result<(LastRun, Memory, Duration)> {
             proc.reset_peak()?;
+            let cpu = proc.cpu_time()?;
             let run = env.rt.block_on(flush_run(&client, admin))?;
+            let cpu = proc.cpu_time()?.saturating_sub(cpu);
             if run.outcome != expect || run.rows != n {
                 bail!(
                     "delivery of {n} rows: expected a {expect} run of {n} rows, got {} of {} ({})",
@@ -598,7 +647,7 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
                     run.error.as_deref().unwrap_or("")
                 );
             }
-            Ok((run, proc.memory()?))
+            Ok((run, proc.memory()?, cpu))
         };
         // CSV + upload: the emulator refuses the execute call once, so the run ends right
         // after the upload (the job is deleted; the rows stay queued).
@@ -610,7 +659,7 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
                 .await?
                 .error_for_status()
         })?;
-        let (upload, upload_mem) = flush("failed")?;
+        let (upload, upload_mem, upload_cpu) = flush("failed")?;
         env.rt.block_on(async {
             client
                 .delete(format!("http://{emu_addr}/emulator/faults"))
@@ -619,10 +668,11 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
                 .error_for_status()
         })?;
         // The whole run: create, upload, execute, poll until DONE.
-        let (done, done_mem) = flush("delivered")?;
+        let (done, done_mem, _) = flush("delivered")?;
         println!(
-            "   {n:>8} rows: CSV + upload {} ms, to DONE {} ms, RSS {} MiB before, peak {} MiB",
+            "   {n:>8} rows: CSV + upload {} ms ({} ms of weir's CPU), to DONE {} ms, RSS {} MiB before, peak {} MiB",
             upload.duration_ms,
+            upload_cpu.as_millis(),
             done.duration_ms,
             before.rss >> 20,
             done_mem.peak.max(upload_mem.peak) >> 20
@@ -631,6 +681,7 @@ fn delivery(env: &Env, sizes: &[u64]) -> anyhow::Result<Vec<Delivery>> {
             rows: n,
             idle,
             upload_ms: upload.duration_ms,
+            upload_cpu,
             done_ms: done.duration_ms,
             rss_before: before.rss,
             peak_upload: upload_mem.peak,
