@@ -57,9 +57,8 @@ pub fn sweep(env: &Env, threads: u32, seconds: u32, rounds: u32) -> anyhow::Resu
                     connections,
                     seconds,
                 };
-                let r = load::wrk(&dir, proc.addr, body, load).with_context(|| {
-                    format!("{} at {connections} connections", target.name())
-                })?;
+                let r = load::wrk(&dir, proc.addr, body, load)
+                    .with_context(|| format!("{} at {connections} connections", target.name()))?;
                 println!(
                     "   round {} {:<12} {connections:>3} connections {:>9.0} req/s  p99 {:>8.0} µs",
                     round + 1,

@@ -65,7 +65,10 @@ pub fn wide_row_json(i: u64, fields: u32) -> String {
             Some((name, value)) => {
                 s.push_str(&format!("\"{name}\":{value}"));
             }
-            None => s.push_str(&format!("\"Extra{f:03}\":\"v{:06}\"", (i + u64::from(f)) % 1_000_000)),
+            None => s.push_str(&format!(
+                "\"Extra{f:03}\":\"v{:06}\"",
+                (i + u64::from(f)) % 1_000_000
+            )),
         }
     }
     s.push('}');
@@ -248,8 +251,9 @@ pub async fn fill_wide(
                 let body = if fields == 10 {
                     array_json(start, count)
                 } else {
-                    let rows: Vec<String> =
-                        (start..start + count).map(|i| wide_row_json(i, fields)).collect();
+                    let rows: Vec<String> = (start..start + count)
+                        .map(|i| wide_row_json(i, fields))
+                        .collect();
                     format!("[{}]", rows.join(","))
                 };
                 raw += body.len() as u64 - 2 - (count - 1);

@@ -148,7 +148,9 @@ impl Proc {
             .iter()
             .map(|f| f.parse::<u64>().unwrap_or(0))
             .sum();
-        Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()? as f64))
+        Ok(Duration::from_secs_f64(
+            ticks as f64 / clock_ticks()? as f64,
+        ))
     }
 
     /// Resets VmHWM to the current RSS, so the next peak belongs to what happens next.

@@ -559,13 +559,19 @@ impl Report {
                 d.done_ms as f64 * 1000.0 / d.rows as f64
             );
         }
-        let _ = writeln!(s, "\n![delivery against batch size](bench/plots/delivery.png)\n");
+        let _ = writeln!(
+            s,
+            "\n![delivery against batch size](bench/plots/delivery.png)\n"
+        );
         let _ = writeln!(
             s,
             "### Memory per queued row against row width\n\nThe memory queue holding the rows; \
              raw payload is each row's JSON object text.\n"
         );
-        let _ = writeln!(s, "| fields | rows | raw payload | RSS above idle | ratio |");
+        let _ = writeln!(
+            s,
+            "| fields | rows | raw payload | RSS above idle | ratio |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|");
         for w in &self.widths {
             let _ = writeln!(
