@@ -119,6 +119,11 @@ pub fn recovery(
             .block_on(load::fill(proc.addr, queued, rows - queued, 1000, 4))?;
         queued = rows;
         if rows == backlog_rows {
+            // The fill left a gigabyte of dirty pages: written back first, so the kernel's
+            // writeback does not compete with the spools' fsyncs while they are measured.
+            std::process::Command::new("sync")
+                .status()
+                .context("running sync")?;
             intake = Some(compare_intake(env, &proc, body, load, rounds)?);
         }
         if backlogs.contains(&rows) {
@@ -201,9 +206,11 @@ pub fn widths(env: &Env, fields: &[u32], rows: u64) -> anyhow::Result<Vec<Width>
         let proc = env.start(Target::Memory, &tag, None, None, true)?;
         std::thread::sleep(Duration::from_millis(300));
         let idle = proc.memory()?;
+        // About 400 kB per request, under weir's 1 MiB body limit at any width.
+        let per_request = (400_000 / (u64::from(f) * 22)).clamp(1, 1000);
         let raw = env
             .rt
-            .block_on(load::fill_wide(proc.addr, 0, rows, 1000, 4, f))?;
+            .block_on(load::fill_wide(proc.addr, 0, rows, per_request, 4, f))?;
         let full = proc.memory()?;
         let w = Width {
             fields: f,

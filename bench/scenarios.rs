@@ -322,6 +322,7 @@ queue_capacity = 100000000
 queue = {queue}
 schedule = "1h"
 max_rows_per_run = 10000000
+max_bytes_per_run = "4GiB"
 retry_initial = "30m"
 retry_max_interval = "1h"
 
