@@ -99,15 +99,11 @@ impl Layout {
                 ..Layout::default()
             };
         }
-        let mut seen = HashSet::new();
-        let mut names = Vec::new();
+        let mut union = NameUnion::default();
         for e in entries {
-            for f in e.row.fields() {
-                if seen.insert(f.name) {
-                    names.push(f.name.to_owned());
-                }
-            }
+            union.add(&e.row);
         }
+        let names: Vec<String> = union.names.iter().map(|n| (*n).to_owned()).collect();
         Layout {
             headers: names.clone(),
             sources: names,
@@ -249,16 +245,47 @@ impl ColumnSpec {
         if self.fixed() {
             return entries.len();
         }
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut union = NameUnion::default();
         for (i, e) in entries.iter().enumerate() {
-            for f in e.row.fields() {
-                seen.insert(f.name);
-            }
-            if seen.len() > self.max_columns {
+            union.add(&e.row);
+            if union.names.len() > self.max_columns {
                 return i.max(1);
             }
         }
         entries.len()
+    }
+}
+
+/// The union of a batch's field names, in order of first appearance. Rows of a batch mostly
+/// carry the names of the row before them in the same order (one sender, one shape): such a
+/// row is recognised by comparing its names with that row's, so only a row of another shape
+/// costs a hash per name. This is the per-batch layout cache of a delivery's hot loop.
+#[derive(Default)]
+struct NameUnion<'e> {
+    seen: HashSet<&'e str>,
+    names: Vec<&'e str>,
+    /// The names of the last row that was not recognised, in its order.
+    shape: Vec<&'e str>,
+}
+
+impl<'e> NameUnion<'e> {
+    fn add(&mut self, row: &'e crate::row::Row) {
+        let mut n = 0;
+        let same = row.byte_fields().all(|f| {
+            let known = self.shape.get(n).is_some_and(|s| s.as_bytes() == f.name);
+            n += 1;
+            known
+        });
+        if same && n == self.shape.len() {
+            return;
+        }
+        self.shape.clear();
+        for f in row.fields() {
+            self.shape.push(f.name);
+            if self.seen.insert(f.name) {
+                self.names.push(f.name);
+            }
+        }
     }
 }
 
@@ -777,6 +804,25 @@ mod tests {
             text(&write_chunks(&layout, &[], &CsvOptions::default(), 10).unwrap()),
             ["a\n"]
         );
+    }
+
+    #[test]
+    fn the_union_of_names_keeps_first_seen_order_across_row_shapes() {
+        let rows = [
+            entry(&[("a", "1"), ("b", "2")]),
+            entry(&[("a", "1"), ("b", "2")]),
+            entry(&[("b", "2"), ("c", "3")]),
+            entry(&[("a", "1")]),
+            entry(&[("a", "1"), ("b", "2"), ("d", "4")]),
+            entry(&[("a", "1"), ("b", "2")]),
+        ];
+        let mut union = NameUnion::default();
+        for e in &rows {
+            union.add(&e.row);
+        }
+        assert_eq!(union.names, ["a", "b", "c", "d"]);
+        let layout = Layout::for_batch(&[], None, &rows);
+        assert_eq!(layout.headers, ["a", "b", "c", "d"]);
     }
 
     /// What the csv crate writes for `records` with `opts`.
