@@ -365,6 +365,10 @@ impl RecordWriter {
     }
 }
 
+/// Room a chunk reserves beyond `chunk_bytes` (or the rows' bytes), for the header and the
+/// record that crosses the limit.
+const CHUNK_SLACK: u64 = 64 * 1024;
+
 /// Writes the batch as one or more CSV chunks of at most about `chunk_bytes` each (a chunk
 /// always holds at least one record), each starting with the header row.
 pub fn write_chunks(
@@ -410,9 +414,18 @@ impl<'a> Chunks<'a> {
 
     fn chunk(&mut self) -> Result<Vec<u8>, csv::Error> {
         let layout = self.layout;
-        let left = self.entries.len().saturating_sub(self.next) as u64;
-        let mut out =
-            Vec::with_capacity((left.saturating_mul(64).min(self.chunk_bytes) as usize).max(4096));
+        // Sized once for the whole chunk: a record's CSV is shorter than the row as it is
+        // held (names are in the header only), so the rows' own bytes bound it, and growing
+        // by doubling would copy the chunk and touch twice its pages. Reserved pages that
+        // are never written cost no memory.
+        let mut rows_bytes = 0u64;
+        for e in self.entries.get(self.next..).unwrap_or_default() {
+            rows_bytes += e.row.encoded_len() as u64;
+            if rows_bytes >= self.chunk_bytes {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity((rows_bytes.min(self.chunk_bytes) + CHUNK_SLACK) as usize);
         self.writer.write(&mut out, &layout.headers);
         // One cell buffer for the chunk. Cells are bytes: the rows' text is valid UTF-8
         // already and the csv crate writes bytes, so the hot loop does not check UTF-8 again
