@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # weir's benchmarks: builds release binaries, then measures intake, delivery, memory
 # and start-up on 127.0.0.1 against baselines taken in the same run, prints the table and
-# writes it to BENCHMARKS.md. Takes a few minutes on 2 cores; not part of .ci/run.
+# writes it to BENCHMARKS.md with the plots in bench/plots. About six minutes on 2 cores on
+# top of the release build; not part of .ci/run.
 #
 #   bash bench/run.sh                 # the full run
 #   bash bench/run.sh --rounds 1      # extra flags go to `weir-bench run` (see --help)
