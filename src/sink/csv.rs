@@ -191,7 +191,41 @@ impl ColumnSpec {
     /// union is wider than `max_columns`, the header is only the union's columns the batch
     /// has, still in the union's order.
     pub fn layout_known(&self, entries: &[Entry]) -> Result<Layout, ColumnsError> {
-        let layout = self.layout(entries);
+        self.with_known(self.layout(entries))
+    }
+
+    /// [`ColumnSpec::fitting_rows`] and [`ColumnSpec::layout_known`] of those rows, in one
+    /// pass over the batch's field names instead of two.
+    pub fn fit_layout_known(&self, entries: &[Entry]) -> (usize, Result<Layout, ColumnsError>) {
+        if self.fixed() {
+            return (entries.len(), self.layout_known(entries));
+        }
+        let mut union = NameUnion::default();
+        let mut fit = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            let before = union.names.len();
+            union.add(&e.row);
+            if union.names.len() > self.max_columns {
+                // The rows before this one, or this one alone when it is the first.
+                if i > 0 {
+                    union.names.truncate(before);
+                }
+                fit = i.max(1);
+                break;
+            }
+        }
+        let names: Vec<String> = union.names.iter().map(|n| (*n).to_owned()).collect();
+        let layout = Layout {
+            headers: names.clone(),
+            sources: names,
+            ..Layout::default()
+        }
+        .named(&self.pipeline);
+        (fit, self.with_known(layout))
+    }
+
+    /// `layout` with the table's known columns, as [`ColumnSpec::layout_known`] gives it.
+    fn with_known(&self, layout: Layout) -> Result<Layout, ColumnsError> {
         match &self.known {
             Some(known) if !self.fixed() => {
                 let mut names = known.extend(&layout.headers)?;
@@ -817,6 +851,33 @@ mod tests {
             text(&write_chunks(&layout, &[], &CsvOptions::default(), 10).unwrap()),
             ["a\n"]
         );
+    }
+
+    #[test]
+    fn one_pass_gives_the_fit_and_the_layout_the_two_calls_give() {
+        let entries = vec![
+            entry(&[("a", "1"), ("b", "2")]),
+            entry(&[("a", "1"), ("b", "2")]),
+            entry(&[("c", "3")]),
+            entry(&[("d", "4"), ("e", "5")]),
+            entry(&[("a", "1")]),
+        ];
+        for max in 1..7 {
+            let spec = ColumnSpec {
+                columns: vec![],
+                schema: None,
+                pipeline: "orders".into(),
+                max_columns: max,
+                known: None,
+            };
+            let (fit, layout) = spec.fit_layout_known(&entries);
+            assert_eq!(fit, spec.fitting_rows(&entries), "max_columns {max}");
+            assert_eq!(
+                layout.unwrap().headers,
+                spec.layout_known(&entries[..fit]).unwrap().headers,
+                "max_columns {max}"
+            );
+        }
     }
 
     #[test]

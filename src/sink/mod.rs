@@ -171,14 +171,18 @@ pub enum Settled {
     NotDelivered,
 }
 
-/// How many of the batch's first rows one job or upload can take (`max_columns`), and, when
-/// that is not all of them, why the batch was cut (counted in the metrics).
+/// How many of the batch's first rows one job or upload can take (`max_columns`), their
+/// layout, and, when that is not all of them, why the batch was cut (counted in the metrics).
 fn fit_columns(
     columns: &ColumnSpec,
     observe: &CallObserver,
     entries: &[Entry],
-) -> (usize, Option<String>) {
-    let fit = columns.fitting_rows(entries);
+) -> (
+    usize,
+    Result<csv::Layout, batch::ColumnsError>,
+    Option<String>,
+) {
+    let (fit, layout) = columns.fit_layout_known(entries);
     let cut = (fit < entries.len()).then(|| {
         observe.columns_cut();
         format!(
@@ -189,7 +193,7 @@ fn fit_columns(
             entries.len()
         )
     });
-    (fit, cut)
+    (fit, layout, cut)
 }
 
 /// The most bytes of an error body weir reads (and keeps 2 KiB of).
@@ -440,11 +444,9 @@ impl Sink {
         }
         match self {
             Sink::Celonis(client, columns) => {
-                let (fit, cut) = fit_columns(columns, client.observe(), entries);
+                let (fit, layout, cut) = fit_columns(columns, client.observe(), entries);
                 let entries = &entries[..fit];
-                let layout = columns
-                    .layout_known(entries)
-                    .map_err(PushFailure::Columns)?;
+                let layout = layout.map_err(PushFailure::Columns)?;
                 let job = client.push(&layout, entries, recorder).await?;
                 Ok(Delivered {
                     job_id: Some(job),
@@ -453,11 +455,9 @@ impl Sink {
                 })
             }
             Sink::Continuous(client, columns) => {
-                let (fit, cut) = fit_columns(columns, client.observe(), entries);
+                let (fit, layout, cut) = fit_columns(columns, client.observe(), entries);
                 let entries = &entries[..fit];
-                let layout = columns
-                    .layout_known(entries)
-                    .map_err(UploadFailure::Columns)?;
+                let layout = layout.map_err(UploadFailure::Columns)?;
                 let item = client.upload(&layout, entries).await?;
                 Ok(Delivered {
                     job_id: Some(item.id),
