@@ -374,12 +374,15 @@ async fn admin(w: &Weir, method: reqwest::Method, path: &str) -> (u16, serde_jso
     (status, resp.json().await.unwrap_or_default())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() {
-    let nats = nats().await;
-    let emu = emulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let replicas = three_replicas(dir.path(), &nats, &emu);
+/// The pipeline as a replica's admin API shows it.
+async fn view(w: &Weir) -> serde_json::Value {
+    admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
+        .await
+        .1
+}
+
+/// Pauses the pipeline on the first replica and waits until every replica shows it.
+async fn pause_on_first_seen_by_all(replicas: &[Weir]) {
     let (status, _) = admin(
         &replicas[0],
         reqwest::Method::PATCH,
@@ -387,7 +390,7 @@ async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() 
     )
     .await;
     assert_eq!(status, 200);
-    for w in &replicas {
+    for w in replicas {
         wait_until(10, "every replica showing the pause", || async {
             admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
                 .await
@@ -396,6 +399,15 @@ async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() 
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_on_one_replica_silences_all_and_a_resume_on_another_delivers() {
+    let nats = nats().await;
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = three_replicas(dir.path(), &nats, &emu);
+    pause_on_first_seen_by_all(&replicas).await;
     let resp = client()
         .post(format!("{}/hooks/orders", replicas[2].base))
         .header("content-type", "application/json")
@@ -684,22 +696,7 @@ async fn a_retry_with_the_same_idempotency_key_on_another_replica_is_stored_once
         .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, "")))
         .collect();
     // Paused, so both posts are in the stream before anything is delivered.
-    let (status, _) = admin(
-        &replicas[0],
-        reqwest::Method::PATCH,
-        "/admin/pipelines/orders/pause",
-    )
-    .await;
-    assert_eq!(status, 200);
-    for w in &replicas {
-        wait_until(10, "every replica showing the pause", || async {
-            admin(w, reqwest::Method::GET, "/admin/pipelines/orders")
-                .await
-                .1["paused"]
-                == true
-        })
-        .await;
-    }
+    pause_on_first_seen_by_all(&replicas).await;
     let post = |w: &Weir, key: &'static str, body: &'static str| {
         let url = format!("{}/hooks/orders", w.base);
         async move {
@@ -779,20 +776,6 @@ async fn every_replica_shows_the_holders_failure_and_a_takeover_keeps_its_clock(
         .unwrap();
     assert_eq!(resp.status(), 202);
 
-    let view = |w: &Weir| {
-        let w = w.admin.clone().unwrap();
-        async move {
-            client()
-                .get(format!("{w}/admin/pipelines/orders"))
-                .bearer_auth(WRITE_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
-    };
     let mut since = None;
     for w in replicas.iter().flatten() {
         wait_until(30, "every replica showing FAILING", || async {
