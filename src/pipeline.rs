@@ -190,6 +190,12 @@ impl Pipeline {
         self.push_delivery(rows, None).await
     }
 
+    /// Whether the queue uses a delivery's name ([`Pipeline::push_delivery`]): ingest builds
+    /// one only then.
+    pub fn names_deliveries(&self) -> bool {
+        self.queue.names_deliveries()
+    }
+
     /// [`Pipeline::push`] with the id the sender gave the delivery, if any, so a shared queue
     /// stores a retry of it once ([`crate::queue::Queue::push_delivery`]).
     pub async fn push_delivery(

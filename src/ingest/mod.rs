@@ -559,19 +559,24 @@ async fn accept(
             &parse_limits,
         )?
     };
-    // The sender's name for this delivery: the signed delivery id, else an Idempotency-Key
-    // with the body it came with (a key reused for other rows must not drop them).
-    let delivery = signed_id.or_else(|| {
-        headers.get("idempotency-key").map(|v| {
-            [
-                b"idempotency-key ".as_slice(),
-                v.as_bytes(),
-                b"\n",
-                body.decoded.as_ref(),
-            ]
-            .concat()
+    // The sender's name for this delivery, for a queue that uses it: the signed delivery id,
+    // else an Idempotency-Key with the body it came with (a key reused for other rows must
+    // not drop them).
+    let delivery = if pipeline.names_deliveries() {
+        signed_id.or_else(|| {
+            headers.get("idempotency-key").map(|v| {
+                [
+                    b"idempotency-key ".as_slice(),
+                    v.as_bytes(),
+                    b"\n",
+                    body.decoded.as_ref(),
+                ]
+                .concat()
+            })
         })
-    });
+    } else {
+        None
+    };
     let accepted = rows.len();
     let mut last = None;
     if accepted > 0 {

@@ -104,6 +104,12 @@ pub trait Queue: Send + Sync + 'static {
     /// backend makes them (for the disk spool: fsynced), so a 2xx can be sent.
     fn push(&self, rows: Vec<Row>) -> BoxFuture<'_, Result<(), PushError>>;
 
+    /// Whether [`Queue::push_delivery`] uses the delivery's name (a queue several replicas
+    /// share), so the caller builds the name only then.
+    fn names_deliveries(&self) -> bool {
+        false
+    }
+
     /// [`Queue::push`] for the rows of a delivery the sender named (its delivery id or
     /// `Idempotency-Key`), so a queue shared by several replicas stores a retry of it once,
     /// whichever replica takes the retry. Local queues push as usual (the pipeline's replay

@@ -1101,6 +1101,10 @@ impl Queue for NatsQueue {
         Box::pin(self.push_rows(rows, None))
     }
 
+    fn names_deliveries(&self) -> bool {
+        true
+    }
+
     fn push_delivery(
         &self,
         rows: Vec<Row>,

@@ -95,6 +95,10 @@ impl Queue for WaitingQueue {
         }
     }
 
+    fn names_deliveries(&self) -> bool {
+        true
+    }
+
     fn push_delivery(
         &self,
         rows: Vec<Row>,
