@@ -300,7 +300,14 @@ fn check_field(b: &RowBuilder, name: &str, text: &str, limits: &Limits) -> Resul
     Ok(())
 }
 
-fn decode_component(raw: &[u8], what: &'static str) -> Result<String, ParseError> {
+/// One name or value of a query string or form: borrowed as it is when it has nothing to
+/// decode (the common case: no allocation), else with `+` and `%XX` decoded.
+fn decode_component<'a>(raw: &'a [u8], what: &'static str) -> Result<Cow<'a, str>, ParseError> {
+    if !raw.iter().any(|&c| c == b'+' || c == b'%') {
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| ParseError::PercentUtf8 { what });
+    }
     let plus_as_space: Cow<[u8]> = if raw.contains(&b'+') {
         Cow::Owned(
             raw.iter()
@@ -311,7 +318,9 @@ fn decode_component(raw: &[u8], what: &'static str) -> Result<String, ParseError
         Cow::Borrowed(raw)
     };
     let bytes: Cow<[u8]> = percent_encoding::percent_decode(&plus_as_space).into();
-    String::from_utf8(bytes.into_owned()).map_err(|_| ParseError::PercentUtf8 { what })
+    String::from_utf8(bytes.into_owned())
+        .map(Cow::Owned)
+        .map_err(|_| ParseError::PercentUtf8 { what })
 }
 
 fn object_row(json: &str, limits: &Limits) -> Result<Row, Problem> {
