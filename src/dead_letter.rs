@@ -243,7 +243,6 @@ mod tests {
     #[tokio::test]
     async fn a_replicas_own_dead_letter_file_moves_to_the_shared_store_once_byte_for_byte() {
         use crate::queue::dead_letters::{DeadLetters, FileStore};
-        use futures_util::StreamExt;
         let server = crate::queue::nats::tests::server();
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -288,13 +287,8 @@ base_url = "http://127.0.0.1:9"
         assert!(!p.dead_letter_path().exists());
         assert!(p.dead_letter_path().with_extension("csv.imported").exists());
         assert_eq!(import_local_file(&p).await.unwrap(), 0, "moved once");
-        let mut chunks = p.dead_letters().download().await.unwrap();
-        let mut downloaded = Vec::new();
-        while let Some(chunk) = chunks.next().await {
-            downloaded.extend_from_slice(&chunk.unwrap());
-        }
         assert_eq!(
-            String::from_utf8(downloaded).unwrap(),
+            crate::queue::dead_letters::tests::downloaded(p.dead_letters().as_ref()).await,
             String::from_utf8(written).unwrap()
         );
         assert_eq!(requeue(&p, Some(vec![4])).await.unwrap(), 1);

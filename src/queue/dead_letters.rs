@@ -259,7 +259,7 @@ fn append(path: &Path, records: &[DeadLetter]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn record(offset: &str, id: &str, reason: &str) -> DeadLetter {
@@ -271,7 +271,8 @@ mod tests {
         }
     }
 
-    async fn downloaded(store: &dyn DeadLetters) -> String {
+    /// A store's whole download, as text.
+    pub(crate) async fn downloaded(store: &dyn DeadLetters) -> String {
         use futures_util::StreamExt;
         let mut chunks = store.download().await.unwrap();
         let mut text = Vec::new();

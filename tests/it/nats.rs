@@ -318,19 +318,8 @@ async fn a_killed_lease_holder_is_replaced_and_its_running_job_is_settled_not_pu
     let mut replicas: Vec<Option<Weir>> = (0..3)
         .map(|n| Some(Weir::start(&replica(dir.path(), n, &nats, &emu, ""))))
         .collect();
-    let client = client();
     let body: Vec<String> = (0..50).map(|i| format!(r#"{{"id":"r{i:02}"}}"#)).collect();
-    let resp = client
-        .post(format!(
-            "{}/hooks/orders",
-            replicas[1].as_ref().unwrap().base
-        ))
-        .header("content-type", "application/json")
-        .body(format!("[{}]", body.join(",")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    post_accepted(replicas[1].as_ref().unwrap(), &body).await;
 
     wait_until(30, "the first job running", || async {
         let jobs = emu.jobs().await;
@@ -372,6 +361,18 @@ async fn admin(w: &Weir, method: reqwest::Method, path: &str) -> (u16, serde_jso
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
+}
+
+/// Posts `rows` (JSON objects) as one array to a replica; it must answer 202.
+async fn post_accepted(w: &Weir, rows: &[String]) {
+    let resp = client()
+        .post(format!("{}/hooks/orders", w.base))
+        .header("content-type", "application/json")
+        .body(format!("[{}]", rows.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
 }
 
 /// The pipeline as a replica's admin API shows it.
@@ -625,14 +626,7 @@ async fn a_replay_by_stream_sequence_on_a_replica_that_does_not_deliver_redelive
         .map(|n| Weir::start(&replica(dir.path(), n, &nats, &emu, "")))
         .collect();
     let rows: Vec<String> = (0..5).map(|i| format!(r#"{{"id":"r{i}"}}"#)).collect();
-    let resp = client()
-        .post(format!("{}/hooks/orders", replicas[0].base))
-        .header("content-type", "application/json")
-        .body(format!("[{}]", rows.join(",")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    post_accepted(&replicas[0], &rows).await;
     wait_until(30, "the five rows in the table", || async {
         emu.table("orders").await.len() == 5
     })
@@ -1048,14 +1042,7 @@ async fn a_row_dead_lettered_on_one_replica_is_downloaded_and_requeued_from_the_
             format!(r#"{{"id":"r{i}","Price":"{price}"}}"#)
         })
         .collect();
-    let resp = client()
-        .post(format!("{}/hooks/orders", replicas[0].base))
-        .header("content-type", "application/json")
-        .body(format!("[{}]", rows.join(",")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    post_accepted(&replicas[0], &rows).await;
     wait_until(60, "the four good rows in the table", || async {
         emu.table("orders").await.len() == 4
     })

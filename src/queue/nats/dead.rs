@@ -324,6 +324,7 @@ impl DeadLetters for StreamStore {
 mod tests {
     use super::*;
     use crate::queue::dead_letters::FileStore;
+    use crate::queue::dead_letters::tests::downloaded;
     use crate::queue::nats::tests::server;
 
     fn record(offset: &str, id: &str, reason: &str, at: u64) -> DeadLetter {
@@ -346,15 +347,6 @@ mod tests {
         )
         .await
         .unwrap()
-    }
-
-    async fn downloaded(store: &dyn DeadLetters) -> String {
-        let mut chunks = store.download().await.unwrap();
-        let mut text = Vec::new();
-        while let Some(chunk) = chunks.next().await {
-            text.extend_from_slice(&chunk.unwrap());
-        }
-        String::from_utf8(text).unwrap()
     }
 
     #[tokio::test]
